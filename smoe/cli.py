@@ -1,0 +1,225 @@
+"""Command line: `python -m smoe {run,make-tiny,policies,demo}`.
+
+  run        one generation run of one policy on one checkpoint; writes a JSON with every parameter,
+             every metric, the environment and the generated token ids
+  make-tiny  write a tiny random checkpoint of a supported family (tests, demos, GPU smoke runs)
+  policies   list the registered policies and their parameters
+  demo       the quick main job: every registered policy on a tiny checkpoint at two budgets, on the CPU
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from .errors import PromptError, SmoeError  # noqa: E402
+from .files import write_json  # noqa: E402
+
+log = logging.getLogger("smoe")
+
+
+def _parse_set(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SmoeError(f"--set takes NAME=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _prompts(args) -> list[str]:
+    prompts = list(args.prompt or [])
+    if args.prompt_file:
+        path = Path(args.prompt_file)
+        if not path.is_file():
+            raise PromptError(f"--prompt-file {str(path)!r} does not exist")
+        prompts += [line for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise PromptError("give at least one --prompt or a --prompt-file")
+    return [prompts[i % len(prompts)] for i in range(args.batch)]  # cycle to fill the batch
+
+
+def run_one(
+    *,
+    model: str,
+    policy: str,
+    device: str,
+    batch: int,
+    max_new_tokens: int,
+    prompts: list[str],
+    budget_gb: float | None = None,
+    cache_experts: int | None = None,
+    params: dict | None = None,
+    trace: str | None = None,
+    seed: int = 0,
+    cpu_threads: int | None = None,
+) -> dict:
+    """Load, generate, and return the run record (what `run --out` writes)."""
+    import torch
+
+    from .runtime import Runtime
+
+    torch.manual_seed(seed)
+    rt = Runtime(
+        model, policy, device=device, budget_gb=budget_gb, cache_experts=cache_experts, batch=batch,
+        policy_params=params, trace=trace is not None, cpu_threads=cpu_threads,
+        kv_tokens=batch * (max_new_tokens + 1024),
+    )
+    try:
+        result = rt.generate(prompts, max_new_tokens)
+        if trace is not None:
+            path = Path(trace)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            torch.save({"model": model, "policy": policy, "records": rt.engine.trace}, tmp)
+            tmp.replace(path)
+        return {
+            "params": {
+                "model": str(model), "policy": policy, "policy_params": dict(params or {}), "device": device,
+                "batch": batch, "max_new_tokens": max_new_tokens, "budget_gb": budget_gb,
+                "cache_experts": cache_experts, "seed": seed, "prompts": prompts,
+            },
+            "memory": rt.memory.asdict(),
+            "metrics": result.metrics,
+            "env": rt.environment(),
+            "tokens": result.tokens,
+        }
+    finally:
+        rt.close()
+
+
+def cmd_run(args) -> int:
+    record = run_one(
+        model=args.model, policy=args.policy, device=args.device, batch=args.batch,
+        max_new_tokens=args.max_new_tokens, prompts=_prompts(args), budget_gb=args.budget_gb,
+        cache_experts=args.cache_experts, params=_parse_set(args.set), trace=args.trace, seed=args.seed,
+        cpu_threads=args.cpu_threads,
+    )
+    m = record["metrics"]
+    log.info(
+        "%s: ttft %.4fs, tpot %.4fs, hit rate %s, loads %d, cpu experts %d, slots %d",
+        args.policy, m["ttft_s"], m["tpot_s"] or float("nan"), _fmt(m["hit_rate"]), m["loads"], m["cpu_experts"],
+        record["memory"]["capacity"],
+    )
+    if args.out:
+        write_json(args.out, record)
+        log.info("wrote %s", args.out)
+    return 0
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def cmd_make_tiny(args) -> int:
+    from .tiny import make_tiny
+
+    overrides = {}
+    for k, v in _parse_set(args.set).items():
+        overrides[k] = int(v) if v.lstrip("-").isdigit() else (float(v) if v.replace(".", "", 1).isdigit() else v)
+    import torch
+
+    make_tiny(args.family, args.out, seed=args.seed, dtype=getattr(torch, args.dtype), **overrides)
+    log.info("wrote %s checkpoint to %s", args.family, args.out)
+    return 0
+
+
+def cmd_policies(args) -> int:
+    from .policy import policy_names, policy_params
+
+    for name in policy_names():
+        params = ", ".join(f"{k}={v!r}" for k, v in policy_params(name).items())
+        print(f"{name:16s} {params}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Every registered policy on a tiny checkpoint at two slot budgets; JSONs under --out, a table printed."""
+    from .policy import policy_names
+    from .tiny import make_tiny
+
+    out = Path(args.out)
+    model = out / f"tiny-{args.family}"
+    if not (model / "config.json").is_file():
+        make_tiny(args.family, model, num_hidden_layers=6, num_experts_per_tok=4, seed=0,
+                  **({"num_experts": 32} if args.family != "mixtral" else {"num_local_experts": 32}))
+    prompts = ["The quick brown fox jumps over the lazy dog.", "Offloading experts to the CPU"]
+    rows = []
+    for cache_experts in (args.small, args.large):
+        for policy in policy_names():
+            try:
+                rec = run_one(model=str(model), policy=policy, device="cpu", batch=2, max_new_tokens=args.max_new_tokens,
+                              prompts=prompts, cache_experts=cache_experts)
+            except SmoeError as e:
+                log.info("%s at %d slots: refused (%s)", policy, cache_experts, e)
+                continue
+            write_json(out / f"slots{cache_experts}" / f"{policy}.json", rec)
+            m = rec["metrics"]
+            rows.append((cache_experts, policy, m["hit_rate"], m["loads"], m["cpu_experts"], m["tpot_s"]))
+    print(f"{'slots':>5} {'policy':16s} {'hit_rate':>8} {'loads':>6} {'cpu_exp':>7} {'tpot_ms':>8}")
+    for slots, policy, hr, loads, cpu, tpot in rows:
+        print(f"{slots:>5} {policy:16s} {_fmt(hr):>8} {loads:>6} {cpu:>7} {tpot * 1e3:>8.2f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m smoe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="one generation run of one policy")
+    r.add_argument("--model", required=True, help="local HF checkpoint directory")
+    r.add_argument("--policy", required=True, help="registered policy name (see `policies`)")
+    g = r.add_mutually_exclusive_group(required=True)
+    g.add_argument("--budget-gb", type=float, help="device memory for everything: skeleton, KV reserve, slots (GiB)")
+    g.add_argument("--cache-experts", type=int, help="expert slots in all, across layers")
+    r.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    r.add_argument("--batch", type=int, default=1)
+    r.add_argument("--max-new-tokens", type=int, default=32)
+    r.add_argument("--prompt", action="append", help="a prompt (repeatable; cycled to fill the batch)")
+    r.add_argument("--prompt-file", help="one prompt per line")
+    r.add_argument("--out", help="write the run record to this JSON file")
+    r.add_argument("--trace", help="write per-layer router scores and executed plans to this file (torch.save)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--cpu-threads", type=int, help="threads of the CPU expert worker (default: cores - 1)")
+    r.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a policy parameter")
+    r.set_defaults(fn=cmd_run)
+
+    t = sub.add_parser("make-tiny", help="write a tiny random checkpoint")
+    t.add_argument("--family", required=True)
+    t.add_argument("--out", required=True)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    t.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a config override")
+    t.set_defaults(fn=cmd_make_tiny)
+
+    sub.add_parser("policies", help="list registered policies").set_defaults(fn=cmd_policies)
+
+    d = sub.add_parser("demo", help="every policy on a tiny checkpoint at two budgets (CPU)")
+    d.add_argument("--out", default="results/demo")
+    d.add_argument("--family", default="qwen2_moe")
+    d.add_argument("--small", type=int, default=24, help="slots of the small budget")
+    d.add_argument("--large", type=int, default=96, help="slots of the large budget")
+    d.add_argument("--max-new-tokens", type=int, default=24)
+    d.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(name)s: %(message)s")
+    try:
+        return args.fn(args)
+    except SmoeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

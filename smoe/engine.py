@@ -1,0 +1,209 @@
+"""The engine: executes one MoE layer's routed experts under a policy's plan.
+
+Where it sits: `OffloadedExperts` replaces the `experts` module of every HF MoE block, so the family's own
+router, shared experts and dense layers run unchanged; for the routed experts the block calls
+`Engine.run_layer`, which per layer:
+  1. turns the router logits (captured by a hook on the block's gate) into scores [T,E] and asks the
+     policy for a plan (scores and top-k copied to the host: a wait on the compute stream only);
+  2. checks the plan, evicts, and sends CPU experts to the CPU worker thread;
+  3. computes resident experts on the compute stream while the loads copy on the copy stream;
+     each loaded expert is computed as soon as its copy lands (event wait, no device synchronize);
+  4. lets the policy prefetch later layers, collects the CPU results, and combines every expert's output
+     with the family's gate weights, in ascending expert order as the HF module does (so a plan that
+     changes nothing reproduces the HF output bit for bit on the same device);
+  5. counts every metric and, if asked, appends the layer's scores and executed plan to the trace.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import ExpertShape
+from .families import Family
+from .metrics import Metrics
+from .plan import Action, CacheView, LayerView, ModelInfo, check_plan
+from .policy import ExpertPolicy
+from .pool import SlotPool
+from .store import expert_forward
+from .errors import PolicyError
+
+
+class OffloadedExperts(nn.Module):
+    """Stands in for an HF `experts` module: (hidden [T,H], top_k_index [T,K], top_k_weights [T,K]) -> [T,H]."""
+
+    def __init__(self, layer: int):
+        super().__init__()
+        self.engine: Engine | None = None  # attached once the slot pool exists
+        self.layer = layer
+        self.logits: torch.Tensor | None = None  # [T,E], set by the gate's forward hook
+
+    def forward(self, hidden_states, top_k_index, top_k_weights):
+        logits, self.logits = self.logits, None
+        assert logits is not None, "router logits were not captured"
+        return self.engine.run_layer(self.layer, hidden_states, top_k_index, top_k_weights, logits)
+
+
+class Engine:
+    def __init__(
+        self,
+        policy: ExpertPolicy,
+        pool: SlotPool,
+        family: Family,
+        config,
+        info: ModelInfo,
+        act,
+        cpu_threads: int,
+        trace: bool = False,
+    ):
+        self.policy = policy
+        self.pool = pool
+        self.family = family
+        self.config = config
+        self.info = info
+        self.shape: ExpertShape = pool.store.shape
+        self.act = act
+        self.device = pool.device
+        self.cpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cpu-experts")
+        self.cpu_threads = cpu_threads
+        self.cpu.submit(torch.set_num_threads, cpu_threads).result()
+        self.metrics = Metrics()
+        self.phase = "prefill"
+        self.step = 0
+        self.trace: list[dict] | None = [] if trace else None
+        self.view = CacheView(pool)
+
+    # ---- whole-run hooks ----------------------------------------------------------------------------
+    def preload_keys(self, keys: list) -> None:
+        """Copy the experts a policy's setup asked for into the slots (counted apart from run loads)."""
+        if len(keys) > self.pool.capacity:
+            raise PolicyError(
+                f"policy {self.policy.name!r} preloads {len(keys)} experts into {self.pool.capacity} slots"
+            )
+        for key in keys:
+            if key not in self.pool:
+                self.pool.load(key)
+                self.metrics.preload_loads += 1
+
+    def close(self) -> None:
+        self.cpu.shutdown(wait=True)
+
+    # ---- one MoE layer ------------------------------------------------------------------------------
+    def _cpu_compute(self, layer: int, jobs: list[tuple[int, torch.Tensor]]):
+        """Runs on the worker thread: jobs of (expert, x rows [n,H] on the CPU) -> outputs and seconds."""
+        t0 = time.perf_counter()
+        outs = [expert_forward(x, self.pool.store.expert(layer, e), self.shape, self.act) for e, x in jobs]
+        return outs, time.perf_counter() - t0
+
+    @torch.no_grad()
+    def run_layer(self, layer, x, topk_idx, topk_w, logits):
+        # x [T,H]  topk_idx/topk_w [T,K]  logits [T,E]
+        m = self.metrics[self.phase]
+        scores = self.family.scores(logits)  # [T,E] float32
+        view = LayerView(
+            layer=layer,
+            phase=self.phase,
+            step=self.step,
+            scores=scores.cpu(),
+            topk=topk_idx.cpu(),
+            cache=self.view,
+            model=self.info,
+        )
+        t0 = time.perf_counter()
+        plan = self.policy.plan(view)
+        ex = check_plan(plan, view, self.policy.name)
+        m.policy_time_s += time.perf_counter() - t0
+
+        for key in ex.evict:
+            self.pool.evict(key)
+        # CPU experts first, so the worker runs while the device computes and copies.
+        cpu_experts = sorted(e for e, a in ex.where.items() if a == Action.CPU)
+        cpu_future = None
+        if cpu_experts:
+            x_host = x.to("cpu")
+            jobs = [(e, x_host[ex.tokens[e]]) for e in cpu_experts]
+            cpu_future = self.cpu.submit(self._cpu_compute, layer, jobs)
+
+        outs: dict[int, torch.Tensor] = {}
+        resident = [e for e, a in ex.where.items() if a == Action.HIT]
+        for e in sorted(resident):
+            key = (layer, e)
+            if key in self.pool.prefetched:
+                m.prefetch_used += 1
+            outs[e] = expert_forward(x[ex.tokens[e]], self.pool.weights(key), self.shape, self.act)
+            self.pool.release(key)
+            m.hits += len(ex.tokens[e])
+            if e in ex.discard:
+                self.pool.evict(key)
+        for e in ex.loads:
+            key = (layer, e)
+            if self.pool.capacity == len(self.pool.slot_of):
+                raise AssertionError("check_plan admitted a load with no slot")  # pragma: no cover
+            m.bytes_h2d += self.pool.load(key)
+            m.loads += 1
+            outs[e] = expert_forward(x[ex.tokens[e]], self.pool.weights(key), self.shape, self.act)
+            self.pool.release(key)
+            if e in ex.discard:
+                self.pool.evict(key)
+
+        nxt = self.policy.prefetch(view, x)
+        if nxt is not None:
+            self._prefetch(nxt, layer)
+
+        if cpu_future is not None:
+            cpu_outs, secs = cpu_future.result()
+            m.cpu_time_s += secs
+            m.cpu_experts += len(cpu_experts)
+            for e, o in zip(cpu_experts, cpu_outs):
+                outs[e] = o.to(self.device, non_blocking=False)
+
+        # Gate weights [T,E]: the router's own where a token's set is unchanged, the family rule elsewhere.
+        T, E = view.scores.shape
+        w = torch.zeros(T, E, dtype=topk_w.dtype, device=x.device).scatter_(1, topk_idx, topk_w)
+        if ex.changed:
+            rows = torch.as_tensor(ex.changed, device=x.device)
+            mask = torch.as_tensor(ex.computed[ex.changed], device=x.device)
+            w[rows] = self.family.weights(scores[rows], mask, self.config).to(w.dtype)
+        final = torch.zeros_like(x)
+        for e in sorted(outs):
+            tok = torch.as_tensor(ex.tokens[e], device=x.device)
+            final.index_add_(0, tok, (outs[e] * w[tok, e, None]).to(final.dtype))
+
+        m.uses += sum(len(t) for t in ex.tokens.values())
+        m.substitutions += ex.substitutions
+        m.skips += ex.skips
+        self.policy.observe(view, plan)
+        if self.trace is not None:
+            self.trace.append(
+                {
+                    "step": self.step,
+                    "phase": self.phase,
+                    "layer": layer,
+                    "scores": view.scores.half(),
+                    "topk": view.topk.to(torch.int16),
+                    "actions": torch.as_tensor(np.asarray(plan.actions, dtype=np.int8)),
+                    "standins": None if plan.standins is None else torch.as_tensor(plan.standins),
+                    "loads": ex.loads,
+                    "cpu": cpu_experts,
+                    "evict": ex.evict,
+                }
+            )
+        return final
+
+    def _prefetch(self, nxt, layer: int) -> None:
+        m = self.metrics[self.phase]
+        for key in nxt.evict:
+            if key not in self.pool or key[0] == layer:
+                raise PolicyError(f"policy {self.policy.name!r}: prefetch evicts {key}, not resident or in use")
+            self.pool.evict(key)
+        for key in nxt.loads:
+            if key in self.pool:
+                continue
+            if len(self.pool.slot_of) >= self.pool.capacity:
+                raise PolicyError(f"policy {self.policy.name!r}: prefetch of {key} finds no free slot")
+            m.bytes_h2d += self.pool.load(key, prefetch=True)
+            m.loads += 1
+            m.prefetches += 1

@@ -1,0 +1,61 @@
+"""Batched greedy decoding with a KV cache, prefill and decode timed separately.
+
+Where it sits: the outer loop of a run. Prompts of different lengths are left-padded; positions come
+from the attention mask (as `generate` computes them), so a padded sequence decodes exactly as it would
+alone. Decoding runs for a fixed number of new tokens (EOS does not stop it), so every policy of a
+comparison decodes the same number of steps.
+"""
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable
+
+import torch
+from transformers import DynamicCache
+
+
+def _cache_kwarg(model) -> str:
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params and "past_key_values" not in params else "past_key_values"
+
+
+@torch.no_grad()
+def greedy_decode(
+    model,
+    input_ids: torch.Tensor,  # [B,S] left-padded
+    attention_mask: torch.Tensor,  # [B,S] 1 for real tokens
+    max_new_tokens: int,
+    on_forward: Callable[[str, int], None] = lambda phase, step: None,
+    on_logits: Callable[[int, torch.Tensor], None] | None = None,
+) -> tuple[torch.Tensor, float, list[float]]:
+    """Returns (new tokens [B,N] on the CPU, TTFT seconds, per-decode-step seconds)."""
+    cache = DynamicCache(config=model.config)
+    kw = {_cache_kwarg(model): cache, "use_cache": True}
+    mask = attention_mask
+    pos = (mask.long().cumsum(-1) - 1).clamp(min=0)  # [B,S]
+    out_tokens: list[torch.Tensor] = []
+    steps: list[float] = []
+
+    t0 = time.perf_counter()
+    on_forward("prefill", 0)
+    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=pos, logits_to_keep=1, **kw).logits
+    nxt = logits[:, -1].argmax(-1)  # [B]
+    out_tokens.append(nxt.cpu())  # waits for the compute stream only
+    ttft = time.perf_counter() - t0
+    if on_logits is not None:
+        on_logits(0, logits[:, -1])
+
+    last_pos = pos[:, -1:]
+    for step in range(1, max_new_tokens):
+        t0 = time.perf_counter()
+        on_forward("decode", step)
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=-1)
+        last_pos = last_pos + 1
+        logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos, **kw).logits
+        nxt = logits[:, -1].argmax(-1)
+        out_tokens.append(nxt.cpu())
+        steps.append(time.perf_counter() - t0)
+        if on_logits is not None:
+            on_logits(step, logits[:, -1])
+    return torch.stack(out_tokens, dim=1), ttft, steps

@@ -1,0 +1,74 @@
+"""Run metrics, owned and counted by the runtime (never by a policy).
+
+Where it sits: the engine adds to the counters of the current phase at every MoE layer; the generation
+loop records TTFT and the time of every decode step; `summary()` gives the flat dict that goes into a
+run's JSON under the names the tables use.
+
+Definitions:
+  uses          (token, expert) computations of routed experts (substitutes included, skips not)
+  hits          uses served on the device by an expert that was resident when the layer was planned
+                (a queued prefetch counts as resident)
+  hit_rate      decode hits / decode uses; the prefill is excluded, as the paper counts its cache ratio
+  loads         expert copies host -> device (on-demand and prefetch); bytes_h2d their bytes
+  cpu_experts   expert executions on the CPU (one per expert and layer, covering all its tokens)
+  substitutions, skips   (token, expert) pairs a policy replaced or dropped
+  prefetches / prefetch_used   experts loaded ahead of their layer / of those, later used before eviction
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass
+class Counters:
+    uses: int = 0
+    hits: int = 0
+    loads: int = 0
+    bytes_h2d: int = 0
+    cpu_experts: int = 0
+    cpu_time_s: float = 0.0
+    substitutions: int = 0
+    skips: int = 0
+    prefetches: int = 0
+    prefetch_used: int = 0
+    policy_time_s: float = 0.0
+
+
+class Metrics:
+    def __init__(self):
+        self.phases = {"prefill": Counters(), "decode": Counters()}
+        self.preload_loads = 0
+        self.ttft_s: float | None = None
+        self.step_s: list[float] = []  # one per decode step
+        self.peak_device_bytes = 0
+
+    def __getitem__(self, phase: str) -> Counters:
+        return self.phases[phase]
+
+    def summary(self) -> dict:
+        p, d = self.phases["prefill"], self.phases["decode"]
+        steps = np.asarray(self.step_s, dtype=float)
+        total = {k: getattr(p, k) + getattr(d, k) for k in asdict(d)}
+        return {
+            "ttft_s": self.ttft_s,
+            "tpot_s": float(steps.mean()) if steps.size else None,
+            "tpot_p50_s": float(np.percentile(steps, 50)) if steps.size else None,
+            "tpot_p90_s": float(np.percentile(steps, 90)) if steps.size else None,
+            "hit_rate": d.hits / d.uses if d.uses else None,
+            "loads": total["loads"],
+            "bytes_h2d": total["bytes_h2d"],
+            "cpu_experts": total["cpu_experts"],
+            "cpu_time_s": total["cpu_time_s"],
+            "substitutions": total["substitutions"],
+            "skips": total["skips"],
+            "prefetches": total["prefetches"],
+            "prefetch_used": total["prefetch_used"],
+            "policy_time_s": total["policy_time_s"],
+            "peak_device_bytes": self.peak_device_bytes,
+            "preload_loads": self.preload_loads,
+            "decode_steps": int(steps.size),
+            "prefill": asdict(p),
+            "decode": asdict(d),
+        }

@@ -1,0 +1,254 @@
+"""Plans: what a policy decides for one MoE layer, and the runtime's check that it can be executed.
+
+Where it sits: `policy.plan(view)` returns a `Plan`; `check_plan` validates it against the cache and turns
+it into an `ExecPlan` (which expert runs where, for which tokens, with which gate weights) that
+`engine.py` executes. Nothing here touches a device or a clock, so the same inputs give the same plan
+on a CPU-only machine and on a GPU.
+
+A plan gives one `Action` per (token, routed expert) of the family router's top-k:
+  HIT        the expert is resident (or its prefetch is queued): computed on the device from its slot
+  LOAD       copied host->device into a slot this layer, then computed on the device
+  CPU        computed on the CPU from the host store, result sent to the device
+  SUBSTITUTE the token computes a stand-in expert instead (resident, or loaded by this same plan)
+  SKIP       the token drops the expert
+plus `evict` (resident experts whose slots are freed before this layer's loads) and `discard` (experts of
+this layer whose slots are freed once they have been computed: streaming loads, no-cache policies).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import numpy as np
+import torch
+
+from .errors import PolicyError
+
+ExpertKey = tuple[int, int]  # (decoder layer index, expert id)
+
+
+class Action(IntEnum):
+    HIT = 0
+    LOAD = 1
+    CPU = 2
+    SUBSTITUTE = 3
+    SKIP = 4
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Static facts about the MoE model a policy may use."""
+
+    moe_layers: tuple[int, ...]  # decoder layer indices that hold routed experts
+    num_experts: int  # E, routed experts per MoE layer
+    top_k: int  # K, the family router's experts per token
+    expert_bytes: int  # bytes of one routed expert (gate+up+down)
+    model_type: str
+
+    def next_moe_layer(self, layer: int) -> int | None:
+        i = self.moe_layers.index(layer)
+        return self.moe_layers[i + 1] if i + 1 < len(self.moe_layers) else None
+
+
+class CacheView:
+    """Read-only view of the device slot pool for policies (an expert whose prefetch is queued counts
+    as resident)."""
+
+    def __init__(self, pool):
+        self._pool = pool
+
+    @property
+    def capacity(self) -> int:
+        return self._pool.capacity
+
+    @property
+    def free_slots(self) -> int:
+        return self._pool.capacity - len(self._pool.slot_of)
+
+    def resident(self, layer: int) -> frozenset[int]:
+        return frozenset(self._pool.by_layer.get(layer, ()))
+
+    def is_resident(self, key: ExpertKey) -> bool:
+        return key in self._pool.slot_of
+
+    def keys(self) -> list[ExpertKey]:
+        return list(self._pool.slot_of)
+
+    def prefetched(self) -> frozenset[ExpertKey]:
+        """Experts brought in by a prefetch and not used since."""
+        return frozenset(self._pool.prefetched)
+
+
+@dataclass
+class LayerView:
+    """What a policy sees when it plans one MoE layer of one forward pass."""
+
+    layer: int
+    phase: str  # "prefill" | "decode"
+    step: int  # forward pass: 0 is the prefill, then 1, 2, ... decode steps
+    scores: torch.Tensor  # [T,E] float32 on the CPU: the family router's scores (softmax or sigmoid)
+    topk: torch.Tensor  # [T,K] int64 on the CPU: the family router's choice
+    cache: CacheView
+    model: ModelInfo
+
+    def needed(self) -> list[int]:
+        """Distinct routed experts of this layer, ascending."""
+        return sorted(set(self.topk.flatten().tolist()))
+
+
+@dataclass
+class Plan:
+    actions: np.ndarray  # [T,K] Action codes, one per (token, routed expert)
+    standins: np.ndarray | None = None  # [T,K] stand-in expert where SUBSTITUTE, else -1
+    evict: list[ExpertKey] = field(default_factory=list)
+    discard: set[int] = field(default_factory=set)
+
+    @classmethod
+    def per_expert(
+        cls,
+        view: LayerView,
+        placement: Mapping[int, Action],
+        evict: Iterable[ExpertKey] = (),
+        discard: Iterable[int] = (),
+    ) -> "Plan":
+        """A plan where every token that routes to expert e gets `placement[e]` (no substitution)."""
+        lut = np.full(view.model.num_experts, -1, dtype=np.int8)
+        for e, a in placement.items():
+            lut[e] = int(a)
+        actions = lut[view.topk.numpy()]
+        return cls(actions=actions, evict=list(evict), discard=set(discard))
+
+
+@dataclass(frozen=True)
+class PrefetchPlan:
+    """Experts of a later layer to copy now, and the resident experts whose slots they take."""
+
+    loads: list[ExpertKey]
+    evict: list[ExpertKey] = field(default_factory=list)
+
+
+@dataclass
+class ExecPlan:
+    """A checked plan, in the form the engine executes."""
+
+    where: dict[int, Action]  # expert -> HIT (resident), LOAD or CPU
+    tokens: dict[int, list[int]]  # expert -> token rows that compute it, in HF's (rank, token) order
+    cols: dict[int, list[int]]  # expert -> the top-k column each of those tokens routed it from
+    computed: np.ndarray  # [T,E] bool: experts each token computes
+    changed: list[int]  # tokens whose computed set differs from the router's top-k
+    loads: list[int]  # experts copied this layer, ascending
+    evict: list[ExpertKey]
+    discard: set[int]
+    substitutions: int
+    skips: int
+
+
+def _fail(policy: str, layer: int, msg: str) -> PolicyError:
+    return PolicyError(f"policy {policy!r}, layer {layer}: {msg}")
+
+
+def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
+    """Validate `plan` against the cache and derive what the engine needs; raises PolicyError."""
+    topk = view.topk.numpy()  # [T,K]
+    T, K = topk.shape
+    E = view.model.num_experts
+    layer = view.layer
+    resident = view.cache.resident(layer)
+    actions = np.asarray(plan.actions)
+    if actions.shape != (T, K):
+        raise _fail(policy, layer, f"actions have shape {actions.shape}, expected {(T, K)} (tokens, top-k)")
+    if not np.isin(actions, [int(a) for a in Action]).all():
+        raise _fail(policy, layer, "every routed expert needs an action (HIT, LOAD, CPU, SUBSTITUTE or SKIP)")
+    standins = plan.standins if plan.standins is not None else np.full((T, K), -1)
+
+    where: dict[int, Action] = {}
+
+    def place(e: int, a: Action) -> None:
+        if a == Action.HIT and e not in resident:
+            raise _fail(policy, layer, f"HIT for expert {e}, which is not resident")
+        if a in (Action.LOAD, Action.CPU) and e in resident:
+            raise _fail(policy, layer, f"{a.name} for expert {e}, which is already resident (use HIT)")
+        if where.setdefault(e, a) != a:
+            raise _fail(policy, layer, f"expert {e} is both {where[e].name} and {a.name} in one layer")
+
+    for t in range(T):
+        for j in range(K):
+            a = Action(actions[t, j])
+            if a in (Action.HIT, Action.LOAD, Action.CPU):
+                place(int(topk[t, j]), a)
+    tokens: dict[int, list[int]] = {}
+    cols: dict[int, list[int]] = {}
+    computed = np.zeros((T, E), dtype=bool)
+    subs = skips = 0
+    for j in range(K):  # HF's order: by top-k rank, then token
+        for t in range(T):
+            a = Action(actions[t, j])
+            if a == Action.SKIP:
+                skips += 1
+                continue
+            e = int(topk[t, j])
+            if a == Action.SUBSTITUTE:
+                s = int(standins[t, j])
+                if not 0 <= s < E:
+                    raise _fail(policy, layer, f"token {t} substitutes expert {e} with invalid stand-in {s}")
+                if s not in resident and where.get(s) != Action.LOAD:
+                    raise _fail(policy, layer, f"stand-in {s} for token {t} is neither resident nor loaded")
+                if s in resident:
+                    where.setdefault(s, Action.HIT)
+                subs += 1
+                e = s
+            if computed[t, e]:
+                raise _fail(policy, layer, f"token {t} would compute expert {e} twice")
+            computed[t, e] = True
+            tokens.setdefault(e, []).append(t)
+            cols.setdefault(e, []).append(j)
+    routed = np.zeros((T, E), dtype=bool)
+    np.put_along_axis(routed, topk, True, axis=1)
+    changed = [t for t in range(T) if not np.array_equal(routed[t], computed[t])]
+
+    used_on_device = {e for e, a in where.items() if a != Action.CPU and e in tokens}
+    evict = list(plan.evict)
+    if len(set(evict)) != len(evict):
+        raise _fail(policy, layer, "an expert is evicted twice")
+    for key in evict:
+        if not view.cache.is_resident(key):
+            raise _fail(policy, layer, f"evicts {key}, which is not resident")
+        if key[0] == layer and key[1] in used_on_device:
+            raise _fail(policy, layer, f"evicts expert {key[1]}, which this layer computes (shielded)")
+    discard = set(plan.discard)
+    for e in discard:
+        if e not in used_on_device:
+            raise _fail(policy, layer, f"discards expert {e}, which this layer does not compute on the device")
+
+    loads = sorted(e for e, a in where.items() if a == Action.LOAD)
+    # Slot feasibility, in the engine's order: resident experts compute first, then loads in id order;
+    # a discarded expert's slot is reusable once it has been computed.
+    avail = view.cache.free_slots + len(evict)
+    reusable = sum(1 for e in discard if where[e] == Action.HIT)
+    for e in loads:
+        if avail > 0:
+            avail -= 1
+        elif reusable > 0:
+            reusable -= 1
+        else:
+            raise _fail(
+                policy,
+                layer,
+                f"{len(loads)} loads need slots, but only {view.cache.free_slots} are free, {len(evict)} "
+                "evicted and too few discarded after use",
+            )
+        if e in discard:
+            reusable += 1
+    return ExecPlan(
+        where={e: a for e, a in where.items() if e in tokens or a == Action.LOAD},
+        tokens=tokens,
+        cols=cols,
+        computed=computed,
+        changed=changed,
+        loads=loads,
+        evict=evict,
+        discard=discard,
+        substitutions=subs,
+        skips=skips,
+    )

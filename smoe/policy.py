@@ -1,0 +1,146 @@
+"""The expert-policy interface and the policy registry.
+
+Where it sits: the runtime (`engine.py`) owns the weights, the slots, the copies, CPU execution and every
+metric; a policy only decides. It is called at four points:
+  setup(model, capacity)      once, before the first forward: experts to preload into the slots
+  plan(view) -> Plan          every MoE layer of every forward (the only hook a policy must implement)
+  prefetch(view, hidden)      right after a layer's plan is issued: experts of later layers to copy now
+  observe(view, plan)         after the layer has been executed: update statistics (scores, recency)
+Decisions must depend only on the inputs, the budget and the policy's parameters, never on timing.
+
+Policies are dataclasses registered by name with `@register_policy(name, **preset)`; one class can be
+registered under several names with different presets (the ablation steps of one algorithm).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+import typing
+from collections.abc import Iterable
+
+import torch
+
+from .errors import PolicyParamError, UnknownPolicy
+from .plan import ExpertKey, LayerView, ModelInfo, Plan, PrefetchPlan
+
+
+class ExpertPolicy:
+    """Base class of every expert policy. Subclasses are dataclasses whose fields are their parameters."""
+
+    name: str = "?"  # the registered name this instance was made under (set by make_policy)
+
+    def setup(self, model: ModelInfo, capacity: int) -> Iterable[ExpertKey]:
+        """Experts to copy into the slots before the first forward (at most `capacity`)."""
+        return ()
+
+    def plan(self, view: LayerView) -> Plan:
+        raise NotImplementedError
+
+    def prefetch(self, view: LayerView, hidden: torch.Tensor) -> PrefetchPlan | None:
+        """hidden [T,H]: the layer's input on the device. Return experts of later layers to load now."""
+        return None
+
+    def observe(self, view: LayerView, plan: Plan) -> None:
+        """Called after the layer executed `plan`."""
+
+
+_REGISTRY: dict[str, tuple[type[ExpertPolicy], dict]] = {}
+_DISCOVERED = False
+
+
+def register_policy(name: str, **preset):
+    """Class decorator: register a dataclass policy under `name`, with `preset` parameter values."""
+
+    def wrap(cls):
+        if not dataclasses.is_dataclass(cls):
+            cls = dataclasses.dataclass(cls)
+        if name in _REGISTRY and _REGISTRY[name][0].__qualname__ != cls.__qualname__:
+            raise ValueError(f"policy name {name!r} is registered twice")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(preset) - fields
+        if unknown:
+            raise ValueError(f"preset of {name!r} sets unknown parameters {sorted(unknown)}")
+        _REGISTRY[name] = (cls, dict(preset))
+        return cls
+
+    return wrap
+
+
+def _discover() -> None:
+    """Import every module of the `baselines` package and of `smoe.policies`, so their decorators run."""
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    _DISCOVERED = True
+    for pkg_name in ("baselines", "smoe.policies"):
+        try:
+            pkg = importlib.import_module(pkg_name)
+        except ModuleNotFoundError as e:
+            if e.name == pkg_name:
+                continue
+            raise
+        for mod in pkgutil.iter_modules(pkg.__path__):
+            importlib.import_module(f"{pkg_name}.{mod.name}")
+
+
+def policy_names() -> list[str]:
+    _discover()
+    return sorted(_REGISTRY)
+
+
+def policy_params(name: str) -> dict[str, object]:
+    """The parameters a policy takes, with their defaults after its preset."""
+    cls, preset = _lookup(name)
+    out = {f.name: f.default for f in dataclasses.fields(cls) if f.init}
+    out.update(preset)
+    return out
+
+
+def _lookup(name: str) -> tuple[type[ExpertPolicy], dict]:
+    _discover()
+    if name not in _REGISTRY:
+        raise UnknownPolicy(f"unknown policy {name!r}; known policies: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def _coerce(name: str, field: dataclasses.Field, value, hints: dict):
+    typ = hints.get(field.name, str)
+    if not isinstance(value, str):
+        return value
+    origin = typing.get_origin(typ)
+    args = [a for a in typing.get_args(typ) if a is not type(None)]
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+        if value.lower() in ("none", "null"):
+            return None
+        typ = args[0]
+    try:
+        if typ is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if typ in (int, float, str):
+            return typ(value)
+    except ValueError:
+        raise PolicyParamError(
+            f"policy {name!r}: parameter {field.name}={value!r} is not a valid {getattr(typ, '__name__', typ)}"
+        ) from None
+    return value
+
+
+def make_policy(name: str, **params) -> ExpertPolicy:
+    """Instantiate the policy registered as `name`; string values (from the CLI) are converted."""
+    cls, preset = _lookup(name)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(params) - set(fields))
+    if unknown:
+        accepted = ", ".join(sorted(fields)) or "none"
+        raise PolicyParamError(f"policy {name!r} takes no parameter {', '.join(unknown)}; accepted: {accepted}")
+    hints = typing.get_type_hints(cls)
+    kwargs = dict(preset)
+    kwargs.update({k: _coerce(name, fields[k], v, hints) for k, v in params.items()})
+    policy = cls(**kwargs)
+    policy.name = name
+    return policy

@@ -1,0 +1,75 @@
+"""The device slot pool: one pool of expert slots shared by all MoE layers.
+
+Where it sits: the engine asks the pool to evict, load (a host->device copy on the copy stream) and hand
+out the weights of resident experts. On a GPU the slots are one preallocated tensor [C, 3*I*H]; each slot
+has a `ready` event (its copy finished) and a `done` event (the last computation reading it finished), so
+a copy into a slot waits for its previous reader and a computation waits for its copy, stream to stream,
+with no device-wide synchronize. On a CPU-only machine the slots are logical: residency, loads and bytes
+are accounted exactly as on a GPU, and a resident expert is computed straight from the host store.
+"""
+from __future__ import annotations
+
+import torch
+
+from .plan import ExpertKey
+from .store import HostStore
+
+
+class SlotPool:
+    def __init__(self, capacity: int, store: HostStore, device: torch.device):
+        assert capacity >= 1
+        self.capacity = capacity
+        self.store = store
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.slot_of: dict[ExpertKey, int] = {}
+        self.by_layer: dict[int, set[int]] = {}
+        self.prefetched: set[ExpertKey] = set()
+        self._free = list(range(capacity - 1, -1, -1))  # pop() hands out slot 0 first
+        if self.cuda:
+            self.data = torch.empty(capacity, store.shape.numel, dtype=store.dtype, device=device)
+            self.copy_stream = torch.cuda.Stream(device=device)
+            self.ready = [torch.cuda.Event() for _ in range(capacity)]
+            self.done = [torch.cuda.Event() for _ in range(capacity)]
+
+    def __contains__(self, key: ExpertKey) -> bool:
+        return key in self.slot_of
+
+    def evict(self, key: ExpertKey) -> None:
+        slot = self.slot_of.pop(key)
+        self.by_layer[key[0]].discard(key[1])
+        self.prefetched.discard(key)
+        self._free.append(slot)
+
+    def load(self, key: ExpertKey, prefetch: bool = False) -> int:
+        """Copy one expert into a free slot (asynchronously on a GPU); returns the bytes moved."""
+        assert key not in self.slot_of, key
+        slot = self._free.pop()
+        self.slot_of[key] = slot
+        self.by_layer.setdefault(key[0], set()).add(key[1])
+        if prefetch:
+            self.prefetched.add(key)
+        if self.cuda:
+            with torch.cuda.stream(self.copy_stream):
+                self.copy_stream.wait_event(self.done[slot])  # the previous occupant's last reader
+                self.data[slot].copy_(self.store.expert(*key), non_blocking=True)
+                self.ready[slot].record(self.copy_stream)
+        return self.store.expert_bytes
+
+    def weights(self, key: ExpertKey) -> torch.Tensor:
+        """The resident expert's weights [3*I*H], safe to read on the current (compute) stream."""
+        if not self.cuda:
+            return self.store.expert(*key)
+        slot = self.slot_of[key]
+        torch.cuda.current_stream().wait_event(self.ready[slot])
+        return self.data[slot]
+
+    def release(self, key: ExpertKey) -> None:
+        """Mark the end of the current stream's reads of this expert's slot."""
+        self.prefetched.discard(key)
+        if self.cuda:
+            self.done[self.slot_of[key]].record(torch.cuda.current_stream())
+
+    @property
+    def nbytes(self) -> int:
+        return self.capacity * self.store.expert_bytes

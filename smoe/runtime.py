@@ -1,0 +1,215 @@
+"""The offloading runtime: one object that loads a checkpoint under a budget and generates with a policy.
+
+Where it sits: the entry point of the library (the CLI, benchmarks and the lm-eval model use it).
+Loading order, so that user mistakes fail before anything large is allocated:
+  checkpoint + config -> policy -> skeleton on meta -> memory plan (budget check) -> policy.setup
+  -> skeleton onto the device -> routed experts into the host store -> slot pool -> preload.
+
+    rt = Runtime("path/to/ckpt", "lru", device="cuda", budget_gb=12, batch=1)
+    result = rt.generate(["The capital of Italy is"], max_new_tokens=32)
+    result.tokens, result.metrics["tpot_s"], result.metrics["hit_rate"]
+"""
+from __future__ import annotations
+
+import logging
+import os
+import platform
+from dataclasses import dataclass
+
+import torch
+import transformers
+from transformers import AutoTokenizer
+from transformers.activations import ACT2FN
+
+from .budget import kv_bytes_per_token, plan_memory
+from .checkpoint import Checkpoint
+from .engine import Engine, OffloadedExperts
+from .errors import BudgetError, CheckpointError, PromptError
+from .generate import greedy_decode
+from .loader import expert_shape, load_skeleton, moe_blocks, skeleton_on_meta
+from .plan import ModelInfo
+from .policy import ExpertPolicy, make_policy
+from .pool import SlotPool
+from .store import HostStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Result:
+    tokens: list[list[int]]  # per sequence, the generated ids (prompt excluded)
+    metrics: dict
+
+
+def default_cpu_threads() -> int:
+    return max(1, (os.cpu_count() or 2) - 1)  # one core stays with the loader/driver thread
+
+
+class Runtime:
+    def __init__(
+        self,
+        model_dir,
+        policy: str | ExpertPolicy,
+        *,
+        device: str = "cpu",
+        budget_gb: float | None = None,
+        cache_experts: int | None = None,
+        batch: int = 1,
+        kv_tokens: int = 4096,
+        cpu_threads: int | None = None,
+        trace: bool = False,
+        policy_params: dict | None = None,
+    ):
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise BudgetError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu")
+        if self.device.type not in ("cpu", "cuda"):
+            raise BudgetError(f"--device {device!r} is not supported; accepted: cpu, cuda")
+        self.ckpt = Checkpoint(model_dir)
+        self.policy = policy if isinstance(policy, ExpertPolicy) else make_policy(policy, **(policy_params or {}))
+        config = self.ckpt.config
+        self.dtype = self.ckpt.dtype
+        self.batch = batch
+
+        self.model = skeleton_on_meta(self.ckpt, self.dtype)
+        blocks = moe_blocks(self.model)
+        if not blocks:
+            raise CheckpointError(f"{str(self.ckpt.path)!r}: no MoE layers found in the model")
+        num_experts, shape = expert_shape(next(iter(blocks.values())))
+        top_k = next(iter(blocks.values())).gate.top_k
+        self.experts: dict[int, OffloadedExperts] = {}
+        for layer, block in blocks.items():
+            self.experts[layer] = block.experts = OffloadedExperts(layer)
+        skeleton_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        expert_bytes = shape.numel * self.dtype.itemsize
+        self.info = ModelInfo(
+            moe_layers=tuple(blocks),
+            num_experts=num_experts,
+            top_k=top_k,
+            expert_bytes=expert_bytes,
+            model_type=config.model_type,
+        )
+        self.memory = plan_memory(
+            config=config,
+            skeleton_bytes=skeleton_bytes,
+            expert_bytes=expert_bytes,
+            dtype_bytes=self.dtype.itemsize,
+            num_experts=num_experts,
+            num_moe_layers=len(blocks),
+            top_k=top_k,
+            batch=batch,
+            kv_tokens=kv_tokens,
+            budget_gb=budget_gb,
+            cache_experts=cache_experts,
+        )
+        preload = list(self.policy.setup(self.info, self.memory.capacity))
+
+        load_skeleton(self.model, self.ckpt, self.device, self.dtype)
+        store = HostStore(self.info.moe_layers, num_experts, shape, self.dtype, pin=self.device.type == "cuda")
+        store.fill(lambda layer, e, out: self.ckpt.read_expert(layer, e, out, shape))
+        self.pool = SlotPool(self.memory.capacity, store, self.device)
+        act = ACT2FN[config.get_text_config().hidden_act]
+        self.engine = Engine(
+            self.policy, self.pool, self.ckpt.family, config, self.info, act,
+            cpu_threads=cpu_threads or default_cpu_threads(), trace=trace,
+        )
+        for layer, block in blocks.items():
+            self.experts[layer].engine = self.engine
+            block.gate.register_forward_hook(self._capture_logits(layer))
+        self.engine.preload_keys(preload)
+        self.tokenizer = None
+        if self.ckpt.tokenizer_present():
+            self.tokenizer = AutoTokenizer.from_pretrained(self.ckpt.path, padding_side="left")
+            if self.tokenizer.pad_token is None:
+                self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.convert_ids_to_tokens(0)
+
+    def _capture_logits(self, layer: int):
+        target = self.experts[layer]
+
+        def hook(module, inputs, output):
+            target.logits = output[0]  # every family's router returns (logits, weights, indices)
+
+        return hook
+
+    # ---- generation ---------------------------------------------------------------------------------
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.tokenizer is None:
+            raise CheckpointError(f"{str(self.ckpt.path)!r} has no tokenizer; pass token ids instead of text")
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True)
+        return enc["input_ids"], enc["attention_mask"]
+
+    def generate(
+        self,
+        prompts: list[str] | list[list[int]],
+        max_new_tokens: int,
+        on_logits=None,
+    ) -> Result:
+        if not prompts:
+            raise PromptError("no prompts given")
+        if len(prompts) > self.batch:
+            raise PromptError(f"{len(prompts)} prompts exceed the batch size {self.batch} the runtime was sized for")
+        if isinstance(prompts[0], str):
+            ids, mask = self.encode(prompts)  # type: ignore[arg-type]
+        else:
+            ids, mask = pad_left(prompts, pad_id=self.pad_id)  # type: ignore[arg-type]
+        limit = getattr(self.ckpt.config.get_text_config(), "max_position_embeddings", None)
+        if limit is not None and ids.shape[1] + max_new_tokens > limit:
+            raise PromptError(
+                f"prompt of {ids.shape[1]} tokens + {max_new_tokens} new tokens exceeds the model's context of "
+                f"{limit} tokens"
+            )
+        if max_new_tokens < 1:
+            raise PromptError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        eng = self.engine
+
+        def on_forward(phase: str, step: int) -> None:
+            eng.phase, eng.step = phase, step
+
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        tokens, ttft, steps = greedy_decode(
+            self.model, ids.to(self.device), mask.to(self.device), max_new_tokens, on_forward, on_logits
+        )
+        eng.metrics.ttft_s = ttft
+        eng.metrics.step_s = steps
+        if self.device.type == "cuda":
+            eng.metrics.peak_device_bytes = torch.cuda.max_memory_allocated(self.device)
+        else:  # logical accounting: what the device would hold
+            per_token = kv_bytes_per_token(self.ckpt.config.get_text_config(), self.dtype.itemsize)
+            kv = per_token * ids.shape[0] * (ids.shape[1] + max_new_tokens)
+            eng.metrics.peak_device_bytes = self.memory.skeleton_bytes + self.memory.pool_bytes + kv
+        return Result(tokens=tokens.tolist(), metrics=eng.metrics.summary())
+
+    @property
+    def pad_id(self) -> int:
+        if self.tokenizer is not None and self.tokenizer.pad_token_id is not None:
+            return self.tokenizer.pad_token_id
+        return 0
+
+    def environment(self) -> dict:
+        env = {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "device": str(self.device),
+            "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "cpu_threads": self.engine.cpu_threads,
+        }
+        return env
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def pad_left(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> (ids [B,S], mask [B,S]), left-padded."""
+    S = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), S), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(seqs), S, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if not s:
+            raise PromptError(f"prompt {i} is empty")
+        ids[i, S - len(s) :] = torch.as_tensor(s)
+        mask[i, S - len(s) :] = 1
+    return ids, mask
