@@ -119,8 +119,14 @@ class Engine:
 
         for key in ex.evict:
             self.pool.evict(key)
+        # Token rows of every computed expert, moved to the device in one asynchronous copy.
+        order = sorted(ex.tokens)
+        counts = [len(ex.tokens[e]) for e in order]
+        flat = self._to_device(np.concatenate([ex.tokens[e] for e in order]).astype(np.int64))
+        tok = dict(zip(order, torch.split(flat, counts)))
+
         # CPU experts first, so the worker runs while the device computes and copies.
-        cpu_experts = sorted(e for e, a in ex.where.items() if a == Action.CPU)
+        cpu_experts = [e for e in order if ex.where[e] == Action.CPU]
         cpu_future = None
         if cpu_experts:
             x_host = x.to("cpu")
@@ -128,26 +134,34 @@ class Engine:
             cpu_future = self.cpu.submit(self._cpu_compute, layer, jobs)
 
         outs: dict[int, torch.Tensor] = {}
-        resident = [e for e, a in ex.where.items() if a == Action.HIT]
-        for e in sorted(resident):
+        pending = list(ex.loads)  # ascending ids, copied as soon as a slot is free
+        issued: list[int] = []
+
+        def issue() -> None:
+            while pending and self.pool.free_slots > 0:
+                e = pending.pop(0)
+                m.bytes_h2d += self.pool.load((layer, e))
+                m.loads += 1
+                issued.append(e)
+
+        def compute(e: int) -> None:
             key = (layer, e)
-            if key in self.pool.prefetched:
-                m.prefetch_used += 1
-            outs[e] = expert_forward(x[ex.tokens[e]], self.pool.weights(key), self.shape, self.act)
-            self.pool.release(key)
-            m.hits += len(ex.tokens[e])
-            if e in ex.discard:
-                self.pool.evict(key)
-        for e in ex.loads:
-            key = (layer, e)
-            if self.pool.capacity == len(self.pool.slot_of):
-                raise AssertionError("check_plan admitted a load with no slot")  # pragma: no cover
-            m.bytes_h2d += self.pool.load(key)
-            m.loads += 1
-            outs[e] = expert_forward(x[ex.tokens[e]], self.pool.weights(key), self.shape, self.act)
+            outs[e] = expert_forward(x[tok[e]], self.pool.weights(key), self.shape, self.act)
             self.pool.release(key)
             if e in ex.discard:
                 self.pool.evict(key)
+                issue()
+
+        issue()  # copies start before any compute is queued, so they overlap the resident experts
+        for e in order:
+            if ex.where[e] == Action.HIT:
+                if (layer, e) in self.pool.prefetched:
+                    m.prefetch_used += 1
+                m.hits += len(ex.tokens[e])
+                compute(e)
+        while issued:
+            compute(issued.pop(0))
+        assert not pending, "check_plan admitted loads without slots"
 
         nxt = self.policy.prefetch(view, x)
         if nxt is not None:
@@ -157,20 +171,19 @@ class Engine:
             cpu_outs, secs = cpu_future.result()
             m.cpu_time_s += secs
             m.cpu_experts += len(cpu_experts)
-            for e, o in zip(cpu_experts, cpu_outs):
-                outs[e] = o.to(self.device, non_blocking=False)
+            on_device = torch.split(self._to_device(torch.cat(cpu_outs)), [len(o) for o in cpu_outs])
+            outs.update(zip(cpu_experts, on_device))
 
         # Gate weights [T,E]: the router's own where a token's set is unchanged, the family rule elsewhere.
         T, E = view.scores.shape
         w = torch.zeros(T, E, dtype=topk_w.dtype, device=x.device).scatter_(1, topk_idx, topk_w)
         if ex.changed:
-            rows = torch.as_tensor(ex.changed, device=x.device)
-            mask = torch.as_tensor(ex.computed[ex.changed], device=x.device)
+            rows = self._to_device(np.asarray(ex.changed, dtype=np.int64))
+            mask = self._to_device(ex.computed[ex.changed])
             w[rows] = self.family.weights(scores[rows], mask, self.config).to(w.dtype)
         final = torch.zeros_like(x)
-        for e in sorted(outs):
-            tok = torch.as_tensor(ex.tokens[e], device=x.device)
-            final.index_add_(0, tok, (outs[e] * w[tok, e, None]).to(final.dtype))
+        for e in order:  # ascending expert ids, as the HF experts module adds them up
+            final.index_add_(0, tok[e], (outs[e] * w[tok[e], e, None]).to(final.dtype))
 
         m.uses += sum(len(t) for t in ex.tokens.values())
         m.substitutions += ex.substitutions
@@ -193,6 +206,13 @@ class Engine:
             )
         return final
 
+    def _to_device(self, a) -> torch.Tensor:
+        """Host array/tensor -> device, through pinned memory so the copy does not stall the host."""
+        t = torch.from_numpy(a) if isinstance(a, np.ndarray) else a
+        if self.device.type != "cuda":
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True)
+
     def _prefetch(self, nxt, layer: int) -> None:
         m = self.metrics[self.phase]
         for key in nxt.evict:
@@ -202,7 +222,7 @@ class Engine:
         for key in nxt.loads:
             if key in self.pool:
                 continue
-            if len(self.pool.slot_of) >= self.pool.capacity:
+            if self.pool.free_slots == 0:
                 raise PolicyError(f"policy {self.policy.name!r}: prefetch of {key} finds no free slot")
             m.bytes_h2d += self.pool.load(key, prefetch=True)
             m.loads += 1

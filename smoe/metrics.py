@@ -37,9 +37,9 @@ class Counters:
 
 
 class Metrics:
-    def __init__(self):
+    def __init__(self, preload_loads: int = 0):
         self.phases = {"prefill": Counters(), "decode": Counters()}
-        self.preload_loads = 0
+        self.preload_loads = preload_loads
         self.ttft_s: float | None = None
         self.step_s: list[float] = []  # one per decode step
         self.peak_device_bytes = 0
@@ -69,6 +69,7 @@ class Metrics:
             "peak_device_bytes": self.peak_device_bytes,
             "preload_loads": self.preload_loads,
             "decode_steps": int(steps.size),
+            "decode_step_s": [round(x, 6) for x in self.step_s],
             "prefill": asdict(p),
             "decode": asdict(d),
         }

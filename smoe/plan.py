@@ -64,7 +64,7 @@ class CacheView:
 
     @property
     def free_slots(self) -> int:
-        return self._pool.capacity - len(self._pool.slot_of)
+        return self._pool.free_slots
 
     def resident(self, layer: int) -> frozenset[int]:
         return frozenset(self._pool.by_layer.get(layer, ()))

@@ -32,6 +32,10 @@ class SlotPool:
             self.ready = [torch.cuda.Event() for _ in range(capacity)]
             self.done = [torch.cuda.Event() for _ in range(capacity)]
 
+    @property
+    def free_slots(self) -> int:
+        return len(self._free)
+
     def __contains__(self, key: ExpertKey) -> bool:
         return key in self.slot_of
 

@@ -26,6 +26,7 @@ from .checkpoint import Checkpoint
 from .engine import Engine, OffloadedExperts
 from .errors import BudgetError, CheckpointError, PromptError
 from .generate import greedy_decode
+from .metrics import Metrics
 from .loader import expert_shape, load_skeleton, moe_blocks, skeleton_on_meta
 from .plan import ModelInfo
 from .policy import ExpertPolicy, make_policy
@@ -161,6 +162,7 @@ class Runtime:
         if max_new_tokens < 1:
             raise PromptError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         eng = self.engine
+        eng.metrics = Metrics(preload_loads=eng.metrics.preload_loads)  # counters are per call; the cache persists
 
         def on_forward(phase: str, step: int) -> None:
             eng.phase, eng.step = phase, step

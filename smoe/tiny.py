@@ -63,12 +63,16 @@ def tiny_config(family: str, **overrides):
     return AutoConfig.for_model(family, **kwargs)
 
 
-def make_tiny(family: str, out: str | Path, seed: int = 0, dtype: torch.dtype = torch.float32, **overrides) -> Path:
-    """Write a random tiny checkpoint of `family` to `out` and return the path."""
+def make_tiny(
+    family: str, out: str | Path, seed: int = 0, dtype: torch.dtype = torch.float32, device: str = "cpu", **overrides
+) -> Path:
+    """Write a random checkpoint of `family` (tiny unless `overrides` say otherwise) to `out`; returns the path.
+    `device` is where the random weights are drawn (a GPU draws a large one much faster)."""
     out = Path(out)
     config = tiny_config(family, **overrides)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     with torch.no_grad():  # spread the routers so top-k choices are not near ties
         for name, p in model.named_parameters():
             if name.endswith("mlp.gate.weight"):
