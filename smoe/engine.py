@@ -16,6 +16,7 @@ router, shared experts and dense layers run unchanged; for the routed experts th
 from __future__ import annotations
 
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -75,6 +76,7 @@ class Engine:
         self.step = 0
         self.trace: list[dict] | None = [] if trace else None
         self.view = CacheView(pool)
+        self.costs = {"load": deque(maxlen=256), "cpu": deque(maxlen=256)}  # measured seconds per expert
 
     # ---- whole-run hooks ----------------------------------------------------------------------------
     def preload_keys(self, keys: list) -> None:
@@ -111,7 +113,9 @@ class Engine:
             topk=topk_idx.cpu(),
             cache=self.view,
             model=self.info,
+            costs=self.costs,
         )
+        self.costs["load"].extend(self.pool.copy_seconds())
         t0 = time.perf_counter()
         plan = self.policy.plan(view)
         ex = check_plan(plan, view, self.policy.name)
@@ -171,6 +175,7 @@ class Engine:
             cpu_outs, secs = cpu_future.result()
             m.cpu_time_s += secs
             m.cpu_experts += len(cpu_experts)
+            self.costs["cpu"].append(secs / len(cpu_experts))
             on_device = torch.split(self._to_device(torch.cat(cpu_outs)), [len(o) for o in cpu_outs])
             outs.update(zip(cpu_experts, on_device))
 
@@ -180,7 +185,10 @@ class Engine:
         if ex.changed:
             rows = self._to_device(np.asarray(ex.changed, dtype=np.int64))
             mask = self._to_device(ex.computed[ex.changed])
-            w[rows] = self.family.weights(scores[rows], mask, self.config).to(w.dtype)
+            changed_scores = scores[rows]
+            if ex.scale is not None:
+                changed_scores = changed_scores * self._to_device(ex.scale[ex.changed])
+            w[rows] = self.family.weights(changed_scores, mask, self.config).to(w.dtype)
         final = torch.zeros_like(x)
         for e in order:  # ascending expert ids, as the HF experts module adds them up
             final.index_add_(0, tok[e], (outs[e] * w[tok[e], e, None]).to(final.dtype))

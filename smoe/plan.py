@@ -9,7 +9,8 @@ A plan gives one `Action` per (token, routed expert) of the family router's top-
   HIT        the expert is resident (or its prefetch is queued): computed on the device from its slot
   LOAD       copied host->device into a slot this layer, then computed on the device
   CPU        computed on the CPU from the host store, result sent to the device
-  SUBSTITUTE the token computes a stand-in expert instead (resident, or loaded by this same plan)
+  SUBSTITUTE the token computes a stand-in expert instead, where that expert runs in this layer (resident, or
+             loaded or CPU-run for another token of the batch)
   SKIP       the token drops the expert
 plus `evict` (resident experts whose slots are freed before this layer's loads) and `discard` (experts of
 this layer whose slots are freed once they have been computed: streaming loads, no-cache policies).
@@ -91,6 +92,7 @@ class LayerView:
     topk: torch.Tensor  # [T,K] int64 on the CPU: the family router's choice
     cache: CacheView
     model: ModelInfo
+    costs: dict | None = None  # "load"/"cpu" -> recent measured seconds per expert (newest last), GPU runs only
 
     def needed(self) -> list[int]:
         """Distinct routed experts of this layer, ascending."""
@@ -103,6 +105,7 @@ class Plan:
     standins: np.ndarray | None = None  # [T,K] stand-in expert where SUBSTITUTE, else -1
     evict: list[ExpertKey] = field(default_factory=list)
     discard: set[int] = field(default_factory=set)
+    scale: np.ndarray | None = None  # [T,K] factors on the router scores of routed experts (1 = unchanged)
 
     @classmethod
     def per_expert(
@@ -136,7 +139,8 @@ class ExecPlan:
     tokens: dict[int, list[int]]  # expert -> token rows that compute it, in HF's (rank, token) order
     cols: dict[int, list[int]]  # expert -> the top-k column each of those tokens routed it from
     computed: np.ndarray  # [T,E] bool: experts each token computes
-    changed: list[int]  # tokens whose computed set differs from the router's top-k
+    changed: list[int]  # tokens whose computed set or scores differ from the router's: family weight rule
+    scale: np.ndarray | None  # [T,E] score factors, or None
     loads: list[int]  # experts copied this layer, ascending
     evict: list[ExpertKey]
     discard: set[int]
@@ -192,10 +196,12 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
                 s = int(standins[t, j])
                 if not 0 <= s < E:
                     raise _fail(policy, layer, f"token {t} substitutes expert {e} with invalid stand-in {s}")
-                if s not in resident and where.get(s) != Action.LOAD:
-                    raise _fail(policy, layer, f"stand-in {s} for token {t} is neither resident nor loaded")
                 if s in resident:
                     where.setdefault(s, Action.HIT)
+                elif s not in where:
+                    raise _fail(
+                        policy, layer, f"stand-in {s} for token {t} is not resident and no token loads or CPU-runs it"
+                    )
                 subs += 1
                 e = s
             if computed[t, e]:
@@ -205,7 +211,17 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
             cols.setdefault(e, []).append(j)
     routed = np.zeros((T, E), dtype=bool)
     np.put_along_axis(routed, topk, True, axis=1)
-    changed = [t for t in range(T) if not np.array_equal(routed[t], computed[t])]
+    scale = None
+    if plan.scale is not None:
+        factors = np.asarray(plan.scale, dtype=np.float32)
+        if factors.shape != (T, K) or not (factors >= 0).all():
+            raise _fail(policy, layer, f"scale must be non-negative factors of shape {(T, K)}")
+        scale = np.ones((T, E), dtype=np.float32)
+        np.put_along_axis(scale, topk, factors, axis=1)
+    changed = [
+        t for t in range(T)
+        if not np.array_equal(routed[t], computed[t]) or (scale is not None and (scale[t] != 1).any())
+    ]
 
     used_on_device = {e for e, a in where.items() if a != Action.CPU and e in tokens}
     evict = list(plan.evict)
@@ -246,6 +262,7 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
         cols=cols,
         computed=computed,
         changed=changed,
+        scale=scale,
         loads=loads,
         evict=evict,
         discard=discard,

@@ -31,6 +31,7 @@ class SlotPool:
             self.copy_stream = torch.cuda.Stream(device=device)
             self.ready = [torch.cuda.Event() for _ in range(capacity)]
             self.done = [torch.cuda.Event() for _ in range(capacity)]
+        self._timed: list[tuple] = []  # (start, end) events of copies not yet read
 
     @property
     def free_slots(self) -> int:
@@ -54,11 +55,23 @@ class SlotPool:
         if prefetch:
             self.prefetched.add(key)
         if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             with torch.cuda.stream(self.copy_stream):
                 self.copy_stream.wait_event(self.done[slot])  # the previous occupant's last reader
+                start.record(self.copy_stream)
                 self.data[slot].copy_(self.store.expert(*key), non_blocking=True)
+                end.record(self.copy_stream)
                 self.ready[slot].record(self.copy_stream)
+            self._timed.append((start, end))
         return self.store.expert_bytes
+
+    def copy_seconds(self) -> list[float]:
+        """Durations of the copies that have finished since the last call (never waits)."""
+        out = []
+        while self._timed and self._timed[0][1].query():
+            start, end = self._timed.pop(0)
+            out.append(start.elapsed_time(end) / 1e3)
+        return out
 
     def weights(self, key: ExpertKey) -> torch.Tensor:
         """The resident expert's weights [3*I*H], safe to read on the current (compute) stream."""

@@ -1,0 +1,2 @@
+"""SMoE policies (the paper's algorithm and its ablation steps). Every module here is imported by the
+registry, like `baselines/`."""

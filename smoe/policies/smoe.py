@@ -1,0 +1,160 @@
+"""SMoE (arXiv 2508.18983) as a policy, and the paper's ablation steps and accuracy comparisons.
+
+One class composes the paper's mechanisms; each registered name switches some on (paper Fig. 14/17):
+  smoe-ce       score-aware eviction (Eq. 3) with the protection shield; missing experts are loaded
+  smoe-ce-cr    + the expert-cache router (Alg. 1): low-score experts substituted by resident ones
+  smoe-ce-cr-ba + CPU/PCIe balancing (Alg. 2) of the experts still missing
+                  (the full `smoe` adds top-score prefetch, which lands with the predictor)
+  skip          the experts SMoE would substitute are dropped instead (Lu et al. 2024, arXiv 2402.14800;
+                paper Table V)
+  score-lower   no substitution; the router scores of low-score experts are multiplied by `lower` before
+                the family's weight rule (paper Table VI)
+
+Score-aware eviction: the victim is the unshielded resident expert with the lowest mean router score over
+the last `window` forward passes of its layer (every expert's score counts, selected or not; the prefill
+counts as one pass, scored by its tokens' mean); ties go to the least recently used. Experts the layer being
+planned computes on the device are shielded; experts brought by a prefetch and not yet used rank between
+shielded and normal. `window=None` gives plain LRU eviction.
+
+Gate weights of a computed set that differs from the router's top-k follow the family's rule (its own router
+probability, renormalised over the computed set where the family renormalises, times the routed scaling
+factor): see `smoe.families.Family.weights`. The public code weights substitutes by their own probability
+without renormalisation, which is the same for its models (norm_topk_prob false).
+
+Balancing costs: `costs="fixed"` (default) models a load as expert_bytes / `pcie_gbps` and a CPU expert
+as expert_bytes / `cpu_gbps` (a memory-bound expert at low batch), so decisions never depend on timing;
+`costs="measured"` uses the runtime's rolling mean of the last `p` measured copies and CPU experts instead
+(on a GPU run; the fixed values stand in until there are samples).
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from smoe.balance import split_load_cpu
+from smoe.caching import CachingPolicy
+from smoe.errors import PolicyParamError
+from smoe.plan import Action, ExpertKey, LayerView, Plan
+from smoe.policy import register_policy
+from smoe.router import expert_cache_router
+
+REPLACE_MODES = ("none", "substitute", "skip", "lower")
+COST_MODES = ("fixed", "measured")
+
+
+@register_policy("score-lower", replace="lower")
+@register_policy("skip", replace="skip")
+@register_policy("smoe-ce-cr-ba", replace="substitute", balance=True)
+@register_policy("smoe-ce-cr", replace="substitute")
+@register_policy("smoe-ce", replace="none")
+class SMoE(CachingPolicy):
+    alpha: float = 0.25  # substitution threshold (paper: 0.35 S1, 0.30 S2, 0.25 S3)
+    window: int | None = 8  # n of Eq. 3 (forward passes); None: LRU eviction
+    replace: str = "substitute"  # what happens to low-score experts: none | substitute | skip | lower
+    lower: float = 0.5  # score factor of low-score experts for replace=lower
+    balance: bool = False  # split missing experts between PCIe loads and the CPU (Alg. 2)
+    costs: str = "fixed"  # fixed | measured
+    pcie_gbps: float = 25.0  # fixed cost model: host->device rate (the paper's S3 A6000 on PCIe 4.0)
+    cpu_gbps: float = 20.0  # fixed cost model: rate at which the CPU streams an expert's weights
+    p: int = 10  # measured costs: samples in the rolling mean
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.replace not in REPLACE_MODES:
+            raise PolicyParamError(f"replace={self.replace!r}; accepted: {', '.join(REPLACE_MODES)}")
+        if self.costs not in COST_MODES:
+            raise PolicyParamError(f"costs={self.costs!r}; accepted: {', '.join(COST_MODES)}")
+        if self.alpha < 0 or (self.window is not None and self.window < 1) or self.p < 1:
+            raise PolicyParamError(f"need alpha >= 0, window >= 1 or None, p >= 1; got {self.alpha}, {self.window}, {self.p}")
+        self.last: dict[ExpertKey, int] = {}
+        self.history: dict[int, deque] = {}  # layer -> deque of per-pass mean scores [E]
+        self.sums: dict[int, np.ndarray] = {}
+        self._prefetched: frozenset = frozenset()
+
+    # ---- score-aware eviction ----------------------------------------------------------------------
+    def on_hit(self, key: ExpertKey) -> None:
+        self.last[key] = next(self.clock)
+
+    on_insert = on_hit
+
+    def on_evict(self, key: ExpertKey) -> None:
+        del self.last[key]
+
+    def mean_score(self, key: ExpertKey) -> float:
+        hist = self.history.get(key[0])
+        return float(self.sums[key[0]][key[1]] / len(hist)) if hist else 0.0
+
+    def victim(self, candidates: list[ExpertKey], view: LayerView) -> ExpertKey:
+        if self.window is None:
+            return min(candidates, key=lambda k: (k in self._prefetched, self.last[k]))
+        return min(candidates, key=lambda k: (k in self._prefetched, self.mean_score(k), self.last[k]))
+
+    def observe(self, view: LayerView, plan: Plan) -> None:
+        if self.window is None:
+            return
+        row = view.scores.mean(dim=0).numpy().astype(np.float64)  # [E]
+        hist = self.history.setdefault(view.layer, deque())
+        sums = self.sums.setdefault(view.layer, np.zeros_like(row))
+        hist.append(row)
+        sums += row
+        if len(hist) > self.window:
+            sums -= hist.popleft()
+
+    # ---- planning --------------------------------------------------------------------------------------
+    def _costs(self, view: LayerView) -> tuple[float, float]:
+        c_load = view.model.expert_bytes / (self.pcie_gbps * 1e9)
+        c_cpu = view.model.expert_bytes / (self.cpu_gbps * 1e9)
+        if self.costs == "measured" and view.costs is not None:
+            loads, cpus = list(view.costs["load"])[-self.p:], list(view.costs["cpu"])[-self.p:]
+            c_load = sum(loads) / len(loads) if loads else c_load
+            c_cpu = sum(cpus) / len(cpus) if cpus else c_cpu
+        return c_load, c_cpu
+
+    def plan(self, view: LayerView) -> Plan:
+        self._prefetched = view.cache.prefetched()
+        layer, k = view.layer, view.model.top_k
+        topk = view.topk.numpy()  # [T,K]
+        T, K = topk.shape
+        resident = view.cache.resident(layer)
+        computed = [sorted(row) for row in topk.tolist()]
+        if self.replace in ("substitute", "skip") and self.alpha > 0:
+            computed = expert_cache_router(view.scores, k, self.alpha, resident, topk=view.topk)
+        # Where each computed expert runs: resident -> HIT; missing -> LOAD, or the CPU when balancing.
+        needed = sorted(set().union(*map(set, computed)))
+        missing = [e for e in needed if e not in resident]
+        best = view.scores.max(dim=0).values  # [E] best score of each expert over the batch
+        missing.sort(key=lambda e: (-float(best[e]), e))
+        load_ids, cpu_ids = missing, []
+        if self.balance and missing:
+            load_ids, cpu_ids = split_load_cpu(missing, *self._costs(view))
+        placement = {e: Action.HIT for e in needed if e in resident}
+        placement.update({e: Action.LOAD for e in load_ids})
+        placement.update({e: Action.CPU for e in cpu_ids})
+
+        actions = np.empty((T, K), dtype=np.int8)
+        standins = np.full((T, K), -1, dtype=np.int64)
+        scale = None
+        for t in range(T):
+            routed, comp = topk[t].tolist(), set(computed[t])
+            extra = sorted(comp - set(routed), key=lambda e: (-float(view.scores[t, e]), e))  # stand-ins
+            for j, e in enumerate(routed):
+                if e in comp:
+                    actions[t, j] = placement[e]
+                elif self.replace == "skip" or not extra:
+                    actions[t, j] = Action.SKIP
+                else:
+                    actions[t, j] = Action.SUBSTITUTE
+                    standins[t, j] = extra.pop(0)
+        if self.replace == "lower" and self.alpha > 0:
+            scale = self._lowered(view)
+        evict, discard = self.cache_plan(view, placement)
+        return Plan(actions=actions, standins=standins, evict=evict, discard=discard, scale=scale)
+
+    def _lowered(self, view: LayerView) -> np.ndarray:
+        """[T,K] factors: `lower` for low-score routed experts (score < (1+alpha) * S_{k+1}), else 1."""
+        k = view.model.top_k
+        kth1 = view.scores.topk(k + 1, dim=-1).values[:, k:k + 1]  # [T,1] the (k+1)-th score
+        routed = view.scores.gather(1, view.topk)  # [T,K]
+        low = (routed < (1 + self.alpha) * kth1).numpy()
+        return np.where(low, self.lower, 1.0).astype(np.float32)

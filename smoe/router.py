@@ -1,0 +1,74 @@
+"""SMoE's expert-cache router (paper Alg. 1, Eq. 1-2): substitute low-score experts that are not on the
+device with resident experts of similar score.
+
+Where it sits: a pure function the SMoE policies call from `plan`; it sees scores and a resident set, never a
+device or a clock.
+
+Semantics (per token t of one layer; scores [T,E] are the family router's probabilities):
+  topk_t   the k highest scores (ties: lower id first); L_t = the (k+1)-th highest score
+  top-score experts: members of topk_t with score >= (1+alpha)*L_t;  C = their union over the batch
+  low-score experts: the rest of topk_t; one that is resident or in C is kept
+  need_t   the other low-score experts, replaced by candidates: experts not in topk_t, resident or in C,
+           with (1-alpha)*L_t < score <= L_t, highest score first (ties: lower id), each at most once per token
+  if candidates run short, the highest-scoring members of need_t fill the remaining places (they will be
+  loaded or run on the CPU), so every token still computes k experts; alpha = 0 returns topk_t unchanged.
+
+Where the paper and its public code differ we follow the paper's equations: the candidate band includes L_t
+itself (Eq. 2 writes score <= S_{k+1}; the code uses a strict bound), candidates are taken by score (the code
+scans a Python set), and a low-score expert is one below (1+alpha)*L_t (v3's corrected threshold).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+
+def _ranked(row: list[float]) -> list[int]:
+    """Expert ids by descending score, ties to the lower id."""
+    return sorted(range(len(row)), key=lambda e: (-row[e], e))
+
+
+def expert_cache_router(
+    scores: torch.Tensor, k: int, alpha: float, resident: Iterable[int], topk: torch.Tensor | None = None
+) -> list[list[int]]:
+    """scores [T,E] -> for each token, the sorted expert ids it computes (k of them).
+
+    `topk` [T,K] optionally gives the family router's own selection where it is not simply the k highest
+    scores (group-limited routing, DeepSeek-V3's bias-corrected choice); S_{k+1} is then the best score of a
+    non-selected expert, which is what the paper defines it as.
+    """
+    T, E = scores.shape
+    if not 0 < k < E:
+        raise ValueError(f"k must be in 1..{E - 1}, got {k}")
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    rows = scores.detach().float().cpu().tolist()
+    ranked = [_ranked(r) for r in rows]
+    if topk is not None:  # the selection first (by score), then the rest (by score)
+        sel = [set(row) for row in topk.tolist()]
+        ranked = [[e for e in rk if e in s] + [e for e in rk if e not in s] for rk, s in zip(ranked, sel)]
+    if alpha == 0:
+        return [sorted(rk[:k]) for rk in ranked]
+    resident = set(resident)
+    top: list[list[int]] = []
+    low: list[list[int]] = []
+    bounds: list[float] = []
+    for r, rk in zip(rows, ranked):
+        L = r[rk[k]]
+        bounds.append(L)
+        top.append([e for e in rk[:k] if r[e] >= (1 + alpha) * L])
+        low.append([e for e in rk[:k] if r[e] < (1 + alpha) * L])
+    C = set().union(*top)
+    available = resident | C
+    out = []
+    for t in range(T):
+        r, L = rows[t], bounds[t]
+        topk = set(ranked[t][:k])
+        keep = [e for e in low[t] if e in available]
+        need = [e for e in low[t] if e not in available]  # already by descending score
+        cands = [e for e in ranked[t] if e not in topk and e in available and (1 - alpha) * L < r[e] <= L]
+        chosen = cands[: len(need)]
+        fill = need[: len(need) - len(chosen)]
+        out.append(sorted(top[t] + keep + chosen + fill))
+    return out
