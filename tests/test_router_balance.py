@@ -1,0 +1,156 @@
+"""The SMoE mechanisms as pure functions: the expert-cache router (Alg. 1) and the CPU/PCIe split (Alg. 2)."""
+import pytest
+import torch
+
+from smoe.balance import CostEstimate, split_load_cpu
+from smoe.router import expert_cache_router
+
+
+def row(scores: dict[int, float], E: int = 10) -> torch.Tensor:
+    """One token's scores; unnamed experts share the remaining mass equally (all below every named one)."""
+    t = torch.zeros(E)
+    for e, s in scores.items():
+        t[e] = s
+    return t
+
+
+def test_paper_running_example_hits_two_of_five_become_four():
+    # Fig. 1: five selected experts a..e (ids 0-4), a and b resident; d and e are low-score and missing;
+    # f and g (ids 5, 6) are resident with scores just below the selection: substitution gives 4/5 hits.
+    s = row({0: 0.30, 1: 0.20, 2: 0.15, 3: 0.055, 4: 0.052, 5: 0.050, 6: 0.049, 7: 0.01})[None]
+    resident = {0, 1, 5, 6}
+    plain = expert_cache_router(s, k=5, alpha=0.0, resident=resident)[0]
+    assert plain == [0, 1, 2, 3, 4]
+    assert len(set(plain) & resident) == 2
+    out = expert_cache_router(s, k=5, alpha=0.25, resident=resident)[0]
+    assert out == [0, 1, 2, 5, 6]
+    assert len(set(out) & resident) == 4  # 2/5 -> 4/5 hits; only expert 2 (top-score) still to load
+
+
+def test_alpha_zero_returns_topk_with_lower_id_on_ties():
+    s = torch.tensor([[0.1, 0.3, 0.3, 0.2, 0.1]])
+    assert expert_cache_router(s, k=2, alpha=0.0, resident=set()) == [[1, 2]]
+    assert expert_cache_router(s, k=3, alpha=0.0, resident={4}) == [[1, 2, 3]]
+
+
+def test_low_score_expert_kept_when_resident():
+    # k=2: L = 0.2; expert 1 (0.22 < 1.25*0.2) is low-score but resident -> kept
+    s = torch.tensor([[0.5, 0.22, 0.2, 0.08]])
+    assert expert_cache_router(s, k=2, alpha=0.25, resident={1, 2}) == [[0, 1]]
+
+
+def test_low_score_expert_replaced_by_best_candidate_in_band():
+    # expert 1 is low-score and missing; candidates in (0.75*0.2, 0.2]: 2 (0.2) and 3 (0.17), both resident
+    s = torch.tensor([[0.43, 0.22, 0.2, 0.17]])
+    assert expert_cache_router(s, k=2, alpha=0.25, resident={2, 3}) == [[0, 2]]
+
+
+def test_candidate_outside_band_is_not_used_and_missing_expert_stays():
+    s = torch.tensor([[0.5, 0.22, 0.2, 0.08]])  # expert 3 is resident but 0.08 <= 0.75*0.2
+    assert expert_cache_router(s, k=2, alpha=0.25, resident={3}) == [[0, 1]]
+
+
+def test_top_score_expert_is_never_replaced():
+    s = torch.tensor([[0.6, 0.3, 0.05, 0.05]])  # both selected are >= 1.25 * 0.05
+    assert expert_cache_router(s, k=2, alpha=0.25, resident={2, 3}) == [[0, 1]]
+
+
+def test_fewer_candidates_than_needed_fills_with_highest_scoring_missing():
+    # k=3, L = 0.20 (expert 3); experts 1 (0.23) and 2 (0.21) are low-score and missing; one candidate (4)
+    s = torch.tensor([[0.36, 0.23, 0.21, 0.20, 0.0]])
+    s[0, 4] = 0.18
+    out = expert_cache_router(s, k=3, alpha=0.25, resident={4})
+    assert out == [[0, 1, 4]]  # candidate 4 replaces one; the higher of the two missing (1) stays
+
+
+def test_batch_top_score_set_serves_other_tokens():
+    # token 0's top-score expert 2 is a candidate for token 1, even though nothing is resident
+    s = torch.tensor([[0.1, 0.05, 0.8, 0.05], [0.5, 0.22, 0.19, 0.09]])
+    out = expert_cache_router(s, k=2, alpha=0.25, resident=set())
+    assert out[0] == [0, 2]
+    assert out[1] == [0, 2]  # expert 1 (low-score, missing) replaced by expert 2, in C
+
+
+def test_each_candidate_used_at_most_once_per_token():
+    s = torch.tensor([[0.3, 0.26, 0.25, 0.19, 0.0]])
+    s[0, 4] = 0.0
+    out = expert_cache_router(s, k=3, alpha=0.4, resident={3})
+    assert len(out[0]) == 3 and len(set(out[0])) == 3
+
+
+def test_family_selection_overrides_plain_ranking():
+    # a group-limited router chose {0, 3}; the best non-selected score (expert 1, 0.3) is S_{k+1}
+    s = torch.tensor([[0.4, 0.3, 0.2, 0.1]])
+    topk = torch.tensor([[0, 3]])
+    assert expert_cache_router(s, k=2, alpha=0.0, resident=set(), topk=topk) == [[0, 3]]
+    out = expert_cache_router(s, k=2, alpha=0.5, resident={1}, topk=topk)
+    assert out == [[0, 1]]  # expert 3 (0.1 < 1.5*0.3) is low-score and missing; 1 is in (0.15, 0.3]
+
+
+def test_router_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        expert_cache_router(torch.rand(2, 4), k=4, alpha=0.1, resident=set())
+    with pytest.raises(ValueError):
+        expert_cache_router(torch.rand(2, 4), k=2, alpha=-0.1, resident=set())
+
+
+def test_router_property_k_experts_and_only_allowed_newcomers():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        T, E, k = 3, 16, 4
+        s = torch.rand(T, E, generator=g).softmax(-1)
+        resident = set(torch.randperm(E, generator=g)[:6].tolist())
+        alpha = float(torch.rand(1, generator=g)) * 0.6
+        out = expert_cache_router(s, k, alpha, resident)
+        plain = expert_cache_router(s, k, 0.0, resident)
+        top_union = set()
+        for t in range(T):
+            L = sorted(s[t].tolist(), reverse=True)[k]
+            top_union |= {e for e in plain[t] if s[t, e] >= (1 + alpha) * L}
+        for t in range(T):
+            assert len(out[t]) == k and len(set(out[t])) == k
+            for e in set(out[t]) - set(plain[t]):  # newcomers: resident or batch top-score, in the band
+                assert e in resident or e in top_union
+                L = sorted(s[t].tolist(), reverse=True)[k]
+                assert (1 - alpha) * L < s[t, e] <= L
+
+
+# ---- Alg. 2 ---------------------------------------------------------------------------------------------
+def test_split_equal_costs_alternates_from_both_ends():
+    assert split_load_cpu([9, 8, 7, 6], 1.0, 1.0) == ([9, 8], [7, 6])
+
+
+def test_split_cheap_cpu_sends_more_to_cpu():
+    load, cpu = split_load_cpu([5, 4, 3, 2, 1], c_load=3.0, c_cpu=1.0)
+    assert load == [5, 4] and cpu == [3, 2, 1]
+
+
+def test_split_cheap_load_loads_more():
+    load, cpu = split_load_cpu([5, 4, 3, 2, 1], c_load=1.0, c_cpu=3.0)
+    assert load == [5, 4, 3, 2] and cpu == [1]
+
+
+def test_split_edge_cases():
+    assert split_load_cpu([], 1.0, 1.0) == ([], [])
+    assert split_load_cpu([7], 5.0, 0.1) == ([7], [])  # first expert always loaded (0 <= 0)
+    with pytest.raises(ValueError):
+        split_load_cpu([1], -1.0, 1.0)
+
+
+def test_split_makespan_within_one_expert_of_optimal():
+    # Alg. 2 is greedy: its max(T_load, T_cpu) is at most one expert's cost above the best split.
+    for c_load, c_cpu in [(1, 1), (2, 1), (1, 3), (0.4, 1.7)]:
+        ids = list(range(9, 0, -1))
+        load, cpu = split_load_cpu(ids, c_load, c_cpu)
+        assert sorted(load + cpu, reverse=True) == ids
+        got = max(len(load) * c_load, len(cpu) * c_cpu)
+        best = min(max(n * c_load, (len(ids) - n) * c_cpu) for n in range(1, len(ids) + 1))
+        assert best - 1e-9 <= got <= best + max(c_load, c_cpu) + 1e-9
+
+
+def test_cost_estimate_rolls_over_last_p():
+    c = CostEstimate(prior=2.0, p=3)
+    assert c.value == 2.0
+    for x in (1.0, 2.0, 3.0, 10.0):
+        c.add(x)
+    assert c.value == pytest.approx(5.0)
