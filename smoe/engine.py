@@ -29,6 +29,7 @@ from .metrics import Metrics
 from .plan import Action, CacheView, LayerView, ModelInfo, check_plan
 from .policy import ExpertPolicy
 from .pool import SlotPool
+from .predict import NextLayerPredictor, PrefetchContext
 from .store import expert_forward
 from .errors import PolicyError
 
@@ -59,6 +60,7 @@ class Engine:
         act,
         cpu_threads: int,
         trace: bool = False,
+        predictor: NextLayerPredictor | None = None,
     ):
         self.policy = policy
         self.pool = pool
@@ -77,6 +79,9 @@ class Engine:
         self.trace: list[dict] | None = [] if trace else None
         self.view = CacheView(pool)
         self.costs = {"load": deque(maxlen=256), "cpu": deque(maxlen=256)}  # measured seconds per expert
+        self.predictor = predictor
+        self.awaiting: set = set()  # prefetched experts whose layer has not run since
+        self.wants_prefetch = type(policy).prefetch is not ExpertPolicy.prefetch
 
     # ---- whole-run hooks ----------------------------------------------------------------------------
     def preload_keys(self, keys: list) -> None:
@@ -116,6 +121,11 @@ class Engine:
             costs=self.costs,
         )
         self.costs["load"].extend(self.pool.copy_seconds())
+        judged = [key for key in self.awaiting if key[0] == layer]  # prefetched for this layer: were they routed?
+        if judged:
+            routed = set(view.topk.flatten().tolist())
+            m.prefetch_in_topk += sum(1 for key in judged if key[1] in routed)
+            self.awaiting.difference_update(judged)
         t0 = time.perf_counter()
         plan = self.policy.plan(view)
         ex = check_plan(plan, view, self.policy.name)
@@ -129,6 +139,16 @@ class Engine:
         flat = self._to_device(np.concatenate([ex.tokens[e] for e in order]).astype(np.int64))
         tok = dict(zip(order, torch.split(flat, counts)))
 
+        # Gate weights [T,E]: the router's own where a token's set is unchanged, the family rule elsewhere.
+        T, E = view.scores.shape
+        w = torch.zeros(T, E, dtype=topk_w.dtype, device=x.device).scatter_(1, topk_idx, topk_w)
+        if ex.changed:
+            rows = self._to_device(np.asarray(ex.changed, dtype=np.int64))
+            mask = self._to_device(ex.computed[ex.changed])
+            changed_scores = scores[rows]
+            if ex.scale is not None:
+                changed_scores = changed_scores * self._to_device(ex.scale[ex.changed])
+            w[rows] = self.family.weights(changed_scores, mask, self.config).to(w.dtype)
         # CPU experts first, so the worker runs while the device computes and copies.
         cpu_experts = [e for e in order if ex.where[e] == Action.CPU]
         cpu_future = None
@@ -157,19 +177,23 @@ class Engine:
                 issue()
 
         issue()  # copies start before any compute is queued, so they overlap the resident experts
-        for e in order:
-            if ex.where[e] == Action.HIT:
-                if (layer, e) in self.pool.prefetched:
-                    m.prefetch_used += 1
-                m.hits += len(ex.tokens[e])
-                compute(e)
+        hits = [e for e in order if ex.where[e] == Action.HIT]
+        for e in hits:
+            if (layer, e) in self.pool.prefetched:
+                m.prefetch_used += 1
+            m.hits += len(ex.tokens[e])
+            compute(e)
+        # Prefetch for later layers while this layer's loads are still copying.
+        prefetched: list = []
+        if self.wants_prefetch and not pending:
+            partial = lambda: self._combine(torch.zeros_like(x), hits, outs, tok, w)  # noqa: E731
+            ctx = PrefetchContext(layer, x, partial, self.predictor)
+            nxt = self.policy.prefetch(view, ctx)
+            if nxt is not None:
+                prefetched = self._prefetch(nxt, layer)
         while issued:
             compute(issued.pop(0))
         assert not pending, "check_plan admitted loads without slots"
-
-        nxt = self.policy.prefetch(view, x)
-        if nxt is not None:
-            self._prefetch(nxt, layer)
 
         if cpu_future is not None:
             cpu_outs, secs = cpu_future.result()
@@ -179,19 +203,7 @@ class Engine:
             on_device = torch.split(self._to_device(torch.cat(cpu_outs)), [len(o) for o in cpu_outs])
             outs.update(zip(cpu_experts, on_device))
 
-        # Gate weights [T,E]: the router's own where a token's set is unchanged, the family rule elsewhere.
-        T, E = view.scores.shape
-        w = torch.zeros(T, E, dtype=topk_w.dtype, device=x.device).scatter_(1, topk_idx, topk_w)
-        if ex.changed:
-            rows = self._to_device(np.asarray(ex.changed, dtype=np.int64))
-            mask = self._to_device(ex.computed[ex.changed])
-            changed_scores = scores[rows]
-            if ex.scale is not None:
-                changed_scores = changed_scores * self._to_device(ex.scale[ex.changed])
-            w[rows] = self.family.weights(changed_scores, mask, self.config).to(w.dtype)
-        final = torch.zeros_like(x)
-        for e in order:  # ascending expert ids, as the HF experts module adds them up
-            final.index_add_(0, tok[e], (outs[e] * w[tok[e], e, None]).to(final.dtype))
+        final = self._combine(torch.zeros_like(x), order, outs, tok, w)
 
         m.uses += sum(len(t) for t in ex.tokens.values())
         m.substitutions += ex.substitutions
@@ -210,8 +222,16 @@ class Engine:
                     "loads": ex.loads,
                     "cpu": cpu_experts,
                     "evict": ex.evict,
+                    "prefetch": prefetched,
                 }
             )
+        return final
+
+    @staticmethod
+    def _combine(final, experts, outs, tok, w):
+        """final [T,H] += each expert's output times its gate weight, in ascending expert order (as HF does)."""
+        for e in sorted(experts):
+            final.index_add_(0, tok[e], (outs[e] * w[tok[e], e, None]).to(final.dtype))
         return final
 
     def _to_device(self, a) -> torch.Tensor:
@@ -221,8 +241,9 @@ class Engine:
             return t
         return t.pin_memory().to(self.device, non_blocking=True)
 
-    def _prefetch(self, nxt, layer: int) -> None:
+    def _prefetch(self, nxt, layer: int) -> list:
         m = self.metrics[self.phase]
+        done = []
         for key in nxt.evict:
             if key not in self.pool or key[0] == layer:
                 raise PolicyError(f"policy {self.policy.name!r}: prefetch evicts {key}, not resident or in use")
@@ -235,3 +256,6 @@ class Engine:
             m.bytes_h2d += self.pool.load(key, prefetch=True)
             m.loads += 1
             m.prefetches += 1
+            done.append(key)
+            self.awaiting.add(key)
+        return done

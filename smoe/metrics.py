@@ -13,6 +13,7 @@ Definitions:
   cpu_experts   expert executions on the CPU (one per expert and layer, covering all its tokens)
   substitutions, skips   (token, expert) pairs a policy replaced or dropped
   prefetches / prefetch_used   experts loaded ahead of their layer / of those, later used before eviction
+  prefetch_in_topk             prefetched experts that the router's top-k selected at their layer's next run
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class Counters:
     skips: int = 0
     prefetches: int = 0
     prefetch_used: int = 0
+    prefetch_in_topk: int = 0
     policy_time_s: float = 0.0
 
 
@@ -65,6 +67,7 @@ class Metrics:
             "skips": total["skips"],
             "prefetches": total["prefetches"],
             "prefetch_used": total["prefetch_used"],
+            "prefetch_in_topk": total["prefetch_in_topk"],
             "policy_time_s": total["policy_time_s"],
             "peak_device_bytes": self.peak_device_bytes,
             "preload_loads": self.preload_loads,

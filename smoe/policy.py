@@ -4,7 +4,7 @@ Where it sits: the runtime (`engine.py`) owns the weights, the slots, the copies
 metric; a policy only decides. It is called at four points:
   setup(model, capacity)      once, before the first forward: experts to preload into the slots
   plan(view) -> Plan          every MoE layer of every forward (the only hook a policy must implement)
-  prefetch(view, hidden)      right after a layer's plan is issued: experts of later layers to copy now
+  prefetch(view, ctx)         once a layer's resident experts are queued: experts of later layers to copy now
   observe(view, plan)         after the layer has been executed: update statistics (scores, recency)
 Decisions must depend only on the inputs, the budget and the policy's parameters, never on timing.
 
@@ -19,10 +19,13 @@ import pkgutil
 import typing
 from collections.abc import Iterable
 
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import PolicyParamError, UnknownPolicy
 from .plan import ExpertKey, LayerView, ModelInfo, Plan, PrefetchPlan
+
+if TYPE_CHECKING:
+    from .predict import PrefetchContext
 
 
 class ExpertPolicy:
@@ -37,8 +40,9 @@ class ExpertPolicy:
     def plan(self, view: LayerView) -> Plan:
         raise NotImplementedError
 
-    def prefetch(self, view: LayerView, hidden: torch.Tensor) -> PrefetchPlan | None:
-        """hidden [T,H]: the layer's input on the device. Return experts of later layers to load now."""
+    def prefetch(self, view: LayerView, ctx: "PrefetchContext") -> PrefetchPlan | None:
+        """Called once this layer's resident experts are queued and its loads are copying. `ctx` gives the
+        layer's input and the next MoE layer's predicted scores. Return experts of later layers to load now."""
         return None
 
     def observe(self, view: LayerView, plan: Plan) -> None:

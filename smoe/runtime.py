@@ -31,6 +31,7 @@ from .loader import expert_shape, load_skeleton, moe_blocks, skeleton_on_meta
 from .plan import ModelInfo
 from .policy import ExpertPolicy, make_policy
 from .pool import SlotPool
+from .predict import NextLayerPredictor
 from .store import HostStore
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ class Runtime:
         self.engine = Engine(
             self.policy, self.pool, self.ckpt.family, config, self.info, act,
             cpu_threads=cpu_threads or default_cpu_threads(), trace=trace,
+            predictor=NextLayerPredictor(self.model, blocks, self.ckpt.family),
         )
         for layer, block in blocks.items():
             self.experts[layer].engine = self.engine

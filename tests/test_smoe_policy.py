@@ -218,3 +218,42 @@ def test_score_lower_changes_weights_not_experts(ckpt):
     assert low.metrics["substitutions"] == 0 and low.metrics["skips"] == 0
     assert low.metrics["loads"] == base.metrics["loads"]  # same experts computed, same cache behaviour
     assert all((np.asarray(r["actions"]) != Action.SUBSTITUTE).all() for r in trace)
+
+
+class FakeCtx:
+    def __init__(self, layer, nxt, scores):
+        self.layer, self.next_layer, self._scores = layer, nxt, torch.tensor(scores)
+
+    def predict(self, attention=True):
+        return self._scores
+
+
+def test_prefetch_loads_predicted_top_score_and_never_evicts_shielded():
+    pol = make_policy("smoe-ce-cr-pre", window=2, prefetch_share=1.0)
+    pool = FakePool(capacity=2)
+    step(pol, pool, 0, [[0.7, 0.1, 0.1, 0.1]], [[0]])  # (0,0) resident: layer 0 is being computed
+    step(pol, pool, 1, [[0.1, 0.6, 0.2, 0.1]], [[1]])  # (1,1) resident
+    v = view(pool, 0, [[0.7, 0.1, 0.1, 0.1]], [[0]])
+    pol.plan(v)
+    # predicted layer-1 scores: expert 2 is top-score (0.8 >= 1.25 * 0.1); expert 1 is not predicted
+    pf = pol.prefetch(v, FakeCtx(0, 1, [[0.05, 0.05, 0.8, 0.1]]))
+    assert pf.loads == [(1, 2)]
+    assert pf.evict == [(1, 1)]  # the only unshielded victim; (0,0) belongs to the layer being computed
+
+
+def test_prefetch_runs_through_the_runtime_and_is_used(ckpt):
+    res, trace = run(ckpt, "smoe-ce-cr-pre", slots=8)
+    m = res.metrics
+    assert m["prefetches"] > 0
+    assert 0 < m["prefetch_used"] <= m["prefetches"]
+    assert m["prefetch_in_topk"] <= m["prefetches"]
+    assert sum(len(r["prefetch"]) for r in trace) == m["prefetches"]
+    off, _ = run(ckpt, "smoe-ce-cr", slots=8)
+    assert res.metrics["hit_rate"] > off.metrics["hit_rate"]
+
+
+def test_prefetch_does_not_change_the_tokens_at_alpha_zero(ckpt):
+    ref, _ = run(ckpt, "all-gpu", slots=1000)
+    for mode in ("attention", "no-attention"):
+        res, _ = run(ckpt, "smoe-ce-cr-pre", slots=8, alpha=0.0, prefetch_mode=mode)
+        assert res.tokens == ref.tokens

@@ -3,8 +3,11 @@
 One class composes the paper's mechanisms; each registered name switches some on (paper Fig. 14/17):
   smoe-ce       score-aware eviction (Eq. 3) with the protection shield; missing experts are loaded
   smoe-ce-cr    + the expert-cache router (Alg. 1): low-score experts substituted by resident ones
-  smoe-ce-cr-ba + CPU/PCIe balancing (Alg. 2) of the experts still missing
-                  (the full `smoe` adds top-score prefetch, which lands with the predictor)
+  smoe-ce-cr-pre + top-score prefetch: while layer i computes, layer i+1's scores are predicted (its
+                  attention over the read-only KV cache and its router, on an approximate hidden state)
+                  and its predicted top-score experts that are not resident are loaded
+  smoe          + CPU/PCIe balancing (Alg. 2) of the experts still missing: the full system
+  smoe-ce-cr-ba   the router and balancing without prefetch (an extra step for the ablation)
   skip          the experts SMoE would substitute are dropped instead (Lu et al. 2024, arXiv 2402.14800;
                 paper Table V)
   score-lower   no substitution; the router scores of low-score experts are multiplied by `lower` before
@@ -21,6 +24,12 @@ probability, renormalised over the computed set where the family renormalises, t
 factor): see `smoe.families.Family.weights`. The public code weights substitutes by their own probability
 without renormalisation, which is the same for its models (norm_topk_prob false).
 
+Prefetch: `prefetch_mode="attention"` runs layer i+1's attention in the prediction (the paper's predictor);
+`"no-attention"` skips it (the public code's cheaper variant); `"none"` turns prefetch off. Predicted
+top-score experts are those of the predicted top-k with score >= (1+alpha) * S_{k+1}. Prefetched experts that
+are not yet used may take at most `prefetch_share` of the slots (the public code caps them at half), and a
+prefetch never evicts an expert of the layer being computed, nor another prefetched one.
+
 Balancing costs: `costs="fixed"` (default) models a load as expert_bytes / `pcie_gbps` and a CPU expert
 as expert_bytes / `cpu_gbps` (a memory-bound expert at low batch), so decisions never depend on timing;
 `costs="measured"` uses the runtime's rolling mean of the last `p` measured copies and CPU experts instead
@@ -35,16 +44,19 @@ import numpy as np
 from smoe.balance import split_load_cpu
 from smoe.caching import CachingPolicy
 from smoe.errors import PolicyParamError
-from smoe.plan import Action, ExpertKey, LayerView, Plan
+from smoe.plan import Action, ExpertKey, LayerView, Plan, PrefetchPlan
 from smoe.policy import register_policy
 from smoe.router import expert_cache_router
 
 REPLACE_MODES = ("none", "substitute", "skip", "lower")
 COST_MODES = ("fixed", "measured")
+PREFETCH_MODES = ("none", "attention", "no-attention")
 
 
 @register_policy("score-lower", replace="lower")
 @register_policy("skip", replace="skip")
+@register_policy("smoe", replace="substitute", prefetch_mode="attention", balance=True)
+@register_policy("smoe-ce-cr-pre", replace="substitute", prefetch_mode="attention")
 @register_policy("smoe-ce-cr-ba", replace="substitute", balance=True)
 @register_policy("smoe-ce-cr", replace="substitute")
 @register_policy("smoe-ce", replace="none")
@@ -54,6 +66,8 @@ class SMoE(CachingPolicy):
     replace: str = "substitute"  # what happens to low-score experts: none | substitute | skip | lower
     lower: float = 0.5  # score factor of low-score experts for replace=lower
     balance: bool = False  # split missing experts between PCIe loads and the CPU (Alg. 2)
+    prefetch_mode: str = "none"  # none | attention | no-attention
+    prefetch_share: float = 0.5  # most of the slots that prefetched, not yet used experts may hold
     costs: str = "fixed"  # fixed | measured
     pcie_gbps: float = 25.0  # fixed cost model: host->device rate (the paper's S3 A6000 on PCIe 4.0)
     cpu_gbps: float = 20.0  # fixed cost model: rate at which the CPU streams an expert's weights
@@ -63,6 +77,8 @@ class SMoE(CachingPolicy):
         super().__post_init__()
         if self.replace not in REPLACE_MODES:
             raise PolicyParamError(f"replace={self.replace!r}; accepted: {', '.join(REPLACE_MODES)}")
+        if self.prefetch_mode not in PREFETCH_MODES:
+            raise PolicyParamError(f"prefetch_mode={self.prefetch_mode!r}; accepted: {', '.join(PREFETCH_MODES)}")
         if self.costs not in COST_MODES:
             raise PolicyParamError(f"costs={self.costs!r}; accepted: {', '.join(COST_MODES)}")
         if self.alpha < 0 or (self.window is not None and self.window < 1) or self.p < 1:
@@ -150,6 +166,42 @@ class SMoE(CachingPolicy):
             scale = self._lowered(view)
         evict, discard = self.cache_plan(view, placement)
         return Plan(actions=actions, standins=standins, evict=evict, discard=discard, scale=scale)
+
+    # ---- top-score prefetch ------------------------------------------------------------------------------
+    def prefetch(self, view: LayerView, ctx) -> PrefetchPlan | None:  # type: ignore[override]
+        if self.prefetch_mode == "none" or view.phase != "decode" or ctx.next_layer is None:
+            return None
+        nxt, k = ctx.next_layer, view.model.top_k
+        scores = ctx.predict(attention=self.prefetch_mode == "attention")  # [T,E] predicted, on the CPU
+        kth1 = scores.topk(k + 1, dim=-1).values[:, k:k + 1]  # [T,1] predicted S_{k+1}
+        top = (scores >= (1 + self.alpha) * kth1) & (scores >= scores.topk(k, dim=-1).values[:, -1:])
+        best = scores.max(dim=0).values
+        resident = view.cache.resident(nxt)
+        want = sorted({int(e) for e in top.nonzero()[:, 1].tolist()} - resident, key=lambda e: (-float(best[e]), e))
+        room = int(self.prefetch_share * view.cache.capacity) - len(view.cache.prefetched())
+        want = want[: max(room, 0)]
+        if not want:
+            return None
+        protected = {key for key in self.cached if key[0] == view.layer} | set(view.cache.prefetched())
+        loads, evict = [], []
+        free = view.cache.free_slots
+        for e in want:
+            if free == 0:
+                candidates = [key for key in self.cached if key not in protected]
+                if not candidates:
+                    break
+                v = self.victim(candidates, view)
+                self.cached.remove(v)
+                self.on_evict(v)
+                evict.append(v)
+            else:
+                free -= 1
+            key = (nxt, e)
+            self.cached.add(key)
+            self.on_insert(key)
+            protected.add(key)
+            loads.append(key)
+        return PrefetchPlan(loads=loads, evict=evict)
 
     def _lowered(self, view: LayerView) -> np.ndarray:
         """[T,K] factors: `lower` for low-score routed experts (score < (1+alpha) * S_{k+1}), else 1."""

@@ -1,0 +1,117 @@
+"""Predicting the next MoE layer's router scores while the current layer computes (for prefetching).
+
+Where it sits: a runtime mechanism that policies call through `PrefetchContext.predict` from their
+`prefetch` hook; it runs only skeleton modules that are on the device. For MoE layer i, followed directly
+by MoE layer i+1, it approximates layer i's output hidden state as
+
+    h ~ residual_i + shared_experts_i(x_i) + (the routed experts of layer i computed so far on the device)
+
+and runs layer i+1's input norm, then (with `attention=True`) layer i+1's attention over the KV cache read
+but not written, then its post-attention norm and its router. `attention=False` is the cheaper variant the
+public SMoE code uses: the attention is skipped. Returns scores [T,E] on the device.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class _ReadOnlyCache:
+    """Looks like a transformers cache to one attention call: returns past + new, stores nothing."""
+
+    def __init__(self, cache):
+        self.cache = cache
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        layer = self.cache.layers[layer_idx]
+        if not getattr(layer, "is_initialized", True) or layer.keys is None or layer.keys.numel() == 0:
+            return key_states, value_states
+        return torch.cat([layer.keys, key_states], dim=-2), torch.cat([layer.values, value_states], dim=-2)
+
+    def __getattr__(self, name):
+        return getattr(self.cache, name)
+
+
+def shared_output(block: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """The always-on shared experts' contribution of a MoE block, as its family computes it. x [T,H]."""
+    if hasattr(block, "shared_expert"):  # Qwen2-MoE: a gated shared expert
+        out = block.shared_expert(x)
+        gate = getattr(block, "shared_expert_gate", None)
+        return out * torch.sigmoid(gate(x)) if gate is not None else out
+    if hasattr(block, "shared_experts"):  # DeepSeek
+        return block.shared_experts(x)
+    return None
+
+
+class NextLayerPredictor:
+    def __init__(self, model, blocks: dict[int, nn.Module], family):
+        self.layers = model.model.layers
+        self.blocks = blocks
+        self.family = family
+        self.residual: dict[int, torch.Tensor] = {}  # layer -> input of its post-attention norm [B,S,H]
+        self.kwargs: dict = {}  # the decoder-layer kwargs of the current forward (mask, rotary, cache)
+        for i in blocks:
+            self.layers[i].post_attention_layernorm.register_forward_pre_hook(self._keep_residual(i))
+        self.layers[0].register_forward_pre_hook(self._keep_kwargs, with_kwargs=True)
+
+    def _keep_residual(self, i: int):
+        def hook(module, args):
+            self.residual[i] = args[0]
+
+        return hook
+
+    def _keep_kwargs(self, module, args, kwargs):
+        self.kwargs = kwargs
+
+    def next_layer(self, layer: int) -> int | None:
+        """The MoE layer right after `layer`, if the next decoder layer is one (else no prediction)."""
+        return layer + 1 if layer + 1 in self.blocks else None
+
+    @torch.no_grad()
+    def predict(self, layer: int, x: torch.Tensor, partial: torch.Tensor, attention: bool) -> torch.Tensor:
+        """x [T,H]: layer's normed input; partial [T,H]: its routed output so far -> next layer's scores [T,E]."""
+        nxt = self.next_layer(layer)
+        assert nxt is not None
+        residual = self.residual[layer]  # [B,S,H]
+        B, S, H = residual.shape
+        h = residual.reshape(-1, H) + partial.to(residual.dtype)
+        shared = shared_output(self.blocks[layer], x)
+        if shared is not None:
+            h = h + shared.to(h.dtype)
+        h = h.view(B, S, H)
+        dec = self.layers[nxt]
+        if attention:
+            kw = dict(self.kwargs)
+            cache_key = "cache" if "cache" in kw else "past_key_values"
+            if kw.get(cache_key) is not None:
+                kw[cache_key] = _ReadOnlyCache(kw[cache_key])
+            kw.pop("use_cache", None)
+            attn_out = dec.self_attn(
+                hidden_states=dec.input_layernorm(h),
+                attention_mask=kw.pop("attention_mask", None),
+                position_embeddings=kw.pop("position_embeddings", None),
+                **{k: v for k, v in kw.items() if k in (cache_key, "position_ids", "cache_position")},
+            )[0]
+            h = h + attn_out
+        logits = self.blocks[nxt].gate(dec.post_attention_layernorm(h).reshape(B * S, H))[0]
+        return self.family.scores(logits)
+
+
+class PrefetchContext:
+    """What a policy's `prefetch` hook gets besides the layer view: the layer's input and, on demand, the
+    predicted router scores of the next MoE layer."""
+
+    def __init__(self, layer: int, hidden: torch.Tensor, partial, predictor: NextLayerPredictor | None):
+        self.layer = layer
+        self.hidden = hidden  # [T,H] the layer's normed input, on the device
+        self._partial = partial  # () -> [T,H] this layer's routed output so far (its resident experts)
+        self._predictor = predictor
+
+    @property
+    def next_layer(self) -> int | None:
+        return None if self._predictor is None else self._predictor.next_layer(self.layer)
+
+    def predict(self, attention: bool = True) -> torch.Tensor:
+        """Predicted scores [T,E] of the next MoE layer, on the CPU (waits for the compute stream)."""
+        assert self.next_layer is not None, "no MoE layer follows directly"
+        return self._predictor.predict(self.layer, self.hidden, self._partial(), attention).cpu()
