@@ -67,18 +67,31 @@ class NextLayerPredictor:
         """The MoE layer right after `layer`, if the next decoder layer is one (else no prediction)."""
         return layer + 1 if layer + 1 in self.blocks else None
 
-    @torch.no_grad()
-    def predict(self, layer: int, x: torch.Tensor, partial: torch.Tensor, attention: bool) -> torch.Tensor:
-        """x [T,H]: layer's normed input; partial [T,H]: its routed output so far -> next layer's scores [T,E]."""
-        nxt = self.next_layer(layer)
-        assert nxt is not None
+    def approx_output(self, layer: int, x: torch.Tensor, partial: torch.Tensor) -> torch.Tensor:
+        """Layer's output hidden state [B,S,H] ~ residual + shared experts + routed experts so far."""
         residual = self.residual[layer]  # [B,S,H]
         B, S, H = residual.shape
         h = residual.reshape(-1, H) + partial.to(residual.dtype)
         shared = shared_output(self.blocks[layer], x)
         if shared is not None:
             h = h + shared.to(h.dtype)
-        h = h.view(B, S, H)
+        return h.view(B, S, H)
+
+    @torch.no_grad()
+    def gate_scores(self, layer: int, x: torch.Tensor, partial: torch.Tensor, target: int) -> torch.Tensor:
+        """Scores [T,E] of a later MoE layer's router applied to this layer's approximate output, with no
+        layer in between run (HybriMoE's multi-layer look-ahead)."""
+        h = self.approx_output(layer, x, partial)
+        dec = self.layers[target]
+        return self.family.scores(self.blocks[target].gate(dec.post_attention_layernorm(h).flatten(0, 1))[0])
+
+    @torch.no_grad()
+    def predict(self, layer: int, x: torch.Tensor, partial: torch.Tensor, attention: bool) -> torch.Tensor:
+        """x [T,H]: layer's normed input; partial [T,H]: its routed output so far -> next layer's scores [T,E]."""
+        nxt = self.next_layer(layer)
+        assert nxt is not None
+        h = self.approx_output(layer, x, partial)
+        B, S, H = h.shape
         dec = self.layers[nxt]
         if attention:
             kw = dict(self.kwargs)
@@ -115,3 +128,7 @@ class PrefetchContext:
         """Predicted scores [T,E] of the next MoE layer, on the CPU (waits for the compute stream)."""
         assert self.next_layer is not None, "no MoE layer follows directly"
         return self._predictor.predict(self.layer, self.hidden, self._partial(), attention).cpu()
+
+    def gate_scores(self, target: int) -> torch.Tensor:
+        """A later MoE layer's router on this layer's approximate output, on the CPU (no layers in between)."""
+        return self._predictor.gate_scores(self.layer, self.hidden, self._partial(), target).cpu()

@@ -1,0 +1,108 @@
+"""hybrimoe: hybrid CPU-GPU scheduling and cache management (Zhong et al., "HybriMoE", arXiv 2504.05897),
+without quantization, as the SMoE paper ran it. Rules:
+  - dynamic intra-layer scheduling: the layer's missing experts, most tokens first (ties: higher score),
+    each go to whichever side would finish it earlier: the CPU queue (c_cpu per expert and token share)
+    or the PCIe queue followed by the device (c_load per expert);
+  - impact-driven prefetch: the next `depth` MoE layers' routers are applied to this layer's approximate
+    output; their predicted top-k experts that are not resident are ranked by impact (predicted score x the
+    CPU time a miss would cost, discounted by layer distance) and the best `prefetch_size` are loaded;
+  - MRS cache: every expert keeps a decayed score S <- decay*S + (1-decay)*(router score this pass); the
+    cached expert with the lowest S is evicted (ties: least recently used).
+Costs follow the same fixed model as SMoE's balancing (expert bytes over a PCIe rate and over a CPU
+streaming rate), so decisions do not depend on timing.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from smoe.caching import CachingPolicy
+from smoe.plan import Action, ExpertKey, LayerView, ModelInfo, Plan, PrefetchPlan
+from smoe.policy import register_policy
+
+
+@register_policy("hybrimoe")
+class HybriMoE(CachingPolicy):
+    decay: float = 0.5  # MRS: weight of the old score
+    depth: int = 2  # MoE layers of look-ahead for prefetch
+    prefetch_size: int = 4  # experts prefetched per layer at most
+    pcie_gbps: float = 25.0
+    cpu_gbps: float = 20.0
+
+    def setup(self, model: ModelInfo, capacity: int) -> list[ExpertKey]:
+        self.model = model
+        self.mrs: dict[int, np.ndarray] = {}  # layer -> [E] decayed scores
+        self.last: dict[ExpertKey, int] = {}
+        return []
+
+    def on_hit(self, key: ExpertKey) -> None:
+        self.last[key] = next(self.clock)
+
+    on_insert = on_hit
+
+    def on_evict(self, key: ExpertKey) -> None:
+        del self.last[key]
+
+    def score(self, key: ExpertKey) -> float:
+        row = self.mrs.get(key[0])
+        return 0.0 if row is None else float(row[key[1]])
+
+    def victim(self, candidates: list[ExpertKey], view: LayerView) -> ExpertKey:
+        return min(candidates, key=lambda k: (self.score(k), self.last[k]))
+
+    def observe(self, view: LayerView, plan: Plan) -> None:
+        row = view.scores.mean(dim=0).numpy().astype(np.float64)
+        old = self.mrs.get(view.layer)
+        self.mrs[view.layer] = row if old is None else self.decay * old + (1 - self.decay) * row
+
+    def plan(self, view: LayerView) -> Plan:
+        resident = view.cache.resident(view.layer)
+        tokens = np.bincount(view.topk.flatten().numpy(), minlength=view.model.num_experts)
+        best = view.scores.max(dim=0).values
+        missing = sorted((e for e in view.needed() if e not in resident), key=lambda e: (-tokens[e], -float(best[e]), e))
+        c_load = view.model.expert_bytes / (self.pcie_gbps * 1e9)
+        c_cpu = view.model.expert_bytes / (self.cpu_gbps * 1e9)
+        t_gpu = t_cpu = 0.0
+        placement = {e: Action.HIT for e in view.needed() if e in resident}
+        for e in missing:
+            cpu_finish = t_cpu + c_cpu * (1 + 0.1 * (tokens[e] - 1))  # weights streamed once, a little per token
+            gpu_finish = t_gpu + c_load
+            if gpu_finish <= cpu_finish:
+                placement[e], t_gpu = Action.LOAD, gpu_finish
+            else:
+                placement[e], t_cpu = Action.CPU, cpu_finish
+        return self.plan_placement(view, placement)
+
+    def prefetch(self, view: LayerView, ctx) -> PrefetchPlan | None:  # type: ignore[override]
+        if view.phase != "decode":
+            return None
+        layers = self.model.moe_layers
+        i = layers.index(view.layer)
+        c_cpu = view.model.expert_bytes / (self.cpu_gbps * 1e9)
+        impact: list[tuple[float, ExpertKey]] = []
+        for d in range(1, self.depth + 1):
+            if i + d >= len(layers):
+                break
+            target = layers[i + d]
+            scores = ctx.gate_scores(target).max(dim=0).values  # [E] best predicted score over the batch
+            top = scores.topk(self.model.top_k).indices.tolist()
+            impact += [(float(scores[e]) * c_cpu / d, (target, e)) for e in top if (target, e) not in self.cached]
+        impact.sort(key=lambda x: (-x[0], x[1]))
+        loads, evict = [], []
+        free = view.cache.free_slots
+        protected = {k for k in self.cached if k[0] == view.layer}
+        for _, key in impact[: self.prefetch_size]:
+            if free > 0:
+                free -= 1
+            else:
+                cands = [k for k in self.cached if k not in protected]
+                if not cands:
+                    break
+                v = self.victim(cands, view)
+                self.cached.remove(v)
+                self.on_evict(v)
+                evict.append(v)
+            self.cached.add(key)
+            self.on_insert(key)
+            protected.add(key)
+            loads.append(key)
+        return PrefetchPlan(loads=loads, evict=evict) if loads else None
