@@ -4,6 +4,7 @@
              every metric, the environment and the generated token ids
   make-tiny  write a tiny random checkpoint of a supported family (tests, demos, GPU smoke runs)
   policies   list the registered policies and their parameters
+  tune-alpha measure TPOT over alpha = 0..0.6, fit a polynomial, pick the smallest alpha meeting a budget
   demo       the quick main job: every registered policy on a tiny checkpoint at two budgets, on the CPU
 """
 from __future__ import annotations
@@ -168,14 +169,37 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m smoe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-v", "--verbose", action="store_true")
-    sub = p.add_subparsers(dest="cmd", required=True)
+def cmd_tune_alpha(args) -> int:
+    """Measure T(alpha) on the grid, fit, choose the smallest alpha meeting --budget-tpot."""
+    from .alpha import PAPER_GRID, tune
 
-    r = sub.add_parser("run", help="one generation run of one policy")
+    grid = [float(a) for a in args.alphas.split(",")] if args.alphas else PAPER_GRID
+    prompts = _prompts(args)
+    params = _parse_set(args.set)
+
+    def measure(alpha: float) -> float:
+        rec = run_one(model=args.model, policy=args.policy, device=args.device, batch=args.batch,
+                      max_new_tokens=args.max_new_tokens, prompts=prompts, budget_gb=args.budget_gb,
+                      cache_experts=args.cache_experts, params={**params, "alpha": str(alpha)},
+                      cpu_threads=args.cpu_threads)
+        log.info("alpha %.2f: tpot %.5fs, hit rate %s, substitutions %d", alpha, rec["metrics"]["tpot_s"],
+                 _fmt(rec["metrics"]["hit_rate"]), rec["metrics"]["substitutions"])
+        return rec["metrics"]["tpot_s"]
+
+    result = tune(measure, args.budget_tpot, grid, args.degree)
+    coeffs = " ".join(f"{c:+.4g}" for c in result["fit_coeffs"])
+    print(f"T(alpha) fit, degree {args.degree}, coefficients (highest power first): {coeffs}")
+    print(f"budget R = {args.budget_tpot:.5f}s -> alpha = {result['alpha']}" if result["met"]
+          else f"budget R = {args.budget_tpot:.5f}s is not met by any alpha in the grid")
+    result.update(model=args.model, policy=args.policy, batch=args.batch, device=args.device,
+                  budget_gb=args.budget_gb, cache_experts=args.cache_experts)
+    if args.out:
+        write_json(args.out, result)
+    return 0
+
+
+def _add_run_args(r: argparse.ArgumentParser) -> None:
     r.add_argument("--model", required=True, help="local HF checkpoint directory")
-    r.add_argument("--policy", required=True, help="registered policy name (see `policies`)")
     g = r.add_mutually_exclusive_group(required=True)
     g.add_argument("--budget-gb", type=float, help="device memory for everything: skeleton, KV reserve, slots (GiB)")
     g.add_argument("--cache-experts", type=int, help="expert slots in all, across layers")
@@ -184,12 +208,31 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-new-tokens", type=int, default=32)
     r.add_argument("--prompt", action="append", help="a prompt (repeatable; cycled to fill the batch)")
     r.add_argument("--prompt-file", help="one prompt per line")
+    r.add_argument("--cpu-threads", type=int, help="threads of the CPU expert worker (default: cores - 1)")
+    r.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a policy parameter")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m smoe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="one generation run of one policy")
+    r.add_argument("--policy", required=True, help="registered policy name (see `policies`)")
+    _add_run_args(r)
     r.add_argument("--out", help="write the run record to this JSON file")
     r.add_argument("--trace", help="write per-layer router scores and executed plans to this file (torch.save)")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--cpu-threads", type=int, help="threads of the CPU expert worker (default: cores - 1)")
-    r.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a policy parameter")
     r.set_defaults(fn=cmd_run)
+
+    a = sub.add_parser("tune-alpha", help="measure T(alpha), fit it, pick the smallest alpha meeting a TPOT budget")
+    a.add_argument("--policy", default="smoe", help="an SMoE policy (default: smoe)")
+    _add_run_args(a)
+    a.add_argument("--budget-tpot", type=float, required=True, help="the TPOT budget R in seconds")
+    a.add_argument("--alphas", help="comma-separated grid (default: 0,0.05,...,0.6)")
+    a.add_argument("--degree", type=int, default=2, help="degree of the fitted polynomial")
+    a.add_argument("--out", help="write points, fit and choice to this JSON file")
+    a.set_defaults(fn=cmd_tune_alpha)
 
     t = sub.add_parser("make-tiny", help="write a tiny random checkpoint")
     t.add_argument("--family", required=True)
