@@ -4,12 +4,13 @@ TPOT / TTFT / hit rate of every baseline at two budgets on a mid-size checkpoint
     python benchmarks/core_gpu.py --out results/gpu/core        # needs a CUDA device
 
 Writes to --out:
-  bandwidth.json     host->device copy rate of one expert and of 1 GiB, pinned and pageable
   tiny.csv           every tiny family x baseline x budget on cuda and cpu: tokens / hit rate / loads equal?
-  mid.csv            the mid-size checkpoint: every baseline at two budgets (TPOT, TTFT, hit rate, ...)
+  mid.csv            the mid-size checkpoint: every core baseline at two budgets, batch 1 and 3 (TPOT, TTFT,
+                     hit rate, ...), medians over --repeats interleaved rounds
   mid_runs.json      the full run records behind mid.csv
-  overlap.json       from a profiler trace of on-demand decoding: share of copy time hidden under compute
-  mid_fp32_equal.json  the same shape in float32 (3 layers, smaller vocab): cuda and cpu runs compared
+  summary.json       host->device copy rates (one expert, 1 GiB; pinned, pageable); from profiler traces of
+                     on-demand and lru decoding, how much kernel time runs under expert copies; the same
+                     shape in float32 (3 layers, smaller vocab) run on cuda and cpu: tokens and counts equal?
 The mid table also has `hf-eager` rows: the plain HF model wholly on the GPU, decoded by the same loop,
 with no runtime in between (the reference for the runtime's own overhead).
 """
@@ -19,6 +20,7 @@ import argparse
 import csv
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -30,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from smoe.cli import run_one  # noqa: E402
 from smoe.errors import SmoeError  # noqa: E402
-from smoe.policy import policy_names  # noqa: E402
 from smoe.tiny import TINY, make_tiny  # noqa: E402
 
+CORE = ["on-demand", "lru", "cpu-assist", "all-gpu"]  # the core runtime's baselines; see ablation.py for the rest
 PROMPTS = [
     "Mixture-of-experts language models route every token to a few experts, so",
     "The three most important ideas in computer architecture are",
@@ -92,7 +94,7 @@ def tiny_equality(tmp: Path, rows: list[dict]) -> None:
                 })
 
 
-def hf_eager(model: str, batch: int, tokens: int) -> dict:
+def hf_eager(model: str, batch: int, tokens: int, repeats: int) -> dict:
     """The plain HF model, every weight on the GPU, decoded by the runtime's own greedy loop."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -102,14 +104,13 @@ def hf_eager(model: str, batch: int, tokens: int) -> dict:
     ref = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16, device_map="cuda").eval()
     enc = tok(PROMPTS[:batch], return_tensors="pt", padding=True).to("cuda")
     greedy_decode(ref, enc["input_ids"], enc["attention_mask"], 4)  # warm-up
-    _, ttft, steps = greedy_decode(ref, enc["input_ids"], enc["attention_mask"], tokens)
+    runs = [greedy_decode(ref, enc["input_ids"], enc["attention_mask"], tokens) for _ in range(repeats)]
     del ref
     torch.cuda.empty_cache()
-    steps_t = torch.tensor(steps)
-    return {"policy": "hf-eager", "batch": batch, "slots": None, "ttft_s": ttft, "tpot_s": float(steps_t.mean()),
-            "tpot_p50_s": float(steps_t.median()), "tpot_p90_s": float(steps_t.quantile(0.9)), "hit_rate": 1.0,
-            "decode_loads_per_step": 0.0, "decode_cpu_experts_per_step": 0.0, "policy_ms_per_step": 0.0,
-            "peak_device_gib": None}
+    tpots = [statistics.mean(steps) for _, _, steps in runs]
+    return {"policy": "hf-eager", "batch": batch, "slots": None, "repeats": repeats,
+            "ttft_s": statistics.median(t for _, t, _ in runs), "tpot_s": statistics.median(tpots),
+            "tpot_min_s": min(tpots), "tpot_max_s": max(tpots), "hit_rate": 1.0}
 
 
 def _merge(intervals):
@@ -167,6 +168,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--tokens", type=int, default=48)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--mid-dir", help="keep the mid-size checkpoint here (default: a temporary folder)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -175,7 +178,6 @@ def main() -> int:
 
     expert_bytes = 3 * 2048 * 1408 * 2
     bw = bandwidth(expert_bytes)
-    (out / "bandwidth.json").write_text(json.dumps(bw, indent=1))
     print("bandwidth GB/s:", {k: round(v, 1) for k, v in bw.items()}, flush=True)
 
     rows: list[dict] = []
@@ -190,33 +192,36 @@ def main() -> int:
           flush=True)
 
     t0 = time.perf_counter()
-    mid = make_tiny("deepseek_v2", tmp / "mid", dtype=torch.bfloat16, device="cuda", **MID)
+    mid = make_tiny("deepseek_v2", Path(args.mid_dir) if args.mid_dir else tmp / "mid", dtype=torch.bfloat16,
+                    device="cuda", **MID)
     print(f"mid checkpoint written in {time.perf_counter() - t0:.0f}s", flush=True)
     total = 3 * 64
     run_one(model=str(mid), policy="lru", device="cuda", batch=1, max_new_tokens=4, prompts=PROMPTS[:1],
             cache_experts=48)  # warm-up: CUDA context, cuBLAS handles, kernel caches
-    runs, table = [], []
+    configs = [(b, slots, p) for b in (1, 3) for slots in (48, 120, total) for p in CORE
+               if (p == "all-gpu") == (slots == total)]
+    runs: dict[tuple, list[dict]] = {}
+    for _ in range(args.repeats):  # interleaved rounds: machine noise spreads over every config alike
+        for batch, slots, policy in configs:
+            rec = run_one(model=str(mid), policy=policy, device="cuda", batch=batch, max_new_tokens=args.tokens,
+                          prompts=PROMPTS[:batch], cache_experts=slots, cpu_threads=15)
+            runs.setdefault((batch, slots, policy), []).append(rec)
+    table = []
+    for (batch, slots, policy), recs in runs.items():
+        ms = [r["metrics"] for r in recs]
+        m, steps = ms[0], ms[0]["decode_steps"]
+        med = lambda k: statistics.median(x[k] for x in ms)  # noqa: E731
+        table.append({
+            "policy": policy, "batch": batch, "slots": slots, "repeats": len(ms), "ttft_s": med("ttft_s"),
+            "tpot_s": med("tpot_s"), "tpot_p50_s": med("tpot_p50_s"), "tpot_p90_s": med("tpot_p90_s"),
+            "tpot_min_s": min(x["tpot_s"] for x in ms), "tpot_max_s": max(x["tpot_s"] for x in ms),
+            "hit_rate": m["hit_rate"], "decode_loads_per_step": m["decode"]["loads"] / steps,
+            "decode_cpu_experts_per_step": m["decode"]["cpu_experts"] / steps,
+            "policy_ms_per_step": 1e3 * med("policy_time_s") / steps, "peak_device_gib": m["peak_device_bytes"] / 2**30,
+        })
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in table[-1].items()), flush=True)
     for batch in (1, 3):
-        for slots in (48, 120, total):
-            for policy in policy_names():
-                if (policy == "all-gpu") != (slots == total):
-                    continue
-                rec = run_one(model=str(mid), policy=policy, device="cuda", batch=batch, max_new_tokens=args.tokens,
-                              prompts=PROMPTS[:batch], cache_experts=slots, cpu_threads=15)
-                runs.append(rec)
-                m = rec["metrics"]
-                steps = m["decode_steps"]
-                table.append({
-                    "policy": policy, "batch": batch, "slots": slots, "ttft_s": m["ttft_s"], "tpot_s": m["tpot_s"],
-                    "tpot_p50_s": m["tpot_p50_s"], "tpot_p90_s": m["tpot_p90_s"], "hit_rate": m["hit_rate"],
-                    "decode_loads_per_step": m["decode"]["loads"] / steps,
-                    "decode_cpu_experts_per_step": m["decode"]["cpu_experts"] / steps,
-                    "policy_ms_per_step": 1e3 * m["decode"]["policy_time_s"] / steps,
-                    "peak_device_gib": m["peak_device_bytes"] / 2**30,
-                })
-                print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in table[-1].items()), flush=True)
-    for batch in (1, 3):
-        table.append(hf_eager(mid, batch, args.tokens))
+        table.append(hf_eager(mid, batch, args.tokens, args.repeats))
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in table[-1].items()), flush=True)
     # CPU vs GPU on the mid model: the same decisions and tokens? bf16 kernels round differently on the two
     # devices, so the comparison that isolates the runtime's decisions is made in float32.
@@ -230,14 +235,14 @@ def main() -> int:
                           "hit_rate_cuda": recs[0]["metrics"]["hit_rate"], "hit_rate_cpu": recs[1]["metrics"]["hit_rate"],
                           "loads_cuda": recs[0]["metrics"]["loads"], "loads_cpu": recs[1]["metrics"]["loads"]})
         print("mid cuda vs cpu:", cpu_check[-1], flush=True)
-    (out / "mid_runs.json").write_text(json.dumps({"runs": runs, "cpu_vs_cuda": cpu_check}, indent=1))
+    (out / "mid_runs.json").write_text(json.dumps({"runs": [r for recs in runs.values() for r in recs]}, indent=1))
     with open(out / "mid.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(table[0]))
         w.writeheader()
         w.writerows(table)
     ov = [overlap_from_profile(str(mid), p, 48) for p in ("on-demand", "lru")]
-    (out / "overlap.json").write_text(json.dumps(ov, indent=1))
     print("overlap:", ov, flush=True)
+    (out / "summary.json").write_text(json.dumps({"bandwidth_GBps": bw, "overlap": ov, "cpu_vs_cuda_fp32": cpu_check}, indent=1))
     return 0
 
 

@@ -11,6 +11,7 @@ Loading order, so that user mistakes fail before anything large is allocated:
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import platform
@@ -203,7 +204,13 @@ class Runtime:
         return env
 
     def close(self) -> None:
+        """Stop the CPU worker and free the device and pinned host memory now (not at garbage collection)."""
         self.engine.close()
+        for name in ("engine", "pool", "model", "experts"):
+            self.__dict__.pop(name, None)
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def pad_left(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

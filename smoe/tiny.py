@@ -73,10 +73,10 @@ def make_tiny(
     torch.manual_seed(seed)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    with torch.no_grad():  # spread the routers so top-k choices are not near ties
+    with torch.no_grad():  # spread the routers so top-k choices are not near ties (logits of std ~4)
         for name, p in model.named_parameters():
             if name.endswith("mlp.gate.weight"):
-                p.normal_(0.0, 0.5)
+                p.normal_(0.0, 4.0 / config.hidden_size**0.5)
     model.save_pretrained(out)
     byte_tokenizer().save_pretrained(out)
     return out
