@@ -84,7 +84,7 @@ def run_one(
             "params": {
                 "model": str(model), "policy": policy, "policy_params": dict(params or {}), "device": device,
                 "batch": batch, "max_new_tokens": max_new_tokens, "budget_gb": budget_gb,
-                "cache_experts": cache_experts, "seed": seed, "prompts": prompts,
+                "cache_experts": cache_experts, "seed": seed, "cpu_threads": cpu_threads, "prompts": prompts,
             },
             "memory": rt.memory.asdict(),
             "metrics": result.metrics,

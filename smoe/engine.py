@@ -136,7 +136,7 @@ class Engine:
         # Token rows of every computed expert, moved to the device in one asynchronous copy.
         order = sorted(ex.tokens)
         counts = [len(ex.tokens[e]) for e in order]
-        flat = self._to_device(np.concatenate([ex.tokens[e] for e in order]).astype(np.int64))
+        flat = self._to_device(np.asarray([t for e in order for t in ex.tokens[e]], dtype=np.int64))
         tok = dict(zip(order, torch.split(flat, counts)))
 
         # Gate weights [T,E]: the router's own where a token's set is unchanged, the family rule elsewhere.

@@ -164,7 +164,9 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
         raise _fail(policy, layer, f"actions have shape {actions.shape}, expected {(T, K)} (tokens, top-k)")
     if not np.isin(actions, [int(a) for a in Action]).all():
         raise _fail(policy, layer, "every routed expert needs an action (HIT, LOAD, CPU, SUBSTITUTE or SKIP)")
-    standins = plan.standins if plan.standins is not None else np.full((T, K), -1)
+    standins = np.asarray(plan.standins) if plan.standins is not None else np.full((T, K), -1)
+    if standins.shape != (T, K):
+        raise _fail(policy, layer, f"standins have shape {standins.shape}, expected {(T, K)} (tokens, top-k)")
 
     where: dict[int, Action] = {}
 
@@ -224,7 +226,10 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
     ]
 
     used_on_device = {e for e, a in where.items() if a != Action.CPU and e in tokens}
-    evict = list(plan.evict)
+    try:
+        evict = [(int(key[0]), int(key[1])) for key in plan.evict]
+    except (TypeError, ValueError, IndexError):
+        raise _fail(policy, layer, f"evict must list (layer, expert) pairs, got {plan.evict!r}") from None
     if len(set(evict)) != len(evict):
         raise _fail(policy, layer, "an expert is evicted twice")
     for key in evict:

@@ -25,7 +25,7 @@ from transformers.activations import ACT2FN
 from .budget import kv_bytes_per_token, plan_memory
 from .checkpoint import Checkpoint
 from .engine import Engine, OffloadedExperts
-from .errors import BudgetError, CheckpointError, PromptError
+from .errors import BudgetError, CheckpointError, PromptError, SmoeError
 from .generate import greedy_decode
 from .metrics import Metrics
 from .loader import expert_shape, load_skeleton, moe_blocks, skeleton_on_meta
@@ -152,10 +152,16 @@ class Runtime:
             raise PromptError("no prompts given")
         if len(prompts) > self.batch:
             raise PromptError(f"{len(prompts)} prompts exceed the batch size {self.batch} the runtime was sized for")
+        if not hasattr(self, "engine"):
+            raise SmoeError("this Runtime was closed; make a new one")
         if isinstance(prompts[0], str):
             ids, mask = self.encode(prompts)  # type: ignore[arg-type]
         else:
             ids, mask = pad_left(prompts, pad_id=self.pad_id)  # type: ignore[arg-type]
+            vocab = self.ckpt.config.get_text_config().vocab_size
+            bad = ids[(mask == 1) & ((ids < 0) | (ids >= vocab))]
+            if bad.numel():
+                raise PromptError(f"token id {int(bad[0])} is outside the vocabulary (0..{vocab - 1})")
         limit = getattr(self.ckpt.config.get_text_config(), "max_position_embeddings", None)
         if limit is not None and ids.shape[1] + max_new_tokens > limit:
             raise PromptError(
@@ -166,6 +172,8 @@ class Runtime:
             raise PromptError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         eng = self.engine
         eng.metrics = Metrics(preload_loads=eng.metrics.preload_loads)  # counters are per call; the cache persists
+        if eng.trace is not None:
+            eng.trace = []  # so is the trace
 
         def on_forward(phase: str, step: int) -> None:
             eng.phase, eng.step = phase, step
@@ -205,6 +213,8 @@ class Runtime:
 
     def close(self) -> None:
         """Stop the CPU worker and free the device and pinned host memory now (not at garbage collection)."""
+        if not hasattr(self, "engine"):
+            return  # already closed
         self.engine.close()
         for name in ("engine", "pool", "model", "experts"):
             self.__dict__.pop(name, None)

@@ -1,0 +1,42 @@
+"""Constants and helpers shared by the test modules (fixtures live in conftest.py)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from smoe.tiny import TINY
+
+FAMILIES = sorted(TINY)
+PROMPTS = ["The quick brown fox jumps over the lazy dog", "Hi there"]  # different lengths: left padding
+NEW_TOKENS = 20
+PAD_ID = 256  # the byte tokenizer's <pad>
+
+# Every metric a run reports (smoe.metrics.Metrics.summary), and the per-phase counters.
+METRIC_KEYS = {
+    "ttft_s", "tpot_s", "tpot_p50_s", "tpot_p90_s", "hit_rate", "loads", "bytes_h2d", "cpu_experts", "cpu_time_s",
+    "substitutions", "skips", "prefetches", "prefetch_used", "policy_time_s", "peak_device_bytes", "preload_loads",
+    "decode_steps", "prefill", "decode",
+}
+PHASE_KEYS = {"uses", "hits", "loads", "bytes_h2d", "cpu_experts", "cpu_time_s", "substitutions", "skips",
+              "prefetches", "prefetch_used", "policy_time_s"}
+
+
+@dataclass
+class Reference:
+    ids: torch.Tensor  # [B,S] left-padded prompt ids
+    mask: torch.Tensor  # [B,S]
+    tokens: list[list[int]]  # [B,N] greedy tokens of the HF model
+    logits: list[torch.Tensor]  # N tensors [B,V], one per forward pass
+
+
+def collect_logits():
+    """(logits, steps, callback) for Runtime.generate's on_logits: one [B,V] tensor per forward pass."""
+    out: list[torch.Tensor] = []
+    steps: list[int] = []
+
+    def cb(step: int, logits: torch.Tensor) -> None:
+        steps.append(step)
+        out.append(logits.detach().float().cpu().clone())
+
+    return out, steps, cb

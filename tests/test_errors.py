@@ -1,0 +1,215 @@
+"""User mistakes give one clear, typed error (a SmoeError subclass) whose message names the bad value and what
+is accepted; the CLI prints it after "error:" and exits with status 2, without a traceback."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from smoe.cli import main
+from smoe.errors import (
+    BudgetError, CheckpointError, PolicyParamError, PromptError, SmoeError, UnknownPolicy, UnsupportedArchitecture,
+)
+from smoe.families import FAMILIES as SUPPORTED
+from smoe.runtime import Runtime
+from smoe_test_support import PROMPTS
+
+FAMILY = "qwen2_moe"
+
+
+def make_runtime(model_dir, policy="lru", **kw):
+    kw.setdefault("cache_experts", 4)
+    rt = Runtime(model_dir, policy, device="cpu", **kw)
+    rt.close()  # only reached when no error was raised
+    return rt
+
+
+def test_all_error_types_are_smoe_errors():
+    for cls in (BudgetError, CheckpointError, PolicyParamError, PromptError, UnknownPolicy, UnsupportedArchitecture):
+        assert issubclass(cls, SmoeError)
+
+
+def test_missing_directory(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(CheckpointError, match="does not exist") as err:
+        make_runtime(missing)
+    assert str(missing) in str(err.value)
+
+
+def test_directory_without_config(tmp_path):
+    with pytest.raises(CheckpointError, match="config.json"):
+        make_runtime(tmp_path)
+
+
+def test_config_without_weights(tmp_path, tiny):
+    (tmp_path / "config.json").write_text((tiny(FAMILY) / "config.json").read_text())
+    with pytest.raises(CheckpointError, match="safetensors"):
+        make_runtime(tmp_path)
+
+
+def test_unsupported_architecture(tmp_path):
+    from transformers import LlamaConfig
+
+    LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                num_key_value_heads=2).save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedArchitecture) as err:
+        make_runtime(tmp_path)
+    msg = str(err.value)
+    assert "'llama'" in msg
+    for family in SUPPORTED:
+        assert family in msg
+
+
+def test_budget_too_small_states_the_minimum(tiny):
+    with pytest.raises(BudgetError) as err:
+        make_runtime(tiny(FAMILY), budget_gb=0.0001, cache_experts=None)
+    msg = str(err.value)
+    m = re.search(r"minimum is (\d+\.\d+) GiB", msg)
+    assert m, msg
+    minimum = float(m.group(1))
+    assert minimum > 0.0001
+    # and the stated minimum is indeed enough (rounded up to the printed precision)
+    rt = make_runtime(tiny(FAMILY), budget_gb=minimum + 0.001, cache_experts=None)
+    assert rt.memory.capacity >= rt.memory.min_slots
+
+
+def test_budget_must_be_positive(tiny):
+    with pytest.raises(BudgetError, match="positive"):
+        make_runtime(tiny(FAMILY), budget_gb=0.0, cache_experts=None)
+
+
+def test_too_few_slots_for_the_batch(tiny):
+    with pytest.raises(BudgetError, match=r"--cache-experts 1 is too small.*top-k 2 x batch 2"):
+        make_runtime(tiny(FAMILY), cache_experts=1, batch=2)
+    make_runtime(tiny(FAMILY), cache_experts=4, batch=2)  # the stated minimum works
+
+
+def test_both_or_neither_budget(tiny):
+    with pytest.raises(BudgetError, match="exactly one"):
+        make_runtime(tiny(FAMILY), budget_gb=1.0, cache_experts=4)
+    with pytest.raises(BudgetError, match="exactly one"):
+        make_runtime(tiny(FAMILY), cache_experts=None)
+
+
+def test_unsupported_device(tiny):
+    with pytest.raises(BudgetError, match="not supported"):
+        Runtime(tiny(FAMILY), "lru", device="meta", cache_experts=4)
+
+
+def test_unknown_policy(tiny):
+    with pytest.raises(UnknownPolicy, match="'no-such-policy'.*known policies: .*lru"):
+        make_runtime(tiny(FAMILY), "no-such-policy")
+
+
+def test_unknown_policy_parameter(tiny):
+    with pytest.raises(PolicyParamError, match="takes no parameter bogus; accepted"):
+        make_runtime(tiny(FAMILY), "lru", policy_params={"bogus": "1"})
+
+
+def test_policy_parameter_of_the_wrong_type(tiny):
+    with pytest.raises(PolicyParamError, match="alpha"):
+        make_runtime(tiny(FAMILY), "smoe", policy_params={"alpha": "high"})
+
+
+def test_prompt_longer_than_the_context(tiny):
+    d = tiny(FAMILY, max_position_embeddings=64)
+    rt = Runtime(d, "lru", device="cpu", cache_experts=4, batch=1)
+    try:
+        with pytest.raises(PromptError, match="exceeds the model's context of 64 tokens"):
+            rt.generate(["x" * 100], 4)
+        with pytest.raises(PromptError, match="context"):  # fits alone, not with the new tokens
+            rt.generate(["x" * 60], 8)
+        assert len(rt.generate(["x" * 40], 8).tokens[0]) == 8  # fits
+    finally:
+        rt.close()
+
+
+def test_bad_prompts(tiny):
+    rt = Runtime(tiny(FAMILY), "lru", device="cpu", cache_experts=4, batch=1)
+    try:
+        with pytest.raises(PromptError, match="no prompts"):
+            rt.generate([], 4)
+        with pytest.raises(PromptError, match="exceed the batch size 1"):
+            rt.generate(PROMPTS, 4)
+        with pytest.raises(PromptError, match="at least 1"):
+            rt.generate(["hi"], 0)
+        with pytest.raises(PromptError, match="empty"):
+            rt.generate([[]], 4)
+    finally:
+        rt.close()
+
+
+# ---- the same through the CLI ----------------------------------------------------------------------------
+def cli_error(capsys, argv) -> str:
+    code = main(argv)
+    out = capsys.readouterr()
+    assert code == 2
+    assert out.err.startswith("error: "), out.err
+    assert "Traceback" not in out.err and "Traceback" not in out.out
+    assert len(out.err.strip().splitlines()) == 1  # one message, nothing else
+    return out.err
+
+
+def test_cli_missing_model(capsys, tmp_path):
+    missing = tmp_path / "missing"
+    err = cli_error(capsys, ["run", "--model", str(missing), "--policy", "lru", "--cache-experts", "4",
+                             "--prompt", "hi"])
+    assert str(missing) in err
+
+
+@pytest.mark.parametrize(
+    "extra,expected",
+    [
+        (["--policy", "nope", "--cache-experts", "4"], "unknown policy"),
+        (["--policy", "lru", "--cache-experts", "4", "--set", "bogus=1"], "takes no parameter bogus"),
+        (["--policy", "lru", "--cache-experts", "4", "--set", "bogus"], "NAME=VALUE"),
+        (["--policy", "lru", "--budget-gb", "0.0001"], "minimum is"),
+        (["--policy", "all-gpu", "--cache-experts", "4"], "all-gpu needs all"),
+    ],
+)
+def test_cli_user_errors(capsys, tiny, extra, expected):
+    err = cli_error(capsys, ["run", "--model", str(tiny(FAMILY)), "--prompt", "hi", *extra])
+    assert expected in err
+
+
+def test_cli_prompt_too_long(capsys, tiny):
+    d = tiny(FAMILY, max_position_embeddings=64)
+    err = cli_error(capsys, ["run", "--model", str(d), "--policy", "lru", "--cache-experts", "4",
+                             "--prompt", "x" * 100, "--max-new-tokens", "4"])
+    assert "context" in err
+
+
+def test_cli_missing_prompt_file(capsys, tiny, tmp_path):
+    err = cli_error(capsys, ["run", "--model", str(tiny(FAMILY)), "--policy", "lru", "--cache-experts", "4",
+                             "--prompt-file", str(tmp_path / "none.txt")])
+    assert "none.txt" in err
+
+
+def test_token_ids_outside_the_vocabulary(tiny):
+    rt = Runtime(tiny(FAMILY), "lru", device="cpu", cache_experts=4, batch=1)
+    try:
+        with pytest.raises(PromptError, match="vocab"):
+            rt.generate([[300, 1]], 2)
+    finally:
+        rt.close()
+
+
+def test_close_twice_and_generate_after_close(tiny):
+    from smoe.errors import SmoeError
+
+    rt = Runtime(tiny(FAMILY), "lru", device="cpu", cache_experts=4, batch=1)
+    rt.close()
+    rt.close()  # idempotent
+    with pytest.raises(SmoeError, match="closed"):
+        rt.generate(["hi"], 2)
+
+
+def test_trace_is_per_generate_call(tiny):
+    rt = Runtime(tiny(FAMILY), "lru", device="cpu", cache_experts=4, batch=1, trace=True)
+    try:
+        rt.generate(["hi"], 3)
+        first = len(rt.engine.trace)
+        rt.generate(["hi"], 3)
+        assert len(rt.engine.trace) == first and rt.engine.trace[0]["step"] == 0
+    finally:
+        rt.close()

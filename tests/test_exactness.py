@@ -1,0 +1,140 @@
+"""Exactness: every baseline that keeps the router's choice reproduces transformers' own model token for token
+(and logit for logit) on every supported family, with a cache that holds every expert and with one that holds
+only the minimum (top-k x batch slots, so experts are loaded, evicted or run on the CPU all the time)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from smoe.errors import BudgetError
+from smoe.generate import greedy_decode
+from smoe.runtime import Runtime
+from smoe_test_support import FAMILIES, NEW_TOKENS, PAD_ID, PROMPTS, collect_logits
+
+BASELINES = ["all-gpu", "lru", "on-demand", "cpu-assist"]
+BATCH = len(PROMPTS)
+FULL = 1000  # more slots than any tiny model has experts: capped to all of them
+FEW = 4  # top_k (2) x batch (2): the smallest cache the runtime accepts
+ATOL = 1e-4
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_greedy_decode_equals_hf_generate(family, hf_model, reference):
+    """The reference loop itself: greedy_decode on the HF model = HF's generate on a left-padded batch."""
+    ref = reference(family)
+    assert ref.mask[1].eq(0).any() and ref.mask[0].eq(1).all(), "the batch must actually be left-padded"
+    model = hf_model(family)
+    with torch.no_grad():
+        out = model.generate(ref.ids, attention_mask=ref.mask, max_new_tokens=NEW_TOKENS, do_sample=False,
+                             pad_token_id=PAD_ID)
+    assert out.shape == (BATCH, ref.ids.shape[1] + NEW_TOKENS)
+    assert out[:, ref.ids.shape[1]:].tolist() == ref.tokens
+    # and greedy_decode's tokens are the argmax of the logits it reports
+    assert [lg.argmax(-1).tolist() for lg in ref.logits] == [list(col) for col in zip(*ref.tokens)]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_left_padding_does_not_change_a_sequence(family, hf_model, reference):
+    """The short prompt decoded alone gives the same tokens as inside the padded batch (positions from the mask)."""
+    ref = reference(family)
+    n = int(ref.mask[1].sum())
+    ids, mask = ref.ids[1:, -n:], ref.mask[1:, -n:]
+    tokens, _, _ = greedy_decode(hf_model(family), ids, mask, NEW_TOKENS)
+    assert tokens.tolist()[0] == ref.tokens[1]
+
+
+@pytest.mark.parametrize("cache", ["full", "few"])
+@pytest.mark.parametrize("policy", BASELINES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_baseline_matches_hf(family, policy, cache, tiny, reference):
+    slots = FULL if cache == "full" else FEW
+    if policy == "all-gpu" and cache == "few":
+        with pytest.raises(BudgetError, match="all-gpu needs all"):
+            Runtime(tiny(family), policy, device="cpu", cache_experts=slots, batch=BATCH)
+        return
+    ref = reference(family)
+    rt = Runtime(tiny(family), policy, device="cpu", cache_experts=slots, batch=BATCH)
+    try:
+        ids, mask = rt.encode(PROMPTS)
+        assert torch.equal(ids, ref.ids) and torch.equal(mask, ref.mask)
+        logits, steps, cb = collect_logits()
+        res = rt.generate(PROMPTS, NEW_TOKENS, on_logits=cb)
+        info = rt.info
+    finally:
+        rt.close()
+    m = res.metrics
+    total_experts = len(info.moe_layers) * info.num_experts
+    assert rt.memory.capacity == (total_experts if cache == "full" else FEW)
+
+    assert res.tokens == ref.tokens
+    assert steps == list(range(NEW_TOKENS))
+    assert len(logits) == len(ref.logits) == NEW_TOKENS
+    for step, (got, want) in enumerate(zip(logits, ref.logits)):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=0, msg=lambda s: f"step {step}: {s}")
+
+    # every (token, routed expert) was computed: nothing substituted or skipped
+    assert m["substitutions"] == 0 and m["skips"] == 0
+    decode_tokens = BATCH * (NEW_TOKENS - 1)
+    assert m["decode"]["uses"] == decode_tokens * len(info.moe_layers) * info.top_k
+    assert m["decode_steps"] == NEW_TOKENS - 1
+    if policy == "all-gpu":
+        assert m["hit_rate"] == 1.0
+        assert m["loads"] == 0 and m["bytes_h2d"] == 0 and m["cpu_experts"] == 0
+        assert m["preload_loads"] == total_experts
+    elif policy == "on-demand":
+        assert m["hit_rate"] == 0.0
+        assert m["decode"]["loads"] > 0 and m["cpu_experts"] == 0
+    elif policy == "lru":
+        assert m["cpu_experts"] == 0
+        if cache == "few":
+            assert m["loads"] > 0 and m["decode"]["loads"] > 0
+        else:  # every expert is loaded at most once, and nothing is ever evicted
+            assert 0 < m["loads"] <= total_experts
+    elif policy == "cpu-assist":
+        assert m["loads"] <= rt.memory.capacity  # the resident set is filled once and then static
+        if cache == "few":
+            assert m["cpu_experts"] > 0
+        else:
+            assert m["cpu_experts"] == 0
+    assert m["bytes_h2d"] == m["loads"] * info.expert_bytes
+
+
+def test_token_id_prompts_equal_text_prompts(tiny, reference):
+    """Prompts given as token ids are left-padded with the tokenizer's pad id and decode like the text."""
+    family = "qwen2_moe"
+    ref = reference(family)
+    seqs = [ids[m.bool()].tolist() for ids, m in zip(ref.ids, ref.mask)]
+    assert len(seqs[0]) != len(seqs[1])
+    rt = Runtime(tiny(family), "lru", device="cpu", cache_experts=FEW, batch=BATCH)
+    try:
+        assert rt.pad_id == PAD_ID
+        res = rt.generate(seqs, NEW_TOKENS)
+    finally:
+        rt.close()
+    assert res.tokens == ref.tokens
+
+
+@pytest.mark.parametrize("policy", ["lru", "all-gpu"])
+def test_runtime_is_reusable_with_per_call_metrics(policy, tiny, reference):
+    """A second generate on the same runtime is still exact; its metrics count that call only (the cache
+    persists, so an lru run may hit more, never count the first call's uses again)."""
+    family = "olmoe"
+    ref = reference(family)
+    rt = Runtime(tiny(family), policy, device="cpu", cache_experts=FULL, batch=BATCH)
+    try:
+        first = rt.generate(PROMPTS, NEW_TOKENS)
+        second = rt.generate(PROMPTS, NEW_TOKENS)
+        short = rt.generate(PROMPTS[:1], 3)
+    finally:
+        rt.close()
+    assert first.tokens == second.tokens == ref.tokens
+    assert short.tokens == [ref.tokens[0][:3]]
+    for key in ("uses", "skips", "substitutions"):
+        assert second.metrics["decode"][key] == first.metrics["decode"][key]
+    assert second.metrics["decode_steps"] == first.metrics["decode_steps"] == NEW_TOKENS - 1
+    assert short.metrics["decode_steps"] == 2
+    assert second.metrics["hit_rate"] >= first.metrics["hit_rate"]
+    if policy == "lru":  # every expert stayed resident after the first call: nothing left to load
+        assert first.metrics["loads"] > 0 and second.metrics["loads"] == 0 and second.metrics["hit_rate"] == 1.0
+    assert second.metrics["preload_loads"] == first.metrics["preload_loads"]

@@ -1,0 +1,358 @@
+"""The runtime checks every plan: a policy that returns a plan which cannot be executed is stopped with a
+PolicyError naming the policy and the broken rule. And policies that change the computed set (substitute,
+skip) run and are counted correctly."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from smoe.errors import PolicyError, SmoeError
+from smoe.plan import Action, CacheView, LayerView, ModelInfo, Plan, check_plan
+from smoe.policy import ExpertPolicy, register_policy
+from smoe.runtime import Runtime
+from smoe_test_support import NEW_TOKENS, PROMPTS, collect_logits
+
+FAMILY = "qwen2_moe"
+BATCH = len(PROMPTS)
+
+
+def hit_or_load(view: LayerView) -> dict[int, Action]:
+    resident = view.cache.resident(view.layer)
+    return {e: Action.HIT if e in resident else Action.LOAD for e in view.needed()}
+
+
+def preload_all(model: ModelInfo, capacity: int):
+    return [(layer, e) for layer in model.moe_layers for e in range(model.num_experts)]
+
+
+# ---- invalid plans ---------------------------------------------------------------------------------------
+@register_policy("test-bad-hit")
+class BadHit(ExpertPolicy):
+    """Claims every routed expert is resident, from an empty cache."""
+
+    def plan(self, view):
+        return Plan.per_expert(view, {e: Action.HIT for e in view.needed()})
+
+
+@register_policy("test-bad-no-evict")
+class NoEvict(ExpertPolicy):
+    """Loads what is missing but never evicts: fails as soon as the slots are full."""
+
+    def plan(self, view):
+        return Plan.per_expert(view, hit_or_load(view))
+
+
+@register_policy("test-bad-evict-used")
+class EvictUsed(ExpertPolicy):
+    """Evicts a resident expert that this very layer computes."""
+
+    def setup(self, model, capacity):
+        return preload_all(model, capacity)
+
+    def plan(self, view):
+        resident = view.cache.resident(view.layer)
+        used = [e for e in view.needed() if e in resident]
+        return Plan.per_expert(view, hit_or_load(view), evict=[(view.layer, used[0])])
+
+
+@register_policy("test-bad-standin")
+class BadStandin(ExpertPolicy):
+    """Runs everything on the CPU, except that token 0 substitutes its 2nd expert with an expert that is
+    neither resident nor loaded nor run by anyone."""
+
+    def plan(self, view):
+        topk = view.topk.numpy()
+        actions = np.full(topk.shape, int(Action.CPU), dtype=np.int8)
+        standins = np.full(topk.shape, -1, dtype=np.int64)
+        unused = [e for e in range(view.model.num_experts) if e not in set(topk.flatten().tolist())]
+        # the whole batch may route to every expert in the prefill: then pick one no CPU action covers
+        if not unused:
+            actions[:, :] = int(Action.SKIP)
+            unused = [int(topk[0, 0])]
+        actions[0, 1] = int(Action.SUBSTITUTE)
+        standins[0, 1] = unused[0]
+        return Plan(actions=actions, standins=standins)
+
+
+@register_policy("test-bad-shape")
+class BadShape(ExpertPolicy):
+    """One action too many per token."""
+
+    def plan(self, view):
+        T, K = view.topk.shape
+        return Plan(actions=np.full((T, K + 1), int(Action.CPU), dtype=np.int8))
+
+
+@register_policy("test-bad-code")
+class BadCode(ExpertPolicy):
+    """Action codes outside the Action enum."""
+
+    def plan(self, view):
+        return Plan(actions=np.full(tuple(view.topk.shape), 9, dtype=np.int8))
+
+
+@register_policy("test-bad-preload")
+class BadPreload(ExpertPolicy):
+    """Asks for more preloaded experts than there are slots."""
+
+    def setup(self, model, capacity):
+        return preload_all(model, capacity)[: capacity + 1]
+
+    def plan(self, view):
+        return Plan.per_expert(view, hit_or_load(view))
+
+
+INVALID = [
+    ("test-bad-hit", 1000, r"HIT for expert \d+, which is not resident"),
+    ("test-bad-no-evict", 4, r"loads need slots"),
+    ("test-bad-evict-used", 1000, r"evicts expert \d+, which this layer computes"),
+    ("test-bad-standin", 1000, r"stand-in \d+ for token 0 is not resident"),
+    ("test-bad-shape", 1000, r"actions have shape \(\d+, 3\), expected \(\d+, 2\)"),
+    ("test-bad-code", 1000, r"every routed expert needs an action"),
+    ("test-bad-preload", 4, r"preloads 5 experts into 4 slots"),
+]
+
+
+@pytest.mark.parametrize("name,slots,message", INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_plan_is_refused_naming_the_policy(name, slots, message, tiny):
+    rt = None
+    try:
+        with pytest.raises(PolicyError, match=message) as err:
+            rt = Runtime(tiny(FAMILY), name, device="cpu", cache_experts=slots, batch=BATCH)
+            rt.generate(PROMPTS, 4)
+    finally:
+        if rt is not None:
+            rt.close()
+    assert f"policy {name!r}" in str(err.value)
+    assert isinstance(err.value, SmoeError)
+
+
+def test_no_evict_policy_runs_until_the_cache_is_full(tiny):
+    """The capacity check is about the cache filling up, not about loading at all: with every expert's slot
+    available the same never-evicting policy runs fine."""
+    rt = Runtime(tiny(FAMILY), "test-bad-no-evict", device="cpu", cache_experts=1000, batch=BATCH)
+    try:
+        res = rt.generate(PROMPTS, 4)
+    finally:
+        rt.close()
+    assert res.metrics["loads"] <= rt.memory.capacity and res.metrics["loads"] > 0
+
+
+# ---- check_plan directly, on a hand-made cache ---------------------------------------------------------
+class FakePool:
+    def __init__(self, capacity, resident=()):
+        self.capacity = capacity
+        self.slot_of = {k: i for i, k in enumerate(resident)}
+        self.by_layer: dict = {}
+        for layer, e in resident:
+            self.by_layer.setdefault(layer, set()).add(e)
+        self.prefetched: set = set()
+
+    @property
+    def free_slots(self):
+        return self.capacity - len(self.slot_of)
+
+
+INFO = ModelInfo(moe_layers=(0, 1), num_experts=4, top_k=2, expert_bytes=100, model_type="test")
+
+
+def make_view(pool, topk, layer=0):
+    topk = torch.tensor(topk)
+    scores = torch.full((topk.shape[0], INFO.num_experts), 0.1)
+    return LayerView(layer=layer, phase="decode", step=1, scores=scores, topk=topk, cache=CacheView(pool), model=INFO)
+
+
+def test_check_plan_rules():
+    view = make_view(FakePool(4, resident=[(0, 0), (1, 3)]), [[0, 1], [1, 2]])
+    ok = check_plan(Plan.per_expert(view, {0: Action.HIT, 1: Action.LOAD, 2: Action.CPU}), view, "p")
+    assert ok.loads == [1] and ok.where[2] == Action.CPU and ok.changed == []
+    assert ok.tokens == {0: [0], 1: [1, 0], 2: [1]}  # HF order: by top-k column, then token
+    with pytest.raises(PolicyError, match="already resident"):
+        check_plan(Plan.per_expert(view, {0: Action.LOAD, 1: Action.LOAD, 2: Action.LOAD}), view, "p")
+    with pytest.raises(PolicyError, match="both LOAD and CPU"):
+        check_plan(Plan(actions=np.array([[0, 1], [2, 1]])), view, "p")  # expert 1: LOAD for t0, CPU for t1
+    with pytest.raises(PolicyError, match=r"evicts \(1, 2\), which is not resident"):
+        check_plan(Plan.per_expert(view, {0: Action.HIT, 1: Action.CPU, 2: Action.CPU}, evict=[(1, 2)]), view, "p")
+    with pytest.raises(PolicyError, match="evicted twice"):
+        check_plan(Plan.per_expert(view, {0: Action.HIT, 1: Action.CPU, 2: Action.CPU}, evict=[(1, 3), (1, 3)]),
+                   view, "p")
+    with pytest.raises(PolicyError, match="discards expert 2"):
+        check_plan(Plan.per_expert(view, {0: Action.HIT, 1: Action.CPU, 2: Action.CPU}, discard=[2]), view, "p")
+    # token 0 substitutes expert 1 with expert 0, which it already computes
+    with pytest.raises(PolicyError, match="compute expert 0 twice"):
+        check_plan(Plan(actions=np.array([[0, 3], [2, 2]]), standins=np.array([[-1, 0], [-1, -1]])), view, "p")
+    with pytest.raises(PolicyError, match="invalid stand-in 7"):
+        check_plan(Plan(actions=np.array([[0, 3], [2, 2]]), standins=np.array([[-1, 7], [-1, -1]])), view, "p")
+    with pytest.raises(PolicyError, match="scale"):
+        check_plan(Plan(actions=np.array([[0, 2], [2, 2]]), scale=-np.ones((2, 2))), view, "p")
+
+
+def test_check_plan_slot_feasibility():
+    # two free slots, three loads: refused without eviction, admitted with one eviction or one discard reuse
+    view = make_view(FakePool(3, resident=[(1, 0)]), [[1, 2], [2, 3]])
+    loads = {1: Action.LOAD, 2: Action.LOAD, 3: Action.LOAD}
+    with pytest.raises(PolicyError, match="3 loads need slots, but only 2 are free"):
+        check_plan(Plan.per_expert(view, loads), view, "p")
+    assert check_plan(Plan.per_expert(view, loads, evict=[(1, 0)]), view, "p").loads == [1, 2, 3]
+    assert check_plan(Plan.per_expert(view, loads, discard=[1]), view, "p").discard == {1}
+
+
+# ---- valid plans that change the computed set ------------------------------------------------------------
+@register_policy("test-substitute-second")
+class SubstituteSecond(ExpertPolicy):
+    """Preloads every expert; each token's 2nd routed expert is replaced by the lowest-id resident expert that
+    is not in its top-k (when there is one; else it is computed as routed)."""
+
+    def setup(self, model, capacity):
+        return preload_all(model, capacity)
+
+    def plan(self, view):
+        topk = view.topk.numpy()
+        resident = view.cache.resident(view.layer)
+        actions = np.empty(topk.shape, dtype=np.int8)
+        standins = np.full(topk.shape, -1, dtype=np.int64)
+        place = hit_or_load(view)
+        for t in range(topk.shape[0]):
+            for j in range(topk.shape[1]):
+                cands = sorted(resident - set(topk[t].tolist()))
+                if j == 1 and cands:
+                    actions[t, j], standins[t, j] = Action.SUBSTITUTE, cands[0]
+                else:
+                    actions[t, j] = place[int(topk[t, j])]
+        return Plan(actions=actions, standins=standins)
+
+
+@register_policy("test-skip-second")
+class SkipSecond(ExpertPolicy):
+    """Every token skips its 2nd routed expert."""
+
+    def setup(self, model, capacity):
+        return preload_all(model, capacity)
+
+    def plan(self, view):
+        topk = view.topk.numpy()
+        place = hit_or_load(view)
+        actions = np.vectorize(lambda e: int(place[int(e)]))(topk).astype(np.int8)
+        actions[:, 1::2] = Action.SKIP
+        return Plan(actions=actions)
+
+
+def _run(tiny, name):
+    rt = Runtime(tiny(FAMILY), name, device="cpu", cache_experts=1000, batch=BATCH, trace=True)
+    try:
+        logits, _, cb = collect_logits()
+        res = rt.generate(PROMPTS, NEW_TOKENS, on_logits=cb)
+        trace = list(rt.engine.trace)
+    finally:
+        rt.close()
+    return rt, res, trace, logits
+
+
+def test_substituting_policy_runs_and_counts(tiny, reference):
+    rt, res, trace, logits = _run(tiny, "test-substitute-second")
+    m = res.metrics
+    rows = sum(r["topk"].shape[0] for r in trace)  # (token, layer) pairs over the run
+    assert m["substitutions"] > 0
+    assert m["substitutions"] == rows  # with every expert resident, every token has a stand-in
+    assert m["skips"] == 0
+    assert len(res.tokens) == BATCH and all(len(t) == NEW_TOKENS for t in res.tokens)
+    assert m["hit_rate"] == 1.0 and m["loads"] == 0
+    L, K = len(rt.info.moe_layers), rt.info.top_k
+    assert m["decode"]["uses"] == BATCH * (NEW_TOKENS - 1) * L * K  # a substitute is still a use
+    for r in trace:  # the stand-in is never one of the token's own experts
+        sub = r["actions"] == Action.SUBSTITUTE
+        assert sub[:, 1].all() and not sub[:, 0].any()
+        for t in range(r["topk"].shape[0]):
+            assert int(r["standins"][t, 1]) not in r["topk"][t].tolist()
+    # substitution changes what is computed, so the logits leave the exact reference
+    ref = reference(FAMILY)
+    assert (logits[0] - ref.logits[0]).abs().max() > 1e-3
+
+
+def test_skipping_policy_counts_uses_and_skips(tiny, reference):
+    rt, res, trace, logits = _run(tiny, "test-skip-second")
+    m = res.metrics
+    L, K = len(rt.info.moe_layers), rt.info.top_k
+    decode_tokens = BATCH * (NEW_TOKENS - 1)
+    assert m["skips"] > 0
+    assert m["decode"]["skips"] == decode_tokens * L  # one of the two experts per token and layer
+    assert m["decode"]["uses"] == decode_tokens * L * K - m["decode"]["skips"]
+    assert m["skips"] == sum(r["topk"].shape[0] for r in trace)
+    assert m["substitutions"] == 0 and m["hit_rate"] == 1.0
+    assert len(res.tokens) == BATCH and all(len(t) == NEW_TOKENS for t in res.tokens)
+    ref = reference(FAMILY)
+    assert (logits[0] - ref.logits[0]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("family", ["qwen2_moe", "qwen3_moe", "olmoe", "mixtral"])
+def test_skipping_the_second_expert_equals_the_top1_model(family, tiny):
+    """Independent check of the family weight rule for a changed set: a token that keeps only its best expert
+    weights it by its own router probability (renormalised to 1 where the family renormalises), which is
+    exactly what the family's own model computes with num_experts_per_tok=1."""
+    from transformers import AutoModelForCausalLM
+
+    from smoe.generate import greedy_decode
+
+    rt = Runtime(tiny(family), "test-skip-second", device="cpu", cache_experts=1000, batch=BATCH)
+    try:
+        ids, mask = rt.encode(PROMPTS)
+        logits, _, cb = collect_logits()
+        res = rt.generate(PROMPTS, NEW_TOKENS, on_logits=cb)
+    finally:
+        rt.close()
+    top1 = AutoModelForCausalLM.from_pretrained(tiny(family), dtype=torch.float32, num_experts_per_tok=1).eval()
+    assert top1.config.num_experts_per_tok == 1
+    ref_logits: list = []
+    tokens, _, _ = greedy_decode(top1, ids, mask, NEW_TOKENS, on_logits=lambda s, lg: ref_logits.append(lg.clone()))
+    assert res.tokens == tokens.tolist()
+    for got, want in zip(logits, ref_logits):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+
+
+# ---- regressions: plans and inputs that once crashed the runtime -------------------------------------------
+@register_policy("test-skip-all")
+class SkipAll(ExpertPolicy):
+    """Drops every routed expert: a valid plan (check_plan accepts it), the block keeps its shared expert."""
+
+    def plan(self, view):
+        return Plan(actions=np.full(tuple(view.topk.shape), int(Action.SKIP), dtype=np.int8))
+
+
+def test_check_plan_accepts_a_layer_that_skips_everything():
+    view = make_view(FakePool(4), [[0, 1], [1, 2]])
+    ex = check_plan(Plan(actions=np.full((2, 2), int(Action.SKIP))), view, "p")
+    assert ex.skips == 4 and ex.tokens == {} and ex.loads == []
+
+
+def test_a_layer_where_every_expert_is_skipped_runs(tiny):
+    rt = Runtime(tiny(FAMILY), "test-skip-all", device="cpu", cache_experts=4, batch=BATCH)
+    try:
+        res = rt.generate(PROMPTS, 3)
+    finally:
+        rt.close()
+    assert res.metrics["decode"]["uses"] == 0 and res.metrics["loads"] == 0
+    assert res.metrics["decode"]["skips"] == BATCH * 2 * len(rt.info.moe_layers) * rt.info.top_k
+
+
+def test_skip_policy_with_large_alpha_runs(tiny):
+    rt = Runtime(tiny(FAMILY), "skip", device="cpu", cache_experts=1000, batch=1, policy_params={"alpha": "3"})
+    try:
+        res = rt.generate(["hello there"], NEW_TOKENS)
+    finally:
+        rt.close()
+    assert res.metrics["skips"] > 0
+
+
+def test_standins_of_the_wrong_shape_are_a_policy_error():
+    view = make_view(FakePool(4, resident=[(0, 0), (0, 1), (0, 2)]), [[0, 1], [1, 2]])
+    with pytest.raises(PolicyError, match="standins"):
+        check_plan(Plan(actions=np.array([[0, 3], [0, 0]]), standins=np.array([[2]])), view, "p")
+
+
+def test_evict_keys_must_be_pairs():
+    view = make_view(FakePool(4, resident=[(0, 3)]), [[0, 1], [1, 2]])
+    ex = check_plan(Plan(actions=np.full((2, 2), int(Action.LOAD)), evict=[[0, 3]]), view, "p")
+    assert ex.evict == [(0, 3)]  # lists are read as pairs
+    with pytest.raises(PolicyError, match="pairs"):
+        check_plan(Plan(actions=np.full((2, 2), int(Action.LOAD)), evict=[3]), view, "p")
