@@ -31,16 +31,7 @@ class HybriMoE(CachingPolicy):
     def setup(self, model: ModelInfo, capacity: int) -> list[ExpertKey]:
         self.model = model
         self.mrs: dict[int, np.ndarray] = {}  # layer -> [E] decayed scores
-        self.last: dict[ExpertKey, int] = {}
         return []
-
-    def on_hit(self, key: ExpertKey) -> None:
-        self.last[key] = next(self.clock)
-
-    on_insert = on_hit
-
-    def on_evict(self, key: ExpertKey) -> None:
-        del self.last[key]
 
     def score(self, key: ExpertKey) -> float:
         row = self.mrs.get(key[0])
@@ -87,22 +78,4 @@ class HybriMoE(CachingPolicy):
             top = scores.topk(self.model.top_k).indices.tolist()
             impact += [(float(scores[e]) * c_cpu / d, (target, e)) for e in top if (target, e) not in self.cached]
         impact.sort(key=lambda x: (-x[0], x[1]))
-        loads, evict = [], []
-        free = view.cache.free_slots
-        protected = {k for k in self.cached if k[0] == view.layer}
-        for _, key in impact[: self.prefetch_size]:
-            if free > 0:
-                free -= 1
-            else:
-                cands = [k for k in self.cached if k not in protected]
-                if not cands:
-                    break
-                v = self.victim(cands, view)
-                self.cached.remove(v)
-                self.on_evict(v)
-                evict.append(v)
-            self.cached.add(key)
-            self.on_insert(key)
-            protected.add(key)
-            loads.append(key)
-        return PrefetchPlan(loads=loads, evict=evict) if loads else None
+        return self.prefetch_plan(view, [key for _, key in impact[: self.prefetch_size]])

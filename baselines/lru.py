@@ -15,18 +15,6 @@ from smoe.policy import register_policy
 
 @register_policy("lru")
 class LRU(CachingPolicy):
-    def __post_init__(self):
-        super().__post_init__()
-        self.last: dict[ExpertKey, int] = {}
-
-    def on_hit(self, key: ExpertKey) -> None:
-        self.last[key] = next(self.clock)
-
-    on_insert = on_hit
-
-    def on_evict(self, key: ExpertKey) -> None:
-        del self.last[key]
-
     def victim(self, candidates: list[ExpertKey], view: LayerView) -> ExpertKey:
         return min(candidates, key=self.last.__getitem__)
 

@@ -54,7 +54,6 @@ class MoEInfinity(CachingPolicy):
         self.index = {layer: i for i, layer in enumerate(model.moe_layers)}
         self.current = np.zeros((len(model.moe_layers), model.num_experts))
         self.past = request_eams(self.history, model) if self.history else []
-        self.last: dict[ExpertKey, int] = {}
         self.layer_now = model.moe_layers[0]
         return []
 
@@ -76,14 +75,6 @@ class MoEInfinity(CachingPolicy):
         return (ratios[self.index[key[0]], key[1]] + self.eps) * (1 - d / L)
 
     # ---- caching ------------------------------------------------------------------------------------
-    def on_hit(self, key: ExpertKey) -> None:
-        self.last[key] = next(self.clock)
-
-    on_insert = on_hit
-
-    def on_evict(self, key: ExpertKey) -> None:
-        del self.last[key]
-
     def victim(self, candidates: list[ExpertKey], view: LayerView) -> ExpertKey:
         ratios = self.predicted()
         return min(candidates, key=lambda k: (self.priority(k, ratios), self.last[k]))
@@ -108,24 +99,5 @@ class MoEInfinity(CachingPolicy):
             top = np.argsort(-row, kind="stable")[: self.model.top_k]
             want += [(layer, int(e)) for e in top if row[e] > 0 and (layer, int(e)) not in self.cached]
         want.sort(key=lambda k: -self.priority(k, ratios))
-        loads, evict = [], []
-        free = view.cache.free_slots
-        protected = {k for k in self.cached if k[0] == view.layer}
-        for key in want:
-            if free > 0:
-                free -= 1
-            else:
-                cands = [k for k in self.cached if k not in protected]
-                if not cands:
-                    break
-                v = min(cands, key=lambda k: (self.priority(k, ratios), self.last[k]))
-                if self.priority(v, ratios) >= self.priority(key, ratios):
-                    break  # nothing cached is worth less than what we would fetch
-                self.cached.remove(v)
-                self.on_evict(v)
-                evict.append(v)
-            self.cached.add(key)
-            self.on_insert(key)
-            protected.add(key)
-            loads.append(key)
-        return PrefetchPlan(loads=loads, evict=evict) if loads else None
+        # a cached expert is only traded for one with a higher priority
+        return self.prefetch_plan(view, want, worth=lambda v, k: self.priority(v, ratios) < self.priority(k, ratios))

@@ -83,20 +83,11 @@ class SMoE(CachingPolicy):
             raise PolicyParamError(f"costs={self.costs!r}; accepted: {', '.join(COST_MODES)}")
         if self.alpha < 0 or (self.window is not None and self.window < 1) or self.p < 1:
             raise PolicyParamError(f"need alpha >= 0, window >= 1 or None, p >= 1; got {self.alpha}, {self.window}, {self.p}")
-        self.last: dict[ExpertKey, int] = {}
         self.history: dict[int, deque] = {}  # layer -> deque of per-pass mean scores [E]
         self.sums: dict[int, np.ndarray] = {}
         self._prefetched: frozenset = frozenset()
 
     # ---- score-aware eviction ----------------------------------------------------------------------
-    def on_hit(self, key: ExpertKey) -> None:
-        self.last[key] = next(self.clock)
-
-    on_insert = on_hit
-
-    def on_evict(self, key: ExpertKey) -> None:
-        del self.last[key]
-
     def mean_score(self, key: ExpertKey) -> float:
         hist = self.history.get(key[0])
         return float(self.sums[key[0]][key[1]] / len(hist)) if hist else 0.0
@@ -180,28 +171,8 @@ class SMoE(CachingPolicy):
         want = sorted({int(e) for e in top.nonzero()[:, 1].tolist()} - resident, key=lambda e: (-float(best[e]), e))
         room = int(self.prefetch_share * view.cache.capacity) - len(view.cache.prefetched())
         want = want[: max(room, 0)]
-        if not want:
-            return None
-        protected = {key for key in self.cached if key[0] == view.layer} | set(view.cache.prefetched())
-        loads, evict = [], []
-        free = view.cache.free_slots
-        for e in want:
-            if free == 0:
-                candidates = [key for key in self.cached if key not in protected]
-                if not candidates:
-                    break
-                v = self.victim(candidates, view)
-                self.cached.remove(v)
-                self.on_evict(v)
-                evict.append(v)
-            else:
-                free -= 1
-            key = (nxt, e)
-            self.cached.add(key)
-            self.on_insert(key)
-            protected.add(key)
-            loads.append(key)
-        return PrefetchPlan(loads=loads, evict=evict)
+        # prefetched experts not yet used are never traded for other prefetches
+        return self.prefetch_plan(view, [(nxt, e) for e in want], protected=set(view.cache.prefetched()))
 
     def _lowered(self, view: LayerView) -> np.ndarray:
         """[T,K] factors: `lower` for low-score routed experts (score < (1+alpha) * S_{k+1}), else 1."""
