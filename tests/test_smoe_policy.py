@@ -114,8 +114,7 @@ def test_prefetched_experts_are_evicted_after_normal_ones():
     pool = FakePool(capacity=2)
     pool.add((1, 0), prefetched=True)  # never scored: mean 0
     step(pol, pool, 0, [[0.9, 0.05, 0.05, 0.0]], [[0]])  # (0,0) normal, high score
-    pol.cached.add((1, 0))
-    pol.on_insert((1, 0))
+    pol._insert((1, 0))  # the policy's own prefetch would have recorded it
     step(pol, pool, 0, [[0.0, 0.05, 0.9, 0.05]], [[2]])
     assert (1, 0) in pool.slot_of and (0, 0) not in pool.slot_of
 
