@@ -256,3 +256,28 @@ def test_prefetch_does_not_change_the_tokens_at_alpha_zero(ckpt):
     for mode in ("attention", "no-attention"):
         res, _ = run(ckpt, "smoe-ce-cr-pre", slots=8, alpha=0.0, prefetch_mode=mode)
         assert res.tokens == ref.tokens
+
+
+def test_prefetch_accuracy_from_a_trace(ckpt):
+    from smoe.trace_stats import prefetch_accuracy
+
+    res, trace = run(ckpt, "smoe-ce-cr-pre", slots=8)
+    acc = prefetch_accuracy(trace, alpha=0.25, k=2)
+    assert acc["prefetched"] == res.metrics["prefetches"]
+    assert 0 <= acc["top_score_share"] <= acc["routed_share"] <= 1
+    # routed_share counts what the runtime counts as prefetch_in_topk
+    assert acc["routed_share"] * acc["prefetched"] == pytest.approx(res.metrics["prefetch_in_topk"])
+
+
+def test_prefetch_accuracy_counts_by_hand():
+    from smoe.trace_stats import prefetch_accuracy
+
+    recs = [
+        {"step": 1, "layer": 0, "scores": torch.tensor([[0.5, 0.3, 0.1, 0.1]]), "topk": torch.tensor([[0, 1]]),
+         "prefetch": [(1, 2), (1, 3), (1, 0)]},
+        {"step": 1, "layer": 1, "scores": torch.tensor([[0.1, 0.05, 0.6, 0.25]]), "topk": torch.tensor([[2, 3]]),
+         "prefetch": []},
+    ]
+    # layer 1: S_3 = 0.1; expert 2 (0.6) top-score, expert 3 (0.25) top-score, expert 0 not routed
+    acc = prefetch_accuracy(recs, alpha=0.25, k=2)
+    assert acc == {"prefetched": 3, "top_score_share": 2 / 3, "routed_share": 2 / 3}
