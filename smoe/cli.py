@@ -47,7 +47,9 @@ def _prompts(args) -> list[str]:
         prompts += read_prompts(path)
     if not prompts:
         raise PromptError("give at least one --prompt or a --prompt-file")
-    return [prompts[i % len(prompts)] for i in range(args.batch)]  # cycle to fill the batch
+    if len(prompts) < args.batch:  # cycle to fill one batch
+        prompts = [prompts[i % len(prompts)] for i in range(args.batch)]
+    return prompts
 
 
 def run_one(
@@ -77,7 +79,7 @@ def run_one(
         kv_tokens=batch * (max_new_tokens + 1024),
     )
     try:
-        result = rt.generate(prompts, max_new_tokens)
+        result = rt.generate_all(prompts, max_new_tokens)
         if trace is not None:
             path = Path(trace)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -230,7 +232,8 @@ def _add_run_args(r: argparse.ArgumentParser) -> None:
     r.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     r.add_argument("--batch", type=int, default=1)
     r.add_argument("--max-new-tokens", type=int, default=32)
-    r.add_argument("--prompt", action="append", help="a prompt (repeatable; cycled to fill the batch)")
+    r.add_argument("--prompt", action="append", help="a prompt (repeatable); all prompts run in batches of --batch, "
+                   "metrics over all of them (fewer than a batch are cycled to fill it)")
     r.add_argument("--prompt-file", help="prompts: JSONL (.jsonl, one JSON string a line) or one prompt per line")
     r.add_argument("--cpu-threads", type=int, help="threads of the CPU expert worker (default: cores - 1)")
     r.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a policy parameter")

@@ -42,7 +42,7 @@ class Metrics:
     def __init__(self, preload_loads: int = 0):
         self.phases = {"prefill": Counters(), "decode": Counters()}
         self.preload_loads = preload_loads
-        self.ttft_s: float | None = None
+        self.ttft_list: list[float] = []  # one per batch of prompts
         self.step_s: list[float] = []  # one per decode step
         self.peak_device_bytes = 0
 
@@ -54,7 +54,8 @@ class Metrics:
         steps = np.asarray(self.step_s, dtype=float)
         total = {k: getattr(p, k) + getattr(d, k) for k in asdict(d)}
         return {
-            "ttft_s": self.ttft_s,
+            "ttft_s": float(np.mean(self.ttft_list)) if self.ttft_list else None,
+            "batches": len(self.ttft_list),
             "tpot_s": float(steps.mean()) if steps.size else None,
             "tpot_p50_s": float(np.percentile(steps, 50)) if steps.size else None,
             "tpot_p90_s": float(np.percentile(steps, 90)) if steps.size else None,

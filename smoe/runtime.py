@@ -147,6 +147,7 @@ class Runtime:
         prompts: list[str] | list[list[int]],
         max_new_tokens: int,
         on_logits=None,
+        accumulate: bool = False,
     ) -> Result:
         if not prompts:
             raise PromptError("no prompts given")
@@ -171,9 +172,10 @@ class Runtime:
         if max_new_tokens < 1:
             raise PromptError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         eng = self.engine
-        eng.metrics = Metrics(preload_loads=eng.metrics.preload_loads)  # counters are per call; the cache persists
-        if eng.trace is not None:
-            eng.trace = []  # so is the trace
+        if not accumulate:  # counters and trace are per call unless accumulating; the cache always persists
+            eng.metrics = Metrics(preload_loads=eng.metrics.preload_loads)
+            if eng.trace is not None:
+                eng.trace = []
 
         def on_forward(phase: str, step: int) -> None:
             eng.phase, eng.step = phase, step
@@ -183,15 +185,25 @@ class Runtime:
         tokens, ttft, steps = greedy_decode(
             self.model, ids.to(self.device), mask.to(self.device), max_new_tokens, on_forward, on_logits
         )
-        eng.metrics.ttft_s = ttft
-        eng.metrics.step_s = steps
+        eng.metrics.ttft_list.append(ttft)
+        eng.metrics.step_s.extend(steps)
         if self.device.type == "cuda":
-            eng.metrics.peak_device_bytes = torch.cuda.max_memory_allocated(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
         else:  # logical accounting: what the device would hold
             per_token = kv_bytes_per_token(self.ckpt.config.get_text_config(), self.dtype.itemsize)
             kv = per_token * ids.shape[0] * (ids.shape[1] + max_new_tokens)
-            eng.metrics.peak_device_bytes = self.memory.skeleton_bytes + self.memory.pool_bytes + kv
+            peak = self.memory.skeleton_bytes + self.memory.pool_bytes + kv
+        eng.metrics.peak_device_bytes = max(eng.metrics.peak_device_bytes, peak)
         return Result(tokens=tokens.tolist(), metrics=eng.metrics.summary())
+
+    def generate_all(self, prompts: list, max_new_tokens: int) -> Result:
+        """Every prompt, in consecutive batches of the runtime's batch size (the last may be smaller), with
+        metrics accumulated over all of them and the expert cache carried from batch to batch."""
+        tokens: list[list[int]] = []
+        for i in range(0, len(prompts), self.batch):
+            res = self.generate(prompts[i : i + self.batch], max_new_tokens, accumulate=i > 0)
+            tokens += res.tokens
+        return Result(tokens=tokens, metrics=res.metrics)
 
     @property
     def pad_id(self) -> int:
