@@ -32,12 +32,16 @@ if fig == "fig11_tpot":
 elif fig == "fig12_hit_rate":
     d = df[df.policy != "all-gpu"].groupby(["model", "budget", "batch", "policy"], as_index=False)["hit_rate"].mean()
     g = sns.catplot(data=d, x="policy", y="hit_rate", col="batch", row="budget", kind="bar", height=3, aspect=2.5)
-    g.set_xticklabels(rotation=60, ha="right")
+    for ax in g.axes.flat:
+        ax.tick_params(axis="x", rotation=60, labelbottom=True)
+    g.tight_layout()
     g.figure.suptitle("decode hit rate, mean over workloads", y=1.02)
 elif fig == "fig13_ttft":
     d = df[df.batch == df.batch.min()].groupby(["model", "budget", "policy"], as_index=False)["ttft_s"].mean()
     g = sns.catplot(data=d, x="policy", y="ttft_s", col="budget", kind="bar", height=3, aspect=2.5)
-    g.set_xticklabels(rotation=60, ha="right")
+    for ax in g.axes.flat:
+        ax.tick_params(axis="x", rotation=60, labelbottom=True)
+    g.tight_layout()
     g.figure.suptitle(f"TTFT at batch {df.batch.min()}, mean over workloads ({where})", y=1.02)
 elif fig == "fig14_ablation":
     d = df[(df.batch == df.batch.min()) & df.policy.isin(STEPS)]
@@ -55,6 +59,7 @@ elif fig == "fig14_ablation":
         ax2.set_ylabel("hit rate")
         ax2.set_ylim(0, 1)
     f.suptitle(f"ablation, batch {df.batch.min()} ({where})")
+    f.tight_layout()
     g = f
 else:
     raise SystemExit(f"unknown figure {fig}")
