@@ -1,12 +1,11 @@
 """SMoE's CPU/PCIe balancing (paper Alg. 2, Eq. 4): split the missing experts of a layer between loading
 over PCIe and computing on the CPU so that max(n_load * c_load, n_cpu * c_cpu) is small.
 
-Where it sits: a pure function the SMoE policy calls from `plan`, plus `CostEstimate`, the rolling mean of
-the last p measured costs. High-score experts go over PCIe (they are likely reused), low-score ones to the CPU.
+Where it sits: a pure function the SMoE policy calls from `plan` with its per-expert cost estimates (modelled,
+or the rolling mean of the last p measurements the runtime keeps). High-score experts go over PCIe (they are
+likely reused), low-score ones to the CPU.
 """
 from __future__ import annotations
-
-from collections import deque
 
 
 def split_load_cpu(expert_ids: list[int], c_load: float, c_cpu: float) -> tuple[list[int], list[int]]:
@@ -32,19 +31,3 @@ def split_load_cpu(expert_ids: list[int], c_load: float, c_cpu: float) -> tuple[
             right -= 1
     return load_ids, cpu_ids[::-1]
 
-
-class CostEstimate:
-    """Rolling mean of the last `p` measurements of one cost (seconds per expert), with a prior until then."""
-
-    def __init__(self, prior: float, p: int = 10):
-        if p < 1:
-            raise ValueError(f"p must be >= 1, got {p}")
-        self.prior = prior
-        self.samples: deque[float] = deque(maxlen=p)
-
-    def add(self, seconds: float) -> None:
-        self.samples.append(seconds)
-
-    @property
-    def value(self) -> float:
-        return sum(self.samples) / len(self.samples) if self.samples else self.prior

@@ -103,6 +103,3 @@ class Checkpoint:
     def tokenizer_present(self) -> bool:
         return any((self.path / n).is_file() for n in ("tokenizer.json", "tokenizer.model", "vocab.json"))
 
-    def describe(self) -> dict:
-        return {"path": str(self.path), "model_type": self.config.model_type, "dtype": str(self.dtype)}
-

@@ -47,10 +47,6 @@ class ModelInfo:
     expert_bytes: int  # bytes of one routed expert (gate+up+down)
     model_type: str
 
-    def next_moe_layer(self, layer: int) -> int | None:
-        i = self.moe_layers.index(layer)
-        return self.moe_layers[i + 1] if i + 1 < len(self.moe_layers) else None
-
 
 class CacheView:
     """Read-only view of the device slot pool for policies (an expert whose prefetch is queued counts

@@ -86,7 +86,3 @@ class SlotPool:
         self.prefetched.discard(key)
         if self.cuda:
             self.done[self.slot_of[key]].record(torch.cuda.current_stream())
-
-    @property
-    def nbytes(self) -> int:
-        return self.capacity * self.store.expert_bytes

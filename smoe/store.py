@@ -41,10 +41,6 @@ class HostStore:
     def expert_bytes(self) -> int:
         return self.shape.numel * self.dtype.itemsize
 
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.data.values())
-
 
 def expert_forward(x: torch.Tensor, w: torch.Tensor, shape: ExpertShape, act) -> torch.Tensor:
     """One SwiGLU expert, computed as the HF experts module does: x [n,H], w [3*I*H] -> [n,H]."""

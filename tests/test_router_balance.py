@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from smoe.balance import CostEstimate, split_load_cpu
+from smoe.balance import split_load_cpu
 from smoe.router import expert_cache_router
 
 
@@ -147,10 +147,3 @@ def test_split_makespan_within_one_expert_of_optimal():
         best = min(max(n * c_load, (len(ids) - n) * c_cpu) for n in range(1, len(ids) + 1))
         assert best - 1e-9 <= got <= best + max(c_load, c_cpu) + 1e-9
 
-
-def test_cost_estimate_rolls_over_last_p():
-    c = CostEstimate(prior=2.0, p=3)
-    assert c.value == 2.0
-    for x in (1.0, 2.0, 3.0, 10.0):
-        c.add(x)
-    assert c.value == pytest.approx(5.0)
