@@ -5,7 +5,9 @@ without quantization, as the SMoE paper ran it. Rules:
     or the PCIe queue followed by the device (c_load per expert);
   - impact-driven prefetch: the next `depth` MoE layers' routers are applied to this layer's approximate
     output; their predicted top-k experts that are not resident are ranked by impact (predicted score x the
-    CPU time a miss would cost, discounted by layer distance) and the best `prefetch_size` are loaded;
+    CPU time a miss would cost, discounted by layer distance); as many of the best are loaded as fit in the
+    time the PCIe link would otherwise idle while this layer finishes (its CPU queue beyond its loads), at
+    least one and at most `prefetch_size`;
   - MRS cache: every expert keeps a decayed score S <- decay*S + (1-decay)*(router score this pass); the
     cached expert with the lowest S is evicted (ties: least recently used).
 Costs follow the same fixed model as SMoE's balancing (expert bytes over a PCIe rate and over a CPU
@@ -31,6 +33,7 @@ class HybriMoE(CachingPolicy):
     def setup(self, model: ModelInfo, capacity: int) -> list[ExpertKey]:
         self.model = model
         self.mrs: dict[int, np.ndarray] = {}  # layer -> [E] decayed scores
+        self.pcie_idle = 0.0
         return []
 
     def score(self, key: ExpertKey) -> float:
@@ -61,6 +64,7 @@ class HybriMoE(CachingPolicy):
                 placement[e], t_gpu = Action.LOAD, gpu_finish
             else:
                 placement[e], t_cpu = Action.CPU, cpu_finish
+        self.pcie_idle = max(0.0, t_cpu - t_gpu)  # link time left while the CPU finishes this layer
         return self.plan_placement(view, placement)
 
     def prefetch(self, view: LayerView, ctx) -> PrefetchPlan | None:  # type: ignore[override]
@@ -78,4 +82,6 @@ class HybriMoE(CachingPolicy):
             top = scores.topk(self.model.top_k).indices.tolist()
             impact += [(float(scores[e]) * c_cpu / d, (target, e)) for e in top if (target, e) not in self.cached]
         impact.sort(key=lambda x: (-x[0], x[1]))
-        return self.prefetch_plan(view, [key for _, key in impact[: self.prefetch_size]])
+        c_load = view.model.expert_bytes / (self.pcie_gbps * 1e9)
+        n = min(self.prefetch_size, max(1, int(self.pcie_idle / c_load)))
+        return self.prefetch_plan(view, [key for _, key in impact[:n]])
