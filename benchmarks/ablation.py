@@ -8,6 +8,8 @@ Writes to --out:
                  and +11/+60/+12/-3 % cache-ratio steps)
   window.csv     smoe-ce's hit rate for eviction windows n = 1, 2, 4, 8, 16, 32 and none (LRU)
   policies.csv   every registered offloading policy, plus belady's ceiling from the lru run's trace
+  prefetch_accuracy.csv  for the prefetching policies: share of prefetched experts that were top-score at
+                 their layer (score >= (1+alpha) S_{k+1}) and that were routed there at all (paper: 82%, 95%)
 Every run is repeated --repeats times in interleaved order; TPOT is the median over repeats. Hit rates and
 counts are exact (identical over repeats).
 """
@@ -22,10 +24,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch  # noqa: E402
+from transformers import AutoConfig  # noqa: E402
+
 from smoe.cli import run_one  # noqa: E402
 from smoe.policy import policy_names  # noqa: E402
+from smoe.trace_stats import prefetch_accuracy  # noqa: E402
 
 STEPS = ["lru", "smoe-ce", "smoe-ce-cr", "smoe-ce-cr-pre", "smoe"]
+PREFETCHING = {"smoe-ce-cr-pre", "smoe", "moe-infinity", "hybrimoe"}
 PAPER_TPOT = {"smoe-ce": -8, "smoe-ce-cr": -20, "smoe-ce-cr-pre": -14, "smoe": -34}
 PAPER_HIT = {"smoe-ce": 11, "smoe-ce-cr": 60, "smoe-ce-cr-pre": 12, "smoe": -3}
 PROMPTS = [
@@ -65,10 +72,17 @@ def main() -> int:
     configs += [(p, p, {}) for p in policy_names() if p not in STEPS and p not in ("belady", "all-gpu")]
     configs += [("belady", "belady", {"trace": trace})]
     results: dict[str, list[dict]] = {}
-    for _ in range(args.repeats):
+    accuracy: dict[str, dict] = {}
+    for rep in range(args.repeats):
         for label, policy, params in configs:
-            rec = run_one(policy=policy, params={k: str(v) for k, v in params.items()}, **common)
+            traced = rep == 0 and policy in PREFETCHING
+            tr = str(Path(tempfile.mkdtemp()) / "t.pt") if traced else None
+            rec = run_one(policy=policy, params={k: str(v) for k, v in params.items()}, trace=tr, **common)
             results.setdefault(label, []).append(rec["metrics"])
+            if traced:
+                records = torch.load(tr, weights_only=False)["records"]
+                k = AutoConfig.from_pretrained(args.model).num_experts_per_tok
+                accuracy[label] = prefetch_accuracy(records, args.alpha, k)
 
     def row(label: str) -> dict:
         ms = results[label]
@@ -92,6 +106,7 @@ def main() -> int:
     write(out / "ablation.csv", ablation)
     write(out / "window.csv", [{"window": str(n), **row(f"smoe-ce n={n}")} for n in (1, 2, 4, 8, 16, 32, None)])
     write(out / "policies.csv", [row(label) for label, _, _ in configs if not label.startswith("smoe-ce n=")])
+    write(out / "prefetch_accuracy.csv", [{"policy": p, **a} for p, a in accuracy.items()])
     for r in ablation:
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
     return 0
