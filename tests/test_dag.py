@@ -34,7 +34,6 @@ def test_budget_wildcards():
 @pytest.mark.parametrize("key,value,message", [
     ("policies", ["lru", "magic"], "unknown policy 'magic'.*accepted: all-gpu"),
     ("workloads", ["exam", "poetry"], "unknown workload 'poetry'.*accepted: exam"),
-    ("policies", ["belady"], "belady needs a trace"),
 ])
 def test_check_config_names_accepted_values(key, value, message):
     config = load("config.yaml")

@@ -1,4 +1,5 @@
 # One job per (gpu, model, budget, policy): every workload and batch size, one JSON per run.
+# belady, the offline-optimal ceiling, needs the future of the very same run: a trace of the lru run.
 
 
 def _model_dir(w):
@@ -6,19 +7,58 @@ def _model_dir(w):
     return spec["path"] if "path" in spec else f"models/{w.model}/config.json"
 
 
+RUN_OUTPUTS = expand(
+    "results/runs/{{gpu}}/{{model}}/{{budget}}/{{policy}}/{workload}/b{batch}.json",
+    workload=config["workloads"],
+    batch=config["batches"],
+)
+
+
+ruleorder: bench_belady > bench
+
+
 rule bench:
     input:
         model=_model_dir,
         prompts=expand("prompts/{workload}.jsonl", workload=config["workloads"]),
     output:
-        expand(
-            "results/runs/{{gpu}}/{{model}}/{{budget}}/{{policy}}/{workload}/b{batch}.json",
-            workload=config["workloads"],
-            batch=config["batches"],
-        ),
+        RUN_OUTPUTS,
     resources:
         gpu=lambda w: 1 if config["device"] == "cuda" else 0,
     threads: 1
+    log:
+        "logs/bench/{gpu}/{model}/{budget}/{policy}.log",
+    script:
+        "../scripts/bench.py"
+
+
+rule trace_for_belady:
+    input:
+        model=_model_dir,
+        prompts=expand("prompts/{workload}.jsonl", workload=config["workloads"]),
+    output:
+        expand(
+            "results/traces/{{gpu}}/{{model}}/{{budget}}/{workload}/b{batch}.pt",
+            workload=config["workloads"],
+            batch=config["batches"],
+        ),
+    params:
+        trace=True,
+    log:
+        "logs/trace/{gpu}/{model}/{budget}.log",
+    script:
+        "../scripts/bench.py"
+
+
+rule bench_belady:
+    input:
+        model=_model_dir,
+        prompts=expand("prompts/{workload}.jsonl", workload=config["workloads"]),
+        traces=rules.trace_for_belady.output,
+    output:
+        RUN_OUTPUTS,
+    wildcard_constraints:
+        policy="belady",
     log:
         "logs/bench/{gpu}/{model}/{budget}/{policy}.log",
     script:

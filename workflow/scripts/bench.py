@@ -1,4 +1,6 @@
-"""Snakemake script of rule `bench`: every (workload, batch) run of one (gpu, model, budget, policy)."""
+"""Snakemake script of rules `bench`, `bench_belady` and `trace_for_belady`: every (workload, batch) run of
+one (gpu, model, budget, policy). `trace_for_belady` runs lru and keeps only the traces; `bench_belady`
+hands each run its own trace (belady knows the future of exactly that run)."""
 import logging
 from pathlib import Path
 
@@ -9,15 +11,23 @@ from smoe.workloads import read_prompts
 
 sm = snakemake  # noqa: F821  (set by Snakemake)
 cfg, w = sm.config, sm.wildcards
+tracing = sm.params.get("trace", False) if hasattr(sm.params, "get") else False
+policy = "lru" if tracing else w.policy
 logging.basicConfig(filename=sm.log[0], level=logging.INFO, format="%(name)s: %(message)s")
 model = str(Path(sm.input.model).parent) if sm.input.model.endswith("config.json") else sm.input.model
-params = {"alpha": str(cfg["alpha"])} if w.policy.startswith("smoe") or w.policy in ("skip", "score-lower") else {}
-for out in sm.output:
+uses_alpha = policy.startswith("smoe") or policy in ("skip", "score-lower")
+for i, out in enumerate(sm.output):
     workload, batch = Path(out).parent.name, int(Path(out).stem[1:])
     prompts = read_prompts(f"prompts/{workload}.jsonl")[: cfg["prompts_per_workload"] * batch]
-    rec = run_one(model=model, policy=w.policy, device=cfg["device"], batch=batch, prompts=prompts,
-                  max_new_tokens=cfg["max_new_tokens"], params=params, seed=cfg["seed"], **budget_args(w.budget))
+    params = {"alpha": str(cfg["alpha"])} if uses_alpha else {}
+    if policy == "belady":
+        params["trace"] = sm.input.traces[i]  # same (workload, batch) order as the outputs
+    rec = run_one(model=model, policy=policy, device=cfg["device"], batch=batch, prompts=prompts,
+                  max_new_tokens=cfg["max_new_tokens"], params=params, seed=cfg["seed"],
+                  trace=out if tracing else None, **budget_args(w.budget))
+    if tracing:
+        continue
     rec["params"].update(gpu=w.gpu, model_name=w.model, budget=w.budget, workload=workload)
     write_json(out, rec)
-    logging.info("%s %s b%d: tpot %.4fs hit rate %s", w.policy, workload, batch, rec["metrics"]["tpot_s"],
+    logging.info("%s %s b%d: tpot %.4fs hit rate %s", policy, workload, batch, rec["metrics"]["tpot_s"],
                  rec["metrics"]["hit_rate"])
