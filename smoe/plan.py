@@ -144,6 +144,9 @@ class ExecPlan:
     skips: int
 
 
+_CODES = {int(a) for a in Action}
+
+
 def _fail(policy: str, layer: int, msg: str) -> PolicyError:
     return PolicyError(f"policy {policy!r}, layer {layer}: {msg}")
 
@@ -158,40 +161,41 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
     actions = np.asarray(plan.actions)
     if actions.shape != (T, K):
         raise _fail(policy, layer, f"actions have shape {actions.shape}, expected {(T, K)} (tokens, top-k)")
-    if not np.isin(actions, [int(a) for a in Action]).all():
+    if not set(np.unique(actions).tolist()) <= _CODES:
         raise _fail(policy, layer, "every routed expert needs an action (HIT, LOAD, CPU, SUBSTITUTE or SKIP)")
     standins = np.asarray(plan.standins) if plan.standins is not None else np.full((T, K), -1)
     if standins.shape != (T, K):
         raise _fail(policy, layer, f"standins have shape {standins.shape}, expected {(T, K)} (tokens, top-k)")
+    # plain Python lists and int codes from here: this runs for every MoE layer of every decode step
+    acts, experts, stands = actions.tolist(), topk.tolist(), standins.tolist()
+    HIT, LOAD, CPU, SUB, SKIP = (int(a) for a in Action)
 
     where: dict[int, Action] = {}
-
-    def place(e: int, a: Action) -> None:
-        if a == Action.HIT and e not in resident:
-            raise _fail(policy, layer, f"HIT for expert {e}, which is not resident")
-        if a in (Action.LOAD, Action.CPU) and e in resident:
-            raise _fail(policy, layer, f"{a.name} for expert {e}, which is already resident (use HIT)")
-        if where.setdefault(e, a) != a:
-            raise _fail(policy, layer, f"expert {e} is both {where[e].name} and {a.name} in one layer")
-
     for t in range(T):
         for j in range(K):
-            a = Action(actions[t, j])
-            if a in (Action.HIT, Action.LOAD, Action.CPU):
-                place(int(topk[t, j]), a)
+            a = acts[t][j]
+            if a > CPU:  # SUBSTITUTE, SKIP
+                continue
+            e = experts[t][j]
+            if a == HIT and e not in resident:
+                raise _fail(policy, layer, f"HIT for expert {e}, which is not resident")
+            if a != HIT and e in resident:
+                raise _fail(policy, layer, f"{Action(a).name} for expert {e}, which is already resident (use HIT)")
+            if where.setdefault(e, Action(a)) != a:
+                raise _fail(policy, layer, f"expert {e} is both {where[e].name} and {Action(a).name} in one layer")
     tokens: dict[int, list[int]] = {}
     cols: dict[int, list[int]] = {}
-    computed = np.zeros((T, E), dtype=bool)
+    computed = [set() for _ in range(T)]
     subs = skips = 0
     for j in range(K):  # HF's order: by top-k rank, then token
         for t in range(T):
-            a = Action(actions[t, j])
-            if a == Action.SKIP:
+            a = acts[t][j]
+            if a == SKIP:
                 skips += 1
                 continue
-            e = int(topk[t, j])
-            if a == Action.SUBSTITUTE:
-                s = int(standins[t, j])
+            e = experts[t][j]
+            if a == SUB:
+                s = stands[t][j]
                 if not 0 <= s < E:
                     raise _fail(policy, layer, f"token {t} substitutes expert {e} with invalid stand-in {s}")
                 if s in resident:
@@ -202,13 +206,11 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
                     )
                 subs += 1
                 e = s
-            if computed[t, e]:
+            if e in computed[t]:
                 raise _fail(policy, layer, f"token {t} would compute expert {e} twice")
-            computed[t, e] = True
+            computed[t].add(e)
             tokens.setdefault(e, []).append(t)
             cols.setdefault(e, []).append(j)
-    routed = np.zeros((T, E), dtype=bool)
-    np.put_along_axis(routed, topk, True, axis=1)
     scale = None
     if plan.scale is not None:
         factors = np.asarray(plan.scale, dtype=np.float32)
@@ -218,8 +220,11 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
         np.put_along_axis(scale, topk, factors, axis=1)
     changed = [
         t for t in range(T)
-        if not np.array_equal(routed[t], computed[t]) or (scale is not None and (scale[t] != 1).any())
+        if computed[t] != set(experts[t]) or (scale is not None and (scale[t] != 1).any())
     ]
+    computed_mask = np.zeros((T, E), dtype=bool)
+    for t, es in enumerate(computed):
+        computed_mask[t, list(es)] = True
 
     used_on_device = {e for e, a in where.items() if a != Action.CPU and e in tokens}
     try:
@@ -261,7 +266,7 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
         where={e: a for e, a in where.items() if e in tokens or a == Action.LOAD},
         tokens=tokens,
         cols=cols,
-        computed=computed,
+        computed=computed_mask,
         changed=changed,
         scale=scale,
         loads=loads,
