@@ -77,7 +77,8 @@ def run_one(
     rt = Runtime(
         model, policy, device=device, budget_gb=budget_gb, cache_experts=cache_experts, batch=batch,
         policy_params=params, trace=trace is not None, cpu_threads=cpu_threads,
-        kv_tokens=batch * (max_new_tokens + 1024),
+        # KV reserve: a prompt has at most as many tokens as characters (plus a few special tokens)
+        kv_tokens=batch * (max(len(p) for p in prompts) + 8 + max_new_tokens),
     )
     try:
         result = rt.generate_all(prompts, max_new_tokens)

@@ -133,7 +133,6 @@ class ExecPlan:
 
     where: dict[int, Action]  # expert -> HIT (resident), LOAD or CPU
     tokens: dict[int, list[int]]  # expert -> token rows that compute it, in HF's (rank, token) order
-    cols: dict[int, list[int]]  # expert -> the top-k column each of those tokens routed it from
     computed: np.ndarray  # [T,E] bool: experts each token computes
     changed: list[int]  # tokens whose computed set or scores differ from the router's: family weight rule
     scale: np.ndarray | None  # [T,E] score factors, or None
@@ -168,7 +167,7 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
         raise _fail(policy, layer, f"standins have shape {standins.shape}, expected {(T, K)} (tokens, top-k)")
     # plain Python lists and int codes from here: this runs for every MoE layer of every decode step
     acts, experts, stands = actions.tolist(), topk.tolist(), standins.tolist()
-    HIT, LOAD, CPU, SUB, SKIP = (int(a) for a in Action)
+    HIT, _, CPU, SUB, SKIP = (int(a) for a in Action)
 
     where: dict[int, Action] = {}
     for t in range(T):
@@ -184,7 +183,6 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
             if where.setdefault(e, Action(a)) != a:
                 raise _fail(policy, layer, f"expert {e} is both {where[e].name} and {Action(a).name} in one layer")
     tokens: dict[int, list[int]] = {}
-    cols: dict[int, list[int]] = {}
     computed = [set() for _ in range(T)]
     subs = skips = 0
     for j in range(K):  # HF's order: by top-k rank, then token
@@ -210,7 +208,6 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
                 raise _fail(policy, layer, f"token {t} would compute expert {e} twice")
             computed[t].add(e)
             tokens.setdefault(e, []).append(t)
-            cols.setdefault(e, []).append(j)
     scale = None
     if plan.scale is not None:
         factors = np.asarray(plan.scale, dtype=np.float32)
@@ -265,7 +262,6 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
     return ExecPlan(
         where={e: a for e, a in where.items() if e in tokens or a == Action.LOAD},
         tokens=tokens,
-        cols=cols,
         computed=computed_mask,
         changed=changed,
         scale=scale,

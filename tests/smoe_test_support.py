@@ -40,3 +40,32 @@ def collect_logits():
         out.append(logits.detach().float().cpu().clone())
 
     return out, steps, cb
+
+
+class FakePool:
+    """The slot pool's bookkeeping only (what CacheView reads), for planning tests without a model."""
+
+    def __init__(self, capacity, resident=()):
+        self.capacity = capacity
+        self.slot_of, self.by_layer, self.prefetched = {}, {}, set()
+        for key in resident:
+            self.add(key)
+
+    @property
+    def free_slots(self):
+        return self.capacity - len(self.slot_of)
+
+    def add(self, key, prefetched=False):
+        self.slot_of[key] = len(self.slot_of)
+        self.by_layer.setdefault(key[0], set()).add(key[1])
+        if prefetched:
+            self.prefetched.add(key)
+
+    def apply(self, plan, layer, ex):
+        """What the engine does to residency when it executes a checked plan."""
+        for key in plan.evict:
+            del self.slot_of[key]
+            self.by_layer[key[0]].discard(key[1])
+            self.prefetched.discard(key)
+        for e in ex.loads:
+            self.add((layer, e))

@@ -11,7 +11,7 @@ from smoe.errors import PolicyError, SmoeError
 from smoe.plan import Action, CacheView, LayerView, ModelInfo, Plan, check_plan
 from smoe.policy import ExpertPolicy, register_policy
 from smoe.runtime import Runtime
-from smoe_test_support import NEW_TOKENS, PROMPTS, collect_logits
+from smoe_test_support import NEW_TOKENS, PROMPTS, FakePool, collect_logits
 
 FAMILY = "qwen2_moe"
 BATCH = len(PROMPTS)
@@ -140,20 +140,6 @@ def test_no_evict_policy_runs_until_the_cache_is_full(tiny):
 
 
 # ---- check_plan directly, on a hand-made cache ---------------------------------------------------------
-class FakePool:
-    def __init__(self, capacity, resident=()):
-        self.capacity = capacity
-        self.slot_of = {k: i for i, k in enumerate(resident)}
-        self.by_layer: dict = {}
-        for layer, e in resident:
-            self.by_layer.setdefault(layer, set()).add(e)
-        self.prefetched: set = set()
-
-    @property
-    def free_slots(self):
-        return self.capacity - len(self.slot_of)
-
-
 INFO = ModelInfo(moe_layers=(0, 1), num_experts=4, top_k=2, expert_bytes=100, model_type="test")
 
 

@@ -8,34 +8,9 @@ from smoe.plan import Action, CacheView, LayerView, ModelInfo, check_plan
 from smoe.policy import make_policy
 from smoe.runtime import Runtime
 from smoe.tiny import make_tiny
+from smoe_test_support import FakePool
 
 INFO = ModelInfo(moe_layers=(0, 1), num_experts=4, top_k=1, expert_bytes=1000, model_type="test")
-
-
-class FakePool:
-    """The slot pool's bookkeeping only (what CacheView reads)."""
-
-    def __init__(self, capacity):
-        self.capacity = capacity
-        self.slot_of, self.by_layer, self.prefetched = {}, {}, set()
-
-    @property
-    def free_slots(self):
-        return self.capacity - len(self.slot_of)
-
-    def add(self, key, prefetched=False):
-        self.slot_of[key] = len(self.slot_of)
-        self.by_layer.setdefault(key[0], set()).add(key[1])
-        if prefetched:
-            self.prefetched.add(key)
-
-    def apply(self, plan, layer, ex):
-        for key in plan.evict:
-            del self.slot_of[key]
-            self.by_layer[key[0]].discard(key[1])
-            self.prefetched.discard(key)
-        for e in ex.loads:
-            self.add((layer, e))
 
 
 def view(pool, layer, scores, topk):
