@@ -17,6 +17,9 @@ from transformers import AutoConfig
 
 from .errors import CheckpointError
 from .families import Family, family_for
+from .smolmoe.modeling import register as register_smolmoe
+
+register_smolmoe()
 
 
 @dataclass(frozen=True)

