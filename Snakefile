@@ -13,5 +13,5 @@ include: "workflow/rules/figures.smk"
 
 rule all:
     input:
-        "results/tables/perf.csv",
+        f"{TABLES}/perf.csv",
         FIGURES,

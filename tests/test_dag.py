@@ -97,3 +97,15 @@ def test_ci_grid_end_to_end(tmp_path):
         assert (work / "figures" / f"{fig}.pdf").stat().st_size > 1000
     again = snake("--cores", "2", "--configfile", "config/test.yaml", "-n", cwd=work)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_smolmoe_config_plans_the_model_build_and_keeps_its_outputs_apart():
+    config = load("smolmoe.yaml")
+    check_config(config)
+    done = snake("-n", "--forceall", "--configfile", "config/smolmoe.yaml")
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-2000:]
+    for expected in ("rule smolmoe_model", "rule fetch_smollm2", "models/smolmoe-135m/smolmoe.json",
+                     "results/smolmoe/tables/perf.csv", "results/smolmoe/figures/fig12_hit_rate.pdf"):
+        assert expected in out, expected
+    assert " results/tables/perf.csv" not in out and " figures/fig12" not in out  # the default's stay untouched

@@ -4,7 +4,9 @@
 
 def _model_dir(w):
     spec = model_spec(config, w.model)
-    return spec["path"] if "path" in spec else f"models/{w.model}/config.json"
+    if "path" in spec:
+        return spec["path"]
+    return f"models/{w.model}/" + ("smolmoe.json" if "smolmoe" in spec else "config.json")
 
 
 RUN_OUTPUTS = expand(

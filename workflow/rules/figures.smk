@@ -3,9 +3,9 @@
 
 rule figure:
     input:
-        "results/tables/perf.csv",
+        f"{TABLES}/perf.csv",
     output:
-        "figures/{fig}.pdf",
+        FIGDIR + "/{fig}.pdf",
     wildcard_constraints:
         fig="fig1[1-4]_[a-z_]+",
     script:

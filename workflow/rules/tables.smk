@@ -5,6 +5,6 @@ rule perf_table:
     input:
         RUNS,
     output:
-        "results/tables/perf.csv",
+        f"{TABLES}/perf.csv",
     script:
         "../scripts/perf_table.py"

@@ -14,7 +14,7 @@ cfg, w = sm.config, sm.wildcards
 tracing = sm.params.get("trace", False) if hasattr(sm.params, "get") else False
 policy = "lru" if tracing else w.policy
 logging.basicConfig(filename=sm.log[0], level=logging.INFO, format="%(name)s: %(message)s")
-model = str(Path(sm.input.model).parent) if sm.input.model.endswith("config.json") else sm.input.model
+model = str(Path(sm.input.model).parent) if sm.input.model.endswith(".json") else sm.input.model
 uses_alpha = policy.startswith("smoe") or policy in ("skip", "score-lower")
 for i, out in enumerate(sm.output):
     workload, batch = Path(out).parent.name, int(Path(out).stem[1:])
