@@ -31,7 +31,7 @@ def rows(record: dict) -> list[dict]:
     for task, metrics in record["results"].items():
         docs = n.get(task, {}).get("effective", p.get("limit"))
         for key, value in metrics.items():
-            if not isinstance(value, (int, float)) or "_stderr" in key or key == "alias":
+            if not isinstance(value, (int, float)) or "_stderr" in key or key.startswith(("alias", "sample_len")):
                 continue
             metric, _, flt = key.partition(",")
             err = metrics.get(f"{metric}_stderr,{flt}")
