@@ -21,7 +21,6 @@ measured here is the model that ships.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import random
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..files import write_json
 from .moefy import Topology, collect_ffn_io, init_router, neuron_order
 
 log = logging.getLogger(__name__)
@@ -301,12 +301,6 @@ def heal(teacher, tok, pack: dict, cfg: HealConfig, device, generations: torch.T
     return student, report
 
 
-def save_json(path: Path, obj) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
-
-
 def hellaswag_doc(row: dict) -> tuple[str, list[str], int]:
     """(context, endings, label) with lm-eval's HellaSwag preprocessing."""
     def clean(text: str) -> str:
@@ -398,7 +392,7 @@ def run(resources: Path, out: Path, topologies: list[str], steps: int | None, mi
                      "rank_ffn": cfg.rank_ffn, "rank_attn": cfg.rank_attn})
         summary["runs"][name] = report
         log.info("%s: %s", name, report["eval"])
-        save_json(out / "heal.json", summary)
+        write_json(out / "heal.json", summary)
         del student
     return summary
 
