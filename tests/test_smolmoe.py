@@ -111,3 +111,11 @@ def test_with_a_uniform_router_and_every_expert_chosen_the_moe_is_the_corrected_
     ids = torch.randint(0, 260, (1, 16), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         torch.testing.assert_close(moe(ids).logits, fixed(ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_topology_names_parse_and_a_bad_one_is_refused():
+    from smoe.smolmoe.heal import parse_topology
+
+    assert parse_topology("e64k16s384") == Topology(num_experts=64, top_k=16, shared=384)
+    with pytest.raises(SmoeError, match="e<experts>k<top-k>s<shared"):
+        parse_topology("64x16")

@@ -1,7 +1,7 @@
 """Healing: distil the MoEfied SmolLM2 from the dense model, training routers and low-rank corrections.
 
-Where it sits: `python -m smoe heal` (a GPU job: `workflow/rules/smolmoe.smk` documents its cost) writes a
-recipe (`recipe.py`) from scratch; `assemble` turns the pinned GGUF plus a recipe into the smolmoe-135m
+Where it sits: `python -m smoe heal` (a GPU job; its cost on the H200 is in the README) writes a recipe
+(`assemble.save_recipe`) from scratch; `assemble` turns the pinned GGUF plus a recipe into the smolmoe-135m
 checkpoint. Steps, all seeded:
 1. `build_pack` (CPU, here): tokenised training text (Shakespeare's plays and Milton minus the held-out
    plays), a calibration slice, and the quick evaluation sets; one file that travels to the GPU machine.
@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import SmoeError
 from ..files import write_json
 from .moefy import Topology, collect_ffn_io, init_router, neuron_order
 
@@ -69,10 +70,6 @@ class LoRALinear(nn.Module):
 
     def forward(self, x):
         return self.base(x) + F.linear(F.linear(x, self.A.to(x.dtype)), self.B.to(x.dtype))
-
-    def delta(self) -> torch.Tensor:
-        """The correction [out,in] in float32, as `assemble` adds it to the dense weight."""
-        return self.B.detach().float() @ self.A.detach().float()
 
 
 class HealFFN(nn.Module):
@@ -342,7 +339,7 @@ def parse_topology(name: str) -> Topology:
     """`e64k8s384` -> Topology(num_experts=64, top_k=8, shared=384)."""
     m = re.fullmatch(r"e(\d+)k(\d+)s(\d+)", name)
     if not m:
-        raise ValueError(f"topology {name!r} is not of the form e<experts>k<top-k>s<shared neurons>, e.g. e64k8s384")
+        raise SmoeError(f"topology {name!r} is not of the form e<experts>k<top-k>s<shared neurons>, e.g. e64k8s384")
     return Topology(*map(int, m.groups()))
 
 
