@@ -9,9 +9,11 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/bench.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/accuracy.smk"
 
 
 rule all:
     input:
         f"{TABLES}/perf.csv",
         FIGURES,
+        ACC_TABLES,

@@ -15,7 +15,9 @@ import pandas as pd
 COLUMNS = ["model", "task", "policy", "alpha", "budget", "n_docs", "metric", "value", "stderr"]
 
 
-def rows(record: dict) -> list[dict]:
+def rows(record: dict, model: str | None = None) -> list[dict]:
+    """`model` names the rows (default: the checkpoint folder's name); the DAG gives a dense teacher's rows
+    the name of the MoE made from it, so the two sit side by side."""
     p = record["params"]
     settings = dict(s.split("=", 1) for s in p.get("set") or [])
     if p.get("cache_experts"):
@@ -35,7 +37,7 @@ def rows(record: dict) -> list[dict]:
                 continue
             metric, _, flt = key.partition(",")
             err = metrics.get(f"{metric}_stderr,{flt}")
-            out.append({"model": Path(p["model"]).name, "task": task, "policy": p["policy"], "alpha": alpha,
+            out.append({"model": model or Path(p["model"]).name, "task": task, "policy": p["policy"], "alpha": alpha,
                         "budget": budget, "n_docs": docs, "metric": metric if flt == "none" else key,
                         "value": value, "stderr": err if isinstance(err, (int, float)) else None})
     return out
@@ -47,6 +49,65 @@ def _alpha_policies() -> set[str]:
     return {n for n in policy_names() if hasattr(make_policy(n), "alpha")}
 
 
-def table(paths: list[str | Path]) -> pd.DataFrame:
+def table(paths: list[str | Path], names: list[str] | None = None) -> pd.DataFrame:
+    """Records -> the long table; `names`, if given, names each record's rows (see `rows`)."""
+    names = names or [None] * len(paths)
     recs = [json.loads(Path(p).read_text()) for p in paths]
-    return pd.DataFrame([r for rec in recs for r in rows(rec)], columns=COLUMNS)
+    return pd.DataFrame([r for rec, name in zip(recs, names) for r in rows(rec, name)], columns=COLUMNS)
+
+
+# lm-eval's headline metric of each local task and its value for a random guess (None: lower is better)
+HEADLINE = {
+    "smoe_hellaswag": ("acc_norm", 0.25), "smoe_piqa": ("acc_norm", 0.5), "smoe_arc_easy": ("acc", 0.25),
+    "smoe_arc_challenge": ("acc_norm", 0.25), "smoe_winogrande": ("acc", 0.5), "smoe_boolq": ("acc", 0.5),
+    "smoe_sciq": ("acc", 0.25), "smoe_openbookqa": ("acc_norm", 0.25), "smoe_mmlu": ("acc", 0.25),
+    "smoe_lambada": ("acc", 0.0), "smoe_gsm8k": ("exact_match", 0.0), "smoe_triviaqa": ("exact_match", 0.0),
+    "smoe_shakespeare": ("word_perplexity", None),
+}
+
+
+def column(row) -> str:
+    """The setting a row belongs to, as a table column: dense, moe (every expert resident), policy@alpha."""
+    if row["policy"] == "dense":
+        return "dense"
+    if row["policy"] == "all-gpu":
+        return "moe"
+    return f"{row['policy']}@{row['alpha']:g}" if pd.notna(row["alpha"]) else row["policy"]
+
+
+def headline(df: pd.DataFrame) -> pd.DataFrame:
+    """One value per (model, task, setting): the task's headline metric; column `setting` as `column`."""
+    keep = df[[HEADLINE.get(t, (None,))[0] == m for t, m in zip(df["task"], df["metric"])]].copy()
+    keep["setting"] = keep.apply(column, axis=1)
+    return keep
+
+
+def pivot(df: pd.DataFrame, settings: list[str] | None = None) -> pd.DataFrame:
+    """Headline values, one row per (model, task), one column per setting, plus each model's mean over
+    the accuracy tasks (perplexities left out of the mean)."""
+    h = headline(df)
+    t = h.pivot_table(index=["model", "task"], columns="setting", values="value", aggfunc="first")
+    if settings is not None:
+        t = t[[s for s in settings if s in t.columns]]
+    acc = t[[HEADLINE[task][1] is not None for _, task in t.index]]
+    means = acc.groupby(level="model").mean()
+    means.index = pd.MultiIndex.from_tuples([(m, "mean") for m in means.index], names=t.index.names)
+    return pd.concat([t, means])
+
+
+def margin_kept(df: pd.DataFrame, setting: str = "moe", floor: float = 0.05) -> dict:
+    """Share of the dense model's margin over chance that `setting` keeps: sum over tasks of (setting -
+    chance) / sum of (dense - chance), over the tasks where the dense model is more than `floor` above
+    chance (tasks at chance carry no signal). Per model that has a dense row."""
+    t = pivot(df)
+    out = {}
+    for model, sub in t.groupby(level="model"):
+        sub = sub.droplevel("model").drop(index="mean", errors="ignore")
+        if "dense" not in sub or setting not in sub:
+            continue
+        chance = pd.Series({task: HEADLINE[task][1] for task in sub.index})
+        ok = chance.notna() & sub[setting].notna() & (sub["dense"] - chance > floor)
+        if ok.any():
+            kept = (sub[setting][ok] - chance[ok]).sum() / (sub["dense"][ok] - chance[ok]).sum()
+            out[model] = {"setting": setting, "kept": float(kept), "tasks": sorted(sub.index[ok])}
+    return out

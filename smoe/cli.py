@@ -287,11 +287,9 @@ def cmd_workload(args) -> int:
 def cmd_heal(args) -> int:
     from .smolmoe.heal import run
 
-    if args.steps is None and args.minutes is None:
-        raise SmoeError("give --steps (reproducible) or --minutes (steps set from measured speed, then recorded)")
-    summary = run(Path(args.resources), Path(args.out), args.topology, args.steps, args.minutes, args.batch,
+    summary = run(Path(args.resources), Path(args.out), args.topology, args.steps, args.batch,
                   Path(args.pack) if args.pack else None, args.gen_per_prompt, args.device,
-                  Path(args.generations) if args.generations else None)
+                  args.stop_after, args.compile)
     for name, r in summary["runs"].items():
         log.info("%s: %s", name, r["eval"])
     return 0
@@ -404,13 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     h = sub.add_parser("heal", help="(GPU) MoEfy SmolLM2 and distil it into smolmoe recipes")
     h.add_argument("--topology", action="append", required=True, help="e<experts>k<top-k>s<shared>, e.g. e64k8s384 (repeatable)")
-    g = h.add_mutually_exclusive_group()
-    g.add_argument("--steps", type=int, help="training steps per topology")
-    g.add_argument("--minutes", type=float, help="training minutes per topology (steps from measured speed)")
-    h.add_argument("--batch", type=int, default=32, help="sequences of 512 tokens per step")
+    h.add_argument("--steps", type=int, required=True, help="training steps per topology")
+    h.add_argument("--stop-after", type=float, metavar="MINUTES",
+                   help="stop after MINUTES, saving the state; the same command run again continues")
+    h.add_argument("--compile", action="store_true", help="torch.compile the student and the teacher")
+    h.add_argument("--batch", type=int, default=64, help="sequences of 512 tokens per step")
     h.add_argument("--gen-per-prompt", type=int, default=4, help="teacher samples per instruction")
     h.add_argument("--pack", help="a data pack from `smoe heal-pack` (default: build it from resources/)")
-    h.add_argument("--generations", help="cache file of the teacher's samples (read if present, else written)")
     h.add_argument("--resources", default="resources")
     h.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
     h.add_argument("--out", required=True, help="folder for recipes and heal.json")

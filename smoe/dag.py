@@ -7,7 +7,12 @@ function of the parameters:
 
     results/runs/{gpu}/{model}/{budget}/{policy}/{workload}/b{batch}.json
 
-`budget` is `s<N>` (N expert slots, `--cache-experts`) or `<X>gb` (`--budget-gb X`).
+`budget` is `s<N>` (N expert slots, `--cache-experts`) or `<X>gb` (`--budget-gb X`). Accuracy records
+(lm-eval through the runtime, config section `accuracy`) go to
+
+    {accuracy_dir}/{model}/{budget}/{policy}/a{alpha}.json
+
+with budget `dense`, policy `dense` for a smolmoe model's dense teacher and the all-GPU budget for `all-gpu`.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import re
 from .errors import SmoeError
 
 RUN = "results/runs/{gpu}/{model}/{budget}/{policy}/{workload}/b{batch}.json"
+ACCURACY = "{dir}/{model}/{budget}/{policy}/a{alpha}.json"
 
 
 class ConfigError(SmoeError):
@@ -46,6 +52,14 @@ def check_config(config: dict) -> None:
     names = [m["name"] for m in config["models"]]
     if len(set(names)) != len(names):
         raise ConfigError(f"model names must be unique, got {names}")
+    for p in config.get("accuracy", {}).get("policies", []):
+        if p not in known:
+            raise ConfigError(f"unknown policy {p!r} under accuracy.policies; accepted: {', '.join(known)}")
+    from .eval_tasks import TASKS
+
+    for t in config.get("accuracy", {}).get("tasks", []):
+        if t not in TASKS:
+            raise ConfigError(f"unknown task {t!r} under accuracy.tasks; accepted: {', '.join(TASKS)}")
     for spec in config["models"]:
         name = spec["name"]
         fam = spec.get("tiny", {}).get("family")
@@ -76,3 +90,28 @@ def model_spec(config: dict, name: str) -> dict:
 
 def run_paths(config: dict) -> list[str]:
     return [RUN.format(**r) for r in runs(config)]
+
+
+def accuracy_runs(config: dict) -> list[dict]:
+    """Every accuracy evaluation of the config (section `accuracy`), as wildcard dicts: per model, the MoE
+    with every expert resident (all-gpu), smoe at each of `alphas` and each of `policies` at the config's
+    `alpha` on the accuracy budget, and the dense teacher of smolmoe models when `dense` is set."""
+    acc = config.get("accuracy")
+    if not acc:
+        return []
+    out = []
+    for spec in config["models"]:
+        model = spec["name"]
+        if acc.get("dense", True) and "smolmoe" in spec:
+            out.append(dict(model=model, budget="dense", policy="dense", alpha=0))
+        out.append(dict(model=model, budget=spec["all_gpu_budget"], policy="all-gpu", alpha=0))
+        settings = {("smoe", a) for a in acc.get("alphas", [])} | {(p, config["alpha"]) for p in
+                                                                 ["smoe", *acc.get("policies", [])]}
+        for policy, alpha in sorted(settings):
+            out.append(dict(model=model, budget=acc["budget"], policy=policy, alpha=alpha))
+    return out
+
+
+def accuracy_paths(config: dict) -> list[str]:
+    folder = config.get("accuracy_dir", "results/accuracy")
+    return [ACCURACY.format(dir=folder, **r) for r in accuracy_runs(config)]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from smoe.dag import ConfigError, budget_args, check_config, run_paths
+from smoe.dag import ConfigError, accuracy_runs, budget_args, check_config, run_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -75,7 +75,7 @@ def test_ci_grid_end_to_end(tmp_path):
     """config/test.yaml in a scratch copy of the workflow: every table and figure appears, a rerun does nothing."""
     work = tmp_path / "wf"
     work.mkdir()
-    for item in ("Snakefile", "config", "workflow"):
+    for item in ("Snakefile", "config", "workflow", "profiles"):
         src = ROOT / item
         (work / item).symlink_to(src, target_is_directory=src.is_dir())
     (work / "resources").symlink_to(ROOT / "resources", target_is_directory=True)
@@ -95,17 +95,39 @@ def test_ci_grid_end_to_end(tmp_path):
     assert perf.loc[perf.policy == "all-gpu", "hit_rate"].eq(1.0).all()
     for fig in ("fig11_tpot", "fig12_hit_rate", "fig13_ttft", "fig14_ablation"):
         assert (work / "figures" / f"{fig}.pdf").stat().st_size > 1000
-    again = snake("--cores", "2", "--configfile", "config/test.yaml", "-n", cwd=work)
+    acc = pd.read_csv(work / "results/tables/accuracy.csv")  # all-gpu, smoe at 0.25 and 0.5, skip at 0.25
+    assert sorted(set(zip(acc.policy, acc.alpha.fillna(0)))) == [("all-gpu", 0), ("skip", 0.25), ("smoe", 0.25),
+                                                                 ("smoe", 0.5)]
+    assert acc.n_docs.eq(4).all() and acc.task.eq("smoe_arc_easy").all()
+    table4 = pd.read_csv(work / "results/tables/table4_accuracy_vs_alpha.csv")
+    assert list(table4.columns) == ["model", "task", "moe", "smoe@0.25", "smoe@0.5"]
+    again = snake("--configfile", "config/test.yaml", cwd=work)  # no --cores: profiles/default gives them
+    assert again.returncode == 0, again.stderr[-2000:]
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
-def test_smolmoe_config_plans_the_model_build_and_keeps_its_outputs_apart():
-    config = load("smolmoe.yaml")
+def test_full_smolmoe_config_plans_the_model_build_and_keeps_its_outputs_apart():
+    config = load("smolmoe-full.yaml")
     check_config(config)
-    done = snake("-n", "--forceall", "--configfile", "config/smolmoe.yaml")
+    done = snake("-n", "--forceall", "--configfile", "config/smolmoe-full.yaml")
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-2000:]
     for expected in ("rule smolmoe_model", "rule fetch_smollm2", "models/smolmoe-135m/smolmoe.json",
-                     "results/smolmoe/tables/perf.csv", "results/smolmoe/figures/fig12_hit_rate.pdf"):
+                     "results/smolmoe-full/tables/perf.csv", "results/smolmoe-full/figures/fig12_hit_rate.pdf",
+                     "results/smolmoe-full/accuracy/smolmoe-135m/dense/dense/a0.json",
+                     "results/smolmoe-full/accuracy/smolmoe-135m/s640/score-lower/a0.25.json",
+                     "results/smolmoe-full/tables/table4_accuracy_vs_alpha.csv"):
         assert expected in out, expected
     assert " results/tables/perf.csv" not in out and " figures/fig12" not in out  # the default's stay untouched
+
+
+def test_accuracy_grid_and_its_checks():
+    config = load("smolmoe-full.yaml")
+    runs = accuracy_runs(config)
+    assert runs[:2] == [dict(model="smolmoe-135m", budget="dense", policy="dense", alpha=0),
+                        dict(model="smolmoe-135m", budget="s1920", policy="all-gpu", alpha=0)]
+    assert {(r["policy"], r["alpha"]) for r in runs[2:]} == {("smoe", a) for a in (0.1, 0.25, 0.5)} | {
+        ("skip", 0.25), ("score-lower", 0.25)}
+    config["accuracy"]["tasks"] = ["smoe_hellaswag", "hellaswag"]
+    with pytest.raises(ConfigError, match="unknown task 'hellaswag'.*accepted: smoe_hellaswag"):
+        check_config(config)

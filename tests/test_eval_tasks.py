@@ -114,3 +114,31 @@ def test_eval_command_takes_local_tasks_without_include_path(tiny, resources, tm
     assert boolq.value == results["smoe_boolq"]["acc,none"] and boolq.n_docs == 2
     assert (boolq.policy, boolq.budget, boolq.alpha) == ("lru", "6 slots", None)
     assert set(rows.task) == {"smoe_boolq", "smoe_shakespeare"}
+
+
+def test_paper_tables_pivot_headline_metrics_and_margin_kept():
+    import pandas as pd
+
+    from smoe.accuracy import COLUMNS, margin_kept, pivot
+
+    def row(task, policy, alpha, metric, value):
+        return dict(model="m", task=task, policy=policy, alpha=alpha, budget="all", n_docs=10, metric=metric,
+                    value=value, stderr=0.1)
+
+    df = pd.DataFrame([
+        row("smoe_hellaswag", "dense", None, "acc_norm", 0.45), row("smoe_hellaswag", "dense", None, "acc", 0.9),
+        row("smoe_hellaswag", "all-gpu", None, "acc_norm", 0.35), row("smoe_hellaswag", "smoe", 0.25, "acc_norm", 0.30),
+        row("smoe_boolq", "dense", None, "acc", 0.52), row("smoe_boolq", "all-gpu", None, "acc", 0.60),  # at chance
+        row("smoe_lambada", "dense", None, "acc", 0.30), row("smoe_lambada", "all-gpu", None, "acc", 0.20),
+        row("smoe_shakespeare", "dense", None, "word_perplexity", 40.0),
+    ], columns=COLUMNS)
+    t = pivot(df, ["dense", "moe", "smoe@0.25"])
+    assert list(t.columns) == ["dense", "moe", "smoe@0.25"]
+    assert t.loc[("m", "smoe_hellaswag"), "dense"] == 0.45  # acc_norm, the headline, not acc
+    assert t.loc[("m", "mean"), "dense"] == pytest.approx((0.45 + 0.52 + 0.30) / 3)  # perplexity not averaged
+    kept = margin_kept(df)["m"]
+    # boolq is left out (dense within 0.05 of chance): (0.10 + 0.20) / (0.20 + 0.30)
+    assert kept["tasks"] == ["smoe_hellaswag", "smoe_lambada"]
+    assert kept["kept"] == pytest.approx(0.6)
+    partial = margin_kept(df, "smoe@0.25")["m"]  # only the tasks that setting was evaluated on
+    assert partial["tasks"] == ["smoe_hellaswag"] and partial["kept"] == pytest.approx(0.25)

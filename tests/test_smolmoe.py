@@ -30,7 +30,8 @@ def healed(dense):
     cfg = HealConfig(topology=TOPO, steps=3, batch=2, seq=32, rank_ffn=4, rank_attn=2)
     student = make_student(dense, orders, routers, cfg)
     data = torch.randint(0, 260, (8, 32), generator=torch.Generator().manual_seed(2))
-    log = train(student, dense, data, cfg, "cpu", progress=False)
+    log, finished = train(student, dense, data, cfg, "cpu", progress=False)
+    assert finished
     return student, log, orders
 
 
@@ -119,3 +120,32 @@ def test_topology_names_parse_and_a_bad_one_is_refused():
     assert parse_topology("e64k16s384") == Topology(num_experts=64, top_k=16, shared=384)
     with pytest.raises(SmoeError, match="e<experts>k<top-k>s<shared"):
         parse_topology("64x16")
+
+
+def test_healing_split_over_calls_ends_where_one_uninterrupted_run_ends(dense, tmp_path):
+    ids = torch.randint(0, 260, (4, 64), generator=torch.Generator().manual_seed(1))
+    xs, hs = collect_ffn_io(dense, ids)
+    orders = [neuron_order(h, TOPO) for h in hs]
+    routers = [init_router(x, h, o, TOPO) for x, h, o in zip(xs, hs, orders)]
+    cfg = HealConfig(topology=TOPO, steps=4, batch=2, seq=32, rank_ffn=4, rank_attn=2)
+    data = torch.randint(0, 260, (8, 32), generator=torch.Generator().manual_seed(2))
+    whole = make_student(dense, orders, routers, cfg)
+    log_whole, _ = train(whole, dense, data, cfg, "cpu", progress=False)
+    state = tmp_path / "state.pt"
+    calls = 0
+    while True:  # a time limit of 0 s: every call trains one step, saves and stops
+        calls += 1
+        split = make_student(dense, orders, routers, cfg)
+        log_split, finished = train(split, dense, data, cfg, "cpu", progress=False, state=state, stop_after_s=0.0)
+        if finished:
+            break
+    assert calls == 4
+    for (n, a), b in zip(whole.named_parameters(), split.parameters()):
+        assert torch.equal(a, b), n
+    assert [r["kl"] for r in log_split] == [r["kl"] for r in log_whole]
+    state.unlink()
+    other = HealConfig(topology=TOPO, steps=5, batch=2, seq=32, rank_ffn=4, rank_attn=2)
+    train(make_student(dense, orders, routers, other), dense, data, other, "cpu", progress=False, state=state,
+          stop_after_s=0.0)  # step 1 of 5 saved
+    with pytest.raises(SmoeError, match="another configuration"):
+        train(make_student(dense, orders, routers, cfg), dense, data, cfg, "cpu", progress=False, state=state)

@@ -115,8 +115,9 @@ def build_smolmoe(out: str | Path, resources: str | Path = "resources", recipe_p
 
     recipe, topo, info = load_recipe(recipe_path)
     dense, tok = load_dense(resources)
-    if dense_out is not None:
+    log.info("assembling %s (%s) into %s", Path(recipe_path).name, topo.name, out)
+    path = assemble(dense, tok, recipe, topo, out, {"recipe": Path(recipe_path).name, **info})
+    if dense_out is not None:  # after assembly, which replaces `out` whole (dense_out may lie inside it)
         dense.save_pretrained(dense_out)
         tok.save_pretrained(dense_out)
-    log.info("assembling %s (%s) into %s", Path(recipe_path).name, topo.name, out)
-    return assemble(dense, tok, recipe, topo, out, {"recipe": Path(recipe_path).name, **info})
+    return path

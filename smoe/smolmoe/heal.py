@@ -21,6 +21,7 @@ measured here is the model that ships.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import random
@@ -47,7 +48,7 @@ ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 class HealConfig:
     topology: Topology = field(default_factory=Topology)
     steps: int = 1000
-    batch: int = 32
+    batch: int = 64
     seq: int = 512
     lr: float = 1e-3
     router_lr: float = 3e-3
@@ -56,6 +57,7 @@ class HealConfig:
     aux: float = 0.01
     calib_tokens: int = 16384
     seed: int = 0
+    compile: bool = False  # torch.compile the student and the teacher (same computation, fewer kernels)
 
 
 # ---- the student ----------------------------------------------------------------------------------------
@@ -76,8 +78,9 @@ class HealFFN(nn.Module):
     """A dense SwiGLU FFN with its neurons masked by a router: the training form of `SmolMoeBlock`.
 
     order [N]: shared S neurons, then E experts of I neurons. For x [T,H]: weights w [T,E] = renormalised
-    top-k softmax times k; neuron mask m [T,N] = 1 on shared neurons, w_e on expert e's neurons, 0 elsewhere;
-    out = down((silu(gate(x)) * up(x)) * m)."""
+    top-k softmax times k; neuron mask m [T,N] = 1 on shared neurons, w_e on expert e's neurons, 0 elsewhere,
+    computed as [1 | w] [T,E+1] @ assign [E+1,N] (one-hot rows: exact, and its backward is a matmul where
+    an index's would be a slow scatter); out = down((silu(gate(x)) * up(x)) * m)."""
 
     def __init__(self, mlp: nn.Module, order: torch.Tensor, router: torch.Tensor, topo: Topology,
                  rank: int, gen: torch.Generator):
@@ -86,8 +89,13 @@ class HealFFN(nn.Module):
         self.gate_proj, self.up_proj, self.down_proj = (LoRALinear(getattr(mlp, n), rank, gen) for n in FFN)
         self.router = nn.Parameter(router.clone().float())
         self.register_buffer("order", order.clone())
-        self.register_buffer("inverse", torch.argsort(order))
-        self.I = topo.expert_size(len(order))
+        N = len(order)
+        self.I = topo.expert_size(N)
+        group = torch.cat([torch.zeros(topo.shared, dtype=torch.long),  # position j in order -> column of [1 | w]
+                           1 + torch.arange(N - topo.shared) // self.I])
+        assign = torch.zeros(topo.num_experts + 1, N)
+        assign[group, order] = 1.0
+        self.register_buffer("assign", assign, persistent=False)
         self.aux = torch.zeros(())
 
     def routing(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,8 +109,8 @@ class HealFFN(nn.Module):
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # [T,H]
         probs, w = self.routing(x)
-        ones = torch.ones(x.shape[0], self.topo.shared, device=x.device)
-        mask = torch.cat([ones, w.repeat_interleave(self.I, dim=1)], dim=1)[:, self.inverse]  # [T,N] dense order
+        with torch.autocast(x.device.type, enabled=False):
+            mask = torch.cat([torch.ones_like(w[:, :1]), w], dim=1) @ self.assign  # [T,N] dense order
         h = F.silu(self.gate_proj(x)) * self.up_proj(x)
         out = self.down_proj(h * mask.to(h.dtype))
         if self.training:  # Switch load balancing: E * sum_e (share of tokens routed to e) * (mean prob of e)
@@ -161,6 +169,9 @@ INSTRUCTIONS = [
     "Answer briefly: why does {} matter?", "Write a dialogue between two friends about {}.",
     "Summarise the history of {} in one paragraph.", "Write step-by-step instructions related to {}.",
     "Write a persuasive paragraph about {}.", "Describe {} using vivid details.",
+    "Write four multiple-choice quiz questions about {}, each with its answer.",
+    "Explain the science behind {}.", "What should a beginner know about {}?",
+    "Write a short encyclopedia entry about {}.",
 ]
 TOPICS = [
     "the ocean", "volcanoes", "a busy kitchen", "learning to ride a bicycle", "the moon landing", "honeybees",
@@ -171,11 +182,19 @@ TOPICS = [
     "fractions in mathematics", "a small town market", "friendship", "the printing press", "winter sports",
     "a hospital", "renewable energy", "birds migrating", "a science fair", "cooking pasta", "the French Revolution",
     "camping in a forest", "a lost dog", "computers", "the desert", "a school play", "earthquakes", "coffee",
+    "magnets", "the immune system", "a city bus", "elections", "glaciers", "vaccines", "a bakery", "the stock market",
+    "electric circuits", "a marathon", "the Great Wall of China", "sleep", "chemical reactions", "a zoo",
+    "smartphones", "world war two", "rainforests", "a wedding", "gravity", "a farm", "the Olympic Games",
+    "painting a room", "sound waves", "a museum", "taxes", "tides", "a pharmacy", "the Renaissance", "bridges",
+    "digestion", "a snowstorm", "airplanes", "cells and DNA", "a restaurant kitchen", "the Industrial Revolution",
+    "fishing", "light and colour", "a post office", "nutrition", "rivers", "a courtroom", "the periodic table",
+    "dogs and cats", "a car repair shop", "the Middle Ages", "weather forecasts", "plastic pollution",
+    "a music concert", "the brain", "building a house",
 ]
 
 
 @torch.no_grad()
-def teacher_generations(teacher, tok, device, per_prompt: int = 2, new_tokens: int = 256, batch: int = 256,
+def teacher_generations(teacher, tok, device, per_prompt: int = 2, new_tokens: int = 256, batch: int = 1024,
                         seed: int = 0) -> torch.Tensor:
     """Sampled chat answers of the dense model to INSTRUCTIONS x TOPICS, as one EOS-separated token stream."""
     prompts = [i.format(t) for i in INSTRUCTIONS for t in TOPICS] * per_prompt
@@ -197,27 +216,39 @@ def teacher_generations(teacher, tok, device, per_prompt: int = 2, new_tokens: i
 
 
 # ---- training and evaluation ----------------------------------------------------------------------------
-def train(student, teacher, data: torch.Tensor, cfg: HealConfig, device, progress: bool = True) -> list[dict]:
-    """Distil for cfg.steps on random batches of `data` [n, seq]; returns the loss log (every 50 steps)."""
+def train(student, teacher, data: torch.Tensor, cfg: HealConfig, device, progress: bool = True,
+          state: Path | None = None, stop_after_s: float | None = None) -> tuple[list[dict], bool]:
+    """Distil for cfg.steps on random batches of `data` [n, seq]; returns (loss log every 50 steps, finished).
+
+    With `state`, training is resumable: the trainable tensors, optimiser, schedule, sampler and log are saved
+    there every 200 steps and when `stop_after_s` seconds of this call have passed (then it returns with
+    finished False); a later call with the same configuration continues from the saved step, so a run split
+    over several calls draws the same batches and ends with the same weights as one uninterrupted run."""
     student.to(device).train()
     teacher.to(device).eval()
     routers = [p for n, p in student.named_parameters() if n.endswith("mlp.router")]
     loras = [p for n, p in student.named_parameters() if p.requires_grad and not n.endswith("mlp.router")]
     opt = torch.optim.AdamW([{"params": loras, "lr": cfg.lr}, {"params": routers, "lr": cfg.router_lr}],
-                            weight_decay=0.0, betas=(0.9, 0.99))
+                            weight_decay=0.0, betas=(0.9, 0.99), fused=torch.device(device).type == "cuda")
     warm = max(1, cfg.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
     gen = torch.Generator().manual_seed(cfg.seed)
+    logbook, start, before = [], 0, 0.0
+    if state is not None and state.is_file():
+        start, before, logbook = _load_state(state, cfg, student, opt, sched, gen)
+        log.info("resuming %s at step %d of %d from %s", cfg.topology.name, start, cfg.steps, state)
     autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
                               enabled=torch.device(device).type == "cuda")
-    logbook, t0 = [], time.perf_counter()
-    for step in tqdm(range(cfg.steps), desc=f"heal {cfg.topology.name}", disable=not progress):
+    s_fwd, t_fwd = (torch.compile(student), torch.compile(teacher)) if cfg.compile else (student, teacher)
+    t0 = time.perf_counter()
+    for step in tqdm(range(start, cfg.steps), desc=f"heal {cfg.topology.name}", disable=not progress,
+                     initial=start, total=cfg.steps):
         ids = data[torch.randint(0, len(data), (cfg.batch,), generator=gen)].to(device).long()
         with autocast:
             with torch.no_grad():
-                t_logits = teacher(ids).logits.float()
-            s_logits = student(ids).logits.float()
+                t_logits = t_fwd(ids).logits.float()
+            s_logits = s_fwd(ids).logits.float()
         kl = F.kl_div(s_logits.log_softmax(-1), t_logits.log_softmax(-1), log_target=True, reduction="none").sum(-1).mean()
         aux = torch.stack([layer.mlp.aux for layer in student.model.layers]).mean()
         loss = kl + cfg.aux * aux
@@ -227,11 +258,38 @@ def train(student, teacher, data: torch.Tensor, cfg: HealConfig, device, progres
         opt.step()
         sched.step()
         if step % 50 == 0 or step == cfg.steps - 1:
-            logbook.append({"step": step, "kl": kl.item(), "aux": aux.item(), "s": time.perf_counter() - t0})
+            logbook.append({"step": step, "kl": kl.item(), "aux": aux.item(), "s": before + time.perf_counter() - t0})
             log.info("step %d kl %.4f aux %.3f", step, kl.item(), aux.item())
+        out_of_time = stop_after_s is not None and time.perf_counter() - t0 > stop_after_s
+        if state is not None and step + 1 < cfg.steps and ((step + 1) % 200 == 0 or out_of_time):
+            _save_state(state, cfg, step + 1, before + time.perf_counter() - t0, logbook, student, opt, sched, gen)
+        if out_of_time and step + 1 < cfg.steps:
+            log.info("stopped after step %d of %d (time limit); state in %s", step + 1, cfg.steps, state)
+            return logbook, False
     student.eval()
     round_loras(student)
-    return logbook
+    return logbook, True
+
+
+def _save_state(path: Path, cfg, step, seconds, logbook, student, opt, sched, gen) -> None:
+    trainable = {n: p.detach().cpu() for n, p in student.named_parameters() if p.requires_grad}
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"config": asdict(cfg), "step": step, "seconds": seconds, "log": logbook, "trainable": trainable,
+                "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state()}, tmp)
+    tmp.replace(path)
+
+
+def _load_state(path: Path, cfg, student, opt, sched, gen) -> tuple[int, float, list[dict]]:
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    if ck["config"] != asdict(cfg):
+        raise SmoeError(f"{path} holds a healing run with another configuration ({ck['config']}, now "
+                        f"{asdict(cfg)}); delete it to start over")
+    assert set(ck["trainable"]) == {n for n, p in student.named_parameters() if p.requires_grad}, "state/student mismatch"
+    student.load_state_dict(ck["trainable"], strict=False)
+    opt.load_state_dict(ck["opt"])
+    sched.load_state_dict(ck["sched"])
+    gen.set_state(ck["gen"])
+    return ck["step"], ck["seconds"], ck["log"]
 
 
 @torch.no_grad()
@@ -285,14 +343,18 @@ def quick_eval(model, pack: dict, device) -> dict:
     }
 
 
-def heal(teacher, tok, pack: dict, cfg: HealConfig, device, generations: torch.Tensor | None = None):
-    """Moefy + distil one topology; returns (student, report dict)."""
+def heal(teacher, tok, pack: dict, cfg: HealConfig, device, generations: torch.Tensor | None = None,
+         state: Path | None = None, stop_after_s: float | None = None):
+    """Moefy + distil one topology; returns (student, report dict), or (None, None) when `train` stopped at
+    its time limit with its state saved (see `train`)."""
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     student = make_student(teacher, *_init(teacher, pack, cfg, device), cfg)
     stream = pack["train"].long() if generations is None else torch.cat([pack["train"].long(), generations.long()])
     data = chunks(stream, cfg.seq)
-    logbook = train(student, teacher, data, cfg, device)
+    logbook, finished = train(student, teacher, data, cfg, device, state=state, stop_after_s=stop_after_s)
+    if not finished:
+        return None, None
     report = {"config": {**asdict(cfg), "topology": asdict(cfg.topology)}, "train_tokens": data.numel(),
               "log": logbook, "eval": quick_eval(student, pack, device)}
     return student, report
@@ -343,53 +405,58 @@ def parse_topology(name: str) -> Topology:
     return Topology(*map(int, m.groups()))
 
 
-def run(resources: Path, out: Path, topologies: list[str], steps: int | None, minutes: float | None,
-        batch: int, pack_path: Path | None, gen_per_prompt: int, device: str,
-        generations: Path | None = None) -> dict:
+def run(resources: Path, out: Path, topologies: list[str], steps: int, batch: int, pack_path: Path | None,
+        gen_per_prompt: int, device: str, stop_after_min: float | None = None, compile: bool = False) -> dict:
     """The healing job: teacher generations once, then moefy + distil + evaluate each topology.
 
     Writes out/<topology>.safetensors (a recipe) per topology and out/heal.json (config, losses, quick
-    evaluation of the dense teacher and of every student). `generations`, if given, caches the teacher's
-    samples (read when the file exists, else written). With `minutes` instead of `steps`, the step
-    count is set from the measured speed of 5 warm-up steps and recorded, so the run can be repeated with it."""
+    evaluation of the dense teacher and of every student); the teacher's samples are cached in
+    out/teacher_generations.pt. Resumable: with `stop_after_min`, training stops after that many minutes
+    of this call with its state in out/<topology>.state.pt, and the same command run again continues
+    where it stopped (the result is that of one uninterrupted run); topologies already done are skipped."""
     from .assemble import save_recipe
     from .dense import load_dense
 
+    start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     teacher, tok = load_dense(resources)
     teacher.to(device)
     pack = torch.load(pack_path) if pack_path else build_pack(resources, tok)
-    t0 = time.perf_counter()
-    if generations is not None and generations.is_file():
-        gens = torch.load(generations)
+    cache = out / "teacher_generations.pt"
+    summary_path = out / "heal.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    if cache.is_file():
+        gens = torch.load(cache)
     else:
+        t0 = time.perf_counter()
         gens = teacher_generations(teacher, tok, device, per_prompt=gen_per_prompt)
-        if generations is not None:
-            torch.save(gens, generations)
-    summary = {"device": torch.cuda.get_device_name() if device == "cuda" else device,
-               "generation_tokens": len(gens), "generation_s": time.perf_counter() - t0,
-               "training_text_tokens": len(pack["train"]), "dense": quick_eval(teacher, pack, device), "runs": {}}
+        torch.save(gens, cache)
+        summary["generation_s"] = time.perf_counter() - t0
+    if "dense" not in summary:
+        summary.update({"device": torch.cuda.get_device_name() if device == "cuda" else device,
+                        "generation_tokens": len(gens), "training_text_tokens": len(pack["train"]),
+                        "dense": quick_eval(teacher, pack, device), "runs": {}})
+        write_json(summary_path, summary)
     log.info("dense: %s", summary["dense"])
     for name in topologies:
+        if name in summary["runs"] and (out / f"{name}.safetensors").is_file():
+            log.info("%s already healed (%s); skipped", name, out / f"{name}.safetensors")
+            continue
         topo = parse_topology(name)
-        cfg = HealConfig(topology=topo, batch=batch, steps=steps or 5)
-        if steps is None:
-            N, L = teacher.config.intermediate_size, teacher.config.num_hidden_layers
-            zero_router = torch.zeros(topo.num_experts, teacher.config.hidden_size)
-            probe = make_student(teacher.cpu(), [torch.arange(N)] * L, [zero_router] * L, cfg)
-            t = time.perf_counter()
-            train(probe, teacher, chunks(pack["train"].long(), cfg.seq), cfg, device, progress=False)
-            cfg.steps = max(10, int(minutes * 60 / ((time.perf_counter() - t) / 5)))
-            del probe
-        t = time.perf_counter()
-        student, report = heal(teacher, tok, pack, cfg, device, gens)
-        report["heal_s"] = time.perf_counter() - t
+        cfg = HealConfig(topology=topo, batch=batch, steps=steps, compile=compile)
+        left = None if stop_after_min is None else stop_after_min * 60 - (time.perf_counter() - start)
+        state = out / f"{name}.state.pt"
+        student, report = heal(teacher, tok, pack, cfg, device, gens, state=state, stop_after_s=left)
+        if student is None:
+            log.info("time limit reached: run the same command again to continue %s", name)
+            return summary
         save_recipe(out / f"{name}.safetensors", recipe_tensors(student), topo,
                     {"steps": cfg.steps, "batch": cfg.batch, "seq": cfg.seq, "seed": cfg.seed,
                      "rank_ffn": cfg.rank_ffn, "rank_attn": cfg.rank_attn})
+        state.unlink(missing_ok=True)
         summary["runs"][name] = report
         log.info("%s: %s", name, report["eval"])
-        write_json(out / "heal.json", summary)
+        write_json(summary_path, summary)
         del student
     return summary
 

@@ -3,7 +3,7 @@ import os
 
 from snakemake.utils import validate
 
-from smoe.dag import check_config, model_spec, run_paths
+from smoe.dag import accuracy_paths, check_config, model_spec, run_paths
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -12,6 +12,16 @@ check_config(config)
 
 PY = "python -m smoe"
 RUNS = run_paths(config)
+ACC_RECORDS = accuracy_paths(config)
 TABLES = config.get("tables_dir", "results/tables")  # a second config keeps its tables and figures apart
 FIGDIR = config.get("figures_dir", "figures")
+ACC_TABLES = [f"{TABLES}/accuracy.csv"] if ACC_RECORDS else []
 FIGURES = [f"{FIGDIR}/{f}.pdf" for f in ("fig11_tpot", "fig12_hit_rate", "fig13_ttft", "fig14_ablation")]
+
+
+wildcard_constraints:
+    model="[A-Za-z0-9._-]+",
+    gpu="[A-Za-z0-9._-]+",
+    budget="[A-Za-z0-9._-]+",
+    policy="[A-Za-z0-9._-]+",
+    workload="[a-z]+",

@@ -61,7 +61,9 @@ rule smolmoe_model:  # deterministic CPU assembly from the pinned GGUF and a com
         recipe=_recipe,
     output:
         "models/{model}/smolmoe.json",
+        "models/{model}/dense/config.json",  # the dense teacher, for the accuracy tables
     log:
         "logs/models/{model}.log",
     shell:
-        "{PY} build-smolmoe --resources {config[resources]} --recipe {input.recipe} --out models/{wildcards.model} > {log} 2>&1"
+        "{PY} build-smolmoe --resources {config[resources]} --recipe {input.recipe} --out models/{wildcards.model} "
+        "--dense-out models/{wildcards.model}/dense > {log} 2>&1"
