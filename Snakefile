@@ -10,6 +10,7 @@ include: "workflow/rules/bench.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/accuracy.smk"
+include: "workflow/rules/routing.smk"
 
 
 rule all:
@@ -17,3 +18,4 @@ rule all:
         f"{TABLES}/perf.csv",
         FIGURES,
         ACC_TABLES,
+        f"{FIGDIR}/fig5_score_by_rank.pdf",

@@ -5,6 +5,8 @@ top-k, executed actions, loads, prefetches).
 """
 from __future__ import annotations
 
+import torch
+
 
 def prefetch_accuracy(records: list[dict], alpha: float, k: int) -> dict:
     """The paper's prefetch accuracy (Fig. 17/21): of the experts prefetched for a layer, the share that were
@@ -31,3 +33,42 @@ def prefetch_accuracy(records: list[dict], alpha: float, k: int) -> dict:
         "top_score_share": top_score / prefetched if prefetched else None,
         "routed_share": routed / prefetched if prefetched else None,
     }
+
+
+def _decode(records: list[dict]) -> dict[int, list[dict]]:
+    """Decode records per MoE layer, in step order."""
+    out: dict[int, list[dict]] = {}
+    for r in sorted((r for r in records if r.get("phase") == "decode"), key=lambda r: (r["layer"], r["step"])):
+        out.setdefault(r["layer"], []).append(r)
+    return out
+
+
+def score_by_rank(records: list[dict]) -> torch.Tensor:
+    """Paper Fig. 4 [v3 Fig. 5]: the mean router score at each rank position (scores sorted in descending
+    order per token), over every decode token and MoE layer of the trace. -> [E]"""
+    rows = [r["scores"].float().sort(dim=-1, descending=True).values for rs in _decode(records).values() for r in rs]
+    if not rows:
+        raise ValueError("the trace has no decode records")
+    return torch.cat(rows).mean(dim=0)
+
+
+def reuse_by_rank(records: list[dict], horizon: int = 3) -> torch.Tensor:
+    """Paper Fig. 6 [v3 Fig. 7]: for the expert at each score rank of a token's router output at one decode
+    step, the probability that the same sequence routes to it (in its top-k) at the same layer within the
+    next `horizon` decode steps. Steps without `horizon` successors are left out. -> [E]
+
+    The paper also counts use as a substitute; from a trace without substitution (lru, as the DAG records)
+    only top-k use is seen, so this is a lower bound of the paper's quantity."""
+    hits = count = None
+    for rs in _decode(records).values():
+        for i in range(len(rs) - horizon):
+            order = rs[i]["scores"].float().argsort(dim=-1, descending=True)  # [B,E] expert ids by rank
+            used = torch.zeros_like(order, dtype=torch.bool)  # [B,E] by expert id
+            for nxt in rs[i + 1: i + 1 + horizon]:
+                used.scatter_(1, nxt["topk"].long(), True)
+            by_rank = used.gather(1, order).float().sum(dim=0)  # [E]
+            hits = by_rank if hits is None else hits + by_rank
+            count = order.shape[0] + (0 if count is None else count)
+    if hits is None:
+        raise ValueError(f"the trace has no decode step with {horizon} successors")
+    return hits / count

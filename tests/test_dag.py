@@ -93,7 +93,7 @@ def test_ci_grid_end_to_end(tmp_path):
                 "hit_rate", "bytes_h2d", "cpu_experts", "substitutions"):
         assert col in perf.columns
     assert perf.loc[perf.policy == "all-gpu", "hit_rate"].eq(1.0).all()
-    for fig in ("fig11_tpot", "fig12_hit_rate", "fig13_ttft", "fig14_ablation"):
+    for fig in ("fig11_tpot", "fig12_hit_rate", "fig13_ttft", "fig14_ablation", "fig5_score_by_rank", "fig7_reuse_by_rank"):
         assert (work / "figures" / f"{fig}.pdf").stat().st_size > 1000
     acc = pd.read_csv(work / "results/tables/accuracy.csv")  # all-gpu, smoe at 0.25 and 0.5, skip at 0.25
     assert sorted(set(zip(acc.policy, acc.alpha.fillna(0)))) == [("all-gpu", 0), ("skip", 0.25), ("smoe", 0.25),

@@ -1,0 +1,30 @@
+"""Routing statistics from decode traces (paper Fig. 4/6 [v3 Fig. 5/7]), on hand-made traces."""
+import pytest
+import torch
+
+from smoe.trace_stats import reuse_by_rank, score_by_rank
+
+
+def rec(step, scores, topk, layer=0, phase="decode"):
+    return {"step": step, "layer": layer, "phase": phase, "scores": torch.tensor([scores]),
+            "topk": torch.tensor([topk])}
+
+
+def test_reuse_by_rank_counts_top_k_use_in_the_next_steps_by_score_rank():
+    trace = [
+        rec(0, [0.3, 0.2, 0.4, 0.1], [2]),  # ranks: e2, e0, e1, e3; later used: e0, e0, e3 -> {0, 3}
+        rec(1, [0.4, 0.3, 0.2, 0.1], [0]),  # ranks: e0, e1, e2, e3; later used: e0, e3, e1 -> {0, 1, 3}
+        rec(2, [0.1, 0.2, 0.3, 0.4], [0]),
+        rec(3, [0.1, 0.2, 0.3, 0.4], [3]),
+        rec(4, [0.1, 0.4, 0.3, 0.2], [1]),
+        rec(0, [0.9, 0.0, 0.0, 0.1], [0], phase="prefill"),  # prefill is left out
+    ]
+    assert reuse_by_rank(trace, horizon=3).tolist() == [0.5, 1.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match="no decode step with 5 successors"):
+        reuse_by_rank(trace, horizon=5)
+
+
+def test_score_by_rank_averages_sorted_scores_over_tokens_and_layers():
+    trace = [rec(1, [0.1, 0.6, 0.3], [1]), rec(1, [0.5, 0.2, 0.3], [0], layer=1),
+             rec(0, [1.0, 0.0, 0.0], [0], phase="prefill")]
+    assert score_by_rank(trace).tolist() == pytest.approx([0.55, 0.3, 0.15])
