@@ -55,7 +55,7 @@ class Checkpoint:
     # ---- structure ---------------------------------------------------------------------------------
     @property
     def dtype(self) -> torch.dtype:
-        dtype = getattr(self.config, "dtype", None) or getattr(self.config, "torch_dtype", None)
+        dtype = getattr(self.config, "dtype", None)  # transformers 5 reads a config.json `torch_dtype` into `dtype`
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
         return dtype or torch.float32
