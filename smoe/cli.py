@@ -225,7 +225,7 @@ def cmd_eval(args) -> int:
     include = [args.include_path] if args.include_path else []
     if set(tasks) & set(TASKS):  # local tasks: (re)write their YAMLs over the fetched data
         folder = Path(args.resources) / "lm_eval_tasks"
-        write_tasks(Path(args.resources), folder)
+        write_tasks(Path(args.resources), folder, [t for t in tasks if t in TASKS])
         include.append(str(folder))
     # lm-eval's built-in tasks (indexing them takes seconds) only when some task is not one of ours
     tm = TaskManager(include_path=include or None, include_defaults=not set(tasks) <= set(TASKS))

@@ -102,9 +102,10 @@ def _jsonl(path: Path, docs: list[dict]) -> list[str]:
     return [str(path)]
 
 
-def write_tasks(resources: Path, out_dir: Path) -> list[str]:
-    """Write every task's YAML (and the JSONL that smoe_mmlu and smoe_shakespeare read) into `out_dir`; returns
-    the task names. Raises DataError naming the missing folder if the fetched data is not there."""
+def write_tasks(resources: Path, out_dir: Path, tasks: tuple[str, ...] | list[str] = TASKS) -> list[str]:
+    """Write the YAML of each of `tasks` (default: all; and the JSONL that smoe_mmlu and smoe_shakespeare read)
+    into `out_dir`; returns their names. Raises DataError naming the missing folder if the fetched data that
+    they read is not there (the Shakespeare texts are needed only for smoe_shakespeare)."""
     resources, out_dir = Path(resources).resolve(), Path(out_dir).resolve()
     olmo = _need(resources / OLMO, resources)
 
@@ -164,14 +165,17 @@ def write_tasks(resources: Path, out_dir: Path) -> list[str]:
                                                                     {"function": "take_first"}]}],
               metric_list=[{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True,
                             "ignore_case": True, "ignore_punctuation": True}]),
-        _task("smoe_shakespeare", "json", _jsonl(out_dir / "shakespeare_heldout.jsonl",
-                                                 shakespeare_heldout_docs(resources)),
-              "test", "loglikelihood_rolling", doc_to_text="", doc_to_target="text",
-              metric_list=[{"metric": m, "aggregation": a, "higher_is_better": False} for m, a in (
-                  ("word_perplexity", "weighted_perplexity"), ("byte_perplexity", "weighted_perplexity"),
-                  ("bits_per_byte", "bits_per_byte"))]),
     ]
-    assert [c["task"] for c in configs] == list(TASKS)
+    if "smoe_shakespeare" in tasks:
+        configs.append(_task(
+            "smoe_shakespeare", "json", _jsonl(out_dir / "shakespeare_heldout.jsonl", shakespeare_heldout_docs(resources)),
+            "test", "loglikelihood_rolling", doc_to_text="", doc_to_target="text",
+            metric_list=[{"metric": m, "aggregation": a, "higher_is_better": False} for m, a in (
+                ("word_perplexity", "weighted_perplexity"), ("byte_perplexity", "weighted_perplexity"),
+                ("bits_per_byte", "bits_per_byte"))]))
+    assert [c["task"] for c in configs] == [t for t in TASKS if t in tasks or t != "smoe_shakespeare"]
+    written = [c["task"] for c in configs if c["task"] in tasks]
     for c in configs:
-        _write(out_dir / f"{c['task']}.yaml", yaml.safe_dump(c, sort_keys=False, allow_unicode=True))
-    return list(TASKS)
+        if c["task"] in tasks:
+            _write(out_dir / f"{c['task']}.yaml", yaml.safe_dump(c, sort_keys=False, allow_unicode=True))
+    return written

