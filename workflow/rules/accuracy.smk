@@ -1,10 +1,10 @@
 # Accuracy through the runtime (config section `accuracy`): one lm-eval job per (model, budget, policy,
 # alpha), then Tables IV-VI. Each job evaluates every configured task on the first `limit` documents.
-from smoe.accuracy import _alpha_policies
+from smoe.accuracy import alpha_policies
 from smoe.dag import ACCURACY, budget_args
 
 ACC_DIR = config.get("accuracy_dir", "results/accuracy")
-ALPHA_POLICIES = _alpha_policies()
+ALPHA_POLICIES = alpha_policies()
 
 
 def _acc_model(w):
