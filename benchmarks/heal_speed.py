@@ -18,8 +18,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from smoe.files import write_json
-from smoe.smolmoe.heal import HealConfig, make_student, train
-from smoe.smolmoe.moefy import Topology
+from smoe.smolmoe.heal import HealConfig, make_student, parse_topology, train
 
 SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                     num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True,
@@ -36,11 +35,9 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
-    from smoe.smolmoe.heal import parse_topology
-
     torch.manual_seed(0)
     dense = LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M)).eval()
-    topo: Topology = parse_topology(args.topology)
+    topo = parse_topology(args.topology)
     N, L, H = dense.config.intermediate_size, dense.config.num_hidden_layers, dense.config.hidden_size
     orders = [torch.randperm(N) for _ in range(L)]
     routers = [torch.randn(topo.num_experts, H) * 0.02 for _ in range(L)]
