@@ -229,7 +229,7 @@ def cmd_eval(args) -> int:
         include.append(str(folder))
     # lm-eval's built-in tasks (indexing them takes seconds) only when some task is not one of ours
     tm = TaskManager(include_path=include or None, include_defaults=not set(tasks) <= set(TASKS))
-    if args.policy == "dense":  # a dense checkpoint (e.g. the SmolLM2 teacher) through lm-eval's own HF model
+    if args.policy in ("dense", "hf"):  # lm-eval's own HF model on the checkpoint, no runtime
         from lm_eval.models.huggingface import HFLM
 
         lm = HFLM(pretrained=args.model, device=args.device, batch_size=args.batch, dtype="float32")
@@ -289,7 +289,7 @@ def cmd_heal(args) -> int:
 
     summary = run(Path(args.resources), Path(args.out), args.topology, args.steps, args.batch,
                   Path(args.pack) if args.pack else None, args.gen_per_prompt, args.device,
-                  args.stop_after, args.compile)
+                  args.stop_after, args.compile, args.plain_per_prompt)
     for name, r in summary["runs"].items():
         log.info("%s: %s", name, r["eval"])
     return 0
@@ -365,8 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="lm-eval tasks through the runtime with any policy")
     e.add_argument("--model", required=True)
-    e.add_argument("--policy", default="all-gpu", help="a registered policy, or `dense` for a dense checkpoint "
-                   "run by lm-eval's own HF model (the smolmoe teacher: `build-smolmoe --dense-out`)")
+    e.add_argument("--policy", default="all-gpu", help="a registered policy; `dense` for a dense checkpoint "
+                   "run by lm-eval's own HF model (the smolmoe teacher: `build-smolmoe --dense-out`); `hf` for "
+                   "any checkpoint, MoE included, run by lm-eval's HF model without the runtime")
     g = e.add_mutually_exclusive_group()
     g.add_argument("--budget-gb", type=float)
     g.add_argument("--cache-experts", type=int)
@@ -407,7 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after MINUTES, saving the state; the same command run again continues")
     h.add_argument("--compile", action="store_true", help="torch.compile the student and the teacher")
     h.add_argument("--batch", type=int, default=64, help="sequences of 512 tokens per step")
-    h.add_argument("--gen-per-prompt", type=int, default=4, help="teacher samples per instruction")
+    h.add_argument("--gen-per-prompt", type=int, default=4, help="teacher samples per instruction (chat)")
+    h.add_argument("--plain-per-prompt", type=int, default=0,
+                   help="teacher samples per plain-text opener (web-text-like continuations)")
     h.add_argument("--pack", help="a data pack from `smoe heal-pack` (default: build it from resources/)")
     h.add_argument("--resources", default="resources")
     h.add_argument("--device", default="cuda", choices=["cpu", "cuda"])

@@ -149,3 +149,21 @@ def test_healing_split_over_calls_ends_where_one_uninterrupted_run_ends(dense, t
           stop_after_s=0.0)  # step 1 of 5 saved
     with pytest.raises(SmoeError, match="another configuration"):
         train(make_student(dense, orders, routers, cfg), dense, data, cfg, "cpu", progress=False, state=state)
+
+
+def test_teacher_samples_chat_answers_and_plain_continuations(dense):
+    from smoe.smolmoe.heal import INSTRUCTIONS, OPENERS, TOPICS, sample_prompts, teacher_generations
+
+    tok = byte_tokenizer()
+    tok.chat_template = "{% for m in messages %}<user>{{ m['content'] }}{% endfor %}<bot>"
+    prompts = sample_prompts(1, 2, tok)
+    n_chat, n_plain = len(INSTRUCTIONS) * len(TOPICS), len(OPENERS) * len(TOPICS)
+    assert len(prompts) == n_chat + 2 * n_plain
+    assert all(p.startswith("<user>") and p.endswith("<bot>") for p in prompts[:n_chat])
+    assert not any("<user>" in p for p in prompts[n_chat:])
+    assert prompts[n_chat] == OPENERS[0].format("The ocean")  # topics capitalised at the start of a text
+    dense.generation_config.pad_token_id = tok.pad_token_id
+    stream = teacher_generations(dense, tok, "cpu", per_prompt=0, plain_per_prompt=1, new_tokens=2, batch=512)
+    eos = (stream == tok.eos_token_id).nonzero().flatten()
+    assert len(eos) == n_plain and eos[-1] == len(stream) - 1  # one EOS-terminated sample per prompt
+    assert teacher_generations(dense, tok, "cpu", per_prompt=0, plain_per_prompt=0).numel() == 0

@@ -193,15 +193,28 @@ TOPICS = [
 ]
 
 
+OPENERS = [  # plain-text beginnings (no chat template): the dense model continues them as it would web text
+    "{}\n\n", "Here is a short article about {}.\n\n", "Chapter 3: {}\n\n", "{} - Wikipedia\n\n",
+    "Lesson plan: {}\nGrade level: 5\n\n", "Q: What is interesting about {}?\nA:",
+    "My notes on {}:\n", "A brief history of {}.\n\n",
+]
+
+
+def sample_prompts(chat_per_prompt: int, plain_per_prompt: int, tok) -> list[str]:
+    """The teacher's prompts: INSTRUCTIONS x TOPICS as chat turns, OPENERS x TOPICS as plain text."""
+    chat = [tok.apply_chat_template([{"role": "user", "content": i.format(t)}], tokenize=False,
+                                    add_generation_prompt=True) for i in INSTRUCTIONS for t in TOPICS]
+    plain = [o.format(t[0].upper() + t[1:]) for o in OPENERS for t in TOPICS]
+    return chat * chat_per_prompt + plain * plain_per_prompt
+
+
 @torch.no_grad()
-def teacher_generations(teacher, tok, device, per_prompt: int = 2, new_tokens: int = 256, batch: int = 1024,
-                        seed: int = 0) -> torch.Tensor:
-    """Sampled chat answers of the dense model to INSTRUCTIONS x TOPICS, as one EOS-separated token stream."""
-    prompts = [i.format(t) for i in INSTRUCTIONS for t in TOPICS] * per_prompt
-    if not prompts:
+def teacher_generations(teacher, tok, device, per_prompt: int = 2, plain_per_prompt: int = 0,
+                        new_tokens: int = 256, batch: int = 1024, seed: int = 0) -> torch.Tensor:
+    """Sampled continuations by the dense model of `sample_prompts`, as one EOS-separated token stream."""
+    texts = sample_prompts(per_prompt, plain_per_prompt, tok)
+    if not texts:
         return torch.zeros(0, dtype=torch.long)
-    texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-             for p in prompts]
     tok.padding_side = "left"
     torch.manual_seed(seed)
     out = []
@@ -209,9 +222,11 @@ def teacher_generations(teacher, tok, device, per_prompt: int = 2, new_tokens: i
         enc = tok(texts[s:s + batch], return_tensors="pt", padding=True).to(device)
         gen = teacher.generate(**enc, max_new_tokens=new_tokens, do_sample=True, temperature=0.8, top_p=0.95,
                                pad_token_id=tok.pad_token_id)
-        for row, mask in zip(gen, torch.cat([enc.attention_mask, torch.ones_like(gen[:, enc.input_ids.shape[1]:])], 1)):
-            ids = row[mask.bool()]
-            out.append(torch.cat([ids.cpu(), torch.tensor([tok.eos_token_id])]))
+        n = enc.input_ids.shape[1]
+        for prompt, mask, new in zip(gen[:, :n].cpu(), enc.attention_mask.cpu(), gen[:, n:].cpu()):
+            ends = (new == tok.eos_token_id).nonzero()
+            new = new[: ends[0, 0]] if len(ends) else new  # up to the sample's own EOS; the padding after it dropped
+            out.append(torch.cat([prompt[mask.bool()], new, torch.tensor([tok.eos_token_id])]))
     return torch.cat(out)
 
 
@@ -406,14 +421,15 @@ def parse_topology(name: str) -> Topology:
 
 
 def run(resources: Path, out: Path, topologies: list[str], steps: int, batch: int, pack_path: Path | None,
-        gen_per_prompt: int, device: str, stop_after_min: float | None = None, compile: bool = False) -> dict:
+        gen_per_prompt: int, device: str, stop_after_min: float | None = None, compile: bool = False,
+        plain_per_prompt: int = 0) -> dict:
     """The healing job: teacher generations once, then moefy + distil + evaluate each topology.
 
     Writes out/<topology>.safetensors (a recipe) per topology and out/heal.json (config, losses, quick
     evaluation of the dense teacher and of every student); the teacher's samples are cached in
-    out/teacher_generations.pt. Resumable: with `stop_after_min`, training stops after that many minutes
-    of this call with its state in out/<topology>.state.pt, and the same command run again continues
-    where it stopped (the result is that of one uninterrupted run); topologies already done are skipped."""
+    out/teacher_generations_g<chat>_p<plain>.pt. Resumable: with `stop_after_min`, training stops after
+    that many minutes of this call with its state in out/<topology>.state.pt, and the same command run
+    again continues where it stopped (the result is that of one uninterrupted run); topologies already done are skipped."""
     from .assemble import save_recipe
     from .dense import load_dense
 
@@ -422,14 +438,14 @@ def run(resources: Path, out: Path, topologies: list[str], steps: int, batch: in
     teacher, tok = load_dense(resources)
     teacher.to(device)
     pack = torch.load(pack_path) if pack_path else build_pack(resources, tok)
-    cache = out / "teacher_generations.pt"
+    cache = out / f"teacher_generations_g{gen_per_prompt}_p{plain_per_prompt}.pt"
     summary_path = out / "heal.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     if cache.is_file():
         gens = torch.load(cache)
     else:
         t0 = time.perf_counter()
-        gens = teacher_generations(teacher, tok, device, per_prompt=gen_per_prompt)
+        gens = teacher_generations(teacher, tok, device, per_prompt=gen_per_prompt, plain_per_prompt=plain_per_prompt)
         torch.save(gens, cache)
         summary["generation_s"] = time.perf_counter() - t0
     if "dense" not in summary:
