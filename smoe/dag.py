@@ -5,7 +5,9 @@ types) and then calls `check_config` here (names against the registries: policie
 families), so a bad config fails before any job runs, naming the accepted values. Result paths are a pure
 function of the parameters:
 
-    results/runs/{gpu}/{model}/{budget}/{policy}/{workload}/b{batch}.json
+    {results_dir}/runs/{gpu}/{model}/{budget}/{policy}/{workload}/b{batch}.json
+
+(`results_dir` defaults to `results`; a second config such as smolmoe-full keeps its runs and traces apart).
 
 `budget` is `s<N>` (N expert slots, `--cache-experts`) or `<X>gb` (`--budget-gb X`). Accuracy records
 (lm-eval through the runtime, config section `accuracy`) go to
@@ -20,7 +22,7 @@ import re
 
 from .errors import SmoeError
 
-RUN = "results/runs/{gpu}/{model}/{budget}/{policy}/{workload}/b{batch}.json"
+RUN = "{results}/runs/{gpu}/{model}/{budget}/{policy}/{workload}/b{batch}.json"
 ACCURACY = "{dir}/{model}/{budget}/{policy}/a{alpha}.json"
 
 
@@ -88,8 +90,12 @@ def model_spec(config: dict, name: str) -> dict:
     return next(m for m in config["models"] if m["name"] == name)
 
 
+def results_dir(config: dict) -> str:
+    return config.get("results_dir", "results")
+
+
 def run_paths(config: dict) -> list[str]:
-    return [RUN.format(**r) for r in runs(config)]
+    return [RUN.format(results=results_dir(config), **r) for r in runs(config)]
 
 
 def accuracy_runs(config: dict) -> list[dict]:

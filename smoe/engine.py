@@ -185,8 +185,12 @@ class Engine:
             compute(e)
         # Prefetch for later layers while this layer's loads are still copying.
         prefetched: list = []
+        partial = lambda: self._combine(torch.zeros_like(x), hits, outs, tok, w)  # noqa: E731
+        predicted = None
+        if self.trace is not None and self.phase == "decode" and self.predictor is not None \
+                and self.predictor.replay is None:
+            predicted = self._predictions(layer, x, partial())
         if self.wants_prefetch and not pending:
-            partial = lambda: self._combine(torch.zeros_like(x), hits, outs, tok, w)  # noqa: E731
             ctx = PrefetchContext(layer, x, partial, self.predictor)
             nxt = self.policy.prefetch(view, ctx)
             if nxt is not None:
@@ -223,6 +227,7 @@ class Engine:
                     "cpu": cpu_experts,
                     "evict": ex.evict,
                     "prefetch": prefetched,
+                    "predicted": predicted,
                 }
             )
         return final
@@ -240,6 +245,21 @@ class Engine:
         if self.device.type != "cuda":
             return t
         return t.pin_memory().to(self.device, non_blocking=True)
+
+    LOOKAHEAD = 3  # MoE layers ahead whose predicted scores a trace records (HybriMoE looks 2 ahead)
+
+    def _predictions(self, layer: int, x: torch.Tensor, partial: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The predictor's view from this point of a decode step, kept in the trace for routing replay:
+        `attn1` the next MoE layer with its attention, `noattn{d}` the MoE layer d ahead without; each [T,E]."""
+        layers = self.info.moe_layers
+        i = layers.index(layer)
+        out = {}
+        if self.predictor.next_layer(layer) is not None:
+            out["attn1"] = self.predictor.predict(layer, x, partial, True).half().cpu()
+        for d in range(1, self.LOOKAHEAD + 1):
+            if i + d < len(layers):
+                out[f"noattn{d}"] = self.predictor.gate_scores(layer, x, partial, layers[i + d]).half().cpu()
+        return out
 
     def _prefetch(self, nxt, layer: int) -> list:
         m = self.metrics[self.phase]

@@ -50,6 +50,7 @@ class NextLayerPredictor:
         self.family = family
         self.residual: dict[int, torch.Tensor] = {}  # layer -> input of its post-attention norm [B,S,H]
         self.kwargs: dict = {}  # the decoder-layer kwargs of the current forward (mask, rotary, cache)
+        self.replay = None  # a `replay.RoutingReplay`: predictions come from its trace instead
         for i in blocks:
             self.layers[i].post_attention_layernorm.register_forward_pre_hook(self._keep_residual(i))
         self.layers[0].register_forward_pre_hook(self._keep_kwargs, with_kwargs=True)
@@ -67,6 +68,11 @@ class NextLayerPredictor:
         """The MoE layer right after `layer`, if the next decoder layer is one (else no prediction)."""
         return layer + 1 if layer + 1 in self.blocks else None
 
+    def distance(self, layer: int, target: int) -> int:
+        """How many MoE layers `target` lies after `layer`."""
+        layers = sorted(self.blocks)
+        return layers.index(target) - layers.index(layer)
+
     def approx_output(self, layer: int, x: torch.Tensor, partial: torch.Tensor) -> torch.Tensor:
         """Layer's output hidden state [B,S,H] ~ residual + shared experts + routed experts so far."""
         residual = self.residual[layer]  # [B,S,H]
@@ -81,6 +87,8 @@ class NextLayerPredictor:
     def gate_scores(self, layer: int, x: torch.Tensor, partial: torch.Tensor, target: int) -> torch.Tensor:
         """Scores [T,E] of a later MoE layer's router applied to this layer's approximate output, with no
         layer in between run (HybriMoE's multi-layer look-ahead)."""
+        if self.replay is not None:
+            return self.replay.predicted(layer, False, self.distance(layer, target)).to(x.device)
         h = self.approx_output(layer, x, partial)
         dec = self.layers[target]
         return self.family.scores(self.blocks[target].gate(dec.post_attention_layernorm(h).flatten(0, 1))[0])
@@ -90,6 +98,8 @@ class NextLayerPredictor:
         """x [T,H]: layer's normed input; partial [T,H]: its routed output so far -> next layer's scores [T,E]."""
         nxt = self.next_layer(layer)
         assert nxt is not None
+        if self.replay is not None:
+            return self.replay.predicted(layer, attention, 1).to(x.device)
         h = self.approx_output(layer, x, partial)
         B, S, H = h.shape
         dec = self.layers[nxt]

@@ -62,13 +62,15 @@ class Runtime:
         cpu_threads: int | None = None,
         trace: bool = False,
         policy_params: dict | None = None,
+        host_store: HostStore | None = None,
     ):
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise BudgetError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu")
         if self.device.type not in ("cpu", "cuda"):
             raise BudgetError(f"--device {device!r} is not supported; accepted: cpu, cuda")
-        self.ckpt = Checkpoint(model_dir)
+        # a checkpoint directory, or an object that loads like one (`shapes.RandomSource`: paper shapes)
+        self.ckpt = Checkpoint(model_dir) if isinstance(model_dir, (str, os.PathLike)) else model_dir
         self.policy = policy if isinstance(policy, ExpertPolicy) else make_policy(policy, **(policy_params or {}))
         config = self.ckpt.config
         self.dtype = self.ckpt.dtype
@@ -108,8 +110,15 @@ class Runtime:
         preload = list(self.policy.setup(self.info, self.memory.capacity))
 
         load_skeleton(self.model, self.ckpt, self.device, self.dtype)
-        store = HostStore(self.info.moe_layers, num_experts, shape, self.dtype, pin=self.device.type == "cuda")
-        store.fill(lambda layer, e, out: self.ckpt.read_expert(layer, e, out, shape))
+        if host_store is None:
+            store = HostStore(self.info.moe_layers, num_experts, shape, self.dtype, pin=self.device.type == "cuda")
+            store.fill(lambda layer, e, out: self.ckpt.read_expert(layer, e, out, shape))
+        else:  # the routed experts of this very model, already in host memory (many runs, one fill)
+            store = host_store
+            if (tuple(store.data), store.num_experts, store.shape, store.dtype) != (
+                    self.info.moe_layers, num_experts, shape, self.dtype):
+                raise CheckpointError(f"the host store given holds experts of another shape than {str(self.ckpt.path)!r}")
+        self.store = store
         self.pool = SlotPool(self.memory.capacity, store, self.device)
         act = ACT2FN[config.get_text_config().hidden_act]
         self.engine = Engine(
@@ -243,7 +252,7 @@ class Runtime:
         if not hasattr(self, "engine"):
             return  # already closed
         self.engine.close()
-        for name in ("engine", "pool", "model", "experts"):
+        for name in ("engine", "pool", "model", "experts", "store"):
             self.__dict__.pop(name, None)
         gc.collect()
         if self.device.type == "cuda":

@@ -10,7 +10,7 @@ def _model_dir(w):
 
 
 RUN_OUTPUTS = expand(
-    "results/runs/{{gpu}}/{{model}}/{{budget}}/{{policy}}/{workload}/b{batch}.json",
+    f"{RES}/runs/{{{{gpu}}}}/{{{{model}}}}/{{{{budget}}}}/{{{{policy}}}}/{{workload}}/b{{batch}}.json",
     workload=config["workloads"],
     batch=config["batches"],
 )
@@ -22,7 +22,7 @@ ruleorder: bench_belady > bench
 rule bench:
     input:
         model=_model_dir,
-        prompts=expand("prompts/{workload}.jsonl", workload=config["workloads"]),
+        prompts=expand(f"{RES}/prompts/{{workload}}.jsonl", workload=config["workloads"]),
     output:
         RUN_OUTPUTS,
     resources:
@@ -37,10 +37,10 @@ rule bench:
 rule trace_for_belady:
     input:
         model=_model_dir,
-        prompts=expand("prompts/{workload}.jsonl", workload=config["workloads"]),
+        prompts=expand(f"{RES}/prompts/{{workload}}.jsonl", workload=config["workloads"]),
     output:
         expand(
-            "results/traces/{{gpu}}/{{model}}/{{budget}}/{workload}/b{batch}.pt",
+            f"{RES}/traces/{{{{gpu}}}}/{{{{model}}}}/{{{{budget}}}}/{{workload}}/b{{batch}}.pt",
             workload=config["workloads"],
             batch=config["batches"],
         ),
@@ -55,7 +55,7 @@ rule trace_for_belady:
 rule bench_belady:
     input:
         model=_model_dir,
-        prompts=expand("prompts/{workload}.jsonl", workload=config["workloads"]),
+        prompts=expand(f"{RES}/prompts/{{workload}}.jsonl", workload=config["workloads"]),
         traces=rules.trace_for_belady.output,
     output:
         RUN_OUTPUTS,

@@ -14,12 +14,12 @@ rule workload:
     input:
         rules.fetch_data.output,
     output:
-        "prompts/{workload}.jsonl",
+        f"{RES}/prompts/{{workload}}.jsonl",
     params:
         n=lambda w: config["prompts_per_workload"] * max(config["batches"]),
         chars=config.get("max_prompt_chars", 600),
     log:
-        "logs/workload/{workload}.log",
+        f"logs/workload/{RES}/{{workload}}.log",
     shell:
         "{PY} workload --name {wildcards.workload} --n {params.n} --seed {config[seed]} "
         "--resources {config[resources]} --max-chars {params.chars} --out {output} > {log} 2>&1"

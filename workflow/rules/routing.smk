@@ -5,7 +5,7 @@
 def _routing_traces(w):
     budget = model_spec(config, w.model).get("budgets", config["budgets"])[0]
     return expand(
-        "results/traces/{gpu}/{model}/{budget}/{workload}/b1.pt",
+        f"{RES}/traces/{{gpu}}/{{model}}/{{budget}}/{{workload}}/b1.pt",
         gpu=config["gpu"], model=w.model, budget=budget, workload=config["workloads"],
     )
 

@@ -18,7 +18,8 @@ model = str(Path(sm.input.model).parent) if sm.input.model.endswith(".json") els
 uses_alpha = policy.startswith("smoe") or policy in ("skip", "score-lower")
 for i, out in enumerate(sm.output):
     workload, batch = Path(out).parent.name, int(Path(out).stem[1:])
-    prompts = read_prompts(f"prompts/{workload}.jsonl")[: cfg["prompts_per_workload"] * batch]
+    prompt_file = next(f for f in sm.input.prompts if Path(f).stem == workload)
+    prompts = read_prompts(prompt_file)[: cfg["prompts_per_workload"] * batch]
     params = {"alpha": str(cfg["alpha"])} if uses_alpha else {}
     if policy == "belady":
         params["trace"] = sm.input.traces[i]  # same (workload, batch) order as the outputs

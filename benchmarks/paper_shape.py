@@ -1,0 +1,164 @@
+"""Paper-scale decoding: the paper's model shapes with random weights and replayed routing, every policy,
+device-memory budgets around the paper's GPUs, the workloads and batch sizes, side by side in one process.
+
+    python benchmarks/paper_shape.py --shape qwen2-57b-a14b-shape --traces results/traces/replay/smolmoe-135m \\
+        --budgets-gb 48 --out results/gpu/paper_shape_h200          # on the GPU machine
+
+The weights are drawn on the GPU (`smoe.shapes.RandomSource`) and the routed experts filled into one pinned
+host store that every run shares. Each run replays the decode trace of smolmoe-135m for its workload and
+batch (`smoe.replay`): the model's i-th MoE layer routes as smolmoe-135m's i-th layer did, with the shape's
+own top-k, and prefetching policies see the predictions recorded with the trace. The all-GPU run is the
+floor; every row also gives the physical bound max(all-GPU TPOT, decode bytes over PCIe per step / the
+measured pinned copy rate) and TPOT as a multiple of it.
+
+Writes to --out, appending as each run finishes (an interrupted sweep keeps what it measured):
+  {shape}.jsonl   one run record per line (parameters, every metric, prefetch accuracy)
+  {shape}.csv     the table, rewritten after every run
+  {shape}_env.json  device, copy rates, host-store fill time, the exact command
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from smoe.errors import SmoeError  # noqa: E402
+from smoe.policy import policy_names  # noqa: E402
+from smoe.replay import RoutingReplay  # noqa: E402
+from smoe.runtime import Runtime  # noqa: E402
+from smoe.shapes import SHAPES, RandomSource  # noqa: E402
+from smoe.trace_stats import prefetch_accuracy  # noqa: E402
+
+COLUMNS = ["model", "gpu", "measured", "budget_gb", "policy", "batch", "workload", "ttft_s", "tpot_s", "tpot_p50_s",
+           "tpot_p90_s", "hit_rate", "bytes_h2d", "cpu_experts", "substitutions", "prefetches", "prefetch_top_share",
+           "prefetch_routed_share", "policy_time_s", "slots", "bound_s", "tpot_over_bound"]
+
+
+def copy_rate(nbytes: int, reps: int = 50) -> float:
+    """Pinned host -> device copy rate in bytes/s for one buffer of `nbytes` (one expert)."""
+    src = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    dst = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    dst.copy_(src, non_blocking=True)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        dst.copy_(src, non_blocking=True)
+    torch.cuda.synchronize()
+    return nbytes * reps / (time.perf_counter() - t0)
+
+
+def run(source, store, policy: str, budget: dict, trace: Path, batch: int, device: str, params: dict) -> dict:
+    """One replayed run; returns its record (metrics of every generate call of the trace, accumulated).
+    `budget`: budget_gb or cache_experts, as Runtime takes them."""
+    rt = Runtime(source, policy, device=device, batch=batch, host_store=store, trace=True,
+                 policy_params=params, kv_tokens=4096, **budget)
+    try:
+        replay = RoutingReplay.load(trace, rt.info.moe_layers)
+        replay.install(rt)
+        vocab = source.config.vocab_size
+        g = torch.Generator().manual_seed(0)
+        for i, (B, L, N) in enumerate(replay.segments()):
+            if B != batch:
+                raise SmoeError(f"{trace} was recorded at batch {B}, not {batch}")
+            prompts = torch.randint(0, vocab, (B, L), generator=g).tolist()
+            res = rt.generate(prompts, N, accumulate=i > 0)
+        alpha = getattr(rt.policy, "alpha", 0.0)
+        acc = prefetch_accuracy(rt.engine.trace, alpha, rt.info.top_k)
+        return {"metrics": res.metrics, "prefetch_accuracy": acc, "slots": rt.memory.capacity}
+    finally:
+        rt.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", required=True, choices=list(SHAPES))
+    ap.add_argument("--layers", type=int, help="decoder layers (default: the shape's 28); fewer is stated in "
+                    "every row's model name")
+    ap.add_argument("--tiny", action="store_true", help="the shape's layers, experts and top-k at toy widths "
+                    "(a CPU smoke test of this script, not a measurement)")
+    ap.add_argument("--traces", required=True, help="folder of {workload}/b{batch}.pt decode traces")
+    ap.add_argument("--budgets-gb", type=float, nargs="+", required=True, help="device memory budgets")
+    ap.add_argument("--policies", nargs="+", default=None, help="default: every registered policy but belady")
+    ap.add_argument("--workloads", nargs="+", default=["exam", "language", "knowledge", "understanding", "reasoning"])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 3])
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a policy parameter")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--gpu", default="h200", help="the `gpu` column (what the rows were timed on)")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+
+    policies = args.policies or [p for p in policy_names() if p != "belady"]
+    unknown = sorted(set(policies) - set(policy_names()))
+    if unknown:
+        ap.error(f"unknown policies {unknown}; accepted: {', '.join(policy_names())}")
+    overrides = {"num_hidden_layers": args.layers} if args.layers else {}
+    if args.tiny:
+        overrides |= dict(hidden_size=64, intermediate_size=128, moe_intermediate_size=16, vocab_size=512,
+                          shared_expert_intermediate_size=32, num_attention_heads=4, num_key_value_heads=2)
+    name = args.shape + (f"-{args.layers}l" if args.layers else "") + ("-tiny" if args.tiny else "")
+    source = RandomSource.named(args.shape, device=args.device, **overrides)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    params = dict(s.split("=", 1) for s in args.set)
+
+    t0 = time.perf_counter()
+    first = Runtime(source, "lru", device=args.device, cache_experts=source.config.num_experts,
+                    batch=max(args.batches))
+    store, expert_bytes = first.store, first.info.expert_bytes
+    every_expert = len(first.info.moe_layers) * first.info.num_experts
+    first.close()
+    env = {"shape": args.shape, "model": name, "host_store_fill_s": time.perf_counter() - t0,
+           "expert_bytes": expert_bytes, "argv": sys.argv,
+           "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+           "copy_Bps": copy_rate(expert_bytes) if args.device == "cuda" else None}
+    (out / f"{name}_env.json").write_text(json.dumps(env, indent=1))
+    print(json.dumps(env), flush=True)
+
+    rows: list[dict] = []
+    floor: dict[tuple, float] = {}
+    for batch in args.batches:
+        for workload in args.workloads:
+            trace = Path(args.traces) / workload / f"b{batch}.pt"
+            settings = [("all-gpu", None)] + [(p, b) for b in args.budgets_gb for p in policies if p != "all-gpu"]
+            for policy, budget in settings:
+                try:
+                    size = {"cache_experts": every_expert} if budget is None else {"budget_gb": budget}
+                    rec = run(source, store, policy, size, trace, batch, args.device, params)
+                except (SmoeError, torch.cuda.OutOfMemoryError) as e:  # a budget too small for a batch: a row says so
+                    print(f"{policy} {budget} b{batch} {workload}: {type(e).__name__}: {e}", flush=True)
+                    continue
+                m, acc = rec["metrics"], rec["prefetch_accuracy"]
+                if policy == "all-gpu":
+                    floor[(batch, workload)] = m["tpot_s"]
+                steps = max(m["decode_steps"], 1)
+                bound = max(floor.get((batch, workload), 0.0),
+                            m["decode"]["bytes_h2d"] / steps / env["copy_Bps"] if env["copy_Bps"] else 0.0)
+                row = {"model": name, "gpu": args.gpu, "measured": args.device == "cuda",
+                       "budget_gb": budget, "policy": policy, "batch": batch, "workload": workload,
+                       **{k: m[k] for k in ("ttft_s", "tpot_s", "tpot_p50_s", "tpot_p90_s", "hit_rate", "bytes_h2d",
+                                            "cpu_experts", "substitutions", "prefetches", "policy_time_s")},
+                       "prefetch_top_share": acc["top_score_share"], "prefetch_routed_share": acc["routed_share"],
+                       "slots": rec["slots"], "bound_s": bound,
+                       "tpot_over_bound": m["tpot_s"] / bound if bound else None}
+                rows.append(row)
+                with open(out / f"{name}.jsonl", "a") as f:
+                    f.write(json.dumps({"row": row, **rec}) + "\n")
+                with open(out / f"{name}.csv", "w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=COLUMNS)
+                    w.writeheader()
+                    w.writerows(rows)
+                print(f"{policy:>15} {budget} b{batch} {workload:>13}: TPOT {m['tpot_s'] * 1e3:8.2f} ms, hit "
+                      f"{m['hit_rate'] if m['hit_rate'] is not None else float('nan'):.3f}, x{row['tpot_over_bound'] or 0:.2f} "
+                      f"of bound", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

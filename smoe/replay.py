@@ -1,0 +1,118 @@
+"""Routing replay: a model's routers answer with router scores recorded from another model's run.
+
+Where it sits: paper-scale runs on random weights (`shapes.RandomSource`), whose own routers are
+meaningless. A trace (`smoe run --trace`, the engine's records) holds, per MoE layer and forward, the
+scores [T,E] of every token, and, when recorded by this version, the runtime predictor's predictions of
+the next layers' scores. `RoutingReplay.install(runtime)` makes the run's i-th MoE layer route with the
+trace's i-th MoE layer (the first N layers of a deeper trace are used) and the shape's own top-k and
+weighting rule; the predictor returns the recorded predictions, so prefetching policies see predictions
+as good as the recorded model's own, not a random router's. The run must feed the same number of tokens
+per forward as the recorded one: `segments()` gives each recorded generate call's (batch, prompt length,
+new tokens), and a mismatch is an error, never a silent misalignment.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from .errors import SmoeError
+
+
+class RoutingReplay:
+    def __init__(self, records: list[dict], run_layers: tuple[int, ...], name: str = "trace"):
+        self.name = name
+        by_layer: dict[int, list[dict]] = defaultdict(list)
+        for r in records:
+            by_layer[r["layer"]].append(r)
+        trace_layers = sorted(by_layer)
+        if len(trace_layers) < len(run_layers):
+            raise SmoeError(f"{name} has {len(trace_layers)} MoE layers; the model has {len(run_layers)}, "
+                            f"so its routing cannot be replayed layer for layer")
+        self.layer_map = dict(zip(run_layers, trace_layers))  # run layer -> trace layer
+        self.records = {run: by_layer[tr] for run, tr in self.layer_map.items()}
+        counts = {len(v) for v in self.records.values()}
+        assert len(counts) == 1, f"layers of {name} hold different numbers of forwards: {counts}"
+        self.cursor = dict.fromkeys(run_layers, 0)
+        self.current: dict[int, dict] = {}
+        self._pending: dict[int, dict] = {}
+
+    @classmethod
+    def load(cls, path: str | Path, run_layers: tuple[int, ...]) -> "RoutingReplay":
+        data = torch.load(path, weights_only=False)
+        return cls(data["records"], run_layers, name=str(path))
+
+    def segments(self) -> list[tuple[int, int, int]]:
+        """Each recorded generate call as (batch B, prompt length L, new tokens N): its prefill has B*L
+        tokens and is followed by N-1 decode forwards of B tokens."""
+        recs = next(iter(self.records.values()))
+        out: list[tuple[int, int, int]] = []
+        for i, r in enumerate(recs):
+            if r["phase"] != "prefill":
+                continue
+            decodes = 0
+            while i + 1 + decodes < len(recs) and recs[i + 1 + decodes]["phase"] == "decode":
+                decodes += 1
+            if decodes == 0:
+                raise SmoeError(f"{self.name}: a prefill with no decode step; cannot tell its batch size")
+            B = recs[i + 1]["scores"].shape[0]
+            T = r["scores"].shape[0]
+            if T % B:
+                raise SmoeError(f"{self.name}: prefill of {T} tokens is not a whole batch of {B}")
+            out.append((B, T // B, decodes + 1))
+        return out
+
+    # ---- hooks ------------------------------------------------------------------------------------------
+    def install(self, runtime) -> None:
+        """Route `runtime`'s MoE layers by the trace (forward hooks on its blocks and routers)."""
+        family, config = runtime.ckpt.family, runtime.ckpt.config
+        if family.scoring != "softmax":
+            raise SmoeError(f"routing replay needs a softmax router; {family.model_type} scores by {family.scoring}")
+        top_k = runtime.info.top_k
+        renorm, scale = family.renormalises(config), family.scaling(config)
+        blocks = runtime.engine.predictor.blocks
+        for layer in runtime.info.moe_layers:
+            blocks[layer].register_forward_pre_hook(self._next_record(layer))
+            blocks[layer].gate.register_forward_hook(self._replace(layer, top_k, renorm, scale), prepend=True)
+        runtime.engine.predictor.replay = self
+
+    def _next_record(self, layer: int):
+        def hook(module, args):
+            i = self.cursor[layer]
+            if i >= len(self.records[layer]):
+                raise SmoeError(f"{self.name} holds {i} forwards of layer {layer}; the run asked for more")
+            self.cursor[layer] = i + 1
+            self._pending[layer] = self.current[layer] = self.records[layer][i]
+
+        return hook
+
+    def _replace(self, layer: int, top_k: int, renorm: bool, scale: float):
+        def hook(module, inputs, output):
+            rec = self._pending.pop(layer, None)
+            if rec is None:  # a router call outside the block's forward (e.g. a predictor): left alone
+                return None
+            logits = output[0]  # [T,E]
+            scores = rec["scores"].to(logits.device, torch.float32)  # [T,E] recorded probabilities
+            if scores.shape != logits.shape:
+                raise SmoeError(f"{self.name}: layer {layer} forward {self.cursor[layer]} recorded scores of shape "
+                                f"{tuple(scores.shape)}; the run routes {tuple(logits.shape)} (feed `segments()`)")
+            new_logits = scores.clamp_min(1e-12).log()  # softmax(new_logits) == scores
+            probs = new_logits.softmax(dim=-1)
+            top, idx = probs.topk(top_k, dim=-1)  # [T,k]
+            if renorm:
+                top = top / top.sum(dim=-1, keepdim=True)
+            return (new_logits.to(logits.dtype), (top * scale).to(output[1].dtype), idx, *output[3:])
+
+        return hook
+
+    def predicted(self, layer: int, attention: bool, distance: int) -> torch.Tensor:
+        """The recorded prediction [T,E], made at `layer`'s current forward, of the scores `distance` MoE
+        layers later (with the next layer's attention, or without)."""
+        rec = self.current[layer]
+        key = f"{'attn' if attention else 'noattn'}{distance}"
+        pred = (rec.get("predicted") or {}).get(key)
+        if pred is None:
+            raise SmoeError(f"{self.name} has no recorded prediction {key!r} at layer {self.layer_map[layer]} "
+                            f"({rec['phase']} step {rec['step']}); record the trace again with this version")
+        return pred.float()

@@ -1,0 +1,135 @@
+"""Paper shapes with random weights (smoe.shapes) and routing replay (smoe.replay), on the CPU."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from smoe.errors import CheckpointError, SmoeError
+from smoe.replay import RoutingReplay
+from smoe.runtime import Runtime
+from smoe.shapes import SHAPES, RandomSource, shape_config
+from smoe.tiny import make_tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+TOY = dict(hidden_size=64, intermediate_size=128, moe_intermediate_size=16, shared_expert_intermediate_size=32,
+           vocab_size=300, num_attention_heads=4, num_key_value_heads=2)
+
+
+def test_shapes_have_the_papers_sizes():
+    ds, xv, qw = (shape_config(n) for n in ("deepseek-moe-16b-shape", "xverse-moe-a4.2b-shape", "qwen2-57b-a14b-shape"))
+    assert (ds.hidden_size, ds.moe_intermediate_size, ds.num_experts_per_tok, ds.mlp_only_layers) == (2048, 1408, 6, [0])
+    assert (xv.hidden_size, xv.moe_intermediate_size, xv.num_experts_per_tok) == (2560, 1728, 6)
+    assert (qw.hidden_size, qw.moe_intermediate_size, qw.num_experts_per_tok, qw.shared_expert_intermediate_size,
+            qw.num_key_value_heads) == (3584, 2560, 8, 20480, 4)
+    assert {c.num_hidden_layers for c in (ds, xv, qw)} == {28} and {c.num_experts for c in (ds, xv, qw)} == {64}
+    with pytest.raises(CheckpointError, match="accepted: " + ", ".join(SHAPES)):
+        shape_config("mixtral-shape")
+
+
+def test_random_source_is_seeded_per_tensor_and_loads_like_a_checkpoint():
+    a = RandomSource.named("qwen2-57b-a14b-shape", num_hidden_layers=2, **TOY)
+    b = RandomSource.named("qwen2-57b-a14b-shape", num_hidden_layers=2, **TOY)
+    key = "model.layers.1.self_attn.q_proj.weight"
+    assert torch.equal(a.read(key), b.read(key)) and not torch.equal(a.read(key), a.read(key.replace("q_", "k_")))
+    assert a.read(key).dtype == torch.bfloat16 and 0.015 < a.read(key).float().std() < 0.025
+    assert torch.equal(a.read("model.norm.weight"), torch.ones(64, dtype=torch.bfloat16))
+    assert not any(".experts." in k for k in a.skeleton_keys())
+    rt = Runtime(a, "lru", cache_experts=16)
+    w = rt.store.expert(1, 3)  # [3*I*H] gate, up, down
+    out = torch.empty_like(w)
+    b.read_expert(1, 3, out, rt.store.shape)
+    assert torch.equal(w, out) and w.float().std() > 0.01
+    assert len(rt.generate([[1, 2, 3]], max_new_tokens=3).tokens[0]) == 3
+    rt.close()
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """A 4-layer tiny Qwen2-MoE run's trace, with the predictor's recorded predictions."""
+    ckpt = make_tiny("qwen2_moe", tmp_path_factory.mktemp("q") / "q", num_hidden_layers=4)
+    rt = Runtime(ckpt, "lru", cache_experts=32, batch=2, trace=True)
+    rt.generate([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]], max_new_tokens=4)
+    rt.generate([[1, 2, 3], [4, 5, 6]], max_new_tokens=3, accumulate=True)
+    records = rt.engine.trace
+    rt.close()
+    return records
+
+
+def test_a_trace_records_the_predictors_view_of_later_layers(recorded):
+    decode = [r for r in recorded if r["phase"] == "decode"]
+    assert set(decode[0]["predicted"]) == {"attn1", "noattn1", "noattn2", "noattn3"}  # layer 0 of 4
+    assert set(decode[3]["predicted"]) == set()  # the last MoE layer predicts nothing
+    assert decode[0]["predicted"]["attn1"].shape == decode[0]["scores"].shape
+    assert all(r["predicted"] is None for r in recorded if r["phase"] == "prefill")
+
+
+def replayed_run(recorded, policy: str, layers: int = 3):
+    src = RandomSource.named("qwen2-57b-a14b-shape", num_hidden_layers=layers, num_experts=8, num_experts_per_tok=2,
+                             **TOY)
+    rt = Runtime(src, policy, cache_experts=6, batch=2, trace=True)
+    replay = RoutingReplay(recorded, rt.info.moe_layers)
+    replay.install(rt)
+    for i, (B, L, N) in enumerate(replay.segments()):
+        rt.generate([[1] * L] * B, max_new_tokens=N, accumulate=i > 0)
+    return rt, replay
+
+
+def test_replay_routes_each_layer_as_the_trace_did(recorded):
+    rt, replay = replayed_run(recorded, "lru")
+    assert replay.segments() == [(2, 5, 4), (2, 3, 3)]
+    mine = rt.engine.trace
+    theirs = [r for r in recorded if r["layer"] < 3]  # the first three of the trace's four MoE layers
+    assert len(mine) == len(theirs)
+    for a, b in zip(mine, theirs):
+        assert torch.allclose(a["scores"].float(), b["scores"].float(), atol=1e-3)
+        assert torch.equal(a["topk"], b["topk"])  # the shape's own top-k of the same scores (both top-2 here)
+    rt.close()
+
+
+def test_predicting_policies_get_the_recorded_predictions(recorded):
+    rt, replay = replayed_run(recorded, "smoe")
+    layer = rt.info.moe_layers[0]
+    assert torch.equal(rt.engine.predictor.predict(layer, torch.zeros(1), None, True),
+                       replay.current[layer]["predicted"]["attn1"].float())
+    assert rt.engine.metrics.summary()["prefetches"] > 0
+    rt.close()
+    rt, _ = replayed_run(recorded, "hybrimoe")  # looks two layers ahead: noattn2
+    rt.close()
+
+
+def test_a_run_that_feeds_other_shapes_than_the_trace_is_refused(recorded):
+    src = RandomSource.named("qwen2-57b-a14b-shape", num_hidden_layers=3, num_experts=8, num_experts_per_tok=2, **TOY)
+    rt = Runtime(src, "lru", cache_experts=6, batch=2)
+    RoutingReplay(recorded, rt.info.moe_layers).install(rt)
+    with pytest.raises(SmoeError, match="feed `segments"):
+        rt.generate([[1] * 4] * 2, max_new_tokens=2)
+    rt.close()
+    with pytest.raises(SmoeError, match="4 MoE layers; the model has 5"):
+        RoutingReplay(recorded, (0, 1, 2, 3, 4))
+
+
+def test_paper_shape_benchmark_runs_end_to_end_on_toy_widths(tmp_path):
+    """The benchmark script on a toy-width deepseek shape (27 MoE layers, 64 experts, top-6) replaying a
+    28-layer tiny smolmoe trace: rows for every setting, the floor first, bounds filled in."""
+    ckpt = make_tiny("smolmoe", tmp_path / "sm", num_hidden_layers=28, num_experts=64, num_experts_per_tok=8,
+                     moe_intermediate_size=4, shared_expert_intermediate_size=16)
+    rt = Runtime(ckpt, "lru", cache_experts=28 * 64, batch=1, trace=True)
+    rt.generate(["the sea"], max_new_tokens=3)
+    (tmp_path / "traces/exam").mkdir(parents=True)
+    torch.save({"model": str(ckpt), "policy": "lru", "records": rt.engine.trace}, tmp_path / "traces/exam/b1.pt")
+    rt.close()
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/paper_shape.py"), "--shape", "deepseek-moe-16b-shape",
+                    "--tiny", "--device", "cpu", "--traces", str(tmp_path / "traces"), "--workloads", "exam",
+                    "--batches", "1", "--budgets-gb", "0.267", "--policies", "lru", "smoe", "--out", str(out)],
+                   check=True, cwd=ROOT)
+    rows = list(csv.DictReader(open(out / "deepseek-moe-16b-shape-tiny.csv")))
+    assert [r["policy"] for r in rows] == ["all-gpu", "lru", "smoe"]
+    assert all(r["measured"] == "False" and float(r["tpot_s"]) > 0 for r in rows)
+    assert float(rows[0]["hit_rate"]) == 1.0 and float(rows[1]["hit_rate"]) < 1.0
+    assert len((out / "deepseek-moe-16b-shape-tiny.jsonl").read_text().splitlines()) == 3
+    assert json.loads((out / "deepseek-moe-16b-shape-tiny_env.json").read_text())["shape"] == "deepseek-moe-16b-shape"
