@@ -12,6 +12,7 @@
   tune-alpha measure TPOT over alpha = 0..0.6, fit a polynomial, pick the smallest alpha meeting a budget
   heal       (GPU) MoEfy SmolLM2 and distil it into smolmoe recipes, one per topology; writes heal.json
   build-smolmoe  assemble the smolmoe-135m checkpoint from the pinned GGUF and a committed recipe (CPU)
+  slim-traces  copy decode traces keeping only what routing replay reads (to carry them to a GPU machine)
   demo       the quick main job: every registered policy on a tiny checkpoint at two budgets (and all-gpu), CPU
 """
 from __future__ import annotations
@@ -309,6 +310,14 @@ def cmd_build_smolmoe(args) -> int:
     return 0
 
 
+def cmd_slim_traces(args) -> int:
+    from .replay import slim_traces
+
+    written = slim_traces(args.traces, args.out)
+    log.info("%d traces -> %s (%.1f MB)", len(written), args.out, sum(p.stat().st_size for p in written) / 1e6)
+    return 0
+
+
 def cmd_pack(args) -> int:
     import torch
     from transformers import AutoTokenizer
@@ -437,6 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--recipe", help="a recipe file (default: the committed smolmoe-135m recipe)")
     b.add_argument("--dense-out", help="also save the dense teacher (SmolLM2-135M, dequantised) here")
     b.set_defaults(fn=cmd_build_smolmoe)
+
+    st = sub.add_parser("slim-traces", help="decode traces with only what routing replay reads")
+    st.add_argument("traces", help="a folder of *.pt traces (searched recursively)")
+    st.add_argument("--out", required=True, help="folder for the slim copies (same relative paths)")
+    st.set_defaults(fn=cmd_slim_traces)
 
     d = sub.add_parser("demo", help="every policy on a tiny checkpoint at two budgets (CPU)")
     d.add_argument("--out", default="results/demo")

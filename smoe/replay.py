@@ -116,3 +116,23 @@ class RoutingReplay:
             raise SmoeError(f"{self.name} has no recorded prediction {key!r} at layer {self.layer_map[layer]} "
                             f"({rec['phase']} step {rec['step']}); record the trace again with this version")
         return pred.float()
+
+
+REPLAY_KEYS = ("layer", "phase", "step", "scores", "predicted")
+
+
+def slim_traces(src: str | Path, dst: str | Path) -> list[Path]:
+    """Copy every `*.pt` trace under `src` to the same place under `dst`, keeping only what replay reads
+    (router scores and recorded predictions: about 70% of a trace), e.g. to carry them to a GPU machine."""
+    src, dst = Path(src), Path(dst)
+    written = []
+    for path in sorted(src.rglob("*.pt")):
+        data = torch.load(path, weights_only=False)
+        out = dst / path.relative_to(src)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        records = [{k: r[k] for k in REPLAY_KEYS if k in r} for r in data["records"]]
+        torch.save({k: v for k, v in data.items() if k != "records"} | {"records": records}, out)
+        written.append(out)
+    if not written:
+        raise SmoeError(f"no *.pt traces under {str(src)!r}")
+    return written

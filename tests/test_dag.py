@@ -115,9 +115,25 @@ def test_full_smolmoe_config_plans_the_model_build_and_keeps_its_outputs_apart()
                      "results/smolmoe-full/tables/perf.csv", "results/smolmoe-full/figures/fig12_hit_rate.pdf",
                      "results/smolmoe-full/accuracy/smolmoe-135m/dense/dense/a0.json",
                      "results/smolmoe-full/accuracy/smolmoe-135m/s640/score-lower/a0.25.json",
-                     "results/smolmoe-full/tables/table4_accuracy_vs_alpha.csv"):
+                     "results/smolmoe-full/tables/table4_accuracy_vs_alpha.csv",
+                     "results/smolmoe-full/prompts/exam.jsonl",
+                     "results/smolmoe-full/runs/cpu/smolmoe-135m/s480/smoe/exam/b3.json",
+                     "results/smolmoe-full/traces/cpu/smolmoe-135m/s480/exam/b1.pt"):
         assert expected in out, expected
-    assert " results/tables/perf.csv" not in out and " figures/fig12" not in out  # the default's stay untouched
+    for default in (" results/tables/perf.csv", " figures/fig12", " results/runs/", " results/prompts/",
+                    " results/traces/"):
+        assert default not in out, default  # the default's stay untouched
+
+
+def test_slurm_profile_sizes_every_job():
+    done = snake("-n", "--forceall", "--workflow-profile", "workflow/profiles/slurm", "--configfile", "config/test.yaml")
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-2000:]
+    jobs = out.split("\nrule ")[1:]
+    sized = {j.split(":")[0]: j for j in jobs}
+    assert "mem_mb=16000" in sized["bench"] and "runtime=120" in sized["bench"] and "cpus_per_task=4" in sized["bench"]
+    assert "gpu=0" in sized["bench"]  # a CPU grid's benchmarks ask for no GPU
+    assert "runtime=240" in sized["accuracy"] and "mem_mb=4000" in sized["perf_table"]
 
 
 def test_accuracy_grid_and_its_checks():

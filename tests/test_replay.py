@@ -133,3 +133,17 @@ def test_paper_shape_benchmark_runs_end_to_end_on_toy_widths(tmp_path):
     assert float(rows[0]["hit_rate"]) == 1.0 and float(rows[1]["hit_rate"]) < 1.0
     assert len((out / "deepseek-moe-16b-shape-tiny.jsonl").read_text().splitlines()) == 3
     assert json.loads((out / "deepseek-moe-16b-shape-tiny_env.json").read_text())["shape"] == "deepseek-moe-16b-shape"
+
+
+def test_slim_traces_keep_what_replay_reads(recorded, tmp_path):
+    from smoe.cli import main
+
+    (tmp_path / "t/exam").mkdir(parents=True)
+    torch.save({"model": "m", "policy": "lru", "records": recorded}, tmp_path / "t/exam/b1.pt")
+    assert main(["slim-traces", str(tmp_path / "t"), "--out", str(tmp_path / "slim")]) == 0
+    slim = torch.load(tmp_path / "slim/exam/b1.pt", weights_only=False)
+    assert slim["model"] == "m" and len(slim["records"]) == len(recorded)
+    assert set(slim["records"][-1]) == {"layer", "phase", "step", "scores", "predicted"}
+    a, b = RoutingReplay(recorded, (0, 1, 2)), RoutingReplay(slim["records"], (0, 1, 2))
+    assert a.segments() == b.segments()
+    assert main(["slim-traces", str(tmp_path / "slim/nothing"), "--out", str(tmp_path / "x")]) == 2  # no traces
