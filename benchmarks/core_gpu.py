@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from smoe.cli import run_one  # noqa: E402
 from smoe.errors import SmoeError  # noqa: E402
+from smoe.hardware import h2d_rate  # noqa: E402
 from smoe.tiny import TINY, make_tiny  # noqa: E402
 
 CORE = ["on-demand", "lru", "cpu-assist", "all-gpu"]  # the core runtime's baselines; see ablation.py for the rest
@@ -53,21 +54,8 @@ MID = dict(
 
 
 def bandwidth(expert_bytes: int) -> dict:
-    out = {}
-    dev = torch.device("cuda")
-    for pinned in (True, False):
-        for nbytes, reps in ((expert_bytes, 200), (1 << 30, 10)):
-            src = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned)
-            dst = torch.empty(nbytes, dtype=torch.uint8, device=dev)
-            dst.copy_(src, non_blocking=True)
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                dst.copy_(src, non_blocking=True)
-            torch.cuda.synchronize()
-            secs = (time.perf_counter() - t0) / reps
-            out[f"{'pinned' if pinned else 'pageable'}_{nbytes}B_GBps"] = nbytes / secs / 1e9
-    return out
+    return {f"{'pinned' if pinned else 'pageable'}_{nbytes}B_GBps": h2d_rate(nbytes, pinned, reps) / 1e9
+            for pinned in (True, False) for nbytes, reps in ((expert_bytes, 200), (1 << 30, 10))}
 
 
 def tiny_equality(tmp: Path, rows: list[dict]) -> None:

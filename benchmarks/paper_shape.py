@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from smoe.errors import SmoeError  # noqa: E402
+from smoe.hardware import h2d_rate  # noqa: E402
 from smoe.policy import policy_names  # noqa: E402
 from smoe.replay import RoutingReplay  # noqa: E402
 from smoe.runtime import Runtime  # noqa: E402
@@ -39,19 +40,6 @@ from smoe.trace_stats import prefetch_accuracy  # noqa: E402
 COLUMNS = ["model", "gpu", "measured", "budget_gb", "policy", "batch", "workload", "ttft_s", "tpot_s", "tpot_p50_s",
            "tpot_p90_s", "hit_rate", "bytes_h2d", "cpu_experts", "substitutions", "prefetches", "prefetch_top_share",
            "prefetch_routed_share", "policy_time_s", "slots", "bound_s", "tpot_over_bound"]
-
-
-def copy_rate(nbytes: int, reps: int = 50) -> float:
-    """Pinned host -> device copy rate in bytes/s for one buffer of `nbytes` (one expert)."""
-    src = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
-    dst = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
-    dst.copy_(src, non_blocking=True)
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        dst.copy_(src, non_blocking=True)
-    torch.cuda.synchronize()
-    return nbytes * reps / (time.perf_counter() - t0)
 
 
 def run(source, store, policy: str, budget: dict, trace: Path, batch: int, device: str, params: dict) -> dict:
@@ -117,7 +105,7 @@ def main() -> int:
     env = {"shape": args.shape, "model": name, "host_store_fill_s": time.perf_counter() - t0,
            "expert_bytes": expert_bytes, "argv": sys.argv,
            "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-           "copy_Bps": copy_rate(expert_bytes) if args.device == "cuda" else None}
+           "copy_Bps": h2d_rate(expert_bytes) if args.device == "cuda" else None}
     (out / f"{name}_env.json").write_text(json.dumps(env, indent=1))
     print(json.dumps(env), flush=True)
 
