@@ -32,36 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from smoe.errors import SmoeError  # noqa: E402
 from smoe.hardware import h2d_rate  # noqa: E402
 from smoe.policy import policy_names  # noqa: E402
-from smoe.replay import RoutingReplay  # noqa: E402
-from smoe.runtime import Runtime  # noqa: E402
+from smoe.replay import filled_host_store, run_replayed  # noqa: E402
 from smoe.shapes import SHAPES, RandomSource  # noqa: E402
-from smoe.trace_stats import prefetch_accuracy  # noqa: E402
 
 COLUMNS = ["model", "gpu", "measured", "budget_gb", "policy", "batch", "workload", "ttft_s", "tpot_s", "tpot_p50_s",
            "tpot_p90_s", "hit_rate", "bytes_h2d", "cpu_experts", "substitutions", "prefetches", "prefetch_top_share",
            "prefetch_routed_share", "policy_time_s", "slots", "bound_s", "tpot_over_bound"]
-
-
-def run(source, store, policy: str, budget: dict, trace: Path, batch: int, device: str, params: dict) -> dict:
-    """One replayed run; returns its record (metrics of every generate call of the trace, accumulated).
-    `budget`: budget_gb or cache_experts, as Runtime takes them."""
-    rt = Runtime(source, policy, device=device, batch=batch, host_store=store, trace=True,
-                 policy_params=params, kv_tokens=4096, **budget)
-    try:
-        replay = RoutingReplay.load(trace, rt.info.moe_layers)
-        replay.install(rt)
-        vocab = source.config.vocab_size
-        g = torch.Generator().manual_seed(0)
-        for i, (B, L, N) in enumerate(replay.segments()):
-            if B != batch:
-                raise SmoeError(f"{trace} was recorded at batch {B}, not {batch}")
-            prompts = torch.randint(0, vocab, (B, L), generator=g).tolist()
-            res = rt.generate(prompts, N, accumulate=i > 0)
-        alpha = getattr(rt.policy, "alpha", 0.0)
-        acc = prefetch_accuracy(rt.engine.trace, alpha, rt.info.top_k)
-        return {"metrics": res.metrics, "prefetch_accuracy": acc, "slots": rt.memory.capacity}
-    finally:
-        rt.close()
 
 
 def main() -> int:
@@ -97,11 +73,9 @@ def main() -> int:
     params = dict(s.split("=", 1) for s in args.set)
 
     t0 = time.perf_counter()
-    first = Runtime(source, "lru", device=args.device, cache_experts=source.config.num_experts,
-                    batch=max(args.batches))
-    store, expert_bytes = first.store, first.info.expert_bytes
-    every_expert = len(first.info.moe_layers) * first.info.num_experts
-    first.close()
+    store = filled_host_store(source, args.device)
+    expert_bytes = store.expert_bytes
+    every_expert = len(store.data) * store.num_experts
     env = {"shape": args.shape, "model": name, "host_store_fill_s": time.perf_counter() - t0,
            "expert_bytes": expert_bytes, "argv": sys.argv,
            "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
@@ -118,7 +92,8 @@ def main() -> int:
             for policy, budget in settings:
                 try:
                     size = {"cache_experts": every_expert} if budget is None else {"budget_gb": budget}
-                    rec = run(source, store, policy, size, trace, batch, args.device, params)
+                    rec = run_replayed(source, policy, trace, batch, device=args.device, params=params,
+                                       host_store=store, **size)
                 except (SmoeError, torch.cuda.OutOfMemoryError) as e:  # a budget too small for a batch: a row says so
                     print(f"{policy} {budget} b{batch} {workload}: {type(e).__name__}: {e}", flush=True)
                     continue
@@ -133,7 +108,7 @@ def main() -> int:
                        **{k: m[k] for k in ("ttft_s", "tpot_s", "tpot_p50_s", "tpot_p90_s", "hit_rate", "bytes_h2d",
                                             "cpu_experts", "substitutions", "prefetches", "policy_time_s")},
                        "prefetch_top_share": acc["top_score_share"], "prefetch_routed_share": acc["routed_share"],
-                       "slots": rec["slots"], "bound_s": bound,
+                       "slots": rec["memory"]["capacity"], "bound_s": bound,
                        "tpot_over_bound": m["tpot_s"] / bound if bound else None}
                 rows.append(row)
                 with open(out / f"{name}.jsonl", "a") as f:

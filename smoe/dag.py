@@ -62,8 +62,17 @@ def check_config(config: dict) -> None:
     for t in config.get("accuracy", {}).get("tasks", []):
         if t not in TASKS:
             raise ConfigError(f"unknown task {t!r} under accuracy.tasks; accepted: {', '.join(TASKS)}")
+    from .shapes import SHAPES
+
     for spec in config["models"]:
         name = spec["name"]
+        if "shape" in spec:
+            shape, source = spec["shape"]["name"], spec["shape"]["replay"]
+            if shape not in SHAPES:
+                raise ConfigError(f"model {name!r}: unknown shape {shape!r}; accepted: {', '.join(SHAPES)}")
+            if source not in names or "shape" in model_spec(config, source):
+                raise ConfigError(f"model {name!r} replays {source!r}, which is not a checkpoint model of this "
+                                  f"config; accepted: {', '.join(n for n in names if 'shape' not in model_spec(config, n))}")
         fam = spec.get("tiny", {}).get("family")
         if fam is not None and fam not in FAMILIES:
             raise ConfigError(f"model {name!r}: unknown family {fam!r}; accepted: {', '.join(sorted(FAMILIES))}")
@@ -90,6 +99,18 @@ def model_spec(config: dict, name: str) -> dict:
     return next(m for m in config["models"] if m["name"] == name)
 
 
+TRACE = "{results}/traces/{gpu}/{model}/{budget}/{workload}/b{batch}.pt"
+
+
+def replay_traces(config: dict, name: str) -> list[str]:
+    """The traces a shape model replays, in (workload, batch) order: those `trace_for_belady` records for the
+    model it names (lru at that model's first budget)."""
+    source = model_spec(config, model_spec(config, name)["shape"]["replay"])
+    budget = source.get("budgets", config["budgets"])[0]
+    return [TRACE.format(results=results_dir(config), gpu=config["gpu"], model=source["name"], budget=budget,
+                         workload=w, batch=b) for w in config["workloads"] for b in config["batches"]]
+
+
 def results_dir(config: dict) -> str:
     return config.get("results_dir", "results")
 
@@ -107,6 +128,8 @@ def accuracy_runs(config: dict) -> list[dict]:
         return []
     out = []
     for spec in config["models"]:
+        if "shape" in spec:  # random weights: no accuracy to measure
+            continue
         model = spec["name"]
         if acc.get("dense", True) and "smolmoe" in spec:
             out.append(dict(model=model, budget="dense", policy="dense", alpha=0))

@@ -136,3 +136,56 @@ def slim_traces(src: str | Path, dst: str | Path) -> list[Path]:
     if not written:
         raise SmoeError(f"no *.pt traces under {str(src)!r}")
     return written
+
+
+def run_replayed(source, policy: str, trace: str | Path, batch: int, *, device: str = "cpu",
+                 budget_gb: float | None = None, cache_experts: int | None = None, params: dict | None = None,
+                 host_store=None, seed: int = 0, record_trace: str | Path | None = None) -> dict:
+    """One run of `source` (e.g. a `shapes.RandomSource`) routed by `trace`: every generate call of the trace
+    again, with random prompt ids of the recorded lengths. Returns a record shaped like `cli.run_one`'s (plus
+    `prefetch_accuracy`); `record_trace` also saves this run's own trace (what belady reads)."""
+    from .runtime import Runtime
+    from .trace_stats import prefetch_accuracy
+
+    torch.manual_seed(seed)
+    rt = Runtime(source, policy, device=device, batch=batch, budget_gb=budget_gb, cache_experts=cache_experts,
+                 policy_params=params, host_store=host_store, trace=True, kv_tokens=4096)
+    try:
+        replay = RoutingReplay.load(trace, rt.info.moe_layers)
+        replay.install(rt)
+        g = torch.Generator().manual_seed(seed)
+        prompts: list[list[int]] = []
+        for i, (B, L, N) in enumerate(replay.segments()):
+            if B > batch:
+                raise SmoeError(f"{trace} was recorded at batch {B}; this run is sized for batch {batch}")
+            ids = torch.randint(0, source.config.vocab_size, (B, L), generator=g).tolist()
+            prompts += ids
+            res = rt.generate(ids, N, accumulate=i > 0)
+        if record_trace is not None:
+            path = Path(record_trace)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            torch.save({"model": str(source.path), "policy": policy, "records": rt.engine.trace}, tmp)
+            tmp.replace(path)
+        return {
+            "params": {"model": str(source.path), "policy": policy, "policy_params": dict(params or {}),
+                       "device": device, "batch": batch, "max_new_tokens": N, "budget_gb": budget_gb,
+                       "cache_experts": cache_experts, "seed": seed, "prompts": prompts, "replay": str(trace)},
+            "memory": rt.memory.asdict(),
+            "metrics": res.metrics,
+            "prefetch_accuracy": prefetch_accuracy(rt.engine.trace, getattr(rt.policy, "alpha", 0.0), rt.info.top_k),
+            "env": rt.environment(),
+            "tokens": [],  # a random model's tokens mean nothing
+        }
+    finally:
+        rt.close()
+
+
+def filled_host_store(source, device: str = "cpu"):
+    """The host store of `source`'s routed experts, filled once, to hand to many runs (`host_store=`)."""
+    from .runtime import Runtime
+
+    rt = Runtime(source, "lru", device=device, cache_experts=source.config.num_experts)
+    store = rt.store
+    rt.close()
+    return store

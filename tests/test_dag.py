@@ -92,6 +92,14 @@ def test_ci_grid_end_to_end(tmp_path):
                 "hit_rate", "bytes_h2d", "cpu_experts", "substitutions"):
         assert col in perf.columns
     assert perf.loc[perf.policy == "all-gpu", "hit_rate"].eq(1.0).all()
+    # the toy paper shape replays tiny-olmoe's routing with the same experts and top-k, so every policy that
+    # does not predict decides exactly as on tiny-olmoe itself (random weights and all)
+    key = ["policy", "budget", "workload", "batch"]
+    src, shape = (perf[perf.model == m].set_index(key).sort_index() for m in ("tiny-olmoe", "tiny-qwen2-57b-shape"))
+    exact = ["lru", "belady", "all-gpu"]
+    assert src.loc[exact, "hit_rate"].equals(shape.loc[exact, "hit_rate"])
+    assert src.loc[exact, "loads"].equals(shape.loc[exact, "loads"])
+    assert shape.loc["smoe", "substitutions"].sum() > 0
     for fig in ("fig11_tpot", "fig12_hit_rate", "fig13_ttft", "fig14_ablation", "fig5_score_by_rank", "fig7_reuse_by_rank"):
         assert (work / "figures" / f"{fig}.pdf").stat().st_size > 1000
     acc = pd.read_csv(work / "results/tables/accuracy.csv")  # all-gpu, smoe at 0.25 and 0.5, skip at 0.25
@@ -146,3 +154,24 @@ def test_accuracy_grid_and_its_checks():
     config["accuracy"]["tasks"] = ["smoe_hellaswag", "hellaswag"]
     with pytest.raises(ConfigError, match="unknown task 'hellaswag'.*accepted: smoe_hellaswag"):
         check_config(config)
+
+
+def test_paper_config_plans_the_three_shapes_on_smolmoe_routing():
+    config = load("paper.yaml")
+    check_config(config)
+    assert accuracy_runs(config) == []  # no accuracy section; shapes never get one
+    done = snake("-n", "--forceall", "--configfile", "config/paper.yaml")
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-2000:]
+    for expected in ("results/paper/runs/h200/qwen2-57b-a14b-shape/48gb/smoe/exam/b3.json",
+                     "results/paper/runs/h200/deepseek-moe-16b-shape/12gb/lru/reasoning/b1.json",
+                     "results/paper/runs/h200/xverse-moe-a4.2b-shape/s1792/all-gpu/knowledge/b1.json",
+                     "results/paper/traces/h200/smolmoe-135m/s480/exam/b1.pt"):  # what the shapes replay
+        assert expected in out, expected
+    bad = yaml.safe_load((ROOT / "config/paper.yaml").read_text())
+    bad["models"][1]["shape"]["replay"] = "qwen2-57b-a14b-shape"
+    with pytest.raises(ConfigError, match="not a checkpoint model of this config; accepted: smolmoe-135m"):
+        check_config(bad)
+    bad["models"][1]["shape"] = {"name": "mixtral-shape", "replay": "smolmoe-135m"}
+    with pytest.raises(ConfigError, match="unknown shape 'mixtral-shape'"):
+        check_config(bad)

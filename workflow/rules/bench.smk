@@ -4,9 +4,16 @@
 
 def _model_dir(w):
     spec = model_spec(config, w.model)
+    if "shape" in spec:  # random weights drawn in the job: nothing to build
+        return []
     if "path" in spec:
         return spec["path"]
     return f"models/{w.model}/" + ("smolmoe.json" if "smolmoe" in spec else "config.json")
+
+
+def _replay(w):
+    """A shape model's routing: the traces of the model it replays, one per (workload, batch)."""
+    return replay_traces(config, w.model) if "shape" in model_spec(config, w.model) else []
 
 
 RUN_OUTPUTS = expand(
@@ -22,6 +29,7 @@ ruleorder: bench_belady > bench
 rule bench:
     input:
         model=_model_dir,
+        replay=_replay,
         prompts=expand(f"{RES}/prompts/{{workload}}.jsonl", workload=config["workloads"]),
     output:
         RUN_OUTPUTS,
@@ -37,6 +45,7 @@ rule bench:
 rule trace_for_belady:
     input:
         model=_model_dir,
+        replay=_replay,
         prompts=expand(f"{RES}/prompts/{{workload}}.jsonl", workload=config["workloads"]),
     output:
         expand(
@@ -55,6 +64,7 @@ rule trace_for_belady:
 rule bench_belady:
     input:
         model=_model_dir,
+        replay=_replay,
         prompts=expand(f"{RES}/prompts/{{workload}}.jsonl", workload=config["workloads"]),
         traces=rules.trace_for_belady.output,
     output:

@@ -3,7 +3,7 @@ import os
 
 from snakemake.utils import validate
 
-from smoe.dag import accuracy_paths, check_config, model_spec, results_dir, run_paths
+from smoe.dag import accuracy_paths, check_config, model_spec, replay_traces, results_dir, run_paths
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -13,6 +13,7 @@ check_config(config)
 PY = "python -m smoe"
 RUNS = run_paths(config)
 RES = results_dir(config)  # runs and traces
+CKPT_MODELS = [m["name"] for m in config["models"] if "shape" not in m]  # the models with real routing
 ACC_RECORDS = accuracy_paths(config)
 TABLES = config.get("tables_dir", "results/tables")  # a second config keeps its tables and figures apart
 FIGDIR = config.get("figures_dir", "figures")

@@ -22,8 +22,8 @@ rule routing_stats:
 
 rule routing_figures:
     input:
-        score=expand(f"{TABLES}/routing/{{model}}/fig5_score_by_rank.csv", model=[m["name"] for m in config["models"]]),
-        reuse=expand(f"{TABLES}/routing/{{model}}/fig7_reuse_by_rank.csv", model=[m["name"] for m in config["models"]]),
+        score=expand(f"{TABLES}/routing/{{model}}/fig5_score_by_rank.csv", model=CKPT_MODELS),
+        reuse=expand(f"{TABLES}/routing/{{model}}/fig7_reuse_by_rank.csv", model=CKPT_MODELS),
     output:
         score=f"{FIGDIR}/fig5_score_by_rank.pdf",
         reuse=f"{FIGDIR}/fig7_reuse_by_rank.pdf",
