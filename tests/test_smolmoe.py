@@ -162,6 +162,7 @@ def test_teacher_samples_chat_answers_and_plain_continuations(dense):
     assert all(p.startswith("<user>") and p.endswith("<bot>") for p in prompts[:n_chat])
     assert not any("<user>" in p for p in prompts[n_chat:])
     assert prompts[n_chat] == OPENERS[0].format("The ocean")  # topics capitalised at the start of a text
+    assert "Here is a short article about the ocean.\n\n" in prompts  # and not inside a sentence
     dense.generation_config.pad_token_id = tok.pad_token_id
     stream = teacher_generations(dense, tok, "cpu", per_prompt=0, plain_per_prompt=1, new_tokens=2, batch=512)
     eos = (stream == tok.eos_token_id).nonzero().flatten()

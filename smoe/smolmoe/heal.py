@@ -197,14 +197,19 @@ OPENERS = [  # plain-text beginnings (no chat template): the dense model continu
     "{}\n\n", "Here is a short article about {}.\n\n", "Chapter 3: {}\n\n", "{} - Wikipedia\n\n",
     "Lesson plan: {}\nGrade level: 5\n\n", "Q: What is interesting about {}?\nA:",
     "My notes on {}:\n", "A brief history of {}.\n\n",
-]
+    "A short story: {}\n\nIt was late when", "Chapter 1\n\nNobody in the village talked about {} anymore.",
+]  # the last two are narrative prose, the kind LAMBADA scores (smolmoe-135m loses most there)
 
 
 def sample_prompts(chat_per_prompt: int, plain_per_prompt: int, tok) -> list[str]:
     """The teacher's prompts: INSTRUCTIONS x TOPICS as chat turns, OPENERS x TOPICS as plain text."""
     chat = [tok.apply_chat_template([{"role": "user", "content": i.format(t)}], tokenize=False,
                                     add_generation_prompt=True) for i in INSTRUCTIONS for t in TOPICS]
-    plain = [o.format(t[0].upper() + t[1:]) for o in OPENERS for t in TOPICS]
+    def fill(opener: str, topic: str) -> str:  # a topic that starts a text or a heading is capitalised
+        heading = opener.startswith("{}") or ": {}" in opener
+        return opener.format(topic[0].upper() + topic[1:] if heading else topic)
+
+    plain = [fill(o, t) for o in OPENERS for t in TOPICS]
     return chat * chat_per_prompt + plain * plain_per_prompt
 
 
