@@ -145,7 +145,7 @@ def run_replayed(source, policy: str, trace: str | Path, batch: int, *, device: 
     again, with random prompt ids of the recorded lengths. Returns a record shaped like `cli.run_one`'s (plus
     `prefetch_accuracy`); `record_trace` also saves this run's own trace (what belady reads)."""
     from .runtime import Runtime
-    from .trace_stats import prefetch_accuracy
+    from .trace_stats import plan_summary, prefetch_accuracy
 
     torch.manual_seed(seed)
     rt = Runtime(source, policy, device=device, batch=batch, budget_gb=budget_gb, cache_experts=cache_experts,
@@ -174,6 +174,7 @@ def run_replayed(source, policy: str, trace: str | Path, batch: int, *, device: 
             "memory": rt.memory.asdict(),
             "metrics": res.metrics,
             "prefetch_accuracy": prefetch_accuracy(rt.engine.trace, getattr(rt.policy, "alpha", 0.0), rt.info.top_k),
+            "plans": plan_summary(rt.engine.trace),  # [step, layer, T, device, loads, cpu, prefetches] per forward
             "env": rt.environment(),
             "tokens": [],  # a random model's tokens mean nothing
         }

@@ -72,3 +72,19 @@ def reuse_by_rank(records: list[dict], horizon: int = 3) -> torch.Tensor:
     if hits is None:
         raise ValueError(f"the trace has no decode step with {horizon} successors")
     return hits / count
+
+
+def plan_summary(records: list[dict]) -> list[list[int]]:
+    """Per decode forward of each layer, what it executed: [step, layer, tokens, experts computed on the device,
+    experts loaded, experts run on the CPU, experts prefetched]: the input a cost model replays."""
+    out = []
+    for r in records:
+        if r["phase"] != "decode":
+            continue
+        actions, topk = r["actions"].long(), r["topk"].long()  # [T,k]
+        used = set(topk[(actions == 0) | (actions == 1)].tolist())  # HIT / LOAD: computed on the device
+        if r.get("standins") is not None:
+            used |= set(r["standins"].long()[actions == 3].tolist())  # SUBSTITUTE: a resident stand-in
+        out.append([int(r["step"]), int(r["layer"]), int(topk.shape[0]), len(used), len(r["loads"]), len(r["cpu"]),
+                    len(r.get("prefetch") or [])])
+    return out

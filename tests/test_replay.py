@@ -147,3 +147,25 @@ def test_slim_traces_keep_what_replay_reads(recorded, tmp_path):
     a, b = RoutingReplay(recorded, (0, 1, 2)), RoutingReplay(slim["records"], (0, 1, 2))
     assert a.segments() == b.segments()
     assert main(["slim-traces", str(tmp_path / "slim/nothing"), "--out", str(tmp_path / "x")]) == 2  # no traces
+
+
+def test_accelerate_baseline_places_whole_layers_under_the_budget_and_decodes(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    from accelerate_offload import place
+
+    config = shape_config("qwen2-57b-a14b-shape")
+    with init_empty_weights():
+        meta = AutoModelForCausalLM.from_config(config, dtype=config.dtype)
+    small, large = (place(meta, gb, "cuda") for gb in (44, 100))  # a placement plan needs no GPU
+    on_gpu = lambda m: [k for k, v in m.items() if v == 0]  # noqa: E731
+    assert 0 < len(on_gpu(small)) < len(on_gpu(large)) and "cpu" in small.values()
+    assert all(k.startswith("model.layers.") or k in ("model.embed_tokens", "model.norm", "model.rotary_emb",
+                                                      "lm_head") for k in small)  # whole decoder layers
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/accelerate_offload.py"), "--shape", "qwen2-57b-a14b-shape",
+                    "--tiny", "--device", "cpu", "--budget-gb", "1", "--tokens", "3", "--batches", "1", "2",
+                    "--out", str(tmp_path)], check=True, cwd=ROOT)
+    rec = json.loads((tmp_path / "qwen2-57b-a14b-shape-tiny.json").read_text())
+    assert [r["batch"] for r in rec["runs"]] == [1, 2] and all(len(r["step_s"]) == 2 for r in rec["runs"])

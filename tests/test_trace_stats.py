@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from smoe.trace_stats import reuse_by_rank, score_by_rank
+from smoe.trace_stats import plan_summary, reuse_by_rank, score_by_rank
 
 
 def rec(step, scores, topk, layer=0, phase="decode"):
@@ -28,3 +28,14 @@ def test_score_by_rank_averages_sorted_scores_over_tokens_and_layers():
     trace = [rec(1, [0.1, 0.6, 0.3], [1]), rec(1, [0.5, 0.2, 0.3], [0], layer=1),
              rec(0, [1.0, 0.0, 0.0], [0], phase="prefill")]
     assert score_by_rank(trace).tolist() == pytest.approx([0.55, 0.3, 0.15])
+
+
+def test_plan_summary_counts_what_each_forward_executed():
+    r = rec(3, [0.4, 0.3, 0.2, 0.1], [0, 1], layer=2)
+    r["topk"] = torch.tensor([[0, 1], [2, 1]])  # two tokens, top-2
+    r["actions"] = torch.tensor([[0, 3], [2, 1]], dtype=torch.int8)  # e0 hit, e1 substituted by e3; e2 cpu, e1 load
+    r["standins"] = torch.tensor([[-1, 3], [-1, -1]])
+    r.update(loads=[(2, 1)], cpu=[2], prefetch=[(3, 0), (3, 2)])
+    prefill = dict(r, phase="prefill")
+    # device: e0 (hit), e1 (loaded for token 1), e3 (the stand-in); CPU: e2
+    assert plan_summary([prefill, r]) == [[3, 2, 2, 3, 1, 1, 2]]
