@@ -11,9 +11,14 @@ own top-k, and prefetching policies see the predictions recorded with the trace.
 floor; every row also gives the physical bound max(all-GPU TPOT, decode bytes over PCIe per step / the
 measured pinned copy rate) and TPOT as a multiple of it.
 
+Every measured run is also replayed by the cost model (`smoe.costmodel`) under each GPU profile, with the
+host cost per layer calibrated on this machine's all-GPU run: rows for the paper's GPUs (modelled, never
+measured) and for this machine itself (the model's error against the measurement).
+
 Writes to --out, appending as each run finishes (an interrupted sweep keeps what it measured):
-  {shape}.jsonl   one run record per line (parameters, every metric, prefetch accuracy)
+  {shape}.jsonl   one run record per line (parameters, every metric, prefetch accuracy, executed plans)
   {shape}.csv     the table, rewritten after every run
+  {shape}_modelled.csv  the cost model's TPOT per run and profile (measured=False; `measured_tpot_s` beside)
   {shape}_env.json  device, copy rates, host-store fill time, the exact command
 """
 from __future__ import annotations
@@ -25,10 +30,12 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from smoe.costmodel import PROFILES, ModelCosts, calibrate, step_times  # noqa: E402
 from smoe.errors import SmoeError  # noqa: E402
 from smoe.hardware import h2d_rate  # noqa: E402
 from smoe.policy import policy_names  # noqa: E402
@@ -84,7 +91,9 @@ def main() -> int:
     print(json.dumps(env), flush=True)
 
     rows: list[dict] = []
+    modelled: list[dict] = []
     floor: dict[tuple, float] = {}
+    host_s: dict[tuple, float] = {}  # cost model: host seconds per layer, from the all-GPU run
     for batch in args.batches:
         for workload in args.workloads:
             trace = Path(args.traces) / workload / f"b{batch}.pt"
@@ -98,8 +107,11 @@ def main() -> int:
                     print(f"{policy} {budget} b{batch} {workload}: {type(e).__name__}: {e}", flush=True)
                     continue
                 m, acc = rec["metrics"], rec["prefetch_accuracy"]
+                costs = ModelCosts(**rec["costs"])
                 if policy == "all-gpu":
                     floor[(batch, workload)] = m["tpot_s"]
+                    host_s[(batch, workload)] = calibrate(rec["plans"], m["tpot_s"], PROFILES[args.gpu], costs) \
+                        if args.gpu in PROFILES else 0.0
                 steps = max(m["decode_steps"], 1)
                 bound = max(floor.get((batch, workload), 0.0),
                             m["decode"]["bytes_h2d"] / steps / env["copy_Bps"] if env["copy_Bps"] else 0.0)
@@ -117,6 +129,13 @@ def main() -> int:
                     w = csv.DictWriter(f, fieldnames=COLUMNS)
                     w.writeheader()
                     w.writerows(rows)
+                for profile in PROFILES.values():
+                    steps = step_times(rec["plans"], profile, costs, host_s.get((batch, workload), 0.0))
+                    modelled.append({**{k: row[k] for k in ("model", "budget_gb", "policy", "batch", "workload")},
+                                     "gpu": profile.name, "measured": False,
+                                     "tpot_s": sum(steps) / len(steps) if steps else None,
+                                     "measured_on": args.gpu, "measured_tpot_s": m["tpot_s"]})
+                pd.DataFrame(modelled).to_csv(out / f"{name}_modelled.csv", index=False)
                 print(f"{policy:>15} {budget} b{batch} {workload:>13}: TPOT {m['tpot_s'] * 1e3:8.2f} ms, hit "
                       f"{m['hit_rate'] if m['hit_rate'] is not None else float('nan'):.3f}, x{row['tpot_over_bound'] or 0:.2f} "
                       f"of bound", flush=True)

@@ -13,6 +13,7 @@ new tokens), and a mismatch is an error, never a silent misalignment.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -144,6 +145,7 @@ def run_replayed(source, policy: str, trace: str | Path, batch: int, *, device: 
     """One run of `source` (e.g. a `shapes.RandomSource`) routed by `trace`: every generate call of the trace
     again, with random prompt ids of the recorded lengths. Returns a record shaped like `cli.run_one`'s (plus
     `prefetch_accuracy`); `record_trace` also saves this run's own trace (what belady reads)."""
+    from .costmodel import model_costs
     from .runtime import Runtime
     from .trace_stats import plan_summary, prefetch_accuracy
 
@@ -175,6 +177,7 @@ def run_replayed(source, policy: str, trace: str | Path, batch: int, *, device: 
             "metrics": res.metrics,
             "prefetch_accuracy": prefetch_accuracy(rt.engine.trace, getattr(rt.policy, "alpha", 0.0), rt.info.top_k),
             "plans": plan_summary(rt.engine.trace),  # [step, layer, T, device, loads, cpu, prefetches] per forward
+            "costs": asdict(model_costs(rt)),  # bytes a forward moves: what a cost model needs besides the plans
             "env": rt.environment(),
             "tokens": [],  # a random model's tokens mean nothing
         }

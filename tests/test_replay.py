@@ -133,6 +133,9 @@ def test_paper_shape_benchmark_runs_end_to_end_on_toy_widths(tmp_path):
     assert float(rows[0]["hit_rate"]) == 1.0 and float(rows[1]["hit_rate"]) < 1.0
     assert len((out / "deepseek-moe-16b-shape-tiny.jsonl").read_text().splitlines()) == 3
     assert json.loads((out / "deepseek-moe-16b-shape-tiny_env.json").read_text())["shape"] == "deepseek-moe-16b-shape"
+    modelled = list(csv.DictReader(open(out / "deepseek-moe-16b-shape-tiny_modelled.csv")))
+    assert {r["gpu"] for r in modelled} == {"rtx3080ti-12g", "rtx4060ti-16g", "a6000-48g", "h200"}
+    assert len(modelled) == 3 * 4 and all(r["measured"] == "False" and float(r["tpot_s"]) > 0 for r in modelled)
 
 
 def test_slim_traces_keep_what_replay_reads(recorded, tmp_path):
