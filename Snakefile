@@ -11,6 +11,7 @@ include: "workflow/rules/tables.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/accuracy.smk"
 include: "workflow/rules/routing.smk"
+include: "workflow/rules/heal.smk"
 
 
 rule all:

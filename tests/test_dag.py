@@ -175,3 +175,19 @@ def test_paper_config_plans_the_three_shapes_on_smolmoe_routing():
     bad["models"][1]["shape"] = {"name": "mixtral-shape", "replay": "smolmoe-135m"}
     with pytest.raises(ConfigError, match="unknown shape 'mixtral-shape'"):
         check_config(bad)
+
+
+def test_heal_rule_plans_a_recipe_and_a_model_can_be_built_from_it(tmp_path):
+    done = snake("-n", "-p", "--forceall", "results/heal/e64k24s384/e64k24s384.safetensors")
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-2000:]
+    assert "heal --topology e64k24s384 --steps 760 --batch 64 --plain-per-prompt 0" in out and "gpu=1" in out
+    config = load("config.yaml")
+    config["models"][0]["smolmoe"] = {"recipe": "results/heal/e64k24s384/e64k24s384.safetensors"}
+    config["heal"] = {"steps": 2000, "plain_per_prompt": 6}
+    path = tmp_path / "healed.yaml"
+    path.write_text(yaml.safe_dump(config))
+    done = snake("-n", "-p", "--forceall", "models/smolmoe-135m/smolmoe.json", "--configfile", str(path))
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-2000:]
+    assert "rule heal:" in out and "--steps 2000 --batch 64 --plain-per-prompt 6" in out
