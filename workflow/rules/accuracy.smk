@@ -32,13 +32,14 @@ rule accuracy:
     params:
         args=_acc_args,
         tasks=",".join(config.get("accuracy", {}).get("tasks", [])),
-        acc=config.get("accuracy", {}),
+        limit=config.get("accuracy", {}).get("limit"),  # only what a job uses: adding an alpha reruns nothing else
+        batch=config.get("accuracy", {}).get("batch", 8),
     threads: 1
     log:
         "logs/accuracy/{model}/{budget}/{policy}/a{alpha}.log",
     shell:
         "OMP_NUM_THREADS={threads} {PY} eval --model $(dirname {input.model}) --policy {wildcards.policy} "
-        "{params.args} --tasks {params.tasks} --limit {params.acc[limit]} --batch {params.acc[batch]} "
+        "{params.args} --tasks {params.tasks} --limit {params.limit} --batch {params.batch} "
         "--seed {config[seed]} --resources {config[resources]} --out {output} > {log} 2>&1"
 
 
