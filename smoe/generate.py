@@ -28,8 +28,11 @@ def greedy_decode(
     max_new_tokens: int,
     on_forward: Callable[[str, int], None] = lambda phase, step: None,
     on_logits: Callable[[int, torch.Tensor], None] | None = None,
+    stop: Callable[[torch.Tensor], bool] | None = None,
 ) -> tuple[torch.Tensor, float, list[float]]:
-    """Returns (new tokens [B,N] on the CPU, TTFT seconds, per-decode-step seconds)."""
+    """Returns (new tokens [B,N] on the CPU, TTFT seconds, per-decode-step seconds). `stop(tokens [B,n])`, if
+    given, ends decoding early once it returns True (accuracy runs: every sequence has hit a stop string);
+    latency runs leave it out, so every policy decodes the same number of steps."""
     cache = DynamicCache(config=model.config)
     kw = {_cache_kwarg(model): cache, "use_cache": True}
     mask = attention_mask
@@ -48,6 +51,8 @@ def greedy_decode(
 
     last_pos = pos[:, -1:]
     for step in range(1, max_new_tokens):
+        if stop is not None and stop(torch.stack(out_tokens, dim=1)):
+            break
         t0 = time.perf_counter()
         on_forward("decode", step)
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=-1)

@@ -97,7 +97,12 @@ class SMoELM(TemplateLM):
             until = [until] if isinstance(until, str) else list(until)
             n_new = int(gen.get("max_gen_toks", 64))
             ids = [self.tok_encode(ctx)[-(self.max_length - n_new):] for ctx, _ in chunk]
-            res = self.rt.generate(ids, n_new, accumulate=self._accumulate())
+
+            def done(tokens: torch.Tensor) -> bool:  # [B,n]: every sequence has met a stop string
+                return bool(until) and all(any(s in self.tok_decode(row.tolist()) for s in until if s)
+                                           for row in tokens)
+
+            res = self.rt.generate(ids, n_new, accumulate=self._accumulate(), stop=done)
             for toks in res.tokens:
                 text = self.tok_decode(toks)
                 cut = min([text.find(s) for s in until if s and s in text], default=len(text))

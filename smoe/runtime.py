@@ -157,6 +157,7 @@ class Runtime:
         max_new_tokens: int,
         on_logits=None,
         accumulate: bool = False,
+        stop=None,
     ) -> Result:
         if not prompts:
             raise PromptError("no prompts given")
@@ -192,7 +193,7 @@ class Runtime:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         tokens, ttft, steps = greedy_decode(
-            self.model, ids.to(self.device), mask.to(self.device), max_new_tokens, on_forward, on_logits
+            self.model, ids.to(self.device), mask.to(self.device), max_new_tokens, on_forward, on_logits, stop
         )
         eng.metrics.ttft_list.append(ttft)
         eng.metrics.step_s.extend(steps)

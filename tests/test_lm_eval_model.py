@@ -81,3 +81,16 @@ def test_eval_command_saves_runtime_counters(tiny, tmp_path):
     rec = json.loads(out.read_text())
     assert rec["results"]["tiny_mc"]["acc,none"] is not None
     assert rec["runtime"]["prefill"]["uses"] > 0  # every log-likelihood forward went through the runtime
+
+
+def test_generation_stops_once_every_sequence_met_a_stop_string_with_the_same_answers(tiny):
+    lm = SMoELM(str(tiny(FAMILY)), batch_size=2)
+    ctxs = ["Question: who?\nAnswer:", "Another one"]
+    full = [lm.tok_decode(t) for t in lm.rt.generate([lm.tok_encode(c) for c in ctxs], 40).tokens]
+    until = [full[0][6], full[1][9]]  # characters the random model writes early on, one per sequence
+    want = [t[: min(t.find(s) for s in until if s in t)] for t in full]
+    reqs = [(c, {"until": until, "max_gen_toks": 40}) for c in ctxs]
+    got = lm.generate_until([Instance("generate_until", {}, r, i) for i, r in enumerate(reqs)], disable_tqdm=True)
+    assert got == want
+    assert lm.run_metrics()["decode_steps"] < 39  # stopped early, the answers unchanged
+    lm.rt.close()
