@@ -40,6 +40,13 @@ PROMPTS = [
     "To compute the derivative of a product of two functions,",
     "Question: Is the sun a star? Answer:",
 ]
+PAST = [  # earlier requests: moe-infinity's activation history (other prompts than the measured ones)
+    "The water cycle moves water between the oceans, the air and the land:",
+    "Question: What is the capital of France? Answer:",
+    "Write a short poem about the sea.",
+]
+GROUPS = ("steps", "window", "policies", "moe-infinity")
+LOOKAHEADS = (1, 2, 3, 4)
 
 
 def write(path: Path, rows: list[dict]) -> None:
@@ -59,6 +66,9 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--alpha", type=float, default=0.25)
+    ap.add_argument("--groups", nargs="+", default=list(GROUPS), choices=GROUPS,
+                    help="what to run: the ablation steps, the eviction-window sweep, every other policy, "
+                         "moe-infinity's parameters (lookahead, activation history)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     out = Path(args.out)
@@ -67,10 +77,19 @@ def main() -> int:
     trace = str(Path(tempfile.mkdtemp()) / "lru.trace.pt")
     run_one(policy="lru", trace=trace, **common)
 
-    configs: list[tuple[str, str, dict]] = [(p, p, {"alpha": args.alpha} if p.startswith("smoe") else {}) for p in STEPS]
-    configs += [(f"smoe-ce n={n}", "smoe-ce", {"window": n}) for n in (1, 2, 4, 8, 16, 32, None)]
-    configs += [(p, p, {}) for p in policy_names() if p not in STEPS and p not in ("belady", "all-gpu")]
-    configs += [("belady", "belady", {"trace": trace})]
+    configs: list[tuple[str, str, dict]] = []
+    if "steps" in args.groups:
+        configs += [(p, p, {"alpha": args.alpha} if p.startswith("smoe") else {}) for p in STEPS]
+    if "window" in args.groups:
+        configs += [(f"smoe-ce n={n}", "smoe-ce", {"window": n}) for n in (1, 2, 4, 8, 16, 32, None)]
+    if "policies" in args.groups:
+        configs += [(p, p, {}) for p in policy_names() if p not in STEPS and p not in ("belady", "all-gpu")]
+        configs += [("belady", "belady", {"trace": trace})]
+    if "moe-infinity" in args.groups:
+        past = str(Path(tempfile.mkdtemp()) / "past.trace.pt")
+        run_one(policy="lru", trace=past, **(common | {"prompts": PAST[: args.batch]}))
+        configs += [(f"moe-infinity la={la} history={h}", "moe-infinity",
+                     {"lookahead": la} | ({"history": past} if h else {})) for la in LOOKAHEADS for h in (False, True)]
     results: dict[str, list[dict]] = {}
     accuracy: dict[str, dict] = {}
     for rep in range(args.repeats):
@@ -92,6 +111,20 @@ def main() -> int:
                 "loads": m["loads"], "cpu_experts": m["cpu_experts"], "substitutions": m["substitutions"],
                 "prefetches": m["prefetches"], "prefetch_used": m["prefetch_used"]}
 
+    if "moe-infinity" in args.groups:
+        write(out / "moe_infinity.csv", [{"lookahead": la, "history": h, **row(f"moe-infinity la={la} history={h}"),
+                                          **accuracy[f"moe-infinity la={la} history={h}"]}
+                                         for la in LOOKAHEADS for h in (False, True)])
+    if "window" in args.groups:
+        write(out / "window.csv", [{"window": str(n), **row(f"smoe-ce n={n}")} for n in (1, 2, 4, 8, 16, 32, None)])
+    if "policies" in args.groups:
+        write(out / "policies.csv", [row(label) for label, _, _ in configs if label in results
+                                     and not label.startswith(("smoe-ce n=", "moe-infinity la="))])
+    if {"steps", "policies"} & set(args.groups):
+        write(out / "prefetch_accuracy.csv", [{"policy": p, **a} for p, a in accuracy.items()
+                                              if not p.startswith("moe-infinity la=")])
+    if "steps" not in args.groups:
+        return 0
     ablation = []
     for i, p in enumerate(STEPS):
         r = row(p)
@@ -104,9 +137,6 @@ def main() -> int:
             r.update(tpot_change_pct=None, hit_change_pct=None, paper_tpot_change_pct=None, paper_hit_change_pct=None)
         ablation.append(r)
     write(out / "ablation.csv", ablation)
-    write(out / "window.csv", [{"window": str(n), **row(f"smoe-ce n={n}")} for n in (1, 2, 4, 8, 16, 32, None)])
-    write(out / "policies.csv", [row(label) for label, _, _ in configs if not label.startswith("smoe-ce n=")])
-    write(out / "prefetch_accuracy.csv", [{"policy": p, **a} for p, a in accuracy.items()])
     for r in ablation:
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
     return 0

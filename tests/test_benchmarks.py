@@ -1,0 +1,22 @@
+"""Benchmark scripts that have no other test, run on a tiny checkpoint (their numbers mean nothing here)."""
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+from smoe.tiny import make_tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ablation_runs_only_the_groups_asked_for(tmp_path):
+    model = make_tiny("qwen2_moe", tmp_path / "m")
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/ablation.py"), "--model", str(model), "--cache-experts",
+                    "6", "--tokens", "4", "--repeats", "1", "--groups", "moe-infinity", "--out", str(out)],
+                   check=True, cwd=ROOT, capture_output=True)
+    assert sorted(p.name for p in out.iterdir()) == ["moe_infinity.csv"]
+    rows = list(csv.DictReader(open(out / "moe_infinity.csv")))
+    assert [(r["lookahead"], r["history"]) for r in rows] == [(str(la), h) for la in (1, 2, 3, 4)
+                                                            for h in ("False", "True")]
+    assert all(0 <= float(r["hit_rate"]) <= 1 and "top_score_share" in r for r in rows)
