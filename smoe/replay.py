@@ -73,6 +73,9 @@ class RoutingReplay:
         top_k = runtime.info.top_k
         renorm, scale = family.renormalises(config), family.scaling(config)
         blocks = runtime.engine.predictor.blocks
+        for recs in self.records.values():  # on the device up front: no copy inside the timed forwards
+            for r in recs:
+                r["scores_on_device"] = r["scores"].to(runtime.device, torch.float32)  # [T,E]
         for layer in runtime.info.moe_layers:
             blocks[layer].register_forward_pre_hook(self._next_record(layer))
             blocks[layer].gate.register_forward_hook(self._replace(layer, top_k, renorm, scale), prepend=True)
@@ -94,7 +97,7 @@ class RoutingReplay:
             if rec is None:  # a router call outside the block's forward (e.g. a predictor): left alone
                 return None
             logits = output[0]  # [T,E]
-            scores = rec["scores"].to(logits.device, torch.float32)  # [T,E] recorded probabilities
+            scores = rec["scores_on_device"]  # [T,E] recorded probabilities
             if scores.shape != logits.shape:
                 raise SmoeError(f"{self.name}: layer {layer} forward {self.cursor[layer]} recorded scores of shape "
                                 f"{tuple(scores.shape)}; the run routes {tuple(logits.shape)} (feed `segments()`)")
