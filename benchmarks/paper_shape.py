@@ -43,7 +43,7 @@ from smoe.replay import filled_host_store, run_replayed  # noqa: E402
 from smoe.shapes import SHAPES, RandomSource  # noqa: E402
 
 COLUMNS = ["model", "gpu", "measured", "budget_gb", "policy", "batch", "workload", "ttft_s", "tpot_s", "tpot_p50_s",
-           "tpot_p90_s", "hit_rate", "bytes_h2d", "cpu_experts", "substitutions", "prefetches", "prefetch_top_share",
+           "tpot_p90_s", "hit_rate", "bytes_h2d", "cpu_experts", "cpu_time_s", "substitutions", "prefetches", "prefetch_top_share",
            "prefetch_routed_share", "policy_time_s", "slots", "bound_s", "tpot_over_bound"]
 
 
@@ -118,7 +118,8 @@ def main() -> int:
                 row = {"model": name, "gpu": args.gpu, "measured": args.device == "cuda",
                        "budget_gb": budget, "policy": policy, "batch": batch, "workload": workload,
                        **{k: m[k] for k in ("ttft_s", "tpot_s", "tpot_p50_s", "tpot_p90_s", "hit_rate", "bytes_h2d",
-                                            "cpu_experts", "substitutions", "prefetches", "policy_time_s")},
+                                            "cpu_experts", "cpu_time_s", "substitutions", "prefetches",
+                                            "policy_time_s")},
                        "prefetch_top_share": acc["top_score_share"], "prefetch_routed_share": acc["routed_share"],
                        "slots": rec["memory"]["capacity"], "bound_s": bound,
                        "tpot_over_bound": m["tpot_s"] / bound if bound else None}
