@@ -43,8 +43,8 @@ from smoe.replay import filled_host_store, run_replayed  # noqa: E402
 from smoe.shapes import SHAPES, RandomSource  # noqa: E402
 
 COLUMNS = ["model", "gpu", "measured", "budget_gb", "policy", "batch", "workload", "ttft_s", "tpot_s", "tpot_p50_s",
-           "tpot_p90_s", "hit_rate", "bytes_h2d", "cpu_experts", "cpu_time_s", "substitutions", "prefetches", "prefetch_top_share",
-           "prefetch_routed_share", "policy_time_s", "slots", "bound_s", "tpot_over_bound"]
+           "tpot_p90_s", "hit_rate", "bytes_h2d", "cpu_experts", "cpu_time_s", "substitutions", "prefetches",
+           "prefetch_top_share", "prefetch_routed_share", "policy_time_s", "slots", "bound_s", "tpot_over_bound"]
 
 
 def main() -> int:
