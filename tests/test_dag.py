@@ -111,6 +111,9 @@ def test_ci_grid_end_to_end(tmp_path):
     again = snake("--configfile", "config/test.yaml", cwd=work)  # no --cores: profiles/default gives them
     assert again.returncode == 0, again.stderr[-2000:]
     assert "Nothing to be done" in again.stdout + again.stderr
+    report = snake("--report", "report.html", "--configfile", "config/test.yaml", cwd=work)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert (work / "report.html").stat().st_size > 100_000
 
 
 def test_full_smolmoe_config_plans_the_model_build_and_keeps_its_outputs_apart():
