@@ -152,8 +152,10 @@ def test_accuracy_grid_and_its_checks():
     runs = accuracy_runs(config)
     assert runs[:2] == [dict(model="smolmoe-135m", budget="dense", policy="dense", alpha=0),
                         dict(model="smolmoe-135m", budget="s1920", policy="all-gpu", alpha=0)]
-    assert {(r["policy"], r["alpha"]) for r in runs[2:]} == {("smoe", a) for a in (0.1, 0.25, 0.5)} | {
+    alphas = (0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6)  # Table IV's grid
+    assert {(r["policy"], r["alpha"]) for r in runs[2:]} == {("smoe", a) for a in alphas} | {
         ("skip", 0.25), ("score-lower", 0.25)}
+    assert len(runs) == 2 + len(alphas) + 2
     config["accuracy"]["tasks"] = ["smoe_hellaswag", "hellaswag"]
     with pytest.raises(ConfigError, match="unknown task 'hellaswag'.*accepted: smoe_hellaswag"):
         check_config(config)
