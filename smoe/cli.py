@@ -70,6 +70,7 @@ def run_one(
     cache_experts: int | None = None,
     params: dict | None = None,
     trace: str | None = None,
+    trace_predictions: bool = False,
     seed: int = 0,
     cpu_threads: int | None = None,
 ) -> dict:
@@ -81,7 +82,7 @@ def run_one(
     torch.manual_seed(seed)
     rt = Runtime(
         model, policy, device=device, budget_gb=budget_gb, cache_experts=cache_experts, batch=batch,
-        policy_params=params, trace=trace is not None, cpu_threads=cpu_threads,
+        policy_params=params, trace=trace is not None, trace_predictions=trace_predictions, cpu_threads=cpu_threads,
         # KV reserve: a prompt has at most as many tokens as characters (plus a few special tokens)
         kv_tokens=batch * (max(len(p) for p in prompts) + 8 + max_new_tokens),
     )

@@ -60,6 +60,7 @@ class Engine:
         act,
         cpu_threads: int,
         trace: bool = False,
+        trace_predictions: bool = False,
         predictor: NextLayerPredictor | None = None,
     ):
         self.policy = policy
@@ -77,6 +78,7 @@ class Engine:
         self.phase = "prefill"
         self.step = 0
         self.trace: list[dict] | None = [] if trace else None
+        self.trace_predictions = trace_predictions  # costs a predictor pass per layer: off for timed runs
         self.view = CacheView(pool)
         self.costs = {"load": deque(maxlen=256), "cpu": deque(maxlen=256)}  # measured seconds per expert
         self.predictor = predictor
@@ -187,8 +189,8 @@ class Engine:
         prefetched: list = []
         partial = lambda: self._combine(torch.zeros_like(x), hits, outs, tok, w)  # noqa: E731
         predicted = None
-        if self.trace is not None and self.phase == "decode" and self.predictor is not None \
-                and self.predictor.replay is None:
+        if self.trace is not None and self.trace_predictions and self.phase == "decode" \
+                and self.predictor is not None and self.predictor.replay is None:
             predicted = self._predictions(layer, x, partial())
         if self.wants_prefetch and not pending:
             ctx = PrefetchContext(layer, x, partial, self.predictor)

@@ -61,6 +61,7 @@ class Runtime:
         kv_tokens: int = 4096,
         cpu_threads: int | None = None,
         trace: bool = False,
+        trace_predictions: bool = False,  # also record the predictor's view of later layers (replay sources)
         policy_params: dict | None = None,
         host_store: HostStore | None = None,
     ):
@@ -123,7 +124,7 @@ class Runtime:
         act = ACT2FN[config.get_text_config().hidden_act]
         self.engine = Engine(
             self.policy, self.pool, self.ckpt.family, config, self.info, act,
-            cpu_threads=cpu_threads or default_cpu_threads(), trace=trace,
+            cpu_threads=cpu_threads or default_cpu_threads(), trace=trace, trace_predictions=trace_predictions,
             predictor=NextLayerPredictor(self.model, blocks, self.ckpt.family),
         )
         for layer, block in blocks.items():

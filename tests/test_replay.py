@@ -51,7 +51,7 @@ def test_random_source_is_seeded_per_tensor_and_loads_like_a_checkpoint():
 def recorded(tmp_path_factory):
     """A 4-layer tiny Qwen2-MoE run's trace, with the predictor's recorded predictions."""
     ckpt = make_tiny("qwen2_moe", tmp_path_factory.mktemp("q") / "q", num_hidden_layers=4)
-    rt = Runtime(ckpt, "lru", cache_experts=32, batch=2, trace=True)
+    rt = Runtime(ckpt, "lru", cache_experts=32, batch=2, trace=True, trace_predictions=True)
     rt.generate([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]], max_new_tokens=4)
     rt.generate([[1, 2, 3], [4, 5, 6]], max_new_tokens=3, accumulate=True)
     records = rt.engine.trace
@@ -65,6 +65,13 @@ def test_a_trace_records_the_predictors_view_of_later_layers(recorded):
     assert set(decode[3]["predicted"]) == set()  # the last MoE layer predicts nothing
     assert decode[0]["predicted"]["attn1"].shape == decode[0]["scores"].shape
     assert all(r["predicted"] is None for r in recorded if r["phase"] == "prefill")
+
+
+def test_timed_runs_do_not_pay_for_predictions(tiny):
+    rt = Runtime(tiny("qwen2_moe"), "lru", cache_experts=32, trace=True)  # trace_predictions off
+    rt.generate([[1, 2, 3]], max_new_tokens=3)
+    assert rt.engine.trace and all(r["predicted"] is None for r in rt.engine.trace)
+    rt.close()
 
 
 def replayed_run(recorded, policy: str, layers: int = 3):
@@ -117,7 +124,7 @@ def test_paper_shape_benchmark_runs_end_to_end_on_toy_widths(tmp_path):
     28-layer tiny smolmoe trace: rows for every setting, the floor first, bounds filled in."""
     ckpt = make_tiny("smolmoe", tmp_path / "sm", num_hidden_layers=28, num_experts=64, num_experts_per_tok=8,
                      moe_intermediate_size=4, shared_expert_intermediate_size=16)
-    rt = Runtime(ckpt, "lru", cache_experts=28 * 64, batch=1, trace=True)
+    rt = Runtime(ckpt, "lru", cache_experts=28 * 64, batch=1, trace=True, trace_predictions=True)
     rt.generate(["the sea"], max_new_tokens=3)
     (tmp_path / "traces/exam").mkdir(parents=True)
     torch.save({"model": str(ckpt), "policy": "lru", "records": rt.engine.trace}, tmp_path / "traces/exam/b1.pt")

@@ -39,7 +39,7 @@ for i, out in enumerate(sm.output):
     else:
         rec = run_one(model=model, policy=policy, device=cfg["device"], batch=batch, prompts=prompts,
                       max_new_tokens=cfg["max_new_tokens"], params=params, seed=cfg["seed"],
-                      trace=out if tracing else None, **budget_args(w.budget))
+                      trace=out if tracing else None, trace_predictions=tracing, **budget_args(w.budget))
     if tracing:
         continue
     rec["params"].update(gpu=w.gpu, model_name=w.model, budget=w.budget, workload=workload)
