@@ -20,7 +20,7 @@ The lm head closes each step. Decode at batch 1-3 is memory-bound, so compute ra
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -31,9 +31,6 @@ class MachineProfile:
     cpu_mem_gbps: float  # what the CPU streams through an expert's weights, GB/s
     source: str  # where the numbers come from
     measured: bool = False  # true only for rates measured on that machine
-
-    def asdict(self) -> dict:
-        return asdict(self)
 
 
 # Effective rates: a PCIe 3.0 x16 link moves about 12 GB/s of pinned copies, 4.0 x16 about 24 GB/s (half a

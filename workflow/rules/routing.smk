@@ -4,10 +4,8 @@
 
 def _routing_traces(w):
     budget = model_spec(config, w.model).get("budgets", config["budgets"])[0]
-    return expand(
-        f"{RES}/traces/{{gpu}}/{{model}}/{{budget}}/{{workload}}/b1.pt",
-        gpu=config["gpu"], model=w.model, budget=budget, workload=config["workloads"],
-    )
+    return [TRACE.format(results=RES, gpu=config["gpu"], model=w.model, budget=budget, workload=wl, batch=1)
+            for wl in config["workloads"]]
 
 
 rule routing_stats:
