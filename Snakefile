@@ -19,4 +19,5 @@ rule all:
         f"{TABLES}/perf.csv",
         FIGURES,
         ACC_TABLES,
+        GPU_TABLES,
         f"{FIGDIR}/fig5_score_by_rank.pdf",

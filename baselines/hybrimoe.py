@@ -67,6 +67,10 @@ class HybriMoE(CachingPolicy):
         self.pcie_idle = max(0.0, t_cpu - t_gpu)  # link time left while the CPU finishes this layer
         return self.plan_placement(view, placement)
 
+    @property
+    def predictor_passes(self) -> int:
+        return self.depth  # one router pass per look-ahead layer
+
     def prefetch(self, view: LayerView, ctx) -> PrefetchPlan | None:  # type: ignore[override]
         if view.phase != "decode":
             return None

@@ -8,7 +8,7 @@ The model is built whole in host memory (bfloat16; Qwen2-57B needs 114 GB, so th
 places them) and dispatched with `dispatch_model`: layers that do not fit stay in host memory and accelerate
 copies each of them to the GPU on every forward. Routing does not matter to this baseline (an offloaded layer
 moves all of its experts), so the model's own random routers run. Greedy decoding with a KV cache, the same loop
-the runtime uses (`smoe.generate.greedy_decode`); TPOT is the mean decode step. Writes {shape}.json with the
+the runtime uses (`smoe.generate.greedy_decode`); TPOT is the mean decode step. Writes {shape}_{budget}gib.json with the
 device map summary, TTFT and every step's time, per batch size.
 """
 from __future__ import annotations
@@ -101,7 +101,7 @@ def main() -> int:
               flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(record, indent=1))
+    (out / f"{name}_{args.budget_gb:g}gib.json").write_text(json.dumps(record, indent=1))
     return 0
 
 

@@ -11,14 +11,17 @@ own top-k, and prefetching policies see the predictions recorded with the trace.
 floor; every row also gives the physical bound max(all-GPU TPOT, decode bytes over PCIe per step / the
 measured pinned copy rate) and TPOT as a multiple of it.
 
-Every measured run is also replayed by the cost model (`smoe.costmodel`) under each GPU profile, with the
-host cost per layer calibrated on this machine's all-GPU run: rows for the paper's GPUs (modelled, never
-measured) and for this machine itself (the model's error against the measurement).
+With --link-gbps 0 G the offloading policies run at this machine's own link and again with the host->GPU link
+emulated at G GB/s (`smoe.hardware.EmulatedLink`: each copy is held on its stream until bytes / G has passed), the
+paper's PCIe on this GPU: such rows say `link_gbps` = G and their bound uses G; the all-GPU floor runs once, on the
+real link (it copies nothing while decoding). Files get a `_link{G}` suffix per emulated rate.
+
+The records keep every run's executed plans, from which the DAG's `gpu_tables` rule fits the cost model
+(`smoe.costmodel.model_measured_runs`) and models the paper's GPUs.
 
 Writes to --out, appending as each run finishes (an interrupted sweep keeps what it measured):
   {shape}.jsonl   one run record per line (parameters, every metric, prefetch accuracy, executed plans)
   {shape}.csv     the table, rewritten after every run
-  {shape}_modelled.csv  the cost model's TPOT per run and profile (measured=False; `measured_tpot_s` beside)
   {shape}_env.json  device, copy rates, host-store fill time, the exact command
 """
 from __future__ import annotations
@@ -30,12 +33,10 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from smoe.costmodel import PROFILES, ModelCosts, calibrate, step_times  # noqa: E402
 from smoe.errors import SmoeError  # noqa: E402
 from smoe.hardware import h2d_rate  # noqa: E402
 from smoe.policy import policy_names  # noqa: E402
@@ -44,7 +45,8 @@ from smoe.shapes import SHAPES, RandomSource  # noqa: E402
 
 COLUMNS = ["model", "gpu", "measured", "budget_gb", "policy", "batch", "workload", "ttft_s", "tpot_s", "tpot_p50_s",
            "tpot_p90_s", "hit_rate", "bytes_h2d", "cpu_experts", "cpu_time_s", "substitutions", "prefetches",
-           "prefetch_top_share", "prefetch_routed_share", "policy_time_s", "slots", "bound_s", "tpot_over_bound"]
+           "prefetch_top_share", "prefetch_routed_share", "policy_time_s", "slots", "link_gbps", "bound_s",
+           "tpot_over_bound"]
 
 
 def main() -> int:
@@ -59,9 +61,12 @@ def main() -> int:
     ap.add_argument("--policies", nargs="+", default=None, help="default: every registered policy but belady")
     ap.add_argument("--workloads", nargs="+", default=["exam", "language", "knowledge", "understanding", "reasoning"])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 3])
+    ap.add_argument("--segments", type=int, help="replay only each trace's first N generate calls (default: all)")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a policy parameter")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--gpu", default="h200", help="the `gpu` column (what the rows were timed on)")
+    ap.add_argument("--link-gbps", type=float, nargs="+", default=[0.0], help="host->GPU link rates to run every "
+                    "offloading policy at, GB/s, emulated (the paper's PCIe); 0: this machine's own link")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -69,11 +74,15 @@ def main() -> int:
     unknown = sorted(set(policies) - set(policy_names()))
     if unknown:
         ap.error(f"unknown policies {unknown}; accepted: {', '.join(policy_names())}")
+    links = [g or None for g in args.link_gbps]  # None: the machine's own link
+    if any(links) and args.device != "cuda":
+        ap.error("--link-gbps emulates a PCIe link on a GPU; it needs --device cuda")
     overrides = {"num_hidden_layers": args.layers} if args.layers else {}
     if args.tiny:
         overrides |= dict(hidden_size=64, intermediate_size=128, moe_intermediate_size=16, vocab_size=512,
                           shared_expert_intermediate_size=32, num_attention_heads=4, num_key_value_heads=2)
     name = args.shape + (f"-{args.layers}l" if args.layers else "") + ("-tiny" if args.tiny else "")
+    stem = name + "".join(f"_link{g:g}" for g in links if g)
     source = RandomSource.named(args.shape, device=args.device, **overrides)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,57 +96,51 @@ def main() -> int:
            "expert_bytes": expert_bytes, "argv": sys.argv,
            "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
            "copy_Bps": h2d_rate(expert_bytes) if args.device == "cuda" else None}
-    (out / f"{name}_env.json").write_text(json.dumps(env, indent=1))
+    (out / f"{stem}_env.json").write_text(json.dumps(env, indent=1))
     print(json.dumps(env), flush=True)
 
+    if args.device == "cuda":  # a process's first run is cold (kernels, allocator): warm up, measure nothing
+        run_replayed(source, "all-gpu", Path(args.traces) / args.workloads[0] / f"b{args.batches[0]}.pt",
+                     args.batches[0], device=args.device, host_store=store, max_segments=1,
+                     cache_experts=every_expert)
     rows: list[dict] = []
-    modelled: list[dict] = []
     floor: dict[tuple, float] = {}
-    host_s: dict[tuple, float] = {}  # cost model: host seconds per layer, from the all-GPU run
     for batch in args.batches:
         for workload in args.workloads:
             trace = Path(args.traces) / workload / f"b{batch}.pt"
-            settings = [("all-gpu", None)] + [(p, b) for b in args.budgets_gb for p in policies if p != "all-gpu"]
-            for policy, budget in settings:
+            settings = [("all-gpu", None, None)] + [(p, b, g) for g in links for b in args.budgets_gb
+                                                    for p in policies if p != "all-gpu"]
+            for policy, budget, link in settings:
                 try:
                     size = {"cache_experts": every_expert} if budget is None else {"budget_gb": budget}
                     rec = run_replayed(source, policy, trace, batch, device=args.device, params=params,
-                                       host_store=store, **size)
+                                       host_store=store, link_gbps=link, max_segments=args.segments, **size)
                 except (SmoeError, torch.cuda.OutOfMemoryError) as e:  # a budget too small for a batch: a row says so
-                    print(f"{policy} {budget} b{batch} {workload}: {type(e).__name__}: {e}", flush=True)
+                    print(f"{policy} {budget} {link} b{batch} {workload}: {type(e).__name__}: {e}", flush=True)
                     continue
                 m, acc = rec["metrics"], rec["prefetch_accuracy"]
-                costs = ModelCosts(**rec["costs"])
                 if policy == "all-gpu":
                     floor[(batch, workload)] = m["tpot_s"]
-                    host_s[(batch, workload)] = calibrate(rec["plans"], m["tpot_s"], PROFILES[args.gpu], costs) \
-                        if args.gpu in PROFILES else 0.0
                 steps = max(m["decode_steps"], 1)
+                link_Bps = rec["env"]["link_gbps"] * 1e9 if rec["env"]["link_gbps"] else env["copy_Bps"]
                 bound = max(floor.get((batch, workload), 0.0),
-                            m["decode"]["bytes_h2d"] / steps / env["copy_Bps"] if env["copy_Bps"] else 0.0)
+                            m["decode"]["bytes_h2d"] / steps / link_Bps if link_Bps else 0.0)
                 row = {"model": name, "gpu": args.gpu, "measured": args.device == "cuda",
                        "budget_gb": budget, "policy": policy, "batch": batch, "workload": workload,
                        **{k: m[k] for k in ("ttft_s", "tpot_s", "tpot_p50_s", "tpot_p90_s", "hit_rate", "bytes_h2d",
                                             "cpu_experts", "cpu_time_s", "substitutions", "prefetches",
                                             "policy_time_s")},
                        "prefetch_top_share": acc["top_score_share"], "prefetch_routed_share": acc["routed_share"],
-                       "slots": rec["memory"]["capacity"], "bound_s": bound,
+                       "slots": rec["memory"]["capacity"], "link_gbps": rec["env"]["link_gbps"], "bound_s": bound,
                        "tpot_over_bound": m["tpot_s"] / bound if bound else None}
                 rows.append(row)
-                with open(out / f"{name}.jsonl", "a") as f:
+                with open(out / f"{stem}.jsonl", "a") as f:
                     f.write(json.dumps({"row": row, **rec}) + "\n")
-                with open(out / f"{name}.csv", "w", newline="") as f:
+                with open(out / f"{stem}.csv", "w", newline="") as f:
                     w = csv.DictWriter(f, fieldnames=COLUMNS)
                     w.writeheader()
                     w.writerows(rows)
-                for profile in PROFILES.values():
-                    steps = step_times(rec["plans"], profile, costs, host_s.get((batch, workload), 0.0))
-                    modelled.append({**{k: row[k] for k in ("model", "budget_gb", "policy", "batch", "workload")},
-                                     "gpu": profile.name, "measured": False,
-                                     "tpot_s": sum(steps) / len(steps) if steps else None,
-                                     "measured_on": args.gpu, "measured_tpot_s": m["tpot_s"]})
-                pd.DataFrame(modelled).to_csv(out / f"{name}_modelled.csv", index=False)
-                print(f"{policy:>15} {budget} b{batch} {workload:>13}: TPOT {m['tpot_s'] * 1e3:8.2f} ms, hit "
+                print(f"{policy:>15} {budget} {link or 'native'} b{batch} {workload:>13}: TPOT {m['tpot_s'] * 1e3:8.2f} ms, hit "
                       f"{m['hit_rate'] if m['hit_rate'] is not None else float('nan'):.3f}, x{row['tpot_over_bound'] or 0:.2f} "
                       f"of bound", flush=True)
     return 0

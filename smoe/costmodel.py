@@ -20,7 +20,7 @@ The lm head closes each step. Decode at batch 1-3 is memory-bound, so compute ra
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -70,44 +70,182 @@ def model_costs(runtime) -> ModelCosts:
                       head_bytes=nbytes(runtime.model.lm_head) + nbytes(runtime.model.model.norm))
 
 
+@dataclass(frozen=True)
+class HostCosts:
+    """Host seconds the runtime's Python spends beside the device work (kernel launches, waits, planning), as
+    measured or fitted on one machine (`fit_host_costs`); zero everywhere is a host that costs nothing."""
+    per_layer: float = 0.0  # a layer's skeleton launches (attention, router, combine): fitted on an all-GPU run
+    per_load: float = 0.0  # each loaded expert: issuing its copy and its own kernels
+    per_prediction: float = 0.0  # one predictor pass (the next layer's attention and router) and its wait
+    policy_per_layer: float = 0.0  # the policy's planning: the run's own measurement
+    cpu_per_expert: float | None = None  # one expert on this host's CPU (None: the profile's memory rate)
+
+
 def step_times(plans: list[list[int]], profile: MachineProfile, costs: ModelCosts,
-               host_s_per_layer: float = 0.0) -> list[float]:
+               host: HostCosts = HostCosts(), predictions: int = 0) -> list[float]:
     """Modelled seconds of each decode step. plans: [step, layer, tokens, device, loads, cpu, prefetches]
-    rows in execution order (`trace_stats.plan_summary`)."""
+    rows in execution order (`trace_stats.plan_summary`); `predictions`: predictor passes the policy runs per
+    layer (`ExpertPolicy.predictor_passes`).
+
+    Three clocks: the host (launches, planning, waits), the device's compute stream and the copy engine. The
+    host launches a layer's skeleton, then waits for its router scores (the device must have run it), plans,
+    issues the copies, launches the experts; the device runs resident experts at once and each loaded one when
+    its copy has landed. A predicting policy then launches the predictor and waits for its scores (each pass
+    charged a skeleton's bytes on the device); CPU experts
+    run from the planning on and the host waits for them before the next layer. The step ends when the host has
+    read the next token (after the lm head)."""
     gb = 1e9
-    t_skel = costs.layer_skeleton_bytes / (profile.gpu_mem_gbps * gb) + host_s_per_layer
+    t_skel = costs.layer_skeleton_bytes / (profile.gpu_mem_gbps * gb)
     t_gpu = costs.expert_bytes / (profile.gpu_mem_gbps * gb)  # one expert on the device
     t_copy = costs.expert_bytes / (profile.pcie_gbps * gb)  # one expert over PCIe
-    t_cpu = costs.expert_bytes / (profile.cpu_mem_gbps * gb)  # one expert on the CPU
+    t_cpu = host.cpu_per_expert if host.cpu_per_expert is not None else \
+        costs.expert_bytes / (profile.cpu_mem_gbps * gb)  # one expert on the CPU
     t_head = costs.head_bytes / (profile.gpu_mem_gbps * gb)
     steps: dict[int, float] = {}
-    now = copy_free = start = 0.0
+    h = g = c = start = 0.0  # host, compute stream, copy engine
     current = None
+
+    def end_step() -> float:
+        nonlocal h, g
+        g = max(g, h) + t_head
+        h = max(h, g)  # the next token is read
+        return h
+
     for step, _layer, _tokens, device, loads, cpu, prefetches in plans:
         if step != current:
             if current is not None:
-                now += t_head
-                steps[current] = now - start
-            current, start = step, now
-        routed = now + t_skel  # scores known: copies can start
-        copy_free = max(copy_free, routed)
-        gpu = routed + (device - loads) * t_gpu  # resident experts while the copies run
+                steps[current] = end_step() - start
+            current, start = step, h
+        h += host.per_layer
+        g = max(g, h) + t_skel
+        h = max(h, g) + host.policy_per_layer  # router scores read, then the plan
+        cpu_done = h + cpu * t_cpu
+        landed = []
         for _ in range(loads):
-            copy_free += t_copy
-            gpu = max(gpu, copy_free) + t_gpu
-        copy_free += prefetches * t_copy  # later layers' experts, behind this layer's loads
-        cpu_done = routed + cpu * t_cpu
-        now = max(gpu, cpu_done)
+            c = max(c, h) + t_copy
+            landed.append(c)
+        h += loads * host.per_load
+        g = max(g, h) + (device - loads) * t_gpu  # resident experts while the copies run
+        if predictions:
+            h += predictions * host.per_prediction
+            g = max(g, h) + predictions * t_skel  # the predictor's attention and router
+            h = max(h, g)
+        c = max(c, h) + prefetches * t_copy  # later layers' experts, behind this layer's loads
+        for landed_at in landed:
+            g = max(g, landed_at) + t_gpu
+        h = max(h, cpu_done)
     if current is not None:
-        now += t_head
-        steps[current] = now - start
+        steps[current] = end_step() - start
     return [steps[s] for s in sorted(steps)]
 
 
 def calibrate(all_gpu_plans: list[list[int]], measured_tpot_s: float, profile: MachineProfile,
-              costs: ModelCosts) -> float:
-    """The host seconds per layer that make the model's all-GPU TPOT equal the measured one (>= 0)."""
-    modelled = step_times(all_gpu_plans, profile, costs)
-    per_step_layers = len(all_gpu_plans) / max(len(modelled), 1)
-    gap = measured_tpot_s - sum(modelled) / max(len(modelled), 1)
-    return max(gap / per_step_layers, 0.0)
+              costs: ModelCosts, host: HostCosts = HostCosts()) -> float:
+    """The host seconds per layer (`HostCosts.per_layer`) that make the model's all-GPU TPOT equal the
+    measured one (>= 0); `host`'s other fields are kept."""
+    def tpot(per_layer: float) -> float:
+        steps = step_times(all_gpu_plans, profile, costs, replace(host, per_layer=per_layer))
+        return sum(steps) / max(len(steps), 1)
+
+    lo, hi = 0.0, max(measured_tpot_s, 1e-9)
+    if tpot(lo) >= measured_tpot_s:
+        return 0.0
+    for _ in range(60):  # TPOT grows monotonically with the host cost: bisect
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if tpot(mid) < measured_tpot_s else (lo, mid)
+    return (lo + hi) / 2
+
+
+@dataclass
+class MeasuredRun:
+    """What the fit needs of one measured run (a `run_replayed` record)."""
+    group: tuple  # runs of one group share the all-GPU floor (batch, workload)
+    policy: str
+    plans: list[list[int]]
+    costs: ModelCosts
+    tpot_s: float
+    link_gbps: float  # the host->device rate it ran at (measured or emulated)
+    host: HostCosts  # its own measured planning time per layer and CPU expert time
+    predictions: int  # predictor passes per layer
+
+    @classmethod
+    def from_record(cls, rec: dict, native_gbps: float) -> "MeasuredRun":
+        from .policy import make_policy
+
+        p, m = rec["params"], rec["metrics"]
+        dec = m["decode"]
+        layers = max(len(rec["plans"]), 1)
+        cpu = dec["cpu_time_s"] / dec["cpu_experts"] if dec["cpu_experts"] else None
+        policy = make_policy(p["policy"], **p.get("policy_params", {}))
+        return cls(group=(p["batch"], p["replay"]), policy=p["policy"], plans=rec["plans"],
+                   costs=ModelCosts(**rec["costs"]), tpot_s=m["tpot_s"],
+                   link_gbps=p.get("link_gbps") or native_gbps,
+                   host=HostCosts(policy_per_layer=dec["policy_time_s"] / layers, cpu_per_expert=cpu),
+                   predictions=policy.predictor_passes)
+
+    def modelled(self, profile: MachineProfile, host: HostCosts, own_cpu: bool = True) -> float:
+        """Mean modelled step under `profile` with `host`'s costs plus this run's own planning time and (if
+        `own_cpu`: on the machine it ran on) its measured CPU expert time; else the profile's CPU rate."""
+        h = replace(host, policy_per_layer=self.host.policy_per_layer,
+                    cpu_per_expert=self.host.cpu_per_expert if own_cpu else None)
+        steps = step_times(self.plans, profile, self.costs, h, self.predictions)
+        return sum(steps) / max(len(steps), 1)
+
+
+def fit_host_costs(runs: list[MeasuredRun], profile: MachineProfile) -> tuple[dict, HostCosts]:
+    """Host costs of the machine `runs` were measured on: per group the per-layer cost from its all-GPU run
+    (`calibrate`), then one per-load and one per-prediction cost for all runs, by grid search minimising the
+    squared log error of the offloading runs given (fit on some runs, check on others). Returns
+    ({group: per_layer}, HostCosts with per_load and per_prediction)."""
+    import math
+
+    per_layer = {r.group: calibrate(r.plans, r.tpot_s, profile, r.costs, r.host) for r in runs if r.policy == "all-gpu"}
+    offload = [r for r in runs if r.policy != "all-gpu" and r.group in per_layer]
+
+    def loss(per_load: float, per_prediction: float) -> float:
+        err = 0.0
+        for r in offload:
+            prof = replace(profile, pcie_gbps=r.link_gbps)
+            host = HostCosts(per_layer=per_layer[r.group], per_load=per_load, per_prediction=per_prediction)
+            err += math.log(r.modelled(prof, host) / r.tpot_s) ** 2
+        return err / max(len(offload), 1)
+
+    # a coarse grid (0-2 ms per load, 0-4 ms per pass), then a finer one around its best point
+    step_load, step_pred = 0.2e-3, 0.4e-3
+    best = min(((loss(a * step_load, b * step_pred), a * step_load, b * step_pred)
+                for a in range(11) for b in range(11)), key=lambda t: t[0])
+    _, a0, b0 = best
+    fine = [(loss(a, b), a, b) for a in (max(0.0, a0 + i * step_load / 5) for i in range(-5, 6))
+            for b in (max(0.0, b0 + j * step_pred / 5) for j in range(-5, 6))]
+    _, a, b = min([best, *fine], key=lambda t: t[0])
+    return per_layer, HostCosts(per_load=a, per_prediction=b)
+
+
+def model_measured_runs(records: list[dict], native_gbps: float, measured_on: str,
+                        profiles: dict[str, MachineProfile] = PROFILES) -> tuple[list[dict], list[dict]]:
+    """The cost model against one benchmark's measured runs (`run_replayed` records, one process, one machine).
+
+    Host costs are fitted on the runs at the machine's own link (`native_gbps`, GB/s) and the all-GPU floors;
+    every offloading run is then modelled at its own link rate, so the runs with an emulated link are held out
+    of the fit. Returns (validation rows: modelled vs measured per run, with `held_out`; modelled rows: every
+    run under each profile in `profiles`, with the fitted host costs of `measured_on`, measured=False)."""
+    runs = [MeasuredRun.from_record(r, native_gbps) for r in records]
+    here = replace(profiles[measured_on], pcie_gbps=native_gbps)
+    per_layer, fitted = fit_host_costs([r for r in runs if r.link_gbps == native_gbps], here)
+    validation, modelled = [], []
+    for rec, run in zip(records, runs):
+        if run.policy == "all-gpu" or run.group not in per_layer:
+            continue
+        host = replace(fitted, per_layer=per_layer[run.group])
+        key = {k: rec["row"][k] for k in ("model", "budget_gb", "policy", "batch", "workload", "link_gbps")}
+        tpot = run.modelled(replace(here, pcie_gbps=run.link_gbps), host)
+        validation.append({**key, "profile": measured_on, "held_out": run.link_gbps != native_gbps,
+                           "measured_tpot_s": run.tpot_s, "modelled_tpot_s": tpot, "error": tpot / run.tpot_s - 1,
+                           "host_per_layer_s": host.per_layer, "host_per_load_s": host.per_load,
+                           "host_per_prediction_s": host.per_prediction})
+        if run.link_gbps != native_gbps:
+            continue  # the paper's GPUs are modelled from the native runs' decisions
+        for profile in profiles.values():
+            modelled.append({**key, "link_gbps": profile.pcie_gbps, "gpu": profile.name, "measured": False,
+                             "tpot_s": run.modelled(profile, host, own_cpu=False), "host_costs_of": measured_on})
+    return validation, modelled

@@ -30,7 +30,7 @@ from .plan import Action, CacheView, LayerView, ModelInfo, check_plan
 from .policy import ExpertPolicy
 from .pool import SlotPool
 from .predict import NextLayerPredictor, PrefetchContext
-from .store import expert_forward
+from .store import expert_forward, grouped_forward
 from .errors import PolicyError
 
 
@@ -62,6 +62,7 @@ class Engine:
         trace: bool = False,
         trace_predictions: bool = False,
         predictor: NextLayerPredictor | None = None,
+        grouped: bool | None = None,
     ):
         self.policy = policy
         self.pool = pool
@@ -84,6 +85,9 @@ class Engine:
         self.predictor = predictor
         self.awaiting: set = set()  # prefetched experts whose layer has not run since
         self.wants_prefetch = type(policy).prefetch is not ExpertPolicy.prefetch
+        # decode: a layer's resident experts as one batched product (a few kernels, not a few per expert);
+        # default on a GPU, where launches dominate a decode step. Off: expert by expert, as HF orders them.
+        self.grouped = self.device.type == "cuda" if grouped is None else grouped
 
     # ---- whole-run hooks ----------------------------------------------------------------------------
     def preload_keys(self, keys: list) -> None:
@@ -184,10 +188,16 @@ class Engine:
             if (layer, e) in self.pool.prefetched:
                 m.prefetch_used += 1
             m.hits += len(ex.tokens[e])
-            compute(e)
+        if self.grouped and self.phase == "decode" and len(hits) > 1:
+            hit_sum = self._grouped(layer, x, hits, w)  # [T,H]
+            rest = [e for e in order if ex.where[e] != Action.HIT]
+        else:
+            for e in hits:
+                compute(e)
+            hit_sum, rest = None, order
         # Prefetch for later layers while this layer's loads are still copying.
         prefetched: list = []
-        partial = lambda: self._combine(torch.zeros_like(x), hits, outs, tok, w)  # noqa: E731
+        partial = lambda: hit_sum if hit_sum is not None else self._combine(torch.zeros_like(x), hits, outs, tok, w)  # noqa: E731
         predicted = None
         if self.trace is not None and self.trace_predictions and self.phase == "decode" \
                 and self.predictor is not None and self.predictor.replay is None:
@@ -209,7 +219,7 @@ class Engine:
             on_device = torch.split(self._to_device(torch.cat(cpu_outs)), [len(o) for o in cpu_outs])
             outs.update(zip(cpu_experts, on_device))
 
-        final = self._combine(torch.zeros_like(x), order, outs, tok, w)
+        final = self._combine(torch.zeros_like(x) if hit_sum is None else hit_sum.clone(), rest, outs, tok, w)
 
         m.uses += sum(len(t) for t in ex.tokens.values())
         m.substitutions += ex.substitutions
@@ -233,6 +243,18 @@ class Engine:
                 }
             )
         return final
+
+    def _grouped(self, layer: int, x: torch.Tensor, experts: list[int], w: torch.Tensor) -> torch.Tensor:
+        """Sum over resident `experts` of gate weight x expert output, every token through every expert (a
+        token that does not use one has weight 0 there): x [T,H], w [T,E] -> [T,H]. For decode, where T is the
+        batch: the weights are read once either way, and the layer is a handful of kernels."""
+        keys = [(layer, e) for e in experts]
+        slots = self._to_device(np.asarray(self.pool.slots(keys), dtype=np.int64)) if self.pool.cuda else None
+        weights = self.pool.gather(keys, slots)  # [n, 3*I*H]
+        y = grouped_forward(x, weights, self.shape, self.act)  # [n,T,H]
+        self.pool.release_all(keys)
+        gate = w[:, self._to_device(np.asarray(experts, dtype=np.int64))].T  # [n,T]
+        return (y * gate[..., None].to(y.dtype)).sum(0)
 
     @staticmethod
     def _combine(final, experts, outs, tok, w):

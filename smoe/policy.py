@@ -48,6 +48,11 @@ class ExpertPolicy:
     def observe(self, view: LayerView, plan: Plan) -> None:
         """Called after the layer executed `plan`."""
 
+    @property
+    def predictor_passes(self) -> int:
+        """Predictor passes `prefetch` runs per decode layer (what a cost model charges it)."""
+        return 0
+
 
 _REGISTRY: dict[str, tuple[type[ExpertPolicy], dict]] = {}
 _DISCOVERED = False

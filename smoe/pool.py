@@ -4,7 +4,8 @@ Where it sits: the engine asks the pool to evict, load (a host->device copy on t
 out the weights of resident experts. On a GPU the slots are one preallocated tensor [C, 3*I*H]; each slot
 has a `ready` event (its copy finished) and a `done` event (the last computation reading it finished), so
 a copy into a slot waits for its previous reader and a computation waits for its copy, stream to stream,
-with no device-wide synchronize. On a CPU-only machine the slots are logical: residency, loads and bytes
+with no device-wide synchronize. With `link` (`hardware.EmulatedLink`) every copy takes as long as it would
+over a slower PCIe link. On a CPU-only machine the slots are logical: residency, loads and bytes
 are accounted exactly as on a GPU, and a resident expert is computed straight from the host store.
 """
 from __future__ import annotations
@@ -16,12 +17,13 @@ from .store import HostStore
 
 
 class SlotPool:
-    def __init__(self, capacity: int, store: HostStore, device: torch.device):
+    def __init__(self, capacity: int, store: HostStore, device: torch.device, link=None):
         assert capacity >= 1
         self.capacity = capacity
         self.store = store
         self.device = device
         self.cuda = device.type == "cuda"
+        self.link = link
         self.slot_of: dict[ExpertKey, int] = {}
         self.by_layer: dict[int, set[int]] = {}
         self.prefetched: set[ExpertKey] = set()
@@ -29,9 +31,11 @@ class SlotPool:
         if self.cuda:
             self.data = torch.empty(capacity, store.shape.numel, dtype=store.dtype, device=device)
             self.copy_stream = torch.cuda.Stream(device=device)
+            self.compute_stream = torch.cuda.current_stream(device)  # where the model runs (asked once: slow)
             self.ready = [torch.cuda.Event() for _ in range(capacity)]
             self.done = [torch.cuda.Event() for _ in range(capacity)]
         self._timed: list[tuple] = []  # (start, end) events of copies not yet read
+        self._fresh: set[int] = set()  # slots whose last copy the compute stream has not waited for yet
 
     @property
     def free_slots(self) -> int:
@@ -60,9 +64,12 @@ class SlotPool:
                 self.copy_stream.wait_event(self.done[slot])  # the previous occupant's last reader
                 start.record(self.copy_stream)
                 self.data[slot].copy_(self.store.expert(*key), non_blocking=True)
+                if self.link is not None:
+                    self.link.after_copy()
                 end.record(self.copy_stream)
                 self.ready[slot].record(self.copy_stream)
             self._timed.append((start, end))
+            self._fresh.add(slot)
         return self.store.expert_bytes
 
     def copy_seconds(self) -> list[float]:
@@ -78,11 +85,35 @@ class SlotPool:
         if not self.cuda:
             return self.store.expert(*key)
         slot = self.slot_of[key]
-        torch.cuda.current_stream().wait_event(self.ready[slot])
+        self._await(slot)
         return self.data[slot]
 
+    def gather(self, keys: list[ExpertKey], slots_on_device: torch.Tensor | None = None) -> torch.Tensor:
+        """The weights of resident experts stacked [n, 3*I*H] (one device gather), safe on the compute stream.
+        `slots_on_device` [n] are their slots (`slots(keys)`), already on the device."""
+        if not self.cuda:
+            return torch.stack([self.store.expert(*k) for k in keys])
+        for k in keys:
+            self._await(self.slot_of[k])
+        return self.data.index_select(0, slots_on_device)
+
+    def slots(self, keys: list[ExpertKey]) -> list[int]:
+        return [self.slot_of[k] for k in keys]
+
+    def _await(self, slot: int) -> None:
+        if slot in self._fresh:  # once waited for, later work on the compute stream is ordered after the copy
+            self.compute_stream.wait_event(self.ready[slot])
+            self._fresh.discard(slot)
+
     def release(self, key: ExpertKey) -> None:
-        """Mark the end of the current stream's reads of this expert's slot."""
-        self.prefetched.discard(key)
+        """Mark the end of the compute stream's reads of this expert's slot."""
+        self.release_all([key])
+
+    def release_all(self, keys: list[ExpertKey]) -> None:
+        """Mark the end of the compute stream's reads of these experts' slots (one event for all)."""
+        self.prefetched.difference_update(keys)
         if self.cuda:
-            self.done[self.slot_of[key]].record(torch.cuda.current_stream())
+            done = torch.cuda.Event()
+            done.record(self.compute_stream)
+            for k in keys:
+                self.done[self.slot_of[k]] = done

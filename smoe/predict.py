@@ -87,19 +87,24 @@ class NextLayerPredictor:
     def gate_scores(self, layer: int, x: torch.Tensor, partial: torch.Tensor, target: int) -> torch.Tensor:
         """Scores [T,E] of a later MoE layer's router applied to this layer's approximate output, with no
         layer in between run (HybriMoE's multi-layer look-ahead)."""
-        if self.replay is not None:
-            return self.replay.predicted(layer, False, self.distance(layer, target)).to(x.device)
         h = self.approx_output(layer, x, partial)
         dec = self.layers[target]
-        return self.family.scores(self.blocks[target].gate(dec.post_attention_layernorm(h).flatten(0, 1))[0])
+        scores = self.family.scores(self.blocks[target].gate(dec.post_attention_layernorm(h).flatten(0, 1))[0])
+        return self._replayed(scores, layer, False, self.distance(layer, target))
+
+    def _replayed(self, scores: torch.Tensor, layer: int, attention: bool, distance: int) -> torch.Tensor:
+        """Under routing replay the prediction is computed and waited for (its cost is paid) and then replaced
+        by the one recorded with the trace (on the CPU), which matches the replayed routing."""
+        if self.replay is None:
+            return scores
+        scores.cpu()
+        return self.replay.predicted(layer, attention, distance)
 
     @torch.no_grad()
     def predict(self, layer: int, x: torch.Tensor, partial: torch.Tensor, attention: bool) -> torch.Tensor:
         """x [T,H]: layer's normed input; partial [T,H]: its routed output so far -> next layer's scores [T,E]."""
         nxt = self.next_layer(layer)
         assert nxt is not None
-        if self.replay is not None:
-            return self.replay.predicted(layer, attention, 1).to(x.device)
         h = self.approx_output(layer, x, partial)
         B, S, H = h.shape
         dec = self.layers[nxt]
@@ -117,7 +122,7 @@ class NextLayerPredictor:
             )[0]
             h = h + attn_out
         logits = self.blocks[nxt].gate(dec.post_attention_layernorm(h).reshape(B * S, H))[0]
-        return self.family.scores(logits)
+        return self._replayed(self.family.scores(logits), layer, attention, 1)
 
 
 class PrefetchContext:

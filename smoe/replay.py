@@ -144,23 +144,25 @@ def slim_traces(src: str | Path, dst: str | Path) -> list[Path]:
 
 def run_replayed(source, policy: str, trace: str | Path, batch: int, *, device: str = "cpu",
                  budget_gb: float | None = None, cache_experts: int | None = None, params: dict | None = None,
-                 host_store=None, seed: int = 0, record_trace: str | Path | None = None) -> dict:
+                 host_store=None, seed: int = 0, record_trace: str | Path | None = None,
+                 link_gbps: float | None = None, max_segments: int | None = None) -> dict:
     """One run of `source` (e.g. a `shapes.RandomSource`) routed by `trace`: every generate call of the trace
     again, with random prompt ids of the recorded lengths. Returns a record shaped like `cli.run_one`'s (plus
-    `prefetch_accuracy`); `record_trace` also saves this run's own trace (what belady reads)."""
+    `prefetch_accuracy`); `record_trace` also saves this run's own trace (what belady reads); `max_segments` replays
+    only the trace's first generate calls."""
     from .costmodel import model_costs
     from .runtime import Runtime
     from .trace_stats import plan_summary, prefetch_accuracy
 
     torch.manual_seed(seed)
     rt = Runtime(source, policy, device=device, batch=batch, budget_gb=budget_gb, cache_experts=cache_experts,
-                 policy_params=params, host_store=host_store, trace=True, kv_tokens=4096)
+                 policy_params=params, host_store=host_store, trace=True, kv_tokens=4096, link_gbps=link_gbps)
     try:
         replay = RoutingReplay.load(trace, rt.info.moe_layers)
         replay.install(rt)
         g = torch.Generator().manual_seed(seed)
         prompts: list[list[int]] = []
-        for i, (B, L, N) in enumerate(replay.segments()):
+        for i, (B, L, N) in enumerate(replay.segments()[:max_segments]):
             if B > batch:
                 raise SmoeError(f"{trace} was recorded at batch {B}; this run is sized for batch {batch}")
             ids = torch.randint(0, source.config.vocab_size, (B, L), generator=g).tolist()
@@ -175,7 +177,8 @@ def run_replayed(source, policy: str, trace: str | Path, batch: int, *, device: 
         return {
             "params": {"model": str(source.path), "policy": policy, "policy_params": dict(params or {}),
                        "device": device, "batch": batch, "max_new_tokens": N, "budget_gb": budget_gb,
-                       "cache_experts": cache_experts, "seed": seed, "prompts": prompts, "replay": str(trace)},
+                       "cache_experts": cache_experts, "seed": seed, "prompts": prompts, "replay": str(trace),
+                       "link_gbps": link_gbps, "max_segments": max_segments},
             "memory": rt.memory.asdict(),
             "metrics": res.metrics,
             "prefetch_accuracy": prefetch_accuracy(rt.engine.trace, getattr(rt.policy, "alpha", 0.0), rt.info.top_k),

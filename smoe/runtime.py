@@ -27,6 +27,7 @@ from .checkpoint import Checkpoint
 from .engine import Engine, OffloadedExperts
 from .errors import BudgetError, CheckpointError, PromptError, SmoeError
 from .generate import greedy_decode
+from .hardware import EmulatedLink
 from .metrics import Metrics
 from .loader import expert_shape, load_skeleton, moe_blocks, skeleton_on_meta
 from .plan import ModelInfo
@@ -64,12 +65,18 @@ class Runtime:
         trace_predictions: bool = False,  # also record the predictor's view of later layers (replay sources)
         policy_params: dict | None = None,
         host_store: HostStore | None = None,
+        link_gbps: float | None = None,  # emulate a slower host->GPU link (GB/s); GPU runs only
+        grouped_experts: bool | None = None,  # decode's resident experts batched (default: on a GPU)
     ):
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise BudgetError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu")
         if self.device.type not in ("cpu", "cuda"):
             raise BudgetError(f"--device {device!r} is not supported; accepted: cpu, cuda")
+        if link_gbps is not None and self.device.type != "cuda":
+            raise BudgetError(f"link_gbps={link_gbps} emulates a slower PCIe link and needs device cuda, not {device}")
+        if link_gbps is not None and not link_gbps > 0:
+            raise BudgetError(f"link_gbps must be a positive rate in GB/s, not {link_gbps}")
         # a checkpoint directory, or an object that loads like one (`shapes.RandomSource`: paper shapes)
         self.ckpt = Checkpoint(model_dir) if isinstance(model_dir, (str, os.PathLike)) else model_dir
         self.policy = policy if isinstance(policy, ExpertPolicy) else make_policy(policy, **(policy_params or {}))
@@ -120,12 +127,13 @@ class Runtime:
                     self.info.moe_layers, num_experts, shape, self.dtype):
                 raise CheckpointError(f"the host store given holds experts of another shape than {str(self.ckpt.path)!r}")
         self.store = store
-        self.pool = SlotPool(self.memory.capacity, store, self.device)
+        self.link_gbps = link_gbps
+        self.pool = SlotPool(self.memory.capacity, store, self.device, link=self._link(link_gbps, expert_bytes))
         act = ACT2FN[config.get_text_config().hidden_act]
         self.engine = Engine(
             self.policy, self.pool, self.ckpt.family, config, self.info, act,
             cpu_threads=cpu_threads or default_cpu_threads(), trace=trace, trace_predictions=trace_predictions,
-            predictor=NextLayerPredictor(self.model, blocks, self.ckpt.family),
+            predictor=NextLayerPredictor(self.model, blocks, self.ckpt.family), grouped=grouped_experts,
         )
         for layer, block in blocks.items():
             self.experts[layer].engine = self.engine
@@ -246,8 +254,17 @@ class Runtime:
             "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),
             "cpu_threads": self.engine.cpu_threads,
+            "link_gbps": self.link_gbps,  # None: the machine's own link; else emulated (`hardware.EmulatedLink`)
         }
         return env
+
+    def _link(self, gbps: float | None, nbytes: int):
+        if gbps is None:
+            return None
+        try:
+            return EmulatedLink(gbps, nbytes)
+        except ValueError as e:
+            raise BudgetError(str(e)) from None
 
     def close(self) -> None:
         """Stop the CPU worker and free the device and pinned host memory now (not at garbage collection)."""

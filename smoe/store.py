@@ -3,9 +3,14 @@
 Where it sits: filled once by `loader.py`, one expert at a time from the safetensors files; read by the
 slot pool (host->device copies) and by the CPU executor. Per MoE layer one tensor [E, 3*I*H], pinned
 when a GPU is present so that a copy of one expert is a single DMA at full PCIe speed.
+
+Pinning registers the tensor's own pages with the driver (`cudaHostRegister`) rather than using
+`pin_memory=True`, whose caching allocator rounds every block up to a power of two: Qwen2-57B's 28 layers of
+3.5 GB would take 112 GB of locked memory instead of 98.6 GB.
 """
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -21,9 +26,12 @@ class HostStore:
         self.num_experts = num_experts
         self.pinned = pin
         # per layer: [E, 3*I*H]
-        self.data: dict[int, torch.Tensor] = {
-            layer: torch.empty(num_experts, shape.numel, dtype=dtype, pin_memory=pin) for layer in layers
-        }
+        if pin:
+            locked = {layer: _locked_empty(num_experts * shape.numel, dtype) for layer in layers}
+            self.data: dict[int, torch.Tensor] = {layer: t.view(num_experts, shape.numel) for layer, (t, _) in locked.items()}
+            weakref.finalize(self, _unregister, [ptr for _, ptr in locked.values()])  # before the memory is freed
+        else:
+            self.data = {layer: torch.empty(num_experts, shape.numel, dtype=dtype) for layer in layers}
 
     def fill(self, read: Callable[[int, int, torch.Tensor], None], desc: str = "experts -> host") -> None:
         """read(layer, expert, out[3*I*H]) writes one expert; called once per expert."""
@@ -42,8 +50,39 @@ class HostStore:
         return self.shape.numel * self.dtype.itemsize
 
 
+PAGE = 4096
+
+
+def _locked_empty(numel: int, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
+    """A page-locked [numel] tensor and the pointer to unregister. Whole pages of its own buffer are locked,
+    so no two stores ever register the same page."""
+    nbytes = -(-numel * dtype.itemsize // PAGE) * PAGE
+    raw = torch.empty(nbytes + PAGE, dtype=torch.uint8)
+    start = -raw.data_ptr() % PAGE
+    rc = torch.cuda.cudart().cudaHostRegister(raw.data_ptr() + start, nbytes, 0)
+    if int(rc) != 0:
+        raise MemoryError(f"cudaHostRegister of {nbytes / 1e9:.2f} GB failed (CUDA error {int(rc)}): host memory "
+                          "cannot be locked for the expert store")
+    return raw[start:start + numel * dtype.itemsize].view(dtype), raw.data_ptr() + start
+
+
+def _unregister(ptrs: list[int]) -> None:
+    for ptr in ptrs:
+        torch.cuda.cudart().cudaHostUnregister(ptr)
+
+
 def expert_forward(x: torch.Tensor, w: torch.Tensor, shape: ExpertShape, act) -> torch.Tensor:
     """One SwiGLU expert, computed as the HF experts module does: x [n,H], w [3*I*H] -> [n,H]."""
     I, H = shape.intermediate, shape.hidden
     gate, up = torch.nn.functional.linear(x, w[: 2 * I * H].view(2 * I, H)).chunk(2, dim=-1)
     return torch.nn.functional.linear(act(gate) * up, w[2 * I * H :].view(H, I))
+
+
+def grouped_forward(x: torch.Tensor, w: torch.Tensor, shape: ExpertShape, act) -> torch.Tensor:
+    """Every token through each of n SwiGLU experts at once: x [T,H], w [n, 3*I*H] -> [n,T,H]."""
+    I, H = shape.intermediate, shape.hidden
+    n = w.shape[0]
+    gate_up = w[:, : 2 * I * H].view(n, 2 * I, H)  # [n,2I,H]
+    down = w[:, 2 * I * H :].view(n, H, I)  # [n,H,I]
+    gate, up = torch.matmul(x, gate_up.transpose(1, 2)).chunk(2, dim=-1)  # [n,T,I] each
+    return torch.matmul(act(gate) * up, down.transpose(1, 2))  # [n,T,H]

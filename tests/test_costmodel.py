@@ -1,7 +1,10 @@
 """The cost model on hand-made plans (the overlaps it models) and on a real run's plans."""
 import pytest
 
-from smoe.costmodel import PROFILES, MachineProfile, ModelCosts, calibrate, model_costs, step_times
+from dataclasses import replace
+
+from smoe.costmodel import (PROFILES, HostCosts, MachineProfile, MeasuredRun, ModelCosts, calibrate, fit_host_costs,
+                            model_costs, step_times)
 from smoe.runtime import Runtime
 from smoe.tiny import make_tiny
 from smoe.trace_stats import plan_summary
@@ -31,9 +34,49 @@ def test_steps_are_split_and_the_head_and_host_cost_count():
     costs = ModelCosts(expert_bytes=10**9, layer_skeleton_bytes=10**9, head_bytes=10**9)
     plans = [[1, 0, 1, 1, 0, 0, 0], [1, 1, 1, 1, 0, 0, 0], [2, 0, 1, 1, 0, 0, 0], [2, 1, 1, 1, 0, 0, 0]]
     assert step_times(plans, UNIT, costs) == [5.0, 5.0]  # 2 x (skeleton 1 + expert 1) + head 1
-    assert step_times(plans, UNIT, costs, host_s_per_layer=0.5) == [6.0, 6.0]
+    # 0.5 s of launches per layer: layer 1's overlap layer 0's expert on the device, layer 0's do not
+    assert step_times(plans, UNIT, costs, HostCosts(per_layer=0.5)) == [5.5, 5.5]
+    # from 1 s per layer on the host is the bottleneck: step = 2 x (launches + skeleton) + expert + head
     host = calibrate(plans, measured_tpot_s=7.0, profile=UNIT, costs=costs)
-    assert host == pytest.approx(1.0) and calibrate(plans, 1.0, UNIT, costs) == 0.0
+    assert host == pytest.approx(1.5) and calibrate(plans, 1.0, UNIT, costs) == 0.0
+
+
+def test_host_costs_planning_predictions_and_cpu_experts_add_where_the_host_waits():
+    plan = [[1, 0, 1, 2, 0, 0, 0]]  # two resident experts: 2 s on the device
+    assert step_times(plan, UNIT, COSTS, HostCosts(policy_per_layer=0.5)) == [2.5]  # planning before launching
+    # two predictor passes of 1.5 s each on the host: they overlap the experts (2 s) and outlast them
+    assert step_times(plan, UNIT, COSTS, HostCosts(per_prediction=1.5), predictions=2) == [3.0]
+    # a CPU expert at the host's measured 4 s instead of the profile's 1 s
+    assert step_times([[1, 0, 1, 0, 0, 1, 0]], UNIT, COSTS, HostCosts(cpu_per_expert=4.0)) == [4.0]
+    # a copy is hidden behind host work that follows it: 3 s of launches after issuing it, 1 s copy
+    assert step_times([[1, 0, 1, 1, 1, 0, 0]], UNIT, COSTS, HostCosts(per_load=3.0)) == [4.0]
+
+
+def test_the_fit_recovers_host_costs_and_checks_runs_it_did_not_see():
+    """Runs made by the model itself with known host costs: the fit on the native-link ones finds those costs
+    again, and the emulated-link (held-out) ones are then predicted exactly."""
+    costs = ModelCosts(expert_bytes=10**7, layer_skeleton_bytes=10**8, head_bytes=10**8)
+    h200 = PROFILES["h200"]
+    truth = HostCosts(per_layer=2e-3, per_load=0.4e-3, per_prediction=1.2e-3)
+    plans = {"all-gpu": [[s, l, 1, 6, 0, 0, 0] for s in range(4) for l in range(8)],
+             "lru": [[s, l, 1, 6, 3, 0, 0] for s in range(4) for l in range(8)],
+             "smoe": [[s, l, 1, 6, 1, 1, 2] for s in range(4) for l in range(8)]}
+
+    def run(policy: str, link: float) -> MeasuredRun:
+        predictions = 1 if policy == "smoe" else 0
+        host = HostCosts(policy_per_layer=1e-4, cpu_per_expert=5e-4)
+        sim = replace(truth, policy_per_layer=host.policy_per_layer, cpu_per_expert=host.cpu_per_expert)
+        steps = step_times(plans[policy], replace(h200, pcie_gbps=link), costs, sim, predictions)
+        return MeasuredRun((1, "exam"), policy, plans[policy], costs, sum(steps) / len(steps), link, host, predictions)
+
+    native = [run(p, 55.0) for p in plans]
+    per_layer, fitted = fit_host_costs(native, replace(h200, pcie_gbps=55.0))
+    assert per_layer[(1, "exam")] == pytest.approx(truth.per_layer, rel=1e-6)
+    assert fitted.per_load == pytest.approx(truth.per_load, abs=1e-5)
+    assert fitted.per_prediction == pytest.approx(truth.per_prediction, abs=1e-5)
+    for held_out in (run("lru", 12.0), run("smoe", 12.0)):
+        host = replace(fitted, per_layer=per_layer[(1, "exam")])
+        assert held_out.modelled(replace(h200, pcie_gbps=12.0), host) == pytest.approx(held_out.tpot_s, rel=1e-3)
 
 
 def test_a_real_runs_plans_model_slower_on_slower_links(tmp_path):

@@ -78,6 +78,8 @@ def test_ci_grid_end_to_end(tmp_path):
         src = ROOT / item
         (work / item).symlink_to(src, target_is_directory=src.is_dir())
     (work / "resources").symlink_to(ROOT / "resources", target_is_directory=True)
+    (work / "results").mkdir()
+    (work / "results/gpu").symlink_to(ROOT / "results/gpu", target_is_directory=True)  # committed measurements
     (ROOT / "resources").mkdir(exist_ok=True)
     done = snake("--cores", "2", "--configfile", "config/test.yaml", cwd=work)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -102,6 +104,13 @@ def test_ci_grid_end_to_end(tmp_path):
     assert shape.loc["smoe", "substitutions"].sum() > 0
     for fig in ("fig11_tpot", "fig12_hit_rate", "fig13_ttft", "fig14_ablation", "fig5_score_by_rank", "fig7_reuse_by_rank"):
         assert (work / "figures" / f"{fig}.pdf").stat().st_size > 1000
+    gpu = pd.read_csv(work / "results/tables/perf_gpu.csv")  # committed H200 runs + cost-model rows
+    measured = gpu[gpu.measured.astype(bool)]
+    assert set(measured.gpu) == {"h200"} and measured.emulated.any() and (~measured.emulated).any()
+    assert set(gpu[~gpu.measured.astype(bool)].gpu) == {"rtx3080ti-12g", "rtx4060ti-16g", "a6000-48g", "h200"}
+    check = pd.read_csv(work / "results/tables/costmodel_validation.csv")
+    assert len(check) and check.error.notna().all() and set(check.policy) >= {"lru", "smoe"}
+    assert (work / "figures/fig11_tpot_gpu.pdf").stat().st_size > 1000
     acc = pd.read_csv(work / "results/tables/accuracy.csv")  # all-gpu, smoe at 0.25 and 0.5, skip at 0.25
     assert sorted(set(zip(acc.policy, acc.alpha.fillna(0)))) == [("all-gpu", 0), ("skip", 0.25), ("smoe", 0.25),
                                                                  ("smoe", 0.5)]

@@ -96,6 +96,19 @@ def test_unsupported_device(tiny):
         Runtime(tiny(FAMILY), "lru", device="meta", cache_experts=4)
 
 
+def test_emulated_link_needs_a_gpu_and_a_positive_rate(tiny):
+    with pytest.raises(BudgetError, match="link_gbps=12.0 emulates a slower PCIe link and needs device cuda"):
+        Runtime(tiny(FAMILY), "lru", cache_experts=8, link_gbps=12.0)
+
+
+def test_link_hold_time():
+    from smoe.hardware import hold_seconds
+
+    # 55 MB at a native 55 GB/s takes 1 ms; over a 12 GB/s link it must take 4.58 ms: hold 3.58 ms
+    assert hold_seconds(55_000_000, 12e9, 55e9) == pytest.approx(55e6 / 12e9 - 1e-3)
+    assert hold_seconds(55_000_000, 60e9, 55e9) == 0.0  # never negative
+
+
 def test_unknown_policy(tiny):
     with pytest.raises(UnknownPolicy, match="'no-such-policy'.*known policies: .*lru"):
         make_runtime(tiny(FAMILY), "no-such-policy")

@@ -138,3 +138,23 @@ def test_runtime_is_reusable_with_per_call_metrics(policy, tiny, reference):
     if policy == "lru":  # every expert stayed resident after the first call: nothing left to load
         assert first.metrics["loads"] > 0 and second.metrics["loads"] == 0 and second.metrics["hit_rate"] == 1.0
     assert second.metrics["preload_loads"] == first.metrics["preload_loads"]
+
+
+@pytest.mark.parametrize(("policy", "slots"), [("all-gpu", FULL), ("lru", 12)])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_grouped_decode_matches_hf(family, policy, slots, tiny, reference):
+    """Decode's resident experts as one batched product (the GPU default) give HF's tokens and logits too."""
+    ref = reference(family)
+    rt = Runtime(tiny(family), policy, device="cpu", cache_experts=slots, batch=BATCH, grouped_experts=True)
+    grouped_layers = []
+    plain = rt.engine._grouped
+    rt.engine._grouped = lambda *a: grouped_layers.append(a[0]) or plain(*a)
+    try:
+        logits, _, cb = collect_logits()
+        res = rt.generate(PROMPTS, NEW_TOKENS, on_logits=cb)
+    finally:
+        rt.close()
+    assert grouped_layers, "no decode layer took the grouped path"
+    assert res.tokens == ref.tokens
+    for step, (got, want) in enumerate(zip(logits, ref.logits)):
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=0, msg=lambda s: f"step {step}: {s}")

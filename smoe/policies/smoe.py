@@ -93,9 +93,13 @@ class SMoE(CachingPolicy):
         return float(self.sums[key[0]][key[1]] / len(hist)) if hist else 0.0
 
     def victim(self, candidates: list[ExpertKey], view: LayerView) -> ExpertKey:
+        pre, last = self._prefetched, self.last
         if self.window is None:
-            return min(candidates, key=lambda k: (k in self._prefetched, self.last[k]))
-        return min(candidates, key=lambda k: (k in self._prefetched, self.mean_score(k), self.last[k]))
+            return min(candidates, key=lambda k: (k in pre, last[k]))
+        # every layer's mean scores once, as lists (what `mean_score` gives, without a call per candidate)
+        means = {layer: (self.sums[layer] / len(h)).tolist() for layer, h in self.history.items() if h}
+        zeros = [0.0] * view.model.num_experts
+        return min(candidates, key=lambda k: (k in pre, means.get(k[0], zeros)[k[1]], last[k]))
 
     def observe(self, view: LayerView, plan: Plan) -> None:
         if self.window is None:
@@ -159,6 +163,10 @@ class SMoE(CachingPolicy):
         return Plan(actions=actions, standins=standins, evict=evict, discard=discard, scale=scale)
 
     # ---- top-score prefetch ------------------------------------------------------------------------------
+    @property
+    def predictor_passes(self) -> int:
+        return 0 if self.prefetch_mode == "none" else 1
+
     def prefetch(self, view: LayerView, ctx) -> PrefetchPlan | None:  # type: ignore[override]
         if self.prefetch_mode == "none" or view.phase != "decode" or ctx.next_layer is None:
             return None

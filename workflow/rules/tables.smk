@@ -1,4 +1,5 @@
-# Tables only concatenate run JSONs.
+# Tables only concatenate run JSONs (and committed GPU measurements).
+import glob
 
 
 rule perf_table:
@@ -8,3 +9,13 @@ rule perf_table:
         f"{TABLES}/perf.csv",
     script:
         "../scripts/perf_table.py"
+
+
+rule gpu_tables:
+    input:
+        [f for d in GPU_RESULTS for f in sorted(glob.glob(f"{d}/*.jsonl"))],
+    output:
+        perf=f"{TABLES}/perf_gpu.csv",
+        validation=f"{TABLES}/costmodel_validation.csv",
+    script:
+        "../scripts/gpu_tables.py"

@@ -1,0 +1,28 @@
+"""Snakemake script of rule `figure_gpu`: Fig. 11 analogue from perf_gpu.csv (measured rows only): TPOT per
+policy on the paper's model shapes, at this GPU's own link and at the paper's PCIe rate (emulated), per
+workload and batch size. The all-GPU floor is drawn as a line."""
+import matplotlib
+
+matplotlib.use("Agg")
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+sm = snakemake  # noqa: F821
+df = pd.read_csv(sm.input[0])
+df = df[df.measured.astype(bool)].copy()
+df["link"] = df.link_gbps.map(lambda g: f"emulated {g:g} GB/s" if g == g else "native")
+df["setting"] = df.model + " @" + df.budget_gb.map(lambda b: "" if b != b else f"{b:g} GB") + ", b" + df.batch.astype(str)
+floor = df[df.policy == "all-gpu"].set_index(["setting", "workload"]).tpot_s
+d = df[df.policy != "all-gpu"]
+sns.set_theme(style="whitegrid", context="paper")
+g = sns.catplot(data=d, x="policy", y="tpot_s", hue="link", col="workload", row="setting", kind="bar", height=2.6,
+                aspect=1.6, errorbar=None, sharey="row")
+for (setting, workload), ax in g.axes_dict.items():
+    if (setting, workload) in floor.index:
+        ax.axhline(floor[(setting, workload)], color="k", lw=1, ls="--")
+    ax.tick_params(axis="x", rotation=60, labelbottom=True)
+g.set_axis_labels("", "TPOT (s)")
+gpus = ", ".join(sorted(df.gpu.unique()))
+g.figure.suptitle(f"TPOT on the paper's model shapes, measured on {gpus} (dashed: all-GPU floor)", y=1.01)
+g.tight_layout()
+g.savefig(sm.output[0])
