@@ -57,7 +57,10 @@ def main() -> int:
     ap.add_argument("--tiny", action="store_true", help="the shape's layers, experts and top-k at toy widths "
                     "(a CPU smoke test of this script, not a measurement)")
     ap.add_argument("--traces", required=True, help="folder of {workload}/b{batch}.pt decode traces")
-    ap.add_argument("--budgets-gb", type=float, nargs="+", required=True, help="device memory budgets")
+    size = ap.add_mutually_exclusive_group(required=True)
+    size.add_argument("--budgets-gb", type=float, nargs="+", help="device memory budgets")
+    size.add_argument("--slots", type=int, nargs="+", help="expert slots instead of a budget (e.g. a GPU run's "
+                      "`slots`, to replay its decisions at toy widths on a CPU)")
     ap.add_argument("--policies", nargs="+", default=None, help="default: every registered policy but belady")
     ap.add_argument("--workloads", nargs="+", default=["exam", "language", "knowledge", "understanding", "reasoning"])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 3])
@@ -108,11 +111,13 @@ def main() -> int:
     for batch in args.batches:
         for workload in args.workloads:
             trace = Path(args.traces) / workload / f"b{batch}.pt"
-            settings = [("all-gpu", None, None)] + [(p, b, g) for g in links for b in args.budgets_gb
+            sizes = [{"budget_gb": b} for b in args.budgets_gb] if args.budgets_gb else \
+                [{"cache_experts": n} for n in args.slots]
+            settings = [("all-gpu", None, None)] + [(p, b, g) for g in links for b in sizes
                                                     for p in policies if p != "all-gpu"]
             for policy, budget, link in settings:
                 try:
-                    size = {"cache_experts": every_expert} if budget is None else {"budget_gb": budget}
+                    size = {"cache_experts": every_expert} if budget is None else budget
                     rec = run_replayed(source, policy, trace, batch, device=args.device, params=params,
                                        host_store=store, link_gbps=link, max_segments=args.segments, **size)
                 except (SmoeError, torch.cuda.OutOfMemoryError) as e:  # a budget too small for a batch: a row says so
@@ -126,7 +131,8 @@ def main() -> int:
                 bound = max(floor.get((batch, workload), 0.0),
                             m["decode"]["bytes_h2d"] / steps / link_Bps if link_Bps else 0.0)
                 row = {"model": name, "gpu": args.gpu, "measured": args.device == "cuda",
-                       "budget_gb": budget, "policy": policy, "batch": batch, "workload": workload,
+                       "budget_gb": (budget or {}).get("budget_gb"), "policy": policy, "batch": batch,
+                       "workload": workload,
                        **{k: m[k] for k in ("ttft_s", "tpot_s", "tpot_p50_s", "tpot_p90_s", "hit_rate", "bytes_h2d",
                                             "cpu_experts", "cpu_time_s", "substitutions", "prefetches",
                                             "policy_time_s")},
@@ -140,7 +146,7 @@ def main() -> int:
                     w = csv.DictWriter(f, fieldnames=COLUMNS)
                     w.writeheader()
                     w.writerows(rows)
-                print(f"{policy:>15} {budget} {link or 'native'} b{batch} {workload:>13}: TPOT {m['tpot_s'] * 1e3:8.2f} ms, hit "
+                print(f"{policy:>15} {rec['memory']['capacity']} slots {link or 'native'} b{batch} {workload:>13}: TPOT {m['tpot_s'] * 1e3:8.2f} ms, hit "
                       f"{m['hit_rate'] if m['hit_rate'] is not None else float('nan'):.3f}, x{row['tpot_over_bound'] or 0:.2f} "
                       f"of bound", flush=True)
     return 0

@@ -21,6 +21,7 @@ The lm head closes each step. Decode at batch 1-3 is memory-bound, so compute ra
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ def calibrate(all_gpu_plans: list[list[int]], measured_tpot_s: float, profile: M
 @dataclass
 class MeasuredRun:
     """What the fit needs of one measured run (a `run_replayed` record)."""
-    group: tuple  # runs of one group share the all-GPU floor (batch, workload)
+    group: tuple  # (batch, workload): runs of one group share the all-GPU floor
     policy: str
     plans: list[list[int]]
     costs: ModelCosts
@@ -177,7 +178,7 @@ class MeasuredRun:
         layers = max(len(rec["plans"]), 1)
         cpu = dec["cpu_time_s"] / dec["cpu_experts"] if dec["cpu_experts"] else None
         policy = make_policy(p["policy"], **p.get("policy_params", {}))
-        return cls(group=(p["batch"], p["replay"]), policy=p["policy"], plans=rec["plans"],
+        return cls(group=(p["batch"], Path(p["replay"]).parent.name), policy=p["policy"], plans=rec["plans"],
                    costs=ModelCosts(**rec["costs"]), tpot_s=m["tpot_s"],
                    link_gbps=p.get("link_gbps") or native_gbps,
                    host=HostCosts(policy_per_layer=dec["policy_time_s"] / layers, cpu_per_expert=cpu),

@@ -152,6 +152,24 @@ def test_paper_shape_benchmark_runs_end_to_end_on_toy_widths(tmp_path):
     assert {r["gpu"] for r in modelled} == {"rtx3080ti-12g", "rtx4060ti-16g", "a6000-48g", "h200"}
     assert len(modelled) == 2 * 4 and all(r["measured"] is False and r["tpot_s"] > 0 for r in modelled)
 
+    # the ablation script: the same slots on "the CPU" (here the runs themselves) against "the GPU" runs
+    slots = rows[1]["slots"]
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/paper_shape.py"), "--shape", "deepseek-moe-16b-shape",
+                    "--tiny", "--device", "cpu", "--traces", str(tmp_path / "traces"), "--workloads", "exam",
+                    "--batches", "1", "--slots", slots, "--policies", "lru", "smoe-ce", "smoe",
+                    "--out", str(tmp_path / "cpu")], check=True, cwd=ROOT)
+    env = json.loads((out / "deepseek-moe-16b-shape-tiny_env.json").read_text())
+    (out / "deepseek-moe-16b-shape-tiny_env.json").write_text(json.dumps(env | {"copy_Bps": 55e9}))
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/shape_ablation.py"), "--replayed",
+                    str(tmp_path / "cpu/deepseek-moe-16b-shape-tiny.jsonl"), "--measured",
+                    str(out / "deepseek-moe-16b-shape-tiny.jsonl"), "--out", str(tmp_path / "abl")], check=True, cwd=ROOT)
+    abl = list(csv.DictReader(open(tmp_path / "abl/deepseek-moe-16b-shape-tiny_ablation.csv")))
+    assert [r["policy"] for r in abl] == ["lru", "smoe-ce", "smoe"]
+    for r in abl:  # decisions do not depend on the run: the same slots and trace give the same hit rate
+        assert float(r["modelled_tpot_s_native"]) > 0
+        if r["policy"] in ("lru", "smoe"):
+            assert r["hit_rate"] == r["measured_hit_rate"]
+
 
 def test_slim_traces_keep_what_replay_reads(recorded, tmp_path):
     from smoe.cli import main
