@@ -62,12 +62,15 @@ class CachingPolicy(ExpertPolicy):
         evict: list[ExpertKey] = []
         discard: set[int] = set()
         done = [(layer, e) for e in sorted(on_device) if placement[e] == Action.HIT]
+        others = None  # the cached experts this layer does not use: listed once, victims taken out as they go
         for e in sorted(e for e, a in placement.items() if a == Action.LOAD):
             key = (layer, e)
             if len(self.cached) >= view.cache.capacity:
-                others = [k for k in self.cached if not (k[0] == layer and k[1] in on_device)]
+                if others is None:
+                    others = [k for k in self.cached if not (k[0] == layer and k[1] in on_device)]
                 if others:
                     v = self.victim(others, view)
+                    others.remove(v)
                     evict.append(v)
                 else:
                     v = self.victim([k for k in done if k in self.cached], view)
@@ -95,18 +98,21 @@ class CachingPolicy(ExpertPolicy):
         loads: list[ExpertKey] = []
         evict: list[ExpertKey] = []
         free = view.cache.free_slots
+        candidates = None  # cached experts that may go: listed once, victims taken out as they go
         for key in want:
             if key in self.cached:
                 continue
             if free > 0:
                 free -= 1
             else:
-                candidates = [k for k in self.cached if k not in keep]
+                if candidates is None:
+                    candidates = [k for k in self.cached if k not in keep]
                 if not candidates:
                     break
                 v = self.victim(candidates, view)
                 if worth is not None and not worth(v, key):
                     break
+                candidates.remove(v)
                 self._drop(v)
                 evict.append(v)
             self._insert(key)

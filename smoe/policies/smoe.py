@@ -85,6 +85,7 @@ class SMoE(CachingPolicy):
             raise PolicyParamError(f"need alpha >= 0, window >= 1 or None, p >= 1; got {self.alpha}, {self.window}, {self.p}")
         self.history: dict[int, deque] = {}  # layer -> deque of per-pass mean scores [E]
         self.sums: dict[int, np.ndarray] = {}
+        self._means: dict[int, list[float]] = {}  # layer -> windowed mean score of each expert
         self._prefetched: frozenset = frozenset()
 
     # ---- score-aware eviction ----------------------------------------------------------------------
@@ -96,9 +97,7 @@ class SMoE(CachingPolicy):
         pre, last = self._prefetched, self.last
         if self.window is None:
             return min(candidates, key=lambda k: (k in pre, last[k]))
-        # every layer's mean scores once, as lists (what `mean_score` gives, without a call per candidate)
-        means = {layer: (self.sums[layer] / len(h)).tolist() for layer, h in self.history.items() if h}
-        zeros = [0.0] * view.model.num_experts
+        means, zeros = self._means, [0.0] * view.model.num_experts
         return min(candidates, key=lambda k: (k in pre, means.get(k[0], zeros)[k[1]], last[k]))
 
     def observe(self, view: LayerView, plan: Plan) -> None:
@@ -111,6 +110,7 @@ class SMoE(CachingPolicy):
         sums += row
         if len(hist) > self.window:
             sums -= hist.popleft()
+        self._means[view.layer] = (sums / len(hist)).tolist()  # what `mean_score` gives, as a list for `victim`
 
     # ---- planning --------------------------------------------------------------------------------------
     def _costs(self, view: LayerView) -> tuple[float, float]:
