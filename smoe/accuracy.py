@@ -56,12 +56,14 @@ def table(paths: list[str | Path], names: list[str] | None = None) -> pd.DataFra
     return pd.DataFrame([r for rec, name in zip(recs, names) for r in rows(rec, name)], columns=COLUMNS)
 
 
-# lm-eval's headline metric of each local task and its value for a random guess (None: lower is better)
+# lm-eval's headline metric of each local task (with its filter where it has one, as lm-eval names it) and
+# its value for a random guess (None: lower is better)
 HEADLINE = {
     "smoe_hellaswag": ("acc_norm", 0.25), "smoe_piqa": ("acc_norm", 0.5), "smoe_arc_easy": ("acc", 0.25),
     "smoe_arc_challenge": ("acc_norm", 0.25), "smoe_winogrande": ("acc", 0.5), "smoe_boolq": ("acc", 0.5),
     "smoe_sciq": ("acc", 0.25), "smoe_openbookqa": ("acc_norm", 0.25), "smoe_mmlu": ("acc", 0.25),
-    "smoe_lambada": ("acc", 0.0), "smoe_gsm8k": ("exact_match", 0.0), "smoe_triviaqa": ("exact_match", 0.0),
+    "smoe_lambada": ("acc", 0.0), "smoe_gsm8k": ("exact_match,flexible-extract", 0.0),
+    "smoe_triviaqa": ("exact_match,remove_whitespace", 0.0),
     "smoe_shakespeare": ("word_perplexity", None),
 }
 

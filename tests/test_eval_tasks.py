@@ -179,3 +179,22 @@ def test_accuracy_table_command_names_the_rows_and_writes_the_margin(tmp_path):
     assert kept["kept"] == pytest.approx((0.10 + 0.20) / (0.20 + 0.30))
     assert kept["tasks"] == ["smoe_hellaswag", "smoe_lambada"]
     assert set(pd.read_csv(out).model) == {"smolmoe"}
+
+
+def test_generation_tasks_headline_is_their_filtered_exact_match():
+    """GSM8K and TriviaQA report exact_match per filter (lm-eval's 'metric,filter' names): the tables take
+    flexible-extract (the last number) and remove_whitespace (any alias) as the headline."""
+    import pandas as pd
+
+    from smoe.accuracy import COLUMNS, pivot
+
+    df = pd.DataFrame([
+        dict(model="m", task="smoe_gsm8k", policy="dense", alpha=None, budget="all", n_docs=32,
+             metric="exact_match,strict-match", value=0.0, stderr=0.0),
+        dict(model="m", task="smoe_gsm8k", policy="dense", alpha=None, budget="all", n_docs=32,
+             metric="exact_match,flexible-extract", value=0.125, stderr=0.05),
+        dict(model="m", task="smoe_triviaqa", policy="dense", alpha=None, budget="all", n_docs=32,
+             metric="exact_match,remove_whitespace", value=0.25, stderr=0.07),
+    ], columns=COLUMNS)
+    t = pivot(df, ["dense"])
+    assert t.loc[("m", "smoe_gsm8k"), "dense"] == 0.125 and t.loc[("m", "smoe_triviaqa"), "dense"] == 0.25
