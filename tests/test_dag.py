@@ -205,3 +205,17 @@ def test_heal_rule_plans_a_recipe_and_a_model_can_be_built_from_it(tmp_path):
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-2000:]
     assert "rule heal:" in out and "--steps 2000 --batch 64 --plain-per-prompt 6" in out
+
+
+def test_generation_config_plans_its_accuracy_jobs_apart():
+    config = load("smolmoe-gen.yaml")
+    check_config(config)
+    assert config["accuracy"]["tasks"] == ["smoe_gsm8k", "smoe_triviaqa", "smoe_shakespeare"]
+    done = snake("-n", "--forceall", "--configfile", "config/smolmoe-gen.yaml", "--",
+                 "results/smolmoe-gen/tables/accuracy.csv")
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-2000:]
+    for expected in ("results/smolmoe-gen/accuracy/smolmoe-135m/dense/dense/a0.json",
+                     "results/smolmoe-gen/accuracy/smolmoe-135m/s640/smoe/a0.25.json",
+                     "results/smolmoe-gen/accuracy/smolmoe-135m/s640/score-lower/a0.25.json"):
+        assert expected in out, expected
