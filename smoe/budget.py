@@ -62,13 +62,18 @@ def plan_memory(
     kv_tokens: int,
     budget_gb: float | None = None,
     cache_experts: int | None = None,
+    grouped: bool = False,
 ) -> MemoryPlan:
+    """Slots for a budget (or a slot count), after the skeleton, the KV cache and the activations. With
+    `grouped` (decode's resident experts as one batched product) the activations also hold one layer's gathered
+    experts (top-k x batch), a transient copy beside the slots."""
     if (budget_gb is None) == (cache_experts is None):
         raise BudgetError("give exactly one of --budget-gb and --cache-experts")
     min_slots = min(num_experts, top_k * batch)
     total_experts = num_experts * num_moe_layers
     kv = kv_bytes_per_token(config, dtype_bytes) * kv_tokens
-    fixed = skeleton_bytes + kv + ACTIVATION_RESERVE_BYTES
+    activations = ACTIVATION_RESERVE_BYTES + (min_slots * expert_bytes if grouped else 0)
+    fixed = skeleton_bytes + kv + activations
     if cache_experts is not None:
         if cache_experts < min_slots:
             raise BudgetError(
@@ -86,7 +91,7 @@ def plan_memory(
             need = fixed + min_slots * expert_bytes
             raise BudgetError(
                 f"--budget-gb {budget_gb} is too small: the skeleton needs {skeleton_bytes / GiB:.3f} GiB, the KV "
-                f"cache reserve {kv / GiB:.3f} GiB, activations {ACTIVATION_RESERVE_BYTES / GiB:.3f} GiB and one "
+                f"cache reserve {kv / GiB:.3f} GiB, activations {activations / GiB:.3f} GiB and one "
                 f"layer's {min_slots} experts {min_slots * expert_bytes / GiB:.3f} GiB; the minimum is "
                 f"{need / GiB:.3f} GiB"
             )
@@ -94,7 +99,7 @@ def plan_memory(
         capacity=int(capacity),
         skeleton_bytes=skeleton_bytes,
         kv_reserve_bytes=kv,
-        activation_reserve_bytes=ACTIVATION_RESERVE_BYTES,
+        activation_reserve_bytes=activations,
         expert_bytes=expert_bytes,
         min_slots=min_slots,
         budget_bytes=budget_bytes,

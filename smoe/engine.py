@@ -62,7 +62,7 @@ class Engine:
         trace: bool = False,
         trace_predictions: bool = False,
         predictor: NextLayerPredictor | None = None,
-        grouped: bool | None = None,
+        grouped: bool = False,
     ):
         self.policy = policy
         self.pool = pool
@@ -85,9 +85,9 @@ class Engine:
         self.predictor = predictor
         self.awaiting: set = set()  # prefetched experts whose layer has not run since
         self.wants_prefetch = type(policy).prefetch is not ExpertPolicy.prefetch
-        # decode: a layer's resident experts as one batched product (a few kernels, not a few per expert);
-        # default on a GPU, where launches dominate a decode step. Off: expert by expert, as HF orders them.
-        self.grouped = self.device.type == "cuda" if grouped is None else grouped
+        # decode: a layer's resident experts as one batched product (a few kernels, not a few per expert; the
+        # runtime's default on a GPU, where launches dominate a decode step). Off: expert by expert, as HF orders.
+        self.grouped = grouped
 
     # ---- whole-run hooks ----------------------------------------------------------------------------
     def preload_keys(self, keys: list) -> None:
@@ -197,7 +197,10 @@ class Engine:
             hit_sum, rest = None, order
         # Prefetch for later layers while this layer's loads are still copying.
         prefetched: list = []
-        partial = lambda: hit_sum if hit_sum is not None else self._combine(torch.zeros_like(x), hits, outs, tok, w)  # noqa: E731
+
+        def partial() -> torch.Tensor:  # this layer's routed output so far [T,H]: its resident experts
+            return hit_sum if hit_sum is not None else self._combine(torch.zeros_like(x), hits, outs, tok, w)
+
         predicted = None
         if self.trace is not None and self.trace_predictions and self.phase == "decode" \
                 and self.predictor is not None and self.predictor.replay is None:

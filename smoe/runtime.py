@@ -102,6 +102,7 @@ class Runtime:
             expert_bytes=expert_bytes,
             model_type=config.model_type,
         )
+        grouped = self.device.type == "cuda" if grouped_experts is None else grouped_experts
         self.memory = plan_memory(
             config=config,
             skeleton_bytes=skeleton_bytes,
@@ -114,6 +115,7 @@ class Runtime:
             kv_tokens=kv_tokens,
             budget_gb=budget_gb,
             cache_experts=cache_experts,
+            grouped=grouped,
         )
         preload = list(self.policy.setup(self.info, self.memory.capacity))
 
@@ -133,7 +135,7 @@ class Runtime:
         self.engine = Engine(
             self.policy, self.pool, self.ckpt.family, config, self.info, act,
             cpu_threads=cpu_threads or default_cpu_threads(), trace=trace, trace_predictions=trace_predictions,
-            predictor=NextLayerPredictor(self.model, blocks, self.ckpt.family), grouped=grouped_experts,
+            predictor=NextLayerPredictor(self.model, blocks, self.ckpt.family), grouped=grouped,
         )
         for layer, block in blocks.items():
             self.experts[layer].engine = self.engine

@@ -94,6 +94,12 @@ def test_budget_buys_the_slots_it_can_hold(tiny):
         rt.close()
         assert rt.memory.capacity == slots
         assert rt.memory.device_bytes <= rt.memory.budget_bytes
+        if slots < 2 * mem.min_slots:
+            continue
+        # grouped decode (the GPU default) gathers one layer's experts (top-k x batch) beside the slots
+        rt = Runtime(tiny(family), "lru", device="cpu", budget_gb=budget, batch=2, kv_tokens=64, grouped_experts=True)
+        rt.close()
+        assert rt.memory.capacity == slots - rt.memory.min_slots and rt.memory.device_bytes <= rt.memory.budget_bytes
     # more than every expert: capped at all of them
     rt = Runtime(tiny(family), "lru", device="cpu", budget_gb=(fixed + 1000 * mem.expert_bytes) / GiB, batch=2,
                  kv_tokens=64)
