@@ -89,10 +89,6 @@ class SMoE(CachingPolicy):
         self._prefetched: frozenset = frozenset()
 
     # ---- score-aware eviction ----------------------------------------------------------------------
-    def mean_score(self, key: ExpertKey) -> float:
-        hist = self.history.get(key[0])
-        return float(self.sums[key[0]][key[1]] / len(hist)) if hist else 0.0
-
     def victim(self, candidates: list[ExpertKey], view: LayerView) -> ExpertKey:
         pre, last = self._prefetched, self.last
         if self.window is None:
@@ -110,7 +106,7 @@ class SMoE(CachingPolicy):
         sums += row
         if len(hist) > self.window:
             sums -= hist.popleft()
-        self._means[view.layer] = (sums / len(hist)).tolist()  # what `mean_score` gives, as a list for `victim`
+        self._means[view.layer] = (sums / len(hist)).tolist()  # Eq. 3's windowed mean, as a list for `victim`
 
     # ---- planning --------------------------------------------------------------------------------------
     def _costs(self, view: LayerView) -> tuple[float, float]:
