@@ -5,18 +5,18 @@ experts computed on the device, loaded, run on the CPU and prefetched; `trace_st
 "what would this run cost on the paper's RTX 3080 Ti / 4060 Ti / A6000", which we cannot run, from the same
 decisions. Values it produces are *modelled* and are labelled so wherever they appear.
 
-Per decode step, layer by layer, it follows the overlaps the runtime has (`engine.py`):
-- the layer's skeleton (attention, router, shared experts) runs on the GPU, memory-bound: its bytes over the
-  GPU's memory rate, plus a fixed host cost per layer (kernel launches, the wait for router scores,
-  planning), which `calibrate` fits on a measured all-GPU run of the same software;
-- then the copies are issued: each load takes expert bytes over the PCIe rate, one after another on one copy
-  engine that prefetches of earlier layers may still occupy;
-- resident experts compute first (expert bytes over the memory rate each), then each loaded expert when its
-  copy has landed;
-- CPU experts run meanwhile on the CPU (expert bytes over the CPU's memory rate each, weights streamed once),
-  and their outputs come back before the layer ends;
+Per decode step, layer by layer, it follows the overlaps the runtime has (`engine.py`) with three clocks: the
+host, the device's compute stream and the copy engine (`step_times`):
+- the host launches the layer's skeleton (attention, router, shared experts), which the device runs
+  memory-bound (its bytes over the GPU's memory rate), and waits for the router scores; then it plans;
+- the copies are issued one after another on the one copy engine (expert bytes over the PCIe rate), behind
+  any prefetches of earlier layers; resident experts compute at once, each loaded one when its copy lands;
+- a predicting policy launches its predictor passes and waits for them; CPU experts run from the planning on
+  (expert bytes over the CPU's rate, or a measured time per expert) and the host waits for them;
 - prefetches are queued on the copy engine after the layer's loads and delay later copies, not this layer.
-The lm head closes each step. Decode at batch 1-3 is memory-bound, so compute rates do not enter.
+The lm head closes each step. Decode at batch 1-3 is memory-bound, so compute rates do not enter. The host's
+costs (`HostCosts`: per layer, per loaded expert, per predictor pass) are fitted on one machine's measured
+runs (`fit_host_costs`, `model_measured_runs`) and carried to the profiles with that label.
 """
 from __future__ import annotations
 
