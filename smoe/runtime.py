@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import logging
+from contextlib import contextmanager
 import os
 import platform
 from dataclasses import dataclass
@@ -203,9 +204,10 @@ class Runtime:
 
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        tokens, ttft, steps = greedy_decode(
-            self.model, ids.to(self.device), mask.to(self.device), max_new_tokens, on_forward, on_logits, stop
-        )
+        with gc_paused():
+            tokens, ttft, steps = greedy_decode(
+                self.model, ids.to(self.device), mask.to(self.device), max_new_tokens, on_forward, on_logits, stop
+            )
         eng.metrics.ttft_list.append(ttft)
         eng.metrics.step_s.extend(steps)
         if self.device.type == "cuda":
@@ -278,6 +280,21 @@ class Runtime:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+@contextmanager
+def gc_paused():
+    """Python's cyclic garbage collector off for one generate call (reference counting still frees): its
+    collections, triggered by the many small objects planning makes, pause the host in the middle of decode
+    steps. Measured on the CPU replay of deepseek's shape (509 slots, batch 3, the 2nd and 3rd run of a process):
+    smoe TPOT 77 -> 65 ms; lru and hybrimoe unchanged."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def pad_left(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
