@@ -103,7 +103,10 @@ class RoutingReplay:
                                 f"{tuple(scores.shape)}; the run routes {tuple(logits.shape)} (feed `segments()`)")
             new_logits = scores.clamp_min(1e-12).log()  # softmax(new_logits) == scores
             probs = new_logits.softmax(dim=-1)
-            top, idx = probs.topk(top_k, dim=-1)  # [T,k]
+            # [T,k]; scores are kept in float16, so ties happen: a stable sort gives them to the lower id on
+            # every device (topk's order among ties differs between CPU and GPU)
+            idx = probs.argsort(dim=-1, descending=True, stable=True)[:, :top_k]
+            top = probs.gather(-1, idx)
             if renorm:
                 top = top / top.sum(dim=-1, keepdim=True)
             return (new_logits.to(logits.dtype), (top * scale).to(output[1].dtype), idx, *output[3:])
