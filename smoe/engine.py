@@ -252,8 +252,7 @@ class Engine:
         token that does not use one has weight 0 there): x [T,H], w [T,E] -> [T,H]. For decode, where T is the
         batch: the weights are read once either way, and the layer is a handful of kernels."""
         keys = [(layer, e) for e in experts]
-        slots = self._to_device(np.asarray(self.pool.slots(keys), dtype=np.int64)) if self.pool.cuda else None
-        weights = self.pool.gather(keys, slots)  # [n, 3*I*H]
+        weights = self.pool.gather(keys)  # [n, 3*I*H]
         y = grouped_forward(x, weights, self.shape, self.act)  # [n,T,H]
         self.pool.release_all(keys)
         gate = w[:, self._to_device(np.asarray(experts, dtype=np.int64))].T  # [n,T]

@@ -49,8 +49,6 @@ class EmulatedLink:
         if gbps * 1e9 >= native:
             raise ValueError(f"an emulated link of {gbps} GB/s is not slower than this machine's own "
                              f"{native / 1e9:.1f} GB/s; give a lower rate")
-        self.gbps = gbps
-        self.native_gbps = native / 1e9
         self.hold_cycles = round(hold_seconds(nbytes, gbps * 1e9, native) * sleep_cycles_per_second())
 
     def after_copy(self) -> None:

@@ -88,17 +88,15 @@ class SlotPool:
         self._await(slot)
         return self.data[slot]
 
-    def gather(self, keys: list[ExpertKey], slots_on_device: torch.Tensor | None = None) -> torch.Tensor:
-        """The weights of resident experts stacked [n, 3*I*H] (one device gather), safe on the compute stream.
-        `slots_on_device` [n] are their slots (`slots(keys)`), already on the device."""
+    def gather(self, keys: list[ExpertKey]) -> torch.Tensor:
+        """The weights of resident experts stacked [n, 3*I*H] (one device gather), safe on the compute stream."""
         if not self.cuda:
             return torch.stack([self.store.expert(*k) for k in keys])
-        for k in keys:
-            self._await(self.slot_of[k])
-        return self.data.index_select(0, slots_on_device)
-
-    def slots(self, keys: list[ExpertKey]) -> list[int]:
-        return [self.slot_of[k] for k in keys]
+        slots = [self.slot_of[k] for k in keys]
+        for slot in slots:
+            self._await(slot)
+        index = torch.tensor(slots, dtype=torch.long).pin_memory().to(self.device, non_blocking=True)  # [n]
+        return self.data.index_select(0, index)
 
     def _await(self, slot: int) -> None:
         if slot in self._fresh:  # once waited for, later work on the compute stream is ordered after the copy
