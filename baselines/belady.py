@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
+import numpy as np
 import torch
 
 from smoe.caching import CachingPolicy, hit_or_load
@@ -41,8 +42,11 @@ class Belady(CachingPolicy):
         i = bisect_right(uses, self.pos)
         return uses[i] if i < len(uses) else float("inf")
 
-    def victim(self, candidates: list[ExpertKey], view: LayerView) -> ExpertKey:
-        return max(candidates, key=lambda k: (self.next_use(k), -k[0], -k[1]))
+    def eviction_rank(self, view: LayerView) -> tuple[np.ndarray, ...]:
+        far = np.zeros(self.in_cache.shape)  # [L,E] minus the next use of each cached expert (-inf: never)
+        for key in self.cached:
+            far[self.at(key)] = -self.next_use(key)
+        return (far,)  # ties: the lower layer, then the lower id (the arrays' order; the sort is stable)
 
     def plan(self, view: LayerView) -> Plan:
         self.pos += 1

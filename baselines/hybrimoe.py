@@ -32,21 +32,19 @@ class HybriMoE(CachingPolicy):
 
     def setup(self, model: ModelInfo, capacity: int) -> list[ExpertKey]:
         self.model = model
-        self.mrs: dict[int, np.ndarray] = {}  # layer -> [E] decayed scores
+        self.mrs = np.zeros((len(model.moe_layers), model.num_experts))  # [L,E] decayed scores (0: never seen)
+        self.seen: set[int] = set()
         self.pcie_idle = 0.0
         return []
 
-    def score(self, key: ExpertKey) -> float:
-        row = self.mrs.get(key[0])
-        return 0.0 if row is None else float(row[key[1]])
-
-    def victim(self, candidates: list[ExpertKey], view: LayerView) -> ExpertKey:
-        return min(candidates, key=lambda k: (self.score(k), self.last[k]))
+    def eviction_rank(self, view: LayerView) -> tuple[np.ndarray, ...]:
+        return (self.mrs, self.recency)
 
     def observe(self, view: LayerView, plan: Plan) -> None:
         row = view.scores.mean(dim=0).numpy().astype(np.float64)
-        old = self.mrs.get(view.layer)
-        self.mrs[view.layer] = row if old is None else self.decay * old + (1 - self.decay) * row
+        i = view.model.moe_layers.index(view.layer)
+        self.mrs[i] = self.decay * self.mrs[i] + (1 - self.decay) * row if view.layer in self.seen else row
+        self.seen.add(view.layer)
 
     def plan(self, view: LayerView) -> Plan:
         resident = view.cache.resident(view.layer)

@@ -3,6 +3,8 @@ v3 Fig. 19 compares its eviction against; the public SMoE code implements it). R
 loaded into the slot of the cached expert used least often since it was loaded (ties: the earliest loaded)."""
 from __future__ import annotations
 
+import numpy as np
+
 from smoe.caching import CachingPolicy, hit_or_load
 from smoe.plan import ExpertKey, LayerView, Plan
 from smoe.policy import register_policy
@@ -12,21 +14,18 @@ from smoe.policy import register_policy
 class LFU(CachingPolicy):
     def __post_init__(self):
         super().__post_init__()
-        self.uses: dict[ExpertKey, int] = {}
-        self.born: dict[ExpertKey, int] = {}
+        self.uses: np.ndarray | None = None  # [L,E] uses since each cached expert was loaded
 
     def on_hit(self, key: ExpertKey) -> None:
-        self.uses[key] += 1
+        self.uses[self.at(key)] += 1
 
     def on_insert(self, key: ExpertKey) -> None:
-        self.uses[key] = 1
-        self.born[key] = next(self.clock)
+        if self.uses is None:
+            self.uses = np.zeros_like(self.born)
+        self.uses[self.at(key)] = 1
 
-    def on_evict(self, key: ExpertKey) -> None:
-        del self.uses[key], self.born[key]
-
-    def victim(self, candidates: list[ExpertKey], view: LayerView) -> ExpertKey:
-        return min(candidates, key=lambda k: (self.uses[k], self.born[k]))
+    def eviction_rank(self, view: LayerView) -> tuple[np.ndarray, ...]:
+        return (self.uses, self.born)
 
     def plan(self, view: LayerView) -> Plan:
         return self.plan_placement(view, hit_or_load(view))

@@ -8,15 +8,17 @@ gives the same hit/miss sequence.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from smoe.caching import CachingPolicy, hit_or_load
-from smoe.plan import ExpertKey, LayerView, Plan
+from smoe.plan import LayerView, Plan
 from smoe.policy import register_policy
 
 
 @register_policy("lru")
 class LRU(CachingPolicy):
-    def victim(self, candidates: list[ExpertKey], view: LayerView) -> ExpertKey:
-        return min(candidates, key=self.last.__getitem__)
+    def eviction_rank(self, view: LayerView) -> tuple[np.ndarray, ...]:
+        return (self.recency,)
 
     def plan(self, view: LayerView) -> Plan:
         return self.plan_placement(view, hit_or_load(view))

@@ -74,10 +74,15 @@ class MoEInfinity(CachingPolicy):
         d = (self.index[key[0]] - self.index[self.layer_now] - 1) % L
         return (ratios[self.index[key[0]], key[1]] + self.eps) * (1 - d / L)
 
+    def priorities(self, ratios: np.ndarray) -> np.ndarray:
+        """`priority` of every expert [L,E] (the same arithmetic, vectorised)."""
+        L = len(self.model.moe_layers)
+        d = (np.arange(L) - self.index[self.layer_now] - 1) % L  # [L]
+        return (ratios + self.eps) * (1 - d / L)[:, None]
+
     # ---- caching ------------------------------------------------------------------------------------
-    def victim(self, candidates: list[ExpertKey], view: LayerView) -> ExpertKey:
-        ratios = self.predicted()
-        return min(candidates, key=lambda k: (self.priority(k, ratios), self.last[k]))
+    def eviction_rank(self, view: LayerView) -> tuple[np.ndarray, ...]:
+        return (self.priorities(self.predicted()), self.recency)
 
     def plan(self, view: LayerView) -> Plan:
         self.layer_now = view.layer

@@ -39,13 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from smoe.errors import SmoeError  # noqa: E402
 from smoe.hardware import h2d_rate  # noqa: E402
-from smoe.policy import policy_names  # noqa: E402
+from smoe.policy import parse_policy_spec, policy_names  # noqa: E402
 from smoe.replay import filled_host_store, run_replayed  # noqa: E402
 from smoe.shapes import SHAPES, RandomSource  # noqa: E402
 
 COLUMNS = ["model", "gpu", "measured", "budget_gb", "policy", "batch", "workload", "ttft_s", "tpot_s", "tpot_p50_s",
            "tpot_p90_s", "hit_rate", "bytes_h2d", "cpu_experts", "cpu_time_s", "substitutions", "prefetches",
-           "prefetch_top_share", "prefetch_routed_share", "policy_time_s", "slots", "link_gbps", "bound_s",
+           "prefetch_top_share", "prefetch_routed_share", "policy_time_s", "predict_time_s", "slots", "link_gbps", "bound_s",
            "tpot_over_bound"]
 
 
@@ -61,7 +61,8 @@ def main() -> int:
     size.add_argument("--budgets-gb", type=float, nargs="+", help="device memory budgets")
     size.add_argument("--slots", type=int, nargs="+", help="expert slots instead of a budget (e.g. a GPU run's "
                       "`slots`, to replay its decisions at toy widths on a CPU)")
-    ap.add_argument("--policies", nargs="+", default=None, help="default: every registered policy but belady")
+    ap.add_argument("--policies", nargs="+", default=None, help="default: every registered policy but belady; "
+                    "NAME:PARAM=VALUE,... runs a policy with parameters set (a variant, named so in the rows)")
     ap.add_argument("--workloads", nargs="+", default=["exam", "language", "knowledge", "understanding", "reasoning"])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 3])
     ap.add_argument("--segments", type=int, help="replay only each trace's first N generate calls (default: all)")
@@ -74,9 +75,10 @@ def main() -> int:
     args = ap.parse_args()
 
     policies = args.policies or [p for p in policy_names() if p != "belady"]
-    unknown = sorted(set(policies) - set(policy_names()))
-    if unknown:
-        ap.error(f"unknown policies {unknown}; accepted: {', '.join(policy_names())}")
+    try:
+        specs = {p: parse_policy_spec(p) for p in policies}
+    except SmoeError as e:
+        ap.error(str(e))
     links = [g or None for g in args.link_gbps]  # None: the machine's own link
     if any(links) and args.device != "cuda":
         ap.error("--link-gbps emulates a PCIe link on a GPU; it needs --device cuda")
@@ -118,7 +120,8 @@ def main() -> int:
             for policy, budget, link in settings:
                 try:
                     size = {"cache_experts": every_expert} if budget is None else budget
-                    rec = run_replayed(source, policy, trace, batch, device=args.device, params=params,
+                    base, own = specs.get(policy, (policy, {}))
+                    rec = run_replayed(source, base, trace, batch, device=args.device, params={**params, **own},
                                        host_store=store, link_gbps=link, max_segments=args.segments, **size)
                 except (SmoeError, torch.cuda.OutOfMemoryError) as e:  # a budget too small for a batch: a row says so
                     print(f"{policy} {budget} {link} b{batch} {workload}: {type(e).__name__}: {e}", flush=True)
@@ -135,7 +138,7 @@ def main() -> int:
                        "workload": workload,
                        **{k: m[k] for k in ("ttft_s", "tpot_s", "tpot_p50_s", "tpot_p90_s", "hit_rate", "bytes_h2d",
                                             "cpu_experts", "cpu_time_s", "substitutions", "prefetches",
-                                            "policy_time_s")},
+                                            "policy_time_s", "predict_time_s")},
                        "prefetch_top_share": acc["top_score_share"], "prefetch_routed_share": acc["routed_share"],
                        "slots": rec["memory"]["capacity"], "link_gbps": rec["env"]["link_gbps"], "bound_s": bound,
                        "tpot_over_bound": m["tpot_s"] / bound if bound else None}

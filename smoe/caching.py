@@ -2,8 +2,8 @@
 
 Where it sits: a base class for policies; it turns "which experts this layer computes on the device" plus a
 victim rule into a plan's `evict` and `discard`, and a ranked wish list into a prefetch. It keeps the cached
-set and each expert's recency; a subclass states its victim rule (`victim`) and any other bookkeeping it
-needs (`on_hit`, `on_insert`, `on_evict`).
+set and each expert's recency and insertion time; a subclass states its victim rule as sort keys over every
+expert (`eviction_rank`) and any other bookkeeping it needs (`on_hit`, `on_insert`, `on_evict`).
 
 Order within a layer: the resident experts the layer uses are touched first (they are shielded until the
 layer finishes), then the missing ones are inserted in ascending id order. A victim is chosen among the
@@ -12,21 +12,31 @@ prefill) is it chosen among this layer's experts already computed, whose slots a
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from itertools import count
 
-from .plan import Action, ExpertKey, LayerView, Plan, PrefetchPlan
+import numpy as np
+
+from .plan import Action, ExpertKey, LayerView, ModelInfo, Plan, PrefetchPlan
 from .policy import ExpertPolicy
 
 
 class CachingPolicy(ExpertPolicy):
     def __post_init__(self):
         self.cached: set[ExpertKey] = set()  # mirrors the slot pool's resident set
-        self.last: dict[ExpertKey, int] = {}  # logical time of each cached expert's last use (for LRU ties)
         self.clock = count()  # one tick per cache access
+        # Per-expert state as [L,E] arrays (row = MoE layer in model order), so a victim search is a few
+        # vectorised operations over the cache, not a Python loop; sized on first use (`_bind`).
+        self.rows: dict[int, int] = {}  # decoder layer -> row
+        self.layers: list[int] = []  # row -> decoder layer
+        self.in_cache = np.zeros((0, 0), dtype=bool)  # [L,E]
+        self.recency = np.zeros((0, 0), dtype=np.int64)  # [L,E] logical time of last use (or insertion)
+        self.born = np.zeros((0, 0), dtype=np.int64)  # [L,E] logical time of insertion
 
     # ---- the rule a subclass states -----------------------------------------------------------------
-    def victim(self, candidates: list[ExpertKey], view: LayerView) -> ExpertKey:
+    def eviction_rank(self, view: LayerView) -> tuple[np.ndarray, ...]:
+        """Sort keys of every expert, [L,E] each (or broadcastable), most significant first: the cached
+        expert with the lowest keys is evicted first. Must not change while one layer is being planned."""
         raise NotImplementedError
 
     def on_hit(self, key: ExpertKey) -> None:
@@ -39,22 +49,49 @@ class CachingPolicy(ExpertPolicy):
         """Extra bookkeeping when an expert leaves the cache."""
 
     # ---- mechanics -----------------------------------------------------------------------------------
+    def _bind(self, model: ModelInfo) -> None:
+        if self.layers:
+            return
+        self.layers = list(model.moe_layers)
+        self.rows = {layer: i for i, layer in enumerate(self.layers)}
+        shape = (len(self.layers), model.num_experts)
+        self.in_cache = np.zeros(shape, dtype=bool)
+        self.recency = np.zeros(shape, dtype=np.int64)
+        self.born = np.zeros(shape, dtype=np.int64)
+
+    def at(self, key: ExpertKey) -> tuple[int, int]:
+        """(row, expert) of a key in the [L,E] arrays."""
+        return self.rows[key[0]], key[1]
+
     def _touch(self, key: ExpertKey) -> None:
-        self.last[key] = next(self.clock)
+        self.recency[self.at(key)] = next(self.clock)
         self.on_hit(key)
 
     def _insert(self, key: ExpertKey) -> None:
         self.cached.add(key)
-        self.last[key] = next(self.clock)
+        self.in_cache[self.at(key)] = True
+        self.recency[self.at(key)] = self.born[self.at(key)] = next(self.clock)
         self.on_insert(key)
 
     def _drop(self, key: ExpertKey) -> None:
         self.cached.remove(key)
-        del self.last[key]
+        self.in_cache[self.at(key)] = False
         self.on_evict(key)
+
+    def victims(self, view: LayerView, allowed: np.ndarray) -> Iterator[ExpertKey]:
+        """The cached experts where `allowed` [L,E] is true, in eviction order (best victim first). The order is
+        fixed once: within one layer's planning no candidate's rank changes (victims leave, new keys are not
+        candidates)."""
+        mask = self.in_cache & allowed
+        idx = np.flatnonzero(mask)  # [n] flat indices of the candidates
+        keys = [np.broadcast_to(k, mask.shape).reshape(-1)[idx] for k in reversed(self.eviction_rank(view))]
+        order = idx[np.lexsort(keys)] if keys else idx  # lexsort: last key most significant, stable
+        E = mask.shape[1]
+        return ((self.layers[i // E], i % E) for i in order.tolist())
 
     def cache_plan(self, view: LayerView, placement: dict[int, Action]) -> tuple[list[ExpertKey], set[int]]:
         """Touch hits, insert loads, and return the (evict, discard) that make room for the loads."""
+        self._bind(view.model)
         layer = view.layer
         on_device = {e for e, a in placement.items() if a in (Action.HIT, Action.LOAD)}
         for e in sorted(e for e, a in placement.items() if a == Action.HIT):
@@ -62,18 +99,22 @@ class CachingPolicy(ExpertPolicy):
         evict: list[ExpertKey] = []
         discard: set[int] = set()
         done = [(layer, e) for e in sorted(on_device) if placement[e] == Action.HIT]
-        others = None  # the cached experts this layer does not use: listed once, victims taken out as they go
+        others = None  # the cached experts this layer does not use, in eviction order
         for e in sorted(e for e, a in placement.items() if a == Action.LOAD):
             key = (layer, e)
             if len(self.cached) >= view.cache.capacity:
                 if others is None:
-                    others = [k for k in self.cached if not (k[0] == layer and k[1] in on_device)]
-                if others:
-                    v = self.victim(others, view)
-                    others.remove(v)
+                    allowed = np.ones_like(self.in_cache)
+                    allowed[self.rows[layer], sorted(on_device)] = False
+                    others = self.victims(view, allowed)
+                v = next(others, None)
+                if v is not None:
                     evict.append(v)
-                else:
-                    v = self.victim([k for k in done if k in self.cached], view)
+                else:  # a layer that needs more experts than there are slots: reuse its own computed ones
+                    allowed = np.zeros_like(self.in_cache)
+                    for k in done:
+                        allowed[self.at(k)] = True
+                    v = next(self.victims(view, allowed))
                     discard.add(v[1])
                 self._drop(v)
             self._insert(key)
@@ -91,14 +132,14 @@ class CachingPolicy(ExpertPolicy):
         protected: set[ExpertKey] = frozenset(),
         worth: Callable[[ExpertKey, ExpertKey], bool] | None = None,
     ) -> PrefetchPlan | None:
-        """Load `want` (best first) into free slots, then over victims chosen by `victim`. Never evicts an
-        expert of the layer being computed, one loaded by this prefetch, or one in `protected`;
+        """Load `want` (best first) into free slots, then over victims in `eviction_rank` order. Never evicts
+        an expert of the layer being computed, one loaded by this prefetch, or one in `protected`;
         `worth(victim, key)` may refuse to trade a victim for a key, which ends the prefetch."""
-        keep = {k for k in self.cached if k[0] == view.layer} | set(protected)
+        self._bind(view.model)
         loads: list[ExpertKey] = []
         evict: list[ExpertKey] = []
         free = view.cache.free_slots
-        candidates = None  # cached experts that may go: listed once, victims taken out as they go
+        candidates = None  # cached experts that may go, in eviction order
         for key in want:
             if key in self.cached:
                 continue
@@ -106,17 +147,17 @@ class CachingPolicy(ExpertPolicy):
                 free -= 1
             else:
                 if candidates is None:
-                    candidates = [k for k in self.cached if k not in keep]
-                if not candidates:
+                    allowed = np.ones_like(self.in_cache)
+                    allowed[self.rows[view.layer]] = False
+                    for k in (*protected, *loads):
+                        allowed[self.at(k)] = False
+                    candidates = self.victims(view, allowed)
+                v = next(candidates, None)
+                if v is None or (worth is not None and not worth(v, key)):
                     break
-                v = self.victim(candidates, view)
-                if worth is not None and not worth(v, key):
-                    break
-                candidates.remove(v)
                 self._drop(v)
                 evict.append(v)
             self._insert(key)
-            keep.add(key)
             loads.append(key)
         return PrefetchPlan(loads=loads, evict=evict) if loads else None
 

@@ -178,7 +178,8 @@ class MeasuredRun:
         layers = max(len(rec["plans"]), 1)
         cpu = dec["cpu_time_s"] / dec["cpu_experts"] if dec["cpu_experts"] else None
         policy = make_policy(p["policy"], **p.get("policy_params", {}))
-        return cls(group=(p["batch"], Path(p["replay"]).parent.name), policy=p["policy"], plans=rec["plans"],
+        label = rec.get("row", {}).get("policy", p["policy"])  # a benchmark's spec, e.g. smoe:prefetch_mode=none
+        return cls(group=(p["batch"], Path(p["replay"]).parent.name), policy=label, plans=rec["plans"],
                    costs=ModelCosts(**rec["costs"]), tpot_s=m["tpot_s"],
                    link_gbps=p.get("link_gbps") or native_gbps,
                    host=HostCosts(policy_per_layer=dec["policy_time_s"] / layers, cpu_per_expert=cpu),

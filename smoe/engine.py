@@ -207,7 +207,10 @@ class Engine:
             predicted = self._predictions(layer, x, partial())
         if self.wants_prefetch and not pending:
             ctx = PrefetchContext(layer, x, partial, self.predictor)
+            t0 = time.perf_counter()
             nxt = self.policy.prefetch(view, ctx)
+            m.policy_time_s += time.perf_counter() - t0 - ctx.predict_s
+            m.predict_time_s += ctx.predict_s
             if nxt is not None:
                 prefetched = self._prefetch(nxt, layer)
         while issued:
@@ -227,7 +230,9 @@ class Engine:
         m.uses += sum(len(t) for t in ex.tokens.values())
         m.substitutions += ex.substitutions
         m.skips += ex.skips
+        t0 = time.perf_counter()
         self.policy.observe(view, plan)
+        m.policy_time_s += time.perf_counter() - t0
         if self.trace is not None:
             self.trace.append(
                 {

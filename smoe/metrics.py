@@ -14,6 +14,9 @@ Definitions:
   substitutions, skips   (token, expert) pairs a policy replaced or dropped
   prefetches / prefetch_used   experts loaded ahead of their layer / of those, later used before eviction
   prefetch_in_topk             prefetched experts that the router's top-k selected at their layer's next run
+  policy_time_s the host time of the policy's decisions: plan (and the runtime's check of it), prefetch and
+                observe, without the predictor pass a prefetch asks for
+  predict_time_s the host time of predictor passes (launching them and waiting for their scores)
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ class Counters:
     prefetch_used: int = 0
     prefetch_in_topk: int = 0
     policy_time_s: float = 0.0
+    predict_time_s: float = 0.0
 
 
 class Metrics:
@@ -70,6 +74,7 @@ class Metrics:
             "prefetch_used": total["prefetch_used"],
             "prefetch_in_topk": total["prefetch_in_topk"],
             "policy_time_s": total["policy_time_s"],
+            "predict_time_s": total["predict_time_s"],
             "peak_device_bytes": self.peak_device_bytes,
             "preload_loads": self.preload_loads,
             "decode_steps": int(steps.size),

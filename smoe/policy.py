@@ -139,6 +139,20 @@ def _coerce(name: str, field: dataclasses.Field, value, hints: dict):
     return value
 
 
+def parse_policy_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """'smoe:prefetch_mode=no-attention,alpha=0.3' -> ('smoe', {'prefetch_mode': 'no-attention', 'alpha': '0.3'}):
+    a registered policy with some parameters set, as one name for a sweep's command line and its tables."""
+    name, _, rest = spec.partition(":")
+    params = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise PolicyParamError(f"policy spec {spec!r}: {item!r} is not NAME=VALUE")
+        params[key] = value
+    _lookup(name)
+    return name, params
+
+
 def make_policy(name: str, **params) -> ExpertPolicy:
     """Instantiate the policy registered as `name`; string values (from the CLI) are converted."""
     cls, preset = _lookup(name)

@@ -12,6 +12,8 @@ public SMoE code uses: the attention is skipped. Returns scores [T,E] on the dev
 """
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import nn
 
@@ -32,10 +34,11 @@ class _ReadOnlyCache:
         return getattr(self.cache, name)
 
 
-def shared_output(block: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
-    """The always-on shared experts' contribution of a MoE block, as its family computes it. x [T,H]."""
+def shared_output(block: nn.Module, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor | None:
+    """The always-on shared experts' contribution of a MoE block, as its family computes it. x [T,H]; `out`
+    [T,H]: the ungated shared expert's output on x where the block has computed it already."""
     if hasattr(block, "shared_expert"):  # Qwen2-MoE: a gated shared expert
-        out = block.shared_expert(x)
+        out = block.shared_expert(x) if out is None else out
         gate = getattr(block, "shared_expert_gate", None)
         return out * torch.sigmoid(gate(x)) if gate is not None else out
     if hasattr(block, "shared_experts"):  # DeepSeek
@@ -51,13 +54,24 @@ class NextLayerPredictor:
         self.residual: dict[int, torch.Tensor] = {}  # layer -> input of its post-attention norm [B,S,H]
         self.kwargs: dict = {}  # the decoder-layer kwargs of the current forward (mask, rotary, cache)
         self.replay = None  # a `replay.RoutingReplay`: predictions come from its trace instead
-        for i in blocks:
+        # Qwen2-MoE blocks run their shared expert before the routed experts: its output is kept for the
+        # prediction, which then does not compute it again (keyed by the input tensor, so never stale)
+        self.shared: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> (input [T,H], output [T,H])
+        for i, block in blocks.items():
             self.layers[i].post_attention_layernorm.register_forward_pre_hook(self._keep_residual(i))
+            if hasattr(block, "shared_expert"):
+                block.shared_expert.register_forward_hook(self._keep_shared(i))
         self.layers[0].register_forward_pre_hook(self._keep_kwargs, with_kwargs=True)
 
     def _keep_residual(self, i: int):
         def hook(module, args):
             self.residual[i] = args[0]
+
+        return hook
+
+    def _keep_shared(self, i: int):
+        def hook(module, args, output):
+            self.shared[i] = (args[0], output)
 
         return hook
 
@@ -78,7 +92,8 @@ class NextLayerPredictor:
         residual = self.residual[layer]  # [B,S,H]
         B, S, H = residual.shape
         h = residual.reshape(-1, H) + partial.to(residual.dtype)
-        shared = shared_output(self.blocks[layer], x)
+        seen = self.shared.get(layer)
+        shared = shared_output(self.blocks[layer], x, seen[1] if seen is not None and seen[0] is x else None)
         if shared is not None:
             h = h + shared.to(h.dtype)
         return h.view(B, S, H)
@@ -134,6 +149,7 @@ class PrefetchContext:
         self.hidden = hidden  # [T,H] the layer's normed input, on the device
         self._partial = partial  # () -> [T,H] this layer's routed output so far (its resident experts)
         self._predictor = predictor
+        self.predict_s = 0.0  # host time spent in predictor passes (the runtime's, not the policy's)
 
     @property
     def next_layer(self) -> int | None:
@@ -142,8 +158,14 @@ class PrefetchContext:
     def predict(self, attention: bool = True) -> torch.Tensor:
         """Predicted scores [T,E] of the next MoE layer, on the CPU (waits for the compute stream)."""
         assert self.next_layer is not None, "no MoE layer follows directly"
-        return self._predictor.predict(self.layer, self.hidden, self._partial(), attention).cpu()
+        t0 = time.perf_counter()
+        out = self._predictor.predict(self.layer, self.hidden, self._partial(), attention).cpu()
+        self.predict_s += time.perf_counter() - t0
+        return out
 
     def gate_scores(self, target: int) -> torch.Tensor:
         """A later MoE layer's router on this layer's approximate output, on the CPU (no layers in between)."""
-        return self._predictor.gate_scores(self.layer, self.hidden, self._partial(), target).cpu()
+        t0 = time.perf_counter()
+        out = self._predictor.gate_scores(self.layer, self.hidden, self._partial(), target).cpu()
+        self.predict_s += time.perf_counter() - t0
+        return out

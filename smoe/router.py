@@ -21,12 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import torch
-
-
-def _ranked(row: list[float]) -> list[int]:
-    """Expert ids by descending score, ties to the lower id."""
-    return sorted(range(len(row)), key=lambda e: (-row[e], e))
 
 
 def expert_cache_router(
@@ -43,8 +39,9 @@ def expert_cache_router(
         raise ValueError(f"k must be in 1..{E - 1}, got {k}")
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
-    rows = scores.detach().float().cpu().tolist()
-    ranked = [_ranked(r) for r in rows]
+    values = scores.detach().float().cpu().numpy()  # [T,E]
+    rows = values.tolist()
+    ranked = np.argsort(-values, axis=1, kind="stable").tolist()  # [T,E] by descending score, ties to the lower id
     if topk is not None:  # the selection first (by score), then the rest (by score)
         sel = [set(row) for row in topk.tolist()]
         ranked = [[e for e in rk if e in s] + [e for e in rk if e not in s] for rk, s in zip(ranked, sel)]

@@ -119,6 +119,17 @@ def test_unknown_policy_parameter(tiny):
         make_runtime(tiny(FAMILY), "lru", policy_params={"bogus": "1"})
 
 
+def test_policy_spec():
+    from smoe.policy import parse_policy_spec
+
+    assert parse_policy_spec("smoe") == ("smoe", {})
+    assert parse_policy_spec("smoe:prefetch_mode=none,alpha=0.3") == ("smoe", {"prefetch_mode": "none", "alpha": "0.3"})
+    with pytest.raises(PolicyParamError, match="'alpha' is not NAME=VALUE"):
+        parse_policy_spec("smoe:alpha")
+    with pytest.raises(UnknownPolicy, match="'smoo'.*known policies"):
+        parse_policy_spec("smoo:alpha=1")
+
+
 def test_policy_parameter_of_the_wrong_type(tiny):
     with pytest.raises(PolicyParamError, match="alpha"):
         make_runtime(tiny(FAMILY), "smoe", policy_params={"alpha": "high"})

@@ -52,3 +52,19 @@ def test_prediction_is_exact_when_the_layer_is_fully_computed(family, tiny):
         torch.testing.assert_close(gate, without, atol=1e-6, rtol=0)  # the same router on the same state
         worst_no_attention = max(worst_no_attention, float((without - actual).abs().max()))
     assert worst_no_attention > 1e-3, "skipping the attention should be an approximation"
+
+
+def test_prediction_reuses_the_shared_expert_the_block_computed(tiny):
+    """A Qwen2-MoE block computes its shared expert before its routed experts; the prediction takes that output
+    instead of running the shared expert again (and stays exact: the test above)."""
+    rt = Runtime(tiny("qwen2_moe"), "test-predict-probe", device="cpu", cache_experts=1000, batch=len(PROMPTS))
+    calls = []
+    try:
+        blocks = rt.engine.predictor.blocks
+        for block in blocks.values():
+            block.shared_expert.register_forward_pre_hook(lambda m, a: calls.append(1))
+        rt.generate(PROMPTS, 3)
+        forwards = 3 * len(blocks)  # every MoE block, every forward pass (prefill + 2 decode steps)
+    finally:
+        rt.close()
+    assert len(calls) == forwards

@@ -134,23 +134,26 @@ def test_paper_shape_benchmark_runs_end_to_end_on_toy_widths(tmp_path):
     out = tmp_path / "out"
     subprocess.run([sys.executable, str(ROOT / "benchmarks/paper_shape.py"), "--shape", "deepseek-moe-16b-shape",
                     "--tiny", "--device", "cpu", "--traces", str(tmp_path / "traces"), "--workloads", "exam",
-                    "--batches", "1", "--budgets-gb", "0.267", "--policies", "lru", "smoe", "--out", str(out)],
-                   check=True, cwd=ROOT)
+                    "--batches", "1", "--budgets-gb", "0.267", "--policies", "lru", "smoe", "smoe:prefetch_mode=none",
+                    "--out", str(out)], check=True, cwd=ROOT)
     rows = list(csv.DictReader(open(out / "deepseek-moe-16b-shape-tiny.csv")))
-    assert [r["policy"] for r in rows] == ["all-gpu", "lru", "smoe"]
+    assert [r["policy"] for r in rows] == ["all-gpu", "lru", "smoe", "smoe:prefetch_mode=none"]
+    assert int(rows[2]["prefetches"]) > 0 and int(rows[3]["prefetches"]) == 0  # the variant runs with its parameter
+    assert float(rows[2]["predict_time_s"]) > 0 and float(rows[3]["predict_time_s"]) == 0
     assert all(r["measured"] == "False" and float(r["tpot_s"]) > 0 for r in rows)
     assert float(rows[0]["hit_rate"]) == 1.0 and float(rows[1]["hit_rate"]) < 1.0
-    assert len((out / "deepseek-moe-16b-shape-tiny.jsonl").read_text().splitlines()) == 3
+    assert len((out / "deepseek-moe-16b-shape-tiny.jsonl").read_text().splitlines()) == 4
     assert json.loads((out / "deepseek-moe-16b-shape-tiny_env.json").read_text())["shape"] == "deepseek-moe-16b-shape"
     # the records carry what the cost model fits and replays (the DAG's gpu_tables rule does this on GPU runs)
     from smoe.costmodel import model_measured_runs
 
     records = [json.loads(line) for line in (out / "deepseek-moe-16b-shape-tiny.jsonl").read_text().splitlines()]
     validation, modelled = model_measured_runs(records, native_gbps=55.0, measured_on="h200")
-    assert [v["policy"] for v in validation] == ["lru", "smoe"] and not any(v["held_out"] for v in validation)
+    assert [v["policy"] for v in validation] == ["lru", "smoe", "smoe:prefetch_mode=none"]
+    assert not any(v["held_out"] for v in validation)
     assert all(v["modelled_tpot_s"] > 0 for v in validation)
     assert {r["gpu"] for r in modelled} == {"rtx3080ti-12g", "rtx4060ti-16g", "a6000-48g", "h200"}
-    assert len(modelled) == 2 * 4 and all(r["measured"] is False and r["tpot_s"] > 0 for r in modelled)
+    assert len(modelled) == 3 * 4 and all(r["measured"] is False and r["tpot_s"] > 0 for r in modelled)
 
     # the ablation script: the same slots on "the CPU" (here the runs themselves) against "the GPU" runs
     slots = rows[1]["slots"]

@@ -85,16 +85,16 @@ class SMoE(CachingPolicy):
             raise PolicyParamError(f"need alpha >= 0, window >= 1 or None, p >= 1; got {self.alpha}, {self.window}, {self.p}")
         self.history: dict[int, deque] = {}  # layer -> deque of per-pass mean scores [E]
         self.sums: dict[int, np.ndarray] = {}
-        self._means: dict[int, list[float]] = {}  # layer -> windowed mean score of each expert
-        self._prefetched: frozenset = frozenset()
+        self.means: np.ndarray | None = None  # [L,E] windowed mean score of each expert (0 before any pass)
+        self._prefetched = np.zeros((0, 0), dtype=bool)  # [L,E] brought by a prefetch and not used since
 
     # ---- score-aware eviction ----------------------------------------------------------------------
-    def victim(self, candidates: list[ExpertKey], view: LayerView) -> ExpertKey:
-        pre, last = self._prefetched, self.last
+    def eviction_rank(self, view: LayerView) -> tuple[np.ndarray, ...]:
         if self.window is None:
-            return min(candidates, key=lambda k: (k in pre, last[k]))
-        means, zeros = self._means, [0.0] * view.model.num_experts
-        return min(candidates, key=lambda k: (k in pre, means.get(k[0], zeros)[k[1]], last[k]))
+            return (self._prefetched, self.recency)
+        if self.means is None:
+            self.means = np.zeros(self.in_cache.shape)
+        return (self._prefetched, self.means, self.recency)
 
     def observe(self, view: LayerView, plan: Plan) -> None:
         if self.window is None:
@@ -106,7 +106,9 @@ class SMoE(CachingPolicy):
         sums += row
         if len(hist) > self.window:
             sums -= hist.popleft()
-        self._means[view.layer] = (sums / len(hist)).tolist()  # Eq. 3's windowed mean, as a list for `victim`
+        if self.means is None:
+            self.means = np.zeros((len(view.model.moe_layers), view.model.num_experts))
+        self.means[view.model.moe_layers.index(view.layer)] = sums / len(hist)  # Eq. 3's windowed mean
 
     # ---- planning --------------------------------------------------------------------------------------
     def _costs(self, view: LayerView) -> tuple[float, float]:
@@ -119,7 +121,10 @@ class SMoE(CachingPolicy):
         return c_load, c_cpu
 
     def plan(self, view: LayerView) -> Plan:
-        self._prefetched = view.cache.prefetched()
+        self._bind(view.model)
+        self._prefetched = np.zeros_like(self.in_cache)
+        for key in view.cache.prefetched():
+            self._prefetched[self.at(key)] = True
         layer, k = view.layer, view.model.top_k
         topk = view.topk.numpy()  # [T,K]
         T, K = topk.shape
@@ -167,12 +172,13 @@ class SMoE(CachingPolicy):
         if self.prefetch_mode == "none" or view.phase != "decode" or ctx.next_layer is None:
             return None
         nxt, k = ctx.next_layer, view.model.top_k
-        scores = ctx.predict(attention=self.prefetch_mode == "attention")  # [T,E] predicted, on the CPU
-        kth1 = scores.topk(k + 1, dim=-1).values[:, k:k + 1]  # [T,1] predicted S_{k+1}
-        top = (scores >= (1 + self.alpha) * kth1) & (scores >= scores.topk(k, dim=-1).values[:, -1:])
-        best = scores.max(dim=0).values
+        scores = ctx.predict(attention=self.prefetch_mode == "attention").numpy()  # [T,E] predicted
+        ranked = -np.sort(-scores, axis=1)  # [T,E] each token's scores, descending
+        kth, kth1 = ranked[:, k - 1:k], ranked[:, k:k + 1]  # [T,1] predicted S_k and S_{k+1}
+        top = (scores >= (1 + self.alpha) * kth1) & (scores >= kth)  # [T,E] predicted top-score experts
+        best = scores.max(axis=0)  # [E]
         resident = view.cache.resident(nxt)
-        want = sorted({int(e) for e in top.nonzero()[:, 1].tolist()} - resident, key=lambda e: (-float(best[e]), e))
+        want = sorted(set(np.flatnonzero(top.any(axis=0)).tolist()) - resident, key=lambda e: (-float(best[e]), e))
         room = int(self.prefetch_share * view.cache.capacity) - len(view.cache.prefetched())
         want = want[: max(room, 0)]
         # prefetched experts not yet used are never traded for other prefetches
