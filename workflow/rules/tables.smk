@@ -17,5 +17,7 @@ rule gpu_tables:
     output:
         perf=f"{TABLES}/perf_gpu.csv",
         validation=f"{TABLES}/costmodel_validation.csv",
+        summary=f"{TABLES}/smoe_vs_best_gpu.csv",
+        ablation=f"{TABLES}/ablation_gpu.csv",
     script:
         "../scripts/gpu_tables.py"

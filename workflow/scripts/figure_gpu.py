@@ -1,6 +1,7 @@
 """Snakemake script of rule `figure_gpu`: Fig. 11 analogue from perf_gpu.csv (measured rows only): TPOT per
 policy on the paper's model shapes, at this GPU's own link and at the paper's PCIe rate (emulated), per
-workload and batch size. The all-GPU floor is drawn as a line."""
+workload and batch size. The all-GPU floor is drawn as a line. A setting measured in more than one folder of
+`gpu_results` is drawn from the folder listed first (the config lists the newest first)."""
 import matplotlib
 
 matplotlib.use("Agg")
@@ -10,6 +11,10 @@ import seaborn as sns  # noqa: E402
 sm = snakemake  # noqa: F821
 df = pd.read_csv(sm.input[0])
 df = df[df.measured.astype(bool)].copy()
+df["folder"] = df.source.str.split("/").str[0]
+first = {f: i for i, f in enumerate(df.folder.drop_duplicates())}  # the table keeps the config's folder order
+run = ["model", "budget_gb", "batch", "workload", "policy", "link_gbps"]
+df = df.assign(rank=df.folder.map(first)).sort_values("rank", kind="stable").drop_duplicates(run, keep="first")
 df["link"] = df.link_gbps.map(lambda g: f"emulated {g:g} GB/s" if g == g else "native")
 df["setting"] = df.model + " @" + df.budget_gb.map(lambda b: "" if b != b else f"{b:g} GB") + ", b" + df.batch.astype(str)
 floor = df[df.policy == "all-gpu"].set_index(["setting", "workload"]).tpot_s

@@ -5,6 +5,11 @@
   costmodel_validation.csv    per offloading run, the cost model's TPOT against the measured one on the machine
                               it ran on, at the run's own link rate; host costs are fitted on the native-link
                               runs, so the emulated-link runs (`held_out`) check it
+  smoe_vs_best_gpu.csv        per measured setting (folder, shape, batch, workload, link): the all-GPU floor, the
+                              best offloading baseline and every SMoE variant's TPOT as a multiple of it
+  ablation_gpu.csv            the paper's Fig. 14 steps (lru, +CE, +CR, +Pre, +BA) where a setting ran them all:
+                              TPOT and hit rate per step and the change from the step before
+A setting measured in two folders appears twice, told apart by `source`.
 """
 import json
 from pathlib import Path
@@ -28,3 +33,31 @@ for path in map(Path, sm.input):  # {stem}.jsonl with {stem}_env.json beside it
 table = pd.concat([*measured, pd.DataFrame(modelled).assign(emulated=False)], ignore_index=True)
 table.to_csv(sm.output.perf, index=False)
 pd.DataFrame(validation).to_csv(sm.output.validation, index=False)
+
+BASELINES = ["on-demand", "lru", "cpu-assist", "hybrimoe", "moe-infinity"]
+STEPS = ["lru", "smoe-ce", "smoe-ce-cr", "smoe-ce-cr-pre", "smoe"]
+runs = pd.concat(measured, ignore_index=True)
+runs["folder"] = runs.source.str.split("/").str[0]
+setting = ["folder", "model", "budget_gb", "batch", "workload"]
+floors = runs[runs.policy == "all-gpu"].set_index(["folder", "model", "batch", "workload"]).tpot_s  # no budget
+summary, steps = [], []
+for key, group in runs[runs.policy != "all-gpu"].groupby(setting, dropna=False, sort=False):
+    floor = floors.get((key[0], key[1], key[3], key[4]))
+    for link, g in group.groupby(group.link_gbps.fillna(0), sort=False):
+        t = g.drop_duplicates("policy").set_index("policy")
+        base = t.tpot_s[t.index.isin(BASELINES)]
+        row = dict(zip(setting, key), link_gbps=link or None, floor_s=floor)
+        if len(base):
+            row |= {"best_baseline": base.idxmin(), "best_baseline_tpot_s": base.min()}
+            for p in t.index[t.index.str.startswith("smoe")]:
+                row[f"{p} / best"] = t.tpot_s[p] / base.min()
+        summary.append(row)
+        if set(STEPS) <= set(t.index):
+            for prev, step in zip([None, *STEPS], STEPS):
+                steps.append(dict(zip(setting, key), link_gbps=link or None, step=step, tpot_s=t.tpot_s[step],
+                                  hit_rate=t.hit_rate[step],
+                                  tpot_change=None if prev is None else t.tpot_s[step] / t.tpot_s[prev] - 1,
+                                  hit_change=None if prev is None else t.hit_rate[step] / t.hit_rate[prev] - 1))
+pd.DataFrame(summary).to_csv(sm.output.summary, index=False)
+pd.DataFrame(steps, columns=[*setting, "link_gbps", "step", "tpot_s", "hit_rate", "tpot_change", "hit_change"]) \
+    .to_csv(sm.output.ablation, index=False)
