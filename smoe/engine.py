@@ -277,7 +277,7 @@ class Engine:
             return t
         return t.pin_memory().to(self.device, non_blocking=True)
 
-    LOOKAHEAD = 3  # MoE layers ahead whose predicted scores a trace records (HybriMoE looks 2 ahead)
+    LOOKAHEAD = 3  # MoE layers ahead whose predicted scores a trace records (HybriMoE at depth up to 3)
 
     def _predictions(self, layer: int, x: torch.Tensor, partial: torch.Tensor) -> dict[str, torch.Tensor]:
         """The predictor's view from this point of a decode step, kept in the trace for routing replay:

@@ -144,6 +144,7 @@ class ExecPlan:
 
 
 _CODES = {int(a) for a in Action}
+_ACTIONS = tuple(Action)  # code -> Action, without the Enum call's cost
 
 
 def _fail(policy: str, layer: int, msg: str) -> PolicyError:
@@ -180,7 +181,7 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
                 raise _fail(policy, layer, f"HIT for expert {e}, which is not resident")
             if a != HIT and e in resident:
                 raise _fail(policy, layer, f"{Action(a).name} for expert {e}, which is already resident (use HIT)")
-            if where.setdefault(e, Action(a)) != a:
+            if where.setdefault(e, _ACTIONS[a]) != a:
                 raise _fail(policy, layer, f"expert {e} is both {where[e].name} and {Action(a).name} in one layer")
     tokens: dict[int, list[int]] = {}
     computed = [set() for _ in range(T)]

@@ -127,6 +127,7 @@ class SMoE(CachingPolicy):
             self._prefetched[self.at(key)] = True
         layer, k = view.layer, view.model.top_k
         topk = view.topk.numpy()  # [T,K]
+        scores = view.scores.numpy()  # [T,E]
         T, K = topk.shape
         resident = view.cache.resident(layer)
         computed = [sorted(row) for row in topk.tolist()]
@@ -135,8 +136,8 @@ class SMoE(CachingPolicy):
         # Where each computed expert runs: resident -> HIT; missing -> LOAD, or the CPU when balancing.
         needed = sorted(set().union(*map(set, computed)))
         missing = [e for e in needed if e not in resident]
-        best = view.scores.max(dim=0).values  # [E] best score of each expert over the batch
-        missing.sort(key=lambda e: (-float(best[e]), e))
+        best = scores.max(axis=0).tolist()  # [E] best score of each expert over the batch
+        missing.sort(key=lambda e: (-best[e], e))
         load_ids, cpu_ids = missing, []
         if self.balance and missing:
             load_ids, cpu_ids = split_load_cpu(missing, *self._costs(view))
@@ -147,9 +148,9 @@ class SMoE(CachingPolicy):
         actions = np.empty((T, K), dtype=np.int8)
         standins = np.full((T, K), -1, dtype=np.int64)
         scale = None
-        for t in range(T):
-            routed, comp = topk[t].tolist(), set(computed[t])
-            extra = sorted(comp - set(routed), key=lambda e: (-float(view.scores[t, e]), e))  # stand-ins
+        for t, (routed, row) in enumerate(zip(topk.tolist(), scores.tolist())):
+            comp = set(computed[t])
+            extra = sorted(comp - set(routed), key=lambda e: (-row[e], e))  # stand-ins
             for j, e in enumerate(routed):
                 if e in comp:
                     actions[t, j] = placement[e]
