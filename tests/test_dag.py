@@ -156,6 +156,45 @@ def test_slurm_profile_sizes_every_job():
     assert "runtime=240" in sized["accuracy"] and "mem_mb=4000" in sized["perf_table"]
 
 
+def _slurm_up() -> bool:
+    try:
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return False
+    return ping.returncode == 0 and "UP" in ping.stdout
+
+
+@pytest.mark.skipif(not _slurm_up(), reason="no SLURM controller answers `scontrol ping` (start one with "
+                    "workflow/profiles/slurm/localhost.sh; .ci/run does where it can)")
+def test_slurm_localhost_runs_the_ci_grid(tmp_path):
+    """config/test.yaml through the slurm profile on a real (one-node) SLURM: every job an sbatch job, job states
+    read with squeue (no accounting database), every table and figure made. Sizes are cut to the small node."""
+    work = tmp_path / "wf"
+    work.mkdir()
+    for item in ("Snakefile", "config", "workflow", "profiles", "resources"):
+        (work / item).symlink_to(ROOT / item, target_is_directory=(ROOT / item).is_dir())
+    (work / "results").mkdir()
+    (work / "results/gpu").symlink_to(ROOT / "results/gpu", target_is_directory=True)
+    rules = ("smolmoe_model", "bench", "bench_belady", "trace_for_belady", "accuracy")
+    done = snake("--workflow-profile", "workflow/profiles/slurm", "--configfile", "config/test.yaml",
+                 "--slurm-status-command", "squeue", "--slurm-keep-successful-logs", "--latency-wait", "5",
+                 "--default-resources", "slurm_partition=debug", "runtime=30", "mem_mb=1000", "cpus_per_task=1",
+                 "--set-resources", *[f"{r}:{k}={v}" for r in rules for k, v in (("mem_mb", 2000), ("cpus_per_task", 1))],
+                 "--set-threads", *[f"{r}=1" for r in rules[1:]], cwd=work, timeout=1800)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    # one sbatch job per benchmark job (a policy's runs at one budget), each with its SLURM log
+    bench_jobs = {"_".join(Path(p).parts[2:6]) for p in run_paths(load("test.yaml"))}  # gpu_model_budget_policy
+    logs = work / ".snakemake/slurm_logs"
+    logged = {d.name for rule in ("rule_bench", "rule_bench_belady") for d in (logs / rule).iterdir()
+              if any(d.glob("*.log"))}
+    assert bench_jobs <= logged, bench_jobs - logged
+    assert out.count("has been submitted with SLURM jobid") >= len(bench_jobs)
+    for path in ("results/tables/perf.csv", "results/tables/accuracy.csv", "results/tables/perf_gpu.csv",
+                 "figures/fig11_tpot.pdf", "figures/fig14_ablation.pdf", "figures/fig11_tpot_gpu.pdf"):
+        assert (work / path).stat().st_size > 0, path
+
+
 def test_accuracy_grid_and_its_checks():
     config = load("smolmoe-full.yaml")
     runs = accuracy_runs(config)
