@@ -164,9 +164,8 @@ def _slurm_up() -> bool:
     return ping.returncode == 0 and "UP" in ping.stdout
 
 
-@pytest.mark.skipif(os.environ.get("SMOE_SLURM_TEST") != "1" or not _slurm_up(),
-                    reason="opt-in (SMOE_SLURM_TEST=1) and needs a SLURM controller that answers `scontrol ping` "
-                    "(workflow/profiles/slurm/localhost.sh starts one)")
+@pytest.mark.skipif(not _slurm_up(), reason="no SLURM controller answers `scontrol ping` (start one with "
+                    "workflow/profiles/slurm/localhost.sh; .ci/run does where it can)")
 def test_slurm_localhost_runs_the_ci_grid(tmp_path):
     """config/test.yaml through the slurm profile on a real (one-node) SLURM: every job an sbatch job, job states
     read with squeue (no accounting database), every table and figure made. Sizes are cut to the small node."""
