@@ -49,7 +49,7 @@ class HybriMoE(CachingPolicy):
 
     def observe(self, view: LayerView, plan: Plan) -> None:
         row = view.scores.mean(dim=0).numpy().astype(np.float64)
-        i = view.model.moe_layers.index(view.layer)
+        i = self.rows[view.layer]  # plan has bound the rows
         self.mrs[i] = self.decay * self.mrs[i] + (1 - self.decay) * row if view.layer in self.seen else row
         self.seen.add(view.layer)
 

@@ -85,15 +85,18 @@ class SMoE(CachingPolicy):
             raise PolicyParamError(f"need alpha >= 0, window >= 1 or None, p >= 1; got {self.alpha}, {self.window}, {self.p}")
         self.history: dict[int, deque] = {}  # layer -> deque of per-pass mean scores [E]
         self.sums: dict[int, np.ndarray] = {}
-        self.means: np.ndarray | None = None  # [L,E] windowed mean score of each expert (0 before any pass)
+        self.means = np.zeros((0, 0))  # [L,E] windowed mean score of each expert (0 before any pass)
         self._prefetched = np.zeros((0, 0), dtype=bool)  # [L,E] brought by a prefetch and not used since
+
+    def _bind(self, model) -> None:
+        if not self.layers:
+            super()._bind(model)
+            self.means = np.zeros(self.in_cache.shape)
 
     # ---- score-aware eviction ----------------------------------------------------------------------
     def eviction_rank(self, view: LayerView) -> tuple[np.ndarray, ...]:
         if self.window is None:
             return (self._prefetched, self.recency)
-        if self.means is None:
-            self.means = np.zeros(self.in_cache.shape)
         return (self._prefetched, self.means, self.recency)
 
     def observe(self, view: LayerView, plan: Plan) -> None:
@@ -106,9 +109,7 @@ class SMoE(CachingPolicy):
         sums += row
         if len(hist) > self.window:
             sums -= hist.popleft()
-        if self.means is None:
-            self.means = np.zeros((len(view.model.moe_layers), view.model.num_experts))
-        self.means[view.model.moe_layers.index(view.layer)] = sums / len(hist)  # Eq. 3's windowed mean
+        self.means[self.rows[view.layer]] = sums / len(hist)  # Eq. 3's windowed mean (plan has bound the rows)
 
     # ---- planning --------------------------------------------------------------------------------------
     def _costs(self, view: LayerView) -> tuple[float, float]:
