@@ -47,11 +47,14 @@ def main() -> int:
     gpu = measured[0]["row"]["gpu"]
     links = sorted({r["row"]["link_gbps"] for r in measured if r["row"]["link_gbps"]})
     costs = ModelCosts(**measured[0]["costs"])  # the real shape's bytes (the replay ran at toy widths)
-    runs = [MeasuredRun.from_record(r, native) for r in measured]
+    # records older than `policy_resolved` ran with the defaults of their day, stated in their env files
+    runs = [MeasuredRun.from_record(r, native, env.get("policy_defaults")) for r in measured]
     here = replace(PROFILES[gpu], pcie_gbps=native)
     per_layer, fitted = fit_host_costs([r for r in runs if r.link_gbps == native], here)
     on_gpu = {(r.group, r.policy, r.link_gbps): (r, rec) for r, rec in zip(runs, measured)}
-    cpu = [MeasuredRun.from_record(r, native) for r in replayed]
+    replayed_env = Path(args.replayed).with_name(f"{Path(args.replayed).stem}_env.json")
+    old = json.loads(replayed_env.read_text()).get("policy_defaults") if replayed_env.exists() else None
+    cpu = [MeasuredRun.from_record(r, native, old) for r in replayed]
     # planning time: this CPU's, scaled to the GPU host by the ratio on the policies both ran
     ratios = [on_gpu[(c.group, c.policy, native)][0].host.policy_per_layer / c.host.policy_per_layer
               for c in cpu if (c.group, c.policy, native) in on_gpu and c.policy != "all-gpu"

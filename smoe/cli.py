@@ -77,6 +77,7 @@ def run_one(
     """Load, generate, and return the run record (what `run --out` writes)."""
     import torch
 
+    from .policy import resolved_params
     from .runtime import Runtime
 
     torch.manual_seed(seed)
@@ -96,7 +97,8 @@ def run_one(
             tmp.replace(path)
         return {
             "params": {
-                "model": str(model), "policy": policy, "policy_params": dict(params or {}), "device": device,
+                "model": str(model), "policy": policy, "policy_params": dict(params or {}),
+                "policy_resolved": resolved_params(rt.policy), "device": device,
                 "batch": batch, "max_new_tokens": max_new_tokens, "budget_gb": budget_gb,
                 "cache_experts": cache_experts, "seed": seed, "cpu_threads": cpu_threads, "prompts": prompts,
             },

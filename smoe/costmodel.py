@@ -170,14 +170,19 @@ class MeasuredRun:
     predictions: int  # predictor passes per layer
 
     @classmethod
-    def from_record(cls, rec: dict, native_gbps: float) -> "MeasuredRun":
+    def from_record(cls, rec: dict, native_gbps: float, defaults: dict | None = None) -> "MeasuredRun":
+        """`defaults`: {policy: {param: value}}, the defaults of the code that made a record which does not
+        list its resolved parameters (records made before they did), where they differ from today's."""
         from .policy import make_policy
 
         p, m = rec["params"], rec["metrics"]
         dec = m["decode"]
         layers = max(len(rec["plans"]), 1)
         cpu = dec["cpu_time_s"] / dec["cpu_experts"] if dec["cpu_experts"] else None
-        policy = make_policy(p["policy"], **p.get("policy_params", {}))
+        params = p.get("policy_resolved")
+        if params is None:
+            params = {**(defaults or {}).get(p["policy"], {}), **p.get("policy_params", {})}
+        policy = make_policy(p["policy"], **params)
         label = rec.get("row", {}).get("policy", p["policy"])  # a benchmark's spec, e.g. smoe:prefetch_mode=none
         return cls(group=(p["batch"], Path(p["replay"]).parent.name), policy=label, plans=rec["plans"],
                    costs=ModelCosts(**rec["costs"]), tpot_s=m["tpot_s"],
@@ -224,16 +229,22 @@ def fit_host_costs(runs: list[MeasuredRun], profile: MachineProfile) -> tuple[di
 
 
 def model_measured_runs(records: list[dict], native_gbps: float, measured_on: str,
-                        profiles: dict[str, MachineProfile] = PROFILES) -> tuple[list[dict], list[dict]]:
+                        profiles: dict[str, MachineProfile] = PROFILES,
+                        policy_defaults: dict | None = None) -> tuple[list[dict], list[dict]]:
     """The cost model against one benchmark's measured runs (`run_replayed` records, one process, one machine).
 
     Host costs are fitted on the runs at the machine's own link (`native_gbps`, GB/s) and the all-GPU floors;
     every offloading run is then modelled at its own link rate, so the runs with an emulated link are held out
-    of the fit. Returns (validation rows: modelled vs measured per run, with `held_out`; modelled rows: every
-    run under each profile in `profiles`, with the fitted host costs of `measured_on`, measured=False)."""
-    runs = [MeasuredRun.from_record(r, native_gbps) for r in records]
+    of the fit. Returns (validation rows: modelled vs measured per run, with `held_out` and `fit_runs`; modelled rows: every
+    run under each profile in `profiles`, with the fitted host costs of `measured_on`, measured=False).
+    `policy_defaults`: see `MeasuredRun.from_record`."""
+    runs = [MeasuredRun.from_record(r, native_gbps, policy_defaults) for r in records]
     here = replace(profiles[measured_on], pcie_gbps=native_gbps)
-    per_layer, fitted = fit_host_costs([r for r in runs if r.link_gbps == native_gbps], here)
+    native = [r for r in runs if r.link_gbps == native_gbps]
+    per_layer, fitted = fit_host_costs(native, here)
+    # offloading runs the per-load and per-prediction costs are fitted on; with none (a benchmark run at emulated
+    # links only) they stay 0 and only the floors' per-layer costs are calibrated
+    fit_runs = sum(1 for r in native if r.policy != "all-gpu")
     validation, modelled = [], []
     for rec, run in zip(records, runs):
         if run.policy == "all-gpu" or run.group not in per_layer:
@@ -244,7 +255,7 @@ def model_measured_runs(records: list[dict], native_gbps: float, measured_on: st
         validation.append({**key, "profile": measured_on, "held_out": run.link_gbps != native_gbps,
                            "measured_tpot_s": run.tpot_s, "modelled_tpot_s": tpot, "error": tpot / run.tpot_s - 1,
                            "host_per_layer_s": host.per_layer, "host_per_load_s": host.per_load,
-                           "host_per_prediction_s": host.per_prediction})
+                           "host_per_prediction_s": host.per_prediction, "fit_runs": fit_runs})
         if run.link_gbps != native_gbps:
             continue  # the paper's GPUs are modelled from the native runs' decisions
         for profile in profiles.values():

@@ -98,6 +98,12 @@ def policy_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def resolved_params(policy: ExpertPolicy) -> dict[str, object]:
+    """Every parameter of a policy instance as it runs (defaults included), for run records: a default that
+    changes later does not change what an old record says it ran with."""
+    return {f.name: getattr(policy, f.name) for f in dataclasses.fields(policy) if f.init}
+
+
 def policy_params(name: str) -> dict[str, object]:
     """The parameters a policy takes, with their defaults after its preset."""
     cls, preset = _lookup(name)

@@ -154,6 +154,7 @@ def run_replayed(source, policy: str, trace: str | Path, batch: int, *, device: 
     `prefetch_accuracy`); `record_trace` also saves this run's own trace (what belady reads); `max_segments` replays
     only the trace's first generate calls."""
     from .costmodel import model_costs
+    from .policy import resolved_params
     from .runtime import Runtime
     from .trace_stats import plan_summary, prefetch_accuracy
 
@@ -179,6 +180,7 @@ def run_replayed(source, policy: str, trace: str | Path, batch: int, *, device: 
             tmp.replace(path)
         return {
             "params": {"model": str(source.path), "policy": policy, "policy_params": dict(params or {}),
+                       "policy_resolved": resolved_params(rt.policy),
                        "device": device, "batch": batch, "max_new_tokens": N, "budget_gb": budget_gb,
                        "cache_experts": cache_experts, "seed": seed, "prompts": prompts, "replay": str(trace),
                        "link_gbps": link_gbps, "max_segments": max_segments},

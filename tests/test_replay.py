@@ -150,7 +150,23 @@ def test_paper_shape_benchmark_runs_end_to_end_on_toy_widths(tmp_path):
     records = [json.loads(line) for line in (out / "deepseek-moe-16b-shape-tiny.jsonl").read_text().splitlines()]
     validation, modelled = model_measured_runs(records, native_gbps=55.0, measured_on="h200")
     assert [v["policy"] for v in validation] == ["lru", "smoe", "smoe:prefetch_mode=none"]
-    assert not any(v["held_out"] for v in validation)
+    assert not any(v["held_out"] for v in validation) and all(v["fit_runs"] == 3 for v in validation)
+    # a benchmark run at an emulated link only: every offloading run is held out, nothing fits per-load costs
+    emulated = [r if r["params"]["policy"] == "all-gpu" else {**r, "params": {**r["params"], "link_gbps": 12.0}}
+                for r in records]
+    check, _ = model_measured_runs(emulated, native_gbps=55.0, measured_on="h200")
+    assert all(v["held_out"] and v["fit_runs"] == 0 and v["host_per_load_s"] == 0 for v in check)
+    # a record keeps the parameters it ran with, so a later change of a default does not rewrite it; a record
+    # made before records did takes the defaults of its day from the caller
+    from smoe.costmodel import MeasuredRun
+
+    smoe_rec = records[2]
+    assert smoe_rec["params"]["policy_resolved"]["prefetch_mode"] == "attention"
+    assert records[3]["params"]["policy_resolved"]["prefetch_mode"] == "none"
+    assert MeasuredRun.from_record(smoe_rec, 55.0, {"smoe": {"prefetch_mode": "none"}}).predictions == 1
+    old = {**smoe_rec, "params": {k: v for k, v in smoe_rec["params"].items() if k != "policy_resolved"}}
+    assert MeasuredRun.from_record(old, 55.0).predictions == 1
+    assert MeasuredRun.from_record(old, 55.0, {"smoe": {"prefetch_mode": "none"}}).predictions == 0
     assert all(v["modelled_tpot_s"] > 0 for v in validation)
     assert {r["gpu"] for r in modelled} == {"rtx3080ti-12g", "rtx4060ti-16g", "a6000-48g", "h200"}
     assert len(modelled) == 3 * 4 and all(r["measured"] is False and r["tpot_s"] > 0 for r in modelled)

@@ -27,7 +27,9 @@ for path in map(Path, sm.input):  # {stem}.jsonl with {stem}_env.json beside it
     env = json.loads(path.with_name(f"{path.stem}_env.json").read_text())
     rows = pd.DataFrame([r["row"] for r in records])
     measured.append(rows.assign(emulated=rows.link_gbps.notna(), source=f"{path.parent.name}/{path.name}"))
-    check, model = model_measured_runs(records, env["copy_Bps"] / 1e9, records[0]["row"]["gpu"])
+    # records older than `policy_resolved` ran with the defaults of their day: the env file states any that changed
+    check, model = model_measured_runs(records, env["copy_Bps"] / 1e9, records[0]["row"]["gpu"],
+                                       policy_defaults=env.get("policy_defaults"))
     validation += check
     modelled += model
 table = pd.concat([*measured, pd.DataFrame(modelled).assign(emulated=False)], ignore_index=True)
