@@ -143,8 +143,8 @@ class ExecPlan:
     skips: int
 
 
-_CODES = {int(a) for a in Action}
 _ACTIONS = tuple(Action)  # code -> Action, without the Enum call's cost
+_HIT, _CPU, _SUB, _SKIP = int(Action.HIT), int(Action.CPU), int(Action.SUBSTITUTE), int(Action.SKIP)
 
 
 def _fail(policy: str, layer: int, msg: str) -> PolicyError:
@@ -161,14 +161,14 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
     actions = np.asarray(plan.actions)
     if actions.shape != (T, K):
         raise _fail(policy, layer, f"actions have shape {actions.shape}, expected {(T, K)} (tokens, top-k)")
-    if not set(np.unique(actions).tolist()) <= _CODES:
+    if actions.size and (actions.dtype.kind not in "iu" or actions.min() < 0 or actions.max() >= len(_ACTIONS)):
         raise _fail(policy, layer, "every routed expert needs an action (HIT, LOAD, CPU, SUBSTITUTE or SKIP)")
     standins = np.asarray(plan.standins) if plan.standins is not None else np.full((T, K), -1)
     if standins.shape != (T, K):
         raise _fail(policy, layer, f"standins have shape {standins.shape}, expected {(T, K)} (tokens, top-k)")
     # plain Python lists and int codes from here: this runs for every MoE layer of every decode step
     acts, experts, stands = actions.tolist(), topk.tolist(), standins.tolist()
-    HIT, _, CPU, SUB, SKIP = (int(a) for a in Action)
+    HIT, CPU, SUB, SKIP = _HIT, _CPU, _SUB, _SKIP
 
     where: dict[int, Action] = {}
     for t in range(T):
@@ -221,8 +221,7 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
         if computed[t] != set(experts[t]) or (scale is not None and (scale[t] != 1).any())
     ]
     computed_mask = np.zeros((T, E), dtype=bool)
-    for t, es in enumerate(computed):
-        computed_mask[t, list(es)] = True
+    computed_mask[[t for t, es in enumerate(computed) for _ in es], [e for es in computed for e in es]] = True
 
     used_on_device = {e for e, a in where.items() if a != Action.CPU and e in tokens}
     try:

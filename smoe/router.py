@@ -42,9 +42,10 @@ def expert_cache_router(
     values = scores.detach().float().cpu().numpy()  # [T,E]
     rows = values.tolist()
     ranked = np.argsort(-values, axis=1, kind="stable").tolist()  # [T,E] by descending score, ties to the lower id
-    if topk is not None:  # the selection first (by score), then the rest (by score)
+    if topk is not None:  # the selection first (by score), then the rest (by score), where it is not the k best
         sel = [set(row) for row in topk.tolist()]
-        ranked = [[e for e in rk if e in s] + [e for e in rk if e not in s] for rk, s in zip(ranked, sel)]
+        ranked = [rk if s.issuperset(rk[:k]) else [e for e in rk if e in s] + [e for e in rk if e not in s]
+                  for rk, s in zip(ranked, sel)]
     if alpha == 0:
         return [sorted(rk[:k]) for rk in ranked]
     resident = set(resident)
@@ -61,11 +62,15 @@ def expert_cache_router(
     out = []
     for t in range(T):
         r, L = rows[t], bounds[t]
-        topk = set(ranked[t][:k])
         keep = [e for e in low[t] if e in available]
         need = [e for e in low[t] if e not in available]  # already by descending score
-        cands = [e for e in ranked[t] if e not in topk and e in available and (1 - alpha) * L < r[e] <= L]
-        chosen = cands[: len(need)]
+        chosen: list[int] = []
+        # candidates: past the first k, by descending score (all <= L = the first of them), down to (1-alpha)*L
+        for e in ranked[t][k:]:
+            if len(chosen) == len(need) or r[e] <= (1 - alpha) * L:
+                break
+            if e in available:
+                chosen.append(e)
         fill = need[: len(need) - len(chosen)]
         out.append(sorted(top[t] + keep + chosen + fill))
     return out

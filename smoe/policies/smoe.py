@@ -175,7 +175,7 @@ class SMoE(CachingPolicy):
             return None
         nxt, k = ctx.next_layer, view.model.top_k
         scores = ctx.predict(attention=self.prefetch_mode == "attention").numpy()  # [T,E] predicted
-        ranked = -np.sort(-scores, axis=1)  # [T,E] each token's scores, descending
+        ranked = np.sort(scores, axis=1)[:, ::-1]  # [T,E] each token's scores, descending
         kth, kth1 = ranked[:, k - 1:k], ranked[:, k:k + 1]  # [T,1] predicted S_k and S_{k+1}
         top = (scores >= (1 + self.alpha) * kth1) & (scores >= kth)  # [T,E] predicted top-score experts
         best = scores.max(axis=0)  # [E]
