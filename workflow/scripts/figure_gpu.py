@@ -9,6 +9,8 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 sm = snakemake  # noqa: F821
+ORDER = ["on-demand", "lru", "cpu-assist", "hybrimoe", "moe-infinity", "smoe-ce", "smoe-ce-cr", "smoe-ce-cr-pre",
+         "smoe"]  # baselines, then SMoE's ablation steps; other variants after them
 df = pd.read_csv(sm.input[0])
 df = df[df.measured.astype(bool)].copy()
 df["folder"] = df.source.str.split("/").str[0]
@@ -20,8 +22,12 @@ df["setting"] = df.model + " @" + df.budget_gb.map(lambda b: "" if b != b else f
 floor = df[df.policy == "all-gpu"].set_index(["setting", "workload"]).tpot_s
 d = df[df.policy != "all-gpu"]
 sns.set_theme(style="whitegrid", context="paper")
-g = sns.catplot(data=d, x="policy", y="tpot_s", hue="link", col="workload", row="setting", kind="bar", height=2.6,
-                aspect=1.6, errorbar=None, sharey="row")
+# each panel lists the policies it measured, in ORDER (facets take their categories in order of appearance)
+d = d.assign(rank=d.policy.map({p: i for i, p in enumerate(ORDER)}).fillna(len(ORDER))).sort_values(["rank", "policy"])
+d["policy"] = d.policy.str.replace(":prefetch_mode=", " ", regex=False)  # short tick labels for variants
+g = sns.catplot(data=d, x="policy", y="tpot_s", hue="link", col="workload", row="setting", kind="bar", height=3.6,
+                aspect=1.5, errorbar=None, sharey="row", sharex=False)
+g.set_titles("{row_name}\n{col_name}")
 for (setting, workload), ax in g.axes_dict.items():
     if (setting, workload) in floor.index:
         ax.axhline(floor[(setting, workload)], color="k", lw=1, ls="--")
