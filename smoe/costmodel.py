@@ -235,9 +235,9 @@ def model_measured_runs(records: list[dict], native_gbps: float, measured_on: st
 
     Host costs are fitted on the runs at the machine's own link (`native_gbps`, GB/s) and the all-GPU floors;
     every offloading run is then modelled at its own link rate, so the runs with an emulated link are held out
-    of the fit. Returns (validation rows: modelled vs measured per run, with `held_out` and `fit_runs`; modelled rows: every
-    run under each profile in `profiles`, with the fitted host costs of `measured_on`, measured=False).
-    `policy_defaults`: see `MeasuredRun.from_record`."""
+    of the fit. Returns (validation rows: modelled vs measured per run, with `held_out` and `fit_runs`; modelled
+    rows: every run under each profile in `profiles`, with the fitted host costs of `measured_on`,
+    measured=False). `policy_defaults`: see `MeasuredRun.from_record`."""
     runs = [MeasuredRun.from_record(r, native_gbps, policy_defaults) for r in records]
     here = replace(profiles[measured_on], pcie_gbps=native_gbps)
     native = [r for r in runs if r.link_gbps == native_gbps]

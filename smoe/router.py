@@ -44,7 +44,7 @@ def expert_cache_router(
     ranked = np.argsort(-values, axis=1, kind="stable").tolist()  # [T,E] by descending score, ties to the lower id
     if topk is not None:  # the selection first (by score), then the rest (by score), where it is not the k best
         sel = [set(row) for row in topk.tolist()]
-        ranked = [rk if s.issuperset(rk[:k]) else [e for e in rk if e in s] + [e for e in rk if e not in s]
+        ranked = [rk if len(s) == k and s.issuperset(rk[:k]) else [e for e in rk if e in s] + [e for e in rk if e not in s]
                   for rk, s in zip(ranked, sel)]
     if alpha == 0:
         return [sorted(rk[:k]) for rk in ranked]
