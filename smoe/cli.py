@@ -308,7 +308,7 @@ def cmd_heal(args) -> int:
 def cmd_build_smolmoe(args) -> int:
     from .smolmoe.assemble import DEFAULT_RECIPE, build_smolmoe
 
-    out = build_smolmoe(args.out, args.resources, args.recipe or DEFAULT_RECIPE, args.dense_out)
+    out = build_smolmoe(args.out, args.resources, args.recipe or DEFAULT_RECIPE, args.dense_out, args.top_k)
     log.info("smolmoe checkpoint written to %s", out)
     return 0
 
@@ -448,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--resources", default="resources")
     b.add_argument("--recipe", help="a recipe file (default: the committed smolmoe-135m recipe)")
     b.add_argument("--dense-out", help="also save the dense teacher (SmolLM2-135M, dequantised) here")
+    b.add_argument("--top-k", type=int, help="experts per token, if not the recipe's own (the same healed routers and "
+                   "corrections, more or fewer experts active)")
     b.set_defaults(fn=cmd_build_smolmoe)
 
     st = sub.add_parser("slim-traces", help="decode traces with only what routing replay reads")

@@ -114,6 +114,14 @@ def test_with_a_uniform_router_and_every_expert_chosen_the_moe_is_the_corrected_
         torch.testing.assert_close(moe(ids).logits, fixed(ids).logits, rtol=1e-4, atol=1e-4)
 
 
+def test_a_recipe_runs_at_another_top_k_and_a_bad_one_is_refused():
+    assert TOPO.with_top_k(3) == Topology(num_experts=4, top_k=3, shared=8)
+    assert TOPO.with_top_k(4).name == "e4k4s8"
+    for bad in (0, 5):
+        with pytest.raises(SmoeError, match=f"top-k {bad} for e4k2s8: accepted 1..4"):
+            TOPO.with_top_k(bad)
+
+
 def test_topology_names_parse_and_a_bad_one_is_refused():
     from smoe.smolmoe.heal import parse_topology
 

@@ -109,11 +109,16 @@ def assemble(dense, tok, recipe: dict, topo: Topology, out: str | Path, info: di
 
 
 def build_smolmoe(out: str | Path, resources: str | Path = "resources", recipe_path: str | Path = DEFAULT_RECIPE,
-                  dense_out: str | Path | None = None) -> Path:
-    """The smolmoe-135m checkpoint from the pinned GGUF and a committed recipe (and, if asked, the dense one)."""
+                  dense_out: str | Path | None = None, top_k: int | None = None) -> Path:
+    """The smolmoe-135m checkpoint from the pinned GGUF and a committed recipe (and, if asked, the dense one);
+    `top_k`: route each token to this many experts instead of the recipe's own (the routers and corrections
+    stay those healed at the recipe's top-k; `smolmoe.json` says so)."""
     from .dense import load_dense
 
     recipe, topo, info = load_recipe(recipe_path)
+    if top_k is not None and top_k != topo.top_k:
+        info = {**info, "healed_top_k": topo.top_k}
+        topo = topo.with_top_k(top_k)
     dense, tok = load_dense(resources)
     log.info("assembling %s (%s) into %s", Path(recipe_path).name, topo.name, out)
     path = assemble(dense, tok, recipe, topo, out, {"recipe": Path(recipe_path).name, **info})

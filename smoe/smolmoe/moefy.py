@@ -11,7 +11,7 @@ The result is a neuron order per layer: [shared S | expert 0 (I) | expert 1 (I) 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,12 @@ class Topology:
     @property
     def name(self) -> str:
         return f"e{self.num_experts}k{self.top_k}s{self.shared}"
+
+    def with_top_k(self, k: int) -> "Topology":
+        """The same experts routed to `k` per token (a recipe healed at one top-k, run at another)."""
+        if not 1 <= k <= self.num_experts:
+            raise SmoeError(f"top-k {k} for {self.name}: accepted 1..{self.num_experts}")
+        return replace(self, top_k=k)
 
 
 @torch.no_grad()
