@@ -27,6 +27,7 @@ Writes to --out, appending as each run finishes (an interrupted sweep keeps what
 from __future__ import annotations
 
 import argparse
+from functools import partial
 import csv
 import json
 import sys
@@ -71,6 +72,9 @@ def main() -> int:
     ap.add_argument("--gpu", default="h200", help="the `gpu` column (what the rows were timed on)")
     ap.add_argument("--link-gbps", type=float, nargs="+", default=[0.0], help="host->GPU link rates to run every "
                     "offloading policy at, GB/s, emulated (the paper's PCIe); 0: this machine's own link")
+    ap.add_argument("--profile", action="store_true", help="run each setting under torch.profiler and write its "
+                    "op and engine-span tables ({stem}_profile_{policy}_{workload}_b{batch}.txt) instead of rows: "
+                    "a profiled run's timing is not a measurement")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -121,8 +125,14 @@ def main() -> int:
                 try:
                     size = {"cache_experts": every_expert} if budget is None else budget
                     base, own = specs.get(policy, (policy, {}))
-                    rec = run_replayed(source, base, trace, batch, device=args.device, params={**params, **own},
-                                       host_store=store, link_gbps=link, max_segments=args.segments, **size)
+                    run = partial(run_replayed, source, base, trace, batch, device=args.device,
+                                  params={**params, **own}, host_store=store, link_gbps=link,
+                                  max_segments=args.segments, **size)
+                    if args.profile:
+                        label = f"{policy}_{workload}_b{batch}".replace(":", "-").replace("=", "-").replace(",", "-")
+                        profiled(run, out / f"{stem}_profile_{label}.txt", args.device)
+                        continue
+                    rec = run()
                 except (SmoeError, torch.cuda.OutOfMemoryError) as e:  # a budget too small for a batch: a row says so
                     print(f"{policy} {budget} {link} b{batch} {workload}: {type(e).__name__}: {e}", flush=True)
                     continue
@@ -153,6 +163,50 @@ def main() -> int:
                       f"{m['hit_rate'] if m['hit_rate'] is not None else float('nan'):.3f}, x{row['tpot_over_bound'] or 0:.2f} "
                       f"of bound", flush=True)
     return 0
+
+
+def profiled(run, path: Path, device: str) -> None:
+    """One run under torch.profiler into `path`: host (and device) time per op, then the host time of the ops
+    inside each engine span (`smoe.*`, the innermost one), so a span's cost can be read op by op."""
+    from collections import defaultdict
+
+    from torch.profiler import ProfilerActivity, profile
+
+    import smoe.metrics
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    smoe.metrics.SPANS = True
+    try:
+        with profile(activities=activities) as prof:
+            rec = run()
+    finally:
+        smoe.metrics.SPANS = False
+    m = rec["metrics"]
+    ops = prof.key_averages()
+    head = (f"{path.stem}: TPOT {m['tpot_s'] * 1e3:.2f} ms under the profiler (not a measurement), "
+            f"{m['decode_steps']} decode steps, hit rate {m['hit_rate']}, policy {m['policy_time_s']:.3f} s, "
+            f"predict {m['predict_time_s']:.3f} s\n")
+    tables = [ops.table(sort_by="cpu_time_total", row_limit=60)]
+    if device == "cuda":
+        tables.append(ops.table(sort_by="device_time_total", row_limit=30))
+    inside: dict = defaultdict(lambda: [0, 0.0])  # (span, op) -> [calls, self host us]
+    for ev in prof.events():
+        if ev.name.startswith("smoe.") or ev.device_type != torch.autograd.DeviceType.CPU:
+            continue
+        up = ev.cpu_parent
+        while up is not None and not up.name.startswith("smoe."):
+            up = up.cpu_parent
+        cell = inside[(up.name if up is not None else "(no span)", ev.name)]
+        cell[0] += 1
+        cell[1] += ev.self_cpu_time_total
+    lines = ["host time of ops by innermost engine span (self CPU us, calls; top 12 per span)"]
+    for span in sorted({k[0] for k in inside}):
+        cells = sorted(((v[1], v[0], op) for (s, op), v in inside.items() if s == span), reverse=True)
+        lines.append(f"{span}: {sum(c[0] for c in cells):.0f} us in all")
+        lines += [f"    {us:12.0f} us {calls:8d}  {op}" for us, calls, op in cells[:12]]
+    tables.append("\n".join(lines))
+    path.write_text(head + "\n\n".join(tables) + "\n")
+    print(head, flush=True)
 
 
 if __name__ == "__main__":

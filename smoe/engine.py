@@ -8,7 +8,8 @@ router, shared experts and dense layers run unchanged; for the routed experts th
   2. checks the plan, evicts, and sends CPU experts to the CPU worker thread;
   3. computes resident experts on the compute stream while the loads copy on the copy stream;
      each loaded expert is computed as soon as its copy lands (event wait, no device synchronize);
-  4. lets the policy prefetch later layers, collects the CPU results, and combines every expert's output
+  4. lets the policy prefetch later layers (the prediction reads the experts resident before this layer's
+     prefetched ones, which are computed after it), collects the CPU results, and combines every expert's output
      with the family's gate weights, in ascending expert order as the HF module does (so a plan that
      changes nothing reproduces the HF output bit for bit on the same device);
   5. counts every metric and, if asked, appends the layer's scores and executed plan to the trace.
@@ -25,7 +26,7 @@ from torch import nn
 
 from .checkpoint import ExpertShape
 from .families import Family
-from .metrics import Metrics
+from .metrics import Metrics, span
 from .plan import Action, CacheView, LayerView, ModelInfo, check_plan
 from .policy import ExpertPolicy
 from .pool import SlotPool
@@ -113,28 +114,38 @@ class Engine:
 
     @torch.no_grad()
     def run_layer(self, layer, x, topk_idx, topk_w, logits):
+        with span("smoe.layer"):
+            return self._run_layer(layer, x, topk_idx, topk_w, logits)
+
+    def _run_layer(self, layer, x, topk_idx, topk_w, logits):
         # x [T,H]  topk_idx/topk_w [T,K]  logits [T,E]
         m = self.metrics[self.phase]
         scores = self.family.scores(logits)  # [T,E] float32
+        with span("smoe.scores_to_host"):  # waits for the compute stream: the layer's attention and router
+            host_scores, host_topk = scores.cpu(), topk_idx.cpu()
         view = LayerView(
             layer=layer,
             phase=self.phase,
             step=self.step,
-            scores=scores.cpu(),
-            topk=topk_idx.cpu(),
+            scores=host_scores,
+            topk=host_topk,
             cache=self.view,
             model=self.info,
             costs=self.costs,
         )
         self.costs["load"].extend(self.pool.copy_seconds())
         judged = [key for key in self.awaiting if key[0] == layer]  # prefetched for this layer: were they routed?
+        # Prefetched since this layer last ran: their copies may still be in flight (the paper's pipeline
+        # computes them after the prediction, "once PCIe completes"); a rule of the plan, not of timing.
+        in_flight = {e for _, e in judged}
         if judged:
             routed = set(view.topk.flatten().tolist())
             m.prefetch_in_topk += sum(1 for key in judged if key[1] in routed)
             self.awaiting.difference_update(judged)
         t0 = time.perf_counter()
-        plan = self.policy.plan(view)
-        ex = check_plan(plan, view, self.policy.name)
+        with span("smoe.plan"):
+            plan = self.policy.plan(view)
+            ex = check_plan(plan, view, self.policy.name)
         m.policy_time_s += time.perf_counter() - t0
 
         for key in ex.evict:
@@ -188,18 +199,34 @@ class Engine:
             if (layer, e) in self.pool.prefetched:
                 m.prefetch_used += 1
             m.hits += len(ex.tokens[e])
-        if self.grouped and self.phase == "decode" and len(hits) > 1:
-            hit_sum = self._grouped(layer, x, hits, w)  # [T,H]
-            rest = [e for e in order if ex.where[e] != Action.HIT]
-        else:
-            for e in hits:
-                compute(e)
-            hit_sum, rest = None, order
+        # Resident experts in two groups: those long resident first, then those prefetched for this layer,
+        # whose copies may still be landing. The prediction of later layers reads only the first group's
+        # output, so it never waits for a copy and the next prefetches queue behind the ones in flight.
+        early = [e for e in hits if e not in in_flight]
+        late = [e for e in hits if e in in_flight]
+        group = self.grouped and self.phase == "decode"
+        summed: set[int] = set()  # experts whose weighted output hit_sum holds
+        hit_sum = None  # [T,H]
+
+        def add_hits(experts: list[int]) -> None:
+            nonlocal hit_sum
+            if group and len(experts) > 1:
+                part = self._grouped(layer, x, experts, w)  # [T,H]
+                hit_sum = part if hit_sum is None else hit_sum + part
+                summed.update(experts)
+            else:
+                for e in experts:
+                    compute(e)
+
+        add_hits(early)
         # Prefetch for later layers while this layer's loads are still copying.
         prefetched: list = []
 
-        def partial() -> torch.Tensor:  # this layer's routed output so far [T,H]: its resident experts
-            return hit_sum if hit_sum is not None else self._combine(torch.zeros_like(x), hits, outs, tok, w)
+        def partial() -> torch.Tensor:  # this layer's routed output so far [T,H]: its long-resident experts
+            single = [e for e in early if e not in summed]
+            if hit_sum is not None and not single:
+                return hit_sum
+            return self._combine(torch.zeros_like(x) if hit_sum is None else hit_sum.clone(), single, outs, tok, w)
 
         predicted = None
         if self.trace is not None and self.trace_predictions and self.phase == "decode" \
@@ -208,11 +235,13 @@ class Engine:
         if self.wants_prefetch and not pending:
             ctx = PrefetchContext(layer, x, partial, self.predictor)
             t0 = time.perf_counter()
-            nxt = self.policy.prefetch(view, ctx)
+            with span("smoe.prefetch"):
+                nxt = self.policy.prefetch(view, ctx)
             m.policy_time_s += time.perf_counter() - t0 - ctx.predict_s
             m.predict_time_s += ctx.predict_s
             if nxt is not None:
                 prefetched = self._prefetch(nxt, layer)
+        add_hits(late)
         while issued:
             compute(issued.pop(0))
         assert not pending, "check_plan admitted loads without slots"
@@ -225,6 +254,7 @@ class Engine:
             on_device = torch.split(self._to_device(torch.cat(cpu_outs)), [len(o) for o in cpu_outs])
             outs.update(zip(cpu_experts, on_device))
 
+        rest = [e for e in order if e not in summed]
         final = self._combine(torch.zeros_like(x) if hit_sum is None else hit_sum.clone(), rest, outs, tok, w)
 
         m.uses += sum(len(t) for t in ex.tokens.values())

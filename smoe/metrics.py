@@ -17,12 +17,24 @@ Definitions:
   policy_time_s the host time of the policy's decisions: plan (and the runtime's check of it), prefetch and
                 observe, without the predictor pass a prefetch asks for
   predict_time_s the host time of predictor passes (launching them and waiting for their scores)
+
+`span(name)` marks a stretch of the engine's work as a named range in a `torch.profiler` trace, only while
+`SPANS` is set (`benchmarks/paper_shape.py --profile` sets it); timed runs pay nothing for it.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from torch.profiler import record_function
+
+SPANS = False  # name the engine's stretches in profiler traces
+
+
+def span(name: str):
+    """A named profiler range while `SPANS` is set, else a no-op context."""
+    return record_function(name) if SPANS else nullcontext()
 
 
 @dataclass

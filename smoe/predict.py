@@ -17,6 +17,8 @@ import time
 import torch
 from torch import nn
 
+from .metrics import span
+
 
 class _ReadOnlyCache:
     """Looks like a transformers cache to one attention call: returns past + new, stores nothing."""
@@ -159,13 +161,15 @@ class PrefetchContext:
         """Predicted scores [T,E] of the next MoE layer, on the CPU (waits for the compute stream)."""
         assert self.next_layer is not None, "no MoE layer follows directly"
         t0 = time.perf_counter()
-        out = self._predictor.predict(self.layer, self.hidden, self._partial(), attention).cpu()
+        with span("smoe.predict"):
+            out = self._predictor.predict(self.layer, self.hidden, self._partial(), attention).cpu()
         self.predict_s += time.perf_counter() - t0
         return out
 
     def gate_scores(self, target: int) -> torch.Tensor:
         """A later MoE layer's router on this layer's approximate output, on the CPU (no layers in between)."""
         t0 = time.perf_counter()
-        out = self._predictor.gate_scores(self.layer, self.hidden, self._partial(), target).cpu()
+        with span("smoe.predict"):
+            out = self._predictor.gate_scores(self.layer, self.hidden, self._partial(), target).cpu()
         self.predict_s += time.perf_counter() - t0
         return out

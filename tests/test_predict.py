@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from smoe.plan import Action, Plan
+from smoe.plan import Action, Plan, PrefetchPlan
 from smoe.policy import ExpertPolicy, register_policy
 from smoe.runtime import Runtime
-from smoe_test_support import FAMILIES, PROMPTS
+from smoe_test_support import FAMILIES, NEW_TOKENS, PROMPTS
 
 
 @register_policy("test-predict-probe")
@@ -68,3 +68,67 @@ def test_prediction_reuses_the_shared_expert_the_block_computed(tiny):
     finally:
         rt.close()
     assert len(calls) == forwards
+
+
+@register_policy("test-prefetch-all-next")
+class PrefetchAllNext(ExpertPolicy):
+    """The first MoE layer preloaded, the others empty; routed experts not resident run on the CPU; in each
+    decode step every expert of the next MoE layer that is not resident is prefetched. So in the first decode
+    step every MoE layer after the first computes only experts prefetched for it, and from the second step on
+    every layer computes only experts resident since the step before."""
+
+    def setup(self, model, capacity):
+        self.actual: dict = {}  # (step, layer) -> scores
+        return [(model.moe_layers[0], e) for e in range(model.num_experts)]
+
+    def plan(self, view):
+        self.actual[(view.step, view.layer)] = view.scores.clone()
+        resident = view.cache.resident(view.layer)
+        return Plan.per_expert(view, {e: Action.HIT if e in resident else Action.CPU for e in view.needed()})
+
+    def prefetch(self, view, ctx):
+        nxt = ctx.next_layer
+        if view.phase != "decode" or nxt is None:
+            return None
+        ctx.predict(attention=True)
+        resident = view.cache.resident(nxt)
+        return PrefetchPlan(loads=[(nxt, e) for e in range(view.model.num_experts) if e not in resident])
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("family", ["qwen2_moe", "olmoe"])  # with and without a shared expert
+def test_prediction_reads_only_experts_resident_before_this_layers_prefetch(family, grouped, tiny, reference):
+    """The prediction made at layer i reads layer i's output from the experts that were resident before the
+    previous layer's prefetch only: those prefetched for layer i (their copies may still be landing) are
+    computed after it. First decode step: every expert of a layer after the first was prefetched, so the
+    routed part is zero; otherwise every expert is long resident, so the prediction is exact. The output is
+    HF's either way."""
+    rt = Runtime(tiny(family), "test-prefetch-all-next", device="cpu", cache_experts=1000, batch=len(PROMPTS),
+                 grouped_experts=grouped)
+    seen: dict = {}  # (step, layer) -> (partial [T,H], predicted scores [T,E])
+    predictor, engine = rt.engine.predictor, rt.engine
+    plain = predictor.predict
+
+    def spy(layer, x, partial, attention):
+        out = plain(layer, x, partial, attention)
+        seen[(engine.step, predictor.next_layer(layer))] = (partial.clone(), out.clone())
+        return out
+
+    predictor.predict = spy
+    try:
+        res = rt.generate(PROMPTS, NEW_TOKENS)
+        actual, layers = rt.policy.actual, rt.info.moe_layers
+    finally:
+        rt.close()
+    assert res.tokens == reference(family).tokens
+    follows = [l for l in layers[1:] if l - 1 in layers]  # MoE layers right after another (predicted)
+    assert follows and set(seen) == {(s, l) for s in range(1, NEW_TOKENS) for l in follows}
+    zero = 0
+    for (step, nxt), (partial, predicted) in seen.items():
+        if step == 1 and nxt - 1 != layers[0]:  # every routed expert of the predicting layer was prefetched for it
+            assert torch.count_nonzero(partial) == 0, (step, nxt)
+            zero += 1
+        else:  # every routed expert long resident: the layer's output is whole, the prediction exact
+            assert torch.count_nonzero(partial) > 0
+            torch.testing.assert_close(predicted, actual[(step, nxt)], atol=2e-5, rtol=1e-4)
+    assert zero > 0 and res.metrics["decode"]["prefetch_used"] > 0

@@ -138,6 +138,18 @@ def test_paper_shape_benchmark_runs_end_to_end_on_toy_widths(tmp_path):
                     "--out", str(out)], check=True, cwd=ROOT)
     rows = list(csv.DictReader(open(out / "deepseek-moe-16b-shape-tiny.csv")))
     assert [r["policy"] for r in rows] == ["all-gpu", "lru", "smoe", "smoe:prefetch_mode=none"]
+    # --profile: a profile per setting, with the engine's spans and the ops inside them; no rows (not measured)
+    prof = tmp_path / "prof"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/paper_shape.py"), "--shape", "deepseek-moe-16b-shape",
+                    "--tiny", "--device", "cpu", "--traces", str(tmp_path / "traces"), "--workloads", "exam",
+                    "--batches", "1", "--budgets-gb", "0.267", "--policies", "smoe", "--profile",
+                    "--out", str(prof)], check=True, cwd=ROOT)
+    assert sorted(p.name for p in prof.glob("*_profile_*.txt")) == [
+        "deepseek-moe-16b-shape-tiny_profile_all-gpu_exam_b1.txt", "deepseek-moe-16b-shape-tiny_profile_smoe_exam_b1.txt"]
+    text = (prof / "deepseek-moe-16b-shape-tiny_profile_smoe_exam_b1.txt").read_text()
+    for span in ("smoe.layer", "smoe.plan", "smoe.prefetch", "smoe.predict", "smoe.scores_to_host"):
+        assert f"\n{span}: " in text, span  # the span's own section of ops
+    assert not (prof / "deepseek-moe-16b-shape-tiny.csv").exists()
     assert int(rows[2]["prefetches"]) > 0 and int(rows[3]["prefetches"]) == 0  # the variant runs with its parameter
     assert float(rows[2]["predict_time_s"]) > 0 and float(rows[3]["predict_time_s"]) == 0
     assert all(r["measured"] == "False" and float(r["tpot_s"]) > 0 for r in rows)
