@@ -27,11 +27,11 @@ Writes to --out, appending as each run finishes (an interrupted sweep keeps what
 from __future__ import annotations
 
 import argparse
-from functools import partial
 import csv
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
