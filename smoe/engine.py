@@ -255,7 +255,8 @@ class Engine:
             outs.update(zip(cpu_experts, on_device))
 
         rest = [e for e in order if e not in summed]
-        final = self._combine(torch.zeros_like(x) if hit_sum is None else hit_sum.clone(), rest, outs, tok, w)
+        # hit_sum has no reader left (the prediction has been read back): the rest is added to it in place
+        final = self._combine(torch.zeros_like(x) if hit_sum is None else hit_sum, rest, outs, tok, w)
 
         m.uses += sum(len(t) for t in ex.tokens.values())
         m.substitutions += ex.substitutions
