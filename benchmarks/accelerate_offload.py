@@ -14,7 +14,6 @@ device map summary, TTFT and every step's time, per batch size.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from accelerate import dispatch_model, infer_auto_device_map, init_empty_weights
 from accelerate.utils import set_module_tensor_to_device  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
+from smoe.files import write_json  # noqa: E402
 from smoe.generate import greedy_decode  # noqa: E402
 from smoe.loader import expert_shape, moe_blocks  # noqa: E402
 from smoe.shapes import SHAPES, RandomSource  # noqa: E402
@@ -92,6 +92,8 @@ def main() -> int:
               "gpu_bytes": torch.cuda.memory_allocated() if args.device == "cuda" else None, "runs": []}
     g = torch.Generator().manual_seed(0)
     dev = torch.device("cuda:0" if args.device == "cuda" else "cpu")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     for batch in args.batches:
         ids = torch.randint(0, source.config.vocab_size, (batch, args.prompt_tokens), generator=g)
         _, ttft, steps = greedy_decode(model, ids.to(dev), torch.ones_like(ids).to(dev), args.tokens)
@@ -99,9 +101,8 @@ def main() -> int:
         record["runs"].append(run)
         print(f"{name} accelerate {args.budget_gb} GiB b{batch}: TTFT {ttft:.2f} s, TPOT {run['tpot_s']:.3f} s",
               flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}_{args.budget_gb:g}gib.json").write_text(json.dumps(record, indent=1))
+        # after every batch size, so that a run cut short keeps what it measured
+        write_json(out / f"{name}_{args.budget_gb:g}gib.json", record)
     return 0
 
 

@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--variants", default="16:eager,32:eager,64:eager,32:compile,64:compile")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--topology", default="e64k16s384")
+    ap.add_argument("--topology", default="e64k32s384")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()

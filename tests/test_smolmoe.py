@@ -122,16 +122,14 @@ def test_a_recipe_runs_at_another_top_k_and_a_bad_one_is_refused():
             TOPO.with_top_k(bad)
 
 
-@pytest.mark.parametrize(("name", "topology"), [
-    ("smolmoe-135m.safetensors", Topology(num_experts=64, top_k=16, shared=384)),  # the default
-    ("smolmoe-135m-e64k32s384.safetensors", Topology(num_experts=64, top_k=32, shared=384)),  # meets the bar (README)
-])
-def test_committed_recipes_hold_every_layer_at_their_topology(name, topology):
-    """Each committed recipe is one healing run's output: its topology, and per layer of SmolLM2-135M (30) the
-    neuron order of all 1,536 FFN neurons and a router over its experts."""
-    from smoe.smolmoe.assemble import RECIPES
+def test_the_committed_recipe_holds_every_layer_at_the_default_topology():
+    """The committed recipe is one healing run's output: e64k32s384 (the smallest topology that meets the quality
+    bar, README), and per layer of SmolLM2-135M (30) the neuron order of all 1,536 FFN neurons and a router over
+    its experts."""
+    from smoe.smolmoe.assemble import DEFAULT_RECIPE
 
-    tensors, topo, info = load_recipe(RECIPES / name)
+    topology = Topology(num_experts=64, top_k=32, shared=384)
+    tensors, topo, info = load_recipe(DEFAULT_RECIPE)
     assert topo == topology and info["steps"] == 760 and info["batch"] == 64
     orders = sorted(k for k in tensors if k.endswith("mlp.order"))
     assert len(orders) == 30

@@ -1,4 +1,4 @@
-# Healing (GPU only; not part of the default target): `snakemake results/heal/e64k16s384/e64k16s384.safetensors`
+# Healing (GPU only; not part of the default target): `snakemake results/heal/e64k32s384/e64k32s384.safetensors`
 # reproduces a smolmoe recipe from scratch (7.5 min on an H200 at 760 steps; README "smolmoe-135m"). A model
 # whose `smolmoe: {recipe: results/heal/<topology>/<topology>.safetensors}` names it is then assembled from it.
 HEAL = {"steps": 760, "batch": 64, "plain_per_prompt": 0} | config.get("heal", {})

@@ -1,7 +1,7 @@
 """Snakemake script of rule `figure_gpu`: Fig. 11 analogue from perf_gpu.csv (measured rows only): TPOT per
 policy on the paper's model shapes, at this GPU's own link and at the paper's PCIe rate (emulated), per
 workload and batch size. The all-GPU floor is drawn as a line. A setting measured in more than one folder of
-`gpu_results` is drawn from the folder listed first (the config lists the newest first)."""
+`gpu_results` is drawn from the folder listed first."""
 import matplotlib
 
 matplotlib.use("Agg")
@@ -9,7 +9,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 sm = snakemake  # noqa: F821
-ORDER = ["on-demand", "lru", "cpu-assist", "hybrimoe", "moe-infinity", "smoe-ce", "smoe-ce-cr", "smoe-ce-cr-pre",
+ORDER = ["on-demand", "lru", "lfu", "fifo", "cpu-assist", "hybrimoe", "moe-infinity", "smoe-ce", "smoe-ce-cr", "smoe-ce-cr-pre",
          "smoe"]  # baselines, then SMoE's ablation steps; other variants after them
 df = pd.read_csv(sm.input[0])
 df = df[df.measured.astype(bool)].copy()

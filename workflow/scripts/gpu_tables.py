@@ -36,7 +36,7 @@ table = pd.concat([*measured, pd.DataFrame(modelled).assign(emulated=False)], ig
 table.to_csv(sm.output.perf, index=False)
 pd.DataFrame(validation).to_csv(sm.output.validation, index=False)
 
-BASELINES = ["on-demand", "lru", "cpu-assist", "hybrimoe", "moe-infinity"]
+BASELINES = ["on-demand", "lru", "lfu", "fifo", "cpu-assist", "hybrimoe", "moe-infinity"]  # lossless offloading
 STEPS = ["lru", "smoe-ce", "smoe-ce-cr", "smoe-ce-cr-pre", "smoe"]
 runs = pd.concat(measured, ignore_index=True)
 runs["folder"] = runs.source.str.split("/").str[0]
