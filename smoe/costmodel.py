@@ -16,7 +16,8 @@ host, the device's compute stream and the copy engine (`step_times`):
 - prefetches are queued on the copy engine after the layer's loads and delay later copies, not this layer.
 The lm head closes each step. Decode at batch 1-3 is memory-bound, so compute rates do not enter. The host's
 costs (`HostCosts`: per layer, per loaded expert, per predictor pass) are fitted on one machine's measured
-runs (`fit_host_costs`, `model_measured_runs`) and carried to the profiles with that label.
+runs (`fit_host_costs`, `model_measured_runs`) and carried to the profiles with that label; planning, CPU
+experts and (where a record has it) the predictor passes are each run's own measurement instead.
 """
 from __future__ import annotations
 
@@ -168,6 +169,7 @@ class MeasuredRun:
     link_gbps: float  # the host->device rate it ran at (measured or emulated)
     host: HostCosts  # its own measured planning time per layer and CPU expert time
     predictions: int  # predictor passes per layer
+    own_prediction: float | None = None  # its measured host seconds per predictor pass (None: not recorded)
 
     @classmethod
     def from_record(cls, rec: dict, native_gbps: float, defaults: dict | None = None) -> "MeasuredRun":
@@ -184,17 +186,23 @@ class MeasuredRun:
             params = {**(defaults or {}).get(p["policy"], {}), **p.get("policy_params", {})}
         policy = make_policy(p["policy"], **params)
         label = rec.get("row", {}).get("policy", p["policy"])  # a benchmark's spec, e.g. smoe:prefetch_mode=none
+        passes = policy.predictor_passes
+        # records since the second GPU campaign time the predictor apart from planning (`predict_time_s`)
+        own = dec["predict_time_s"] / (layers * passes) if passes and "predict_time_s" in dec else None
         return cls(group=(p["batch"], Path(p["replay"]).parent.name), policy=label, plans=rec["plans"],
                    costs=ModelCosts(**rec["costs"]), tpot_s=m["tpot_s"],
                    link_gbps=p.get("link_gbps") or native_gbps,
                    host=HostCosts(policy_per_layer=dec["policy_time_s"] / layers, cpu_per_expert=cpu),
-                   predictions=policy.predictor_passes)
+                   predictions=passes, own_prediction=own)
 
     def modelled(self, profile: MachineProfile, host: HostCosts, own_cpu: bool = True) -> float:
-        """Mean modelled step under `profile` with `host`'s costs plus this run's own planning time and (if
-        `own_cpu`: on the machine it ran on) its measured CPU expert time; else the profile's CPU rate."""
+        """Mean modelled step under `profile` with `host`'s costs plus this run's own planning time, its own
+        predictor time where recorded, and (if `own_cpu`: on the machine it ran on) its measured CPU expert time;
+        else the profile's CPU rate."""
         h = replace(host, policy_per_layer=self.host.policy_per_layer,
                     cpu_per_expert=self.host.cpu_per_expert if own_cpu else None)
+        if self.own_prediction is not None:
+            h = replace(h, per_prediction=self.own_prediction)
         steps = step_times(self.plans, profile, self.costs, h, self.predictions)
         return sum(steps) / max(len(steps), 1)
 
@@ -202,8 +210,9 @@ class MeasuredRun:
 def fit_host_costs(runs: list[MeasuredRun], profile: MachineProfile) -> tuple[dict, HostCosts]:
     """Host costs of the machine `runs` were measured on: per group the per-layer cost from its all-GPU run
     (`calibrate`), then one per-load and one per-prediction cost for all runs, by grid search minimising the
-    squared log error of the offloading runs given (fit on some runs, check on others). Returns
-    ({group: per_layer}, HostCosts with per_load and per_prediction)."""
+    squared log error of the offloading runs given (fit on some runs, check on others); the per-prediction
+    cost matters only for runs that did not record their own. Returns ({group: per_layer}, HostCosts with
+    per_load and per_prediction)."""
     import math
 
     per_layer = {r.group: calibrate(r.plans, r.tpot_s, profile, r.costs, r.host) for r in runs if r.policy == "all-gpu"}
@@ -255,7 +264,9 @@ def model_measured_runs(records: list[dict], native_gbps: float, measured_on: st
         validation.append({**key, "profile": measured_on, "held_out": run.link_gbps != native_gbps,
                            "measured_tpot_s": run.tpot_s, "modelled_tpot_s": tpot, "error": tpot / run.tpot_s - 1,
                            "host_per_layer_s": host.per_layer, "host_per_load_s": host.per_load,
-                           "host_per_prediction_s": host.per_prediction, "fit_runs": fit_runs})
+                           "host_per_prediction_s": host.per_prediction if run.own_prediction is None
+                           else run.own_prediction, "own_prediction": run.own_prediction is not None,
+                           "fit_runs": fit_runs})
         if run.link_gbps != native_gbps:
             continue  # the paper's GPUs are modelled from the native runs' decisions
         for profile in profiles.values():

@@ -88,3 +88,31 @@ def test_a_real_runs_plans_model_slower_on_slower_links(tmp_path):
     assert len(plans) == 4 * 3  # 4 decode steps x 3 MoE layers
     slow, fast = (step_times(plans, PROFILES[name], costs) for name in ("rtx4060ti-16g", "h200"))
     assert len(slow) == 4 and all(s > f > 0 for s, f in zip(slow, fast))
+
+
+def test_a_run_that_timed_its_predictor_is_modelled_with_its_own_time():
+    """Predictor passes are charged at the run's measured time per pass where its record has one (as planning
+    is), so a run at an emulated link, which no fit can learn the pass cost from, still pays for them."""
+    plan = [[s, l, 1, 2, 0, 0, 0] for s in range(2) for l in range(3)]  # two resident experts per layer: 2 s
+    run = MeasuredRun((1, "exam"), "smoe", plan, COSTS, 0.0, 1.0, HostCosts(), predictions=1, own_prediction=4.0)
+    fitted = HostCosts(per_prediction=0.5)
+    # each layer: experts 2 s on the device while the host spends 4 s on the pass, then waits: 3 layers x 4 s
+    assert run.modelled(UNIT, fitted) == pytest.approx(12.0)
+    unmeasured = replace(run, own_prediction=None)  # an older record: the fitted 0.5 s, hidden by the experts
+    assert unmeasured.modelled(UNIT, fitted) == pytest.approx(6.0)
+
+
+def test_records_give_the_predictor_time_per_pass_when_they_have_it():
+    record = {"params": {"policy": "smoe", "batch": 1, "replay": "traces/exam/b1.pt", "policy_params": {}},
+              "metrics": {"tpot_s": 0.1, "decode": {"policy_time_s": 0.6, "cpu_time_s": 0.0, "cpu_experts": 0,
+                                                    "predict_time_s": 1.2}},
+              "plans": [[s, l, 1, 2, 0, 0, 0] for s in range(3) for l in range(4)],
+              "costs": {"expert_bytes": 1, "layer_skeleton_bytes": 1, "head_bytes": 1}}
+    run = MeasuredRun.from_record(record, 55.0)
+    assert run.predictions == 1 and run.own_prediction == pytest.approx(1.2 / 12)
+    assert run.host.policy_per_layer == pytest.approx(0.6 / 12)
+    del record["metrics"]["decode"]["predict_time_s"]  # a first-campaign record
+    assert MeasuredRun.from_record(record, 55.0).own_prediction is None
+    record["params"]["policy"] = "lru"  # no predictor: nothing to charge
+    record["metrics"]["decode"]["predict_time_s"] = 0.0
+    assert MeasuredRun.from_record(record, 55.0).own_prediction is None
