@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import re
 import sys
 import time
 from functools import partial
@@ -166,14 +165,9 @@ def main() -> int:
     return 0
 
 
-PY_FRAME = re.compile(r"\.py\(\d+\): |^<built-in|^<string>")  # a Python frame's event under with_stack
-PROJECT_FRAME = re.compile(r"(smoe|baselines)/[\w/]+\.py\(\d+\): \w+")  # one in this project's code
-
-
 def profiled(run, path: Path, device: str) -> None:
     """One run under torch.profiler into `path`: host (and device) time per op, then the host time of the ops
-    inside each engine span (`smoe.*`, the innermost one), so a span's cost can be read op by op, and the host
-    time of each op by the line of this project's code that called it (the call sites that cost most)."""
+    inside each engine span (`smoe.*`, the innermost one), so a span's cost can be read op by op."""
     from collections import defaultdict
 
     from torch.profiler import ProfilerActivity, profile
@@ -183,7 +177,7 @@ def profiled(run, path: Path, device: str) -> None:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     smoe.metrics.SPANS = True
     try:
-        with profile(activities=activities, with_stack=True) as prof:
+        with profile(activities=activities) as prof:
             rec = run()
     finally:
         smoe.metrics.SPANS = False
@@ -196,17 +190,9 @@ def profiled(run, path: Path, device: str) -> None:
     if device == "cuda":
         tables.append(ops.table(sort_by="device_time_total", row_limit=30))
     inside: dict = defaultdict(lambda: [0, 0.0])  # (span, op) -> [calls, self host us]
-    sites: dict = defaultdict(lambda: [0, 0.0])  # (op, project call site) -> [calls, self host us]
     for ev in prof.events():
-        if ev.name.startswith("smoe.") or ev.device_type != torch.autograd.DeviceType.CPU or PY_FRAME.search(ev.name):
-            continue  # spans and Python frames (with_stack records each as an event around the ops it calls)
-        up = ev.cpu_parent
-        while up is not None and not PROJECT_FRAME.search(up.name):
-            up = up.cpu_parent
-        if up is not None:
-            cell = sites[(ev.name, PROJECT_FRAME.search(up.name).group(0))]
-            cell[0] += 1
-            cell[1] += ev.self_cpu_time_total
+        if ev.name.startswith("smoe.") or ev.device_type != torch.autograd.DeviceType.CPU:
+            continue
         up = ev.cpu_parent
         while up is not None and not up.name.startswith("smoe."):
             up = up.cpu_parent
@@ -218,10 +204,6 @@ def profiled(run, path: Path, device: str) -> None:
         cells = sorted(((v[1], v[0], op) for (s, op), v in inside.items() if s == span), reverse=True)
         lines.append(f"{span}: {sum(c[0] for c in cells):.0f} us in all")
         lines += [f"    {us:12.0f} us {calls:8d}  {op}" for us, calls, op in cells[:12]]
-    tables.append("\n".join(lines))
-    lines = ["host time of ops by the project line that called them (self CPU us, calls; top 25)"]
-    lines += [f"    {v[1]:12.0f} us {v[0]:8d}  {op}  <- {site}"
-              for (op, site), v in sorted(sites.items(), key=lambda kv: -kv[1][1])[:25]]
     tables.append("\n".join(lines))
     path.write_text(head + "\n\n".join(tables) + "\n")
     print(head, flush=True)

@@ -149,8 +149,6 @@ def test_paper_shape_benchmark_runs_end_to_end_on_toy_widths(tmp_path):
     text = (prof / "deepseek-moe-16b-shape-tiny_profile_smoe_exam_b1.txt").read_text()
     for span in ("smoe.layer", "smoe.plan", "smoe.prefetch", "smoe.predict", "smoe.scores_to_host"):
         assert f"\n{span}: " in text, span  # the span's own section of ops
-    sites = text.split("by the project line that called them")[1].splitlines()[1:]
-    assert any("<- smoe/engine.py(" in line for line in sites)  # ops told apart by the engine line calling them
     assert not (prof / "deepseek-moe-16b-shape-tiny.csv").exists()
     assert int(rows[2]["prefetches"]) > 0 and int(rows[3]["prefetches"]) == 0  # the variant runs with its parameter
     assert float(rows[2]["predict_time_s"]) > 0 and float(rows[3]["predict_time_s"]) == 0
