@@ -195,14 +195,17 @@ class MeasuredRun:
                    host=HostCosts(policy_per_layer=dec["policy_time_s"] / layers, cpu_per_expert=cpu),
                    predictions=passes, own_prediction=own)
 
+    def prediction_cost(self, host: HostCosts) -> float:
+        """Host seconds per predictor pass: this run's own measurement where recorded, else `host`'s."""
+        return host.per_prediction if self.own_prediction is None else self.own_prediction
+
     def modelled(self, profile: MachineProfile, host: HostCosts, own_cpu: bool = True) -> float:
         """Mean modelled step under `profile` with `host`'s costs plus this run's own planning time, its own
         predictor time where recorded, and (if `own_cpu`: on the machine it ran on) its measured CPU expert time;
         else the profile's CPU rate."""
         h = replace(host, policy_per_layer=self.host.policy_per_layer,
                     cpu_per_expert=self.host.cpu_per_expert if own_cpu else None)
-        if self.own_prediction is not None:
-            h = replace(h, per_prediction=self.own_prediction)
+        h = replace(h, per_prediction=self.prediction_cost(host))
         steps = step_times(self.plans, profile, self.costs, h, self.predictions)
         return sum(steps) / max(len(steps), 1)
 
@@ -264,8 +267,8 @@ def model_measured_runs(records: list[dict], native_gbps: float, measured_on: st
         validation.append({**key, "profile": measured_on, "held_out": run.link_gbps != native_gbps,
                            "measured_tpot_s": run.tpot_s, "modelled_tpot_s": tpot, "error": tpot / run.tpot_s - 1,
                            "host_per_layer_s": host.per_layer, "host_per_load_s": host.per_load,
-                           "host_per_prediction_s": host.per_prediction if run.own_prediction is None
-                           else run.own_prediction, "own_prediction": run.own_prediction is not None,
+                           "host_per_prediction_s": run.prediction_cost(host),
+                           "own_prediction": run.own_prediction is not None,
                            "fit_runs": fit_runs})
         if run.link_gbps != native_gbps:
             continue  # the paper's GPUs are modelled from the native runs' decisions
