@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from smoe.errors import SmoeError  # noqa: E402
 from smoe.hardware import h2d_rate  # noqa: E402
-from smoe.policy import parse_policy_spec, policy_names  # noqa: E402
+from smoe.policy import make_policy, parse_policy_spec, policy_names  # noqa: E402
 from smoe.replay import filled_host_store, run_replayed  # noqa: E402
 from smoe.shapes import SHAPES, RandomSource  # noqa: E402
 
@@ -72,6 +72,9 @@ def main() -> int:
     ap.add_argument("--gpu", default="h200", help="the `gpu` column (what the rows were timed on)")
     ap.add_argument("--link-gbps", type=float, nargs="+", default=[0.0], help="host->GPU link rates to run every "
                     "offloading policy at, GB/s, emulated (the paper's PCIe); 0: this machine's own link")
+    ap.add_argument("--predictor", nargs="+", default=["graphs"], choices=["graphs", "eager"],
+                    help="how prefetching policies run the predictor's decode passes: as CUDA graphs (the runtime's "
+                         "default on a GPU) and/or op by op (rows labelled {policy}@eager-predictor); both: side by side")
     ap.add_argument("--profile", action="store_true", help="run each setting under torch.profiler and write its "
                     "op and engine-span tables ({stem}_profile_{policy}_{workload}_b{batch}.txt) instead of rows: "
                     "a profiled run's timing is not a measurement")
@@ -79,8 +82,10 @@ def main() -> int:
     args = ap.parse_args()
 
     policies = args.policies or [p for p in policy_names() if p != "belady"]
+    params = dict(s.split("=", 1) for s in args.set)
     try:
         specs = {p: parse_policy_spec(p) for p in policies}
+        predicts = {p: make_policy(base, **{**params, **own}).predictor_passes > 0 for p, (base, own) in specs.items()}
     except SmoeError as e:
         ap.error(str(e))
     links = [g or None for g in args.link_gbps]  # None: the machine's own link
@@ -95,7 +100,6 @@ def main() -> int:
     source = RandomSource.named(args.shape, device=args.device, **overrides)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    params = dict(s.split("=", 1) for s in args.set)
 
     t0 = time.perf_counter()
     store = filled_host_store(source, args.device)
@@ -119,15 +123,18 @@ def main() -> int:
             trace = Path(args.traces) / workload / f"b{batch}.pt"
             sizes = [{"budget_gb": b} for b in args.budgets_gb] if args.budgets_gb else \
                 [{"cache_experts": n} for n in args.slots]
-            settings = [("all-gpu", None, None)] + [(p, b, g) for g in links for b in sizes
-                                                    for p in policies if p != "all-gpu"]
-            for policy, budget, link in settings:
+            settings = [("all-gpu", None, None, "graphs")] + [
+                (p, b, g, mode) for g in links for b in sizes for p in policies if p != "all-gpu"
+                for mode in (args.predictor if predicts[p] else args.predictor[:1])]
+            for policy, budget, link, mode in settings:
                 try:
                     size = {"cache_experts": every_expert} if budget is None else budget
                     base, own = specs.get(policy, (policy, {}))
                     run = partial(run_replayed, source, base, trace, batch, device=args.device,
                                   params={**params, **own}, host_store=store, link_gbps=link,
-                                  max_segments=args.segments, **size)
+                                  max_segments=args.segments, predictor_graphs=None if mode == "graphs" else False, **size)
+                    if mode == "eager" and predicts[policy]:
+                        policy = f"{policy}@eager-predictor"
                     if args.profile:
                         label = f"{policy}_{workload}_b{batch}".replace(":", "-").replace("=", "-").replace(",", "-")
                         profiled(run, out / f"{stem}_profile_{label}.txt", args.device)

@@ -55,6 +55,7 @@ class NextLayerPredictor:
         self.family = family
         self.residual: dict[int, torch.Tensor] = {}  # layer -> input of its post-attention norm [B,S,H]
         self.kwargs: dict = {}  # the decoder-layer kwargs of the current forward (mask, rotary, cache)
+        self.pieces = None  # `predict_graphs.PredictorPieces` once `compile` is called
         self.replay = None  # a `replay.RoutingReplay`: predictions come from its trace instead
         # Qwen2-MoE blocks run their shared expert before the routed experts: its output is kept for the
         # prediction, which then does not compute it again (keyed by the input tensor, so never stale)
@@ -91,19 +92,44 @@ class NextLayerPredictor:
 
     def approx_output(self, layer: int, x: torch.Tensor, partial: torch.Tensor) -> torch.Tensor:
         """Layer's output hidden state [B,S,H] ~ residual + shared experts + routed experts so far."""
-        residual = self.residual[layer]  # [B,S,H]
+        seen = self.shared.get(layer)
+        shared = seen[1] if seen is not None and seen[0] is x else None
+        return self.approx_hidden(self.blocks[layer], self.residual[layer], x, partial, shared)
+
+    @staticmethod
+    def approx_hidden(block, residual, x, partial, shared=None) -> torch.Tensor:
+        """residual [B,S,H] + partial [T,H] + the block's shared experts on x [T,H] (`shared` [T,H]: the ungated
+        shared expert output the block computed, if any) -> [B,S,H]."""
         B, S, H = residual.shape
         h = residual.reshape(-1, H) + partial.to(residual.dtype)
-        seen = self.shared.get(layer)
-        shared = shared_output(self.blocks[layer], x, seen[1] if seen is not None and seen[0] is x else None)
+        shared = shared_output(block, x, shared)
         if shared is not None:
             h = h + shared.to(h.dtype)
         return h.view(B, S, H)
+
+    read_only_cache = _ReadOnlyCache
+
+    def compile(self, capture: bool) -> None:
+        """Run decode predictions (one new token per sequence) as fixed-shape pieces (`predict_graphs`):
+        captured as CUDA graphs with `capture`, else eagerly (what the tests compare on a CPU)."""
+        from .predict_graphs import PredictorPieces
+
+        self.pieces = PredictorPieces(self, capture)
+
+    def _pieces_for(self, layer: int):
+        """The pieces, when they serve this call: a decode step (S = 1)."""
+        if self.pieces is None or self.residual[layer].shape[1] != 1:
+            return None
+        return self.pieces
 
     @torch.no_grad()
     def gate_scores(self, layer: int, x: torch.Tensor, partial: torch.Tensor, target: int) -> torch.Tensor:
         """Scores [T,E] of a later MoE layer's router applied to this layer's approximate output, with no
         layer in between run (HybriMoE's multi-layer look-ahead)."""
+        pieces = self._pieces_for(layer)
+        if pieces is not None:
+            return self._replayed(pieces.gate_scores(layer, x, partial, target), layer, False,
+                                  self.distance(layer, target))
         h = self.approx_output(layer, x, partial)
         dec = self.layers[target]
         scores = self.family.scores(self.blocks[target].gate(dec.post_attention_layernorm(h).flatten(0, 1))[0])
@@ -122,6 +148,12 @@ class NextLayerPredictor:
         """x [T,H]: layer's normed input; partial [T,H]: its routed output so far -> next layer's scores [T,E]."""
         nxt = self.next_layer(layer)
         assert nxt is not None
+        pieces = self._pieces_for(layer)
+        if pieces is not None:
+            if not attention:
+                return self._replayed(pieces.gate_scores(layer, x, partial, nxt), layer, False, 1)
+            if pieces.lean_attention(self.layers[nxt].self_attn):
+                return self._replayed(pieces.predict_attention(layer, x, partial), layer, True, 1)
         h = self.approx_output(layer, x, partial)
         B, S, H = h.shape
         dec = self.layers[nxt]

@@ -68,6 +68,8 @@ class Runtime:
         host_store: HostStore | None = None,
         link_gbps: float | None = None,  # emulate a slower host->GPU link (GB/s); GPU runs only
         grouped_experts: bool | None = None,  # decode's resident experts batched (default: on a GPU)
+        predictor_graphs: bool | None = None,  # decode predictions as CUDA graphs (default: on a GPU; on a CPU,
+        # True runs the same fixed-shape pieces eagerly)
     ):
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -138,6 +140,9 @@ class Runtime:
             cpu_threads=cpu_threads or default_cpu_threads(), trace=trace, trace_predictions=trace_predictions,
             predictor=NextLayerPredictor(self.model, blocks, self.ckpt.family), grouped=grouped,
         )
+        self.predictor_graphs = self.device.type == "cuda" if predictor_graphs is None else predictor_graphs
+        if self.predictor_graphs:
+            self.engine.predictor.compile(capture=self.device.type == "cuda")
         for layer, block in blocks.items():
             self.experts[layer].engine = self.engine
             block.gate.register_forward_hook(self._capture_logits(layer))
@@ -259,6 +264,9 @@ class Runtime:
             "cpu_count": os.cpu_count(),
             "cpu_threads": self.engine.cpu_threads,
             "link_gbps": self.link_gbps,  # None: the machine's own link; else emulated (`hardware.EmulatedLink`)
+            "predictor_graphs": self.predictor_graphs,
+            # host time spent capturing the predictor's graphs (on their first use, inside the timed steps)
+            "predictor_capture_s": self.engine.predictor.pieces.capture_s if self.predictor_graphs else 0.0,
         }
         return env
 

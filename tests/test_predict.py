@@ -132,3 +132,27 @@ def test_prediction_reads_only_experts_resident_before_this_layers_prefetch(fami
             assert torch.count_nonzero(partial) > 0
             torch.testing.assert_close(predicted, actual[(step, nxt)], atol=2e-5, rtol=1e-4)
     assert zero > 0 and res.metrics["decode"]["prefetch_used"] > 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_decode_pieces_compute_what_the_module_path_does(family, tiny):
+    """The fixed-shape pieces a GPU captures as CUDA graphs (`predict_graphs`), run eagerly here, give the
+    predictions of the op-by-op path through the HF modules, bit for bit: with attention (where the family's attention is
+    the plain q/k/v/o + rotary kind), without, and a later layer's router. Two prompts of different lengths,
+    so the attention core also reads the padding mask."""
+    runs = {}
+    for pieces in (False, True):
+        rt = Runtime(tiny(family), "test-predict-probe", device="cpu", cache_experts=1000, batch=len(PROMPTS),
+                     predictor_graphs=pieces)
+        try:
+            rt.generate(PROMPTS, 4)
+            runs[pieces] = rt.policy.predicted
+            if pieces:
+                made = {key[0] for key in rt.engine.predictor.pieces.pieces}
+                lean = rt.engine.predictor.pieces.lean_attention(rt.model.model.layers[-1].self_attn)
+        finally:
+            rt.close()
+    assert made == ({"gate", "pre", "post"} if lean else {"gate"}), made  # the pieces served the decode steps
+    assert runs[True].keys() == runs[False].keys()
+    for key, ours in runs[True].items():
+        assert all(torch.equal(a, b) for a, b in zip(ours, runs[False][key])), key  # the same ops, in order

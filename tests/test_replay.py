@@ -135,9 +135,12 @@ def test_paper_shape_benchmark_runs_end_to_end_on_toy_widths(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "benchmarks/paper_shape.py"), "--shape", "deepseek-moe-16b-shape",
                     "--tiny", "--device", "cpu", "--traces", str(tmp_path / "traces"), "--workloads", "exam",
                     "--batches", "1", "--budgets-gb", "0.267", "--policies", "lru", "smoe", "smoe:prefetch_mode=none",
-                    "--out", str(out)], check=True, cwd=ROOT)
+                    "--predictor", "graphs", "eager", "--out", str(out)], check=True, cwd=ROOT)
     rows = list(csv.DictReader(open(out / "deepseek-moe-16b-shape-tiny.csv")))
-    assert [r["policy"] for r in rows] == ["all-gpu", "lru", "smoe", "smoe:prefetch_mode=none"]
+    # both predictor modes for the policy that predicts, one row for those that do not
+    assert [r["policy"] for r in rows] == ["all-gpu", "lru", "smoe", "smoe@eager-predictor", "smoe:prefetch_mode=none"]
+    assert rows[2]["hit_rate"] == rows[3]["hit_rate"] and rows[2]["prefetches"] == rows[3]["prefetches"]
+    rows.pop(3)
     # --profile: a profile per setting, with the engine's spans and the ops inside them; no rows (not measured)
     prof = tmp_path / "prof"
     subprocess.run([sys.executable, str(ROOT / "benchmarks/paper_shape.py"), "--shape", "deepseek-moe-16b-shape",
@@ -154,12 +157,14 @@ def test_paper_shape_benchmark_runs_end_to_end_on_toy_widths(tmp_path):
     assert float(rows[2]["predict_time_s"]) > 0 and float(rows[3]["predict_time_s"]) == 0
     assert all(r["measured"] == "False" and float(r["tpot_s"]) > 0 for r in rows)
     assert float(rows[0]["hit_rate"]) == 1.0 and float(rows[1]["hit_rate"]) < 1.0
-    assert len((out / "deepseek-moe-16b-shape-tiny.jsonl").read_text().splitlines()) == 4
+    assert len((out / "deepseek-moe-16b-shape-tiny.jsonl").read_text().splitlines()) == 5
     assert json.loads((out / "deepseek-moe-16b-shape-tiny_env.json").read_text())["shape"] == "deepseek-moe-16b-shape"
     # the records carry what the cost model fits and replays (the DAG's gpu_tables rule does this on GPU runs)
     from smoe.costmodel import model_measured_runs
 
     records = [json.loads(line) for line in (out / "deepseek-moe-16b-shape-tiny.jsonl").read_text().splitlines()]
+    assert records[3]["row"]["policy"] == "smoe@eager-predictor" and records[3]["env"]["predictor_graphs"] is False
+    records.pop(3)
     validation, modelled = model_measured_runs(records, native_gbps=55.0, measured_on="h200")
     assert [v["policy"] for v in validation] == ["lru", "smoe", "smoe:prefetch_mode=none"]
     assert not any(v["held_out"] for v in validation) and all(v["fit_runs"] == 3 for v in validation)

@@ -30,7 +30,7 @@ for path in map(Path, sm.input):  # {stem}.jsonl with {stem}_env.json beside it
     # records older than `policy_resolved` ran with the defaults of their day: the env file states any that changed
     check, model = model_measured_runs(records, env["copy_Bps"] / 1e9, records[0]["row"]["gpu"],
                                        policy_defaults=env.get("policy_defaults"))
-    validation += check
+    validation += [v | {"source": f"{path.parent.name}/{path.name}"} for v in check]
     modelled += model
 table = pd.concat([*measured, pd.DataFrame(modelled).assign(emulated=False)], ignore_index=True)
 table.to_csv(sm.output.perf, index=False)

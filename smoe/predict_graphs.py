@@ -1,0 +1,153 @@
+"""The predictor's decode passes as CUDA graphs: one replay per piece instead of 20-50 kernel launches.
+
+Where it sits: `NextLayerPredictor` hands its decode predictions (one new token per sequence, S = 1) here once
+`NextLayerPredictor.compile` is called (the runtime does so on a GPU). A decode step at batch 1 is bound by
+the host's launch work, and a prediction launched op by op through the HF modules cost about 1.2 ms of host
+time per layer for 0.12 ms of GPU time (README, the fourth campaign's profile). Here a prediction is split
+into pieces of fixed shapes, each captured once per (layer, tokens) and then replayed:
+  - `gate` (the prediction without attention, and HybriMoE's look-ahead): the layer's approximate output ->
+    the target layer's post-attention norm -> its router -> scores [T,E];
+  - with attention, `pre`: approximate output -> next layer's input norm -> q/k/v projections -> rotary;
+    then the attention core runs eagerly (the KV cache grows every step) through the model's own attention
+    function over the cache read but not written; then `post`: o_proj -> residual -> post-attention norm ->
+    router -> scores [T,E].
+The pieces run the HF modules' own submodules (norms, projections, router, the family's rotary function), so
+they compute what `NextLayerPredictor`'s op-by-op path computes. Static inputs are copied in before a replay;
+outputs live until the next replay of the same piece, and every caller reads them before that. With
+`capture=False` the same pieces run eagerly (on a CPU, where the tests compare them with the op-by-op path).
+Capture time is counted in `capture_s`; capture happens on the first decode step that needs a piece.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .errors import SmoeError
+
+
+class Piece:
+    """A function of fixed-shape tensors, captured as a CUDA graph, or run as is when `capture` is off."""
+
+    def __init__(self, fn, examples: list[torch.Tensor], capture: bool, stream=None, pool=None):
+        self.fn = fn
+        self.capture = capture
+        if not capture:
+            return
+        self.inputs = [t.clone() for t in examples]  # static inputs: a replay reads these addresses
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            fn(*self.inputs)  # a warm-up outside the capture, so library set-up is not captured
+            self.graph = torch.cuda.CUDAGraph()
+            self.graph.capture_begin(pool=pool, capture_error_mode="thread_local")
+            try:
+                self.outputs = fn(*self.inputs)
+            finally:
+                self.graph.capture_end()
+        torch.cuda.current_stream().wait_stream(stream)
+
+    def __call__(self, *args: torch.Tensor):
+        if not self.capture:
+            return self.fn(*args)
+        for dst, src in zip(self.inputs, args):
+            dst.copy_(src)
+        self.graph.replay()
+        return self.outputs
+
+
+class PredictorPieces:
+    def __init__(self, predictor, capture: bool):
+        self.p = predictor
+        self.capture = capture
+        self.pieces: dict[tuple, Piece] = {}
+        self.capture_s = 0.0  # host time spent capturing pieces (on a piece's first use)
+        if capture:
+            self.stream = torch.cuda.Stream()
+            self.pool = torch.cuda.graph_pool_handle()  # one memory pool for every piece: they run one at a time
+
+    @staticmethod
+    def lean_attention(attn) -> bool:
+        """Whether an attention module is the plain q/k/v/o + rotary kind the `pre`/`post` pieces rebuild."""
+        ns = sys.modules.get(type(attn).__module__)
+        return (all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling", "layer_idx"))
+                and not any(hasattr(attn, n) for n in ("q_norm", "k_norm"))
+                and getattr(attn, "sliding_window", None) is None
+                and hasattr(ns, "apply_rotary_pos_emb"))
+
+    def _piece(self, key: tuple, fn, inputs: list[torch.Tensor]) -> Piece:
+        piece = self.pieces.get(key)
+        if piece is None:
+            t0 = time.perf_counter()
+            piece = self.pieces[key] = Piece(fn, inputs, self.capture,
+                                             getattr(self, "stream", None), getattr(self, "pool", None))
+            self.capture_s += time.perf_counter() - t0
+        return piece
+
+    def _approx_inputs(self, layer: int, x: torch.Tensor, partial: torch.Tensor):
+        """The tensors the layer's approximate output is made of, and a function of them -> h [B,S,H]."""
+        residual = self.p.residual[layer]  # [B,S,H]
+        seen = self.p.shared.get(layer)
+        shared = seen[1] if seen is not None and seen[0] is x else None  # [T,H] the block's shared expert output
+        block = self.p.blocks[layer]
+        inputs = [residual, x, partial] + ([] if shared is None else [shared])
+
+        def approx(residual, x, partial, shared=None):
+            return self.p.approx_hidden(block, residual, x, partial, shared)
+
+        return inputs, approx, shared is None
+
+    def gate_scores(self, layer: int, x: torch.Tensor, partial: torch.Tensor, target: int) -> torch.Tensor:
+        """Scores [T,E] of `target`'s router on this layer's approximate output (no layer in between)."""
+        inputs, approx, own_shared = self._approx_inputs(layer, x, partial)
+        dec, gate = self.p.layers[target], self.p.blocks[target].gate
+
+        def fn(*args):
+            h = approx(*args)
+            return self.p.family.scores(gate(dec.post_attention_layernorm(h).flatten(0, 1))[0])
+
+        key = ("gate", layer, target, tuple(inputs[0].shape), own_shared)
+        return self._piece(key, fn, inputs)(*inputs)
+
+    def predict_attention(self, layer: int, x: torch.Tensor, partial: torch.Tensor) -> torch.Tensor:
+        """Scores [T,E] of the next MoE layer with its attention over the KV cache read but not written."""
+        nxt = self.p.next_layer(layer)
+        inputs, approx, own_shared = self._approx_inputs(layer, x, partial)
+        dec = self.p.layers[nxt]
+        attn = dec.self_attn
+        kw = self.p.kwargs
+        cos, sin = kw["position_embeddings"]  # [B,S,head_dim] each
+        rotary = sys.modules[type(attn).__module__].apply_rotary_pos_emb
+        B, S, H = inputs[0].shape
+
+        def pre(cos, sin, *args):
+            h = approx(*args)  # [B,S,H]
+            hs = dec.input_layernorm(h)
+            shape = (B, S, -1, attn.head_dim)
+            q = attn.q_proj(hs).view(shape).transpose(1, 2)  # [B,heads,S,d]
+            k = attn.k_proj(hs).view(shape).transpose(1, 2)  # [B,kv_heads,S,d]
+            v = attn.v_proj(hs).view(shape).transpose(1, 2)
+            q, k = rotary(q, k, cos, sin)
+            return h, q, k, v
+
+        def post(h, core):  # h [B,S,H]; core [B,S,heads,d], the attention core's output
+            h = h + attn.o_proj(core.reshape(B, S, -1).contiguous())
+            return self.p.family.scores(self.p.blocks[nxt].gate(dec.post_attention_layernorm(h).reshape(B * S, H))[0])
+
+        shape = (tuple(inputs[0].shape), own_shared)
+        h, q, k, v = self._piece(("pre", layer) + shape, pre, [cos, sin, *inputs])(cos, sin, *inputs)
+        core = self._core(attn, q, k, v)
+        return self._piece(("post", layer) + shape, post, [h, core])(h, core)
+
+    def _core(self, attn, q, k, v) -> torch.Tensor:
+        """The attention core of the new tokens over the cache + themselves, the cache left unchanged:
+        q [B,heads,S,d], k/v [B,kv_heads,S,d] -> [B,S,heads,d]."""
+        kw = self.p.kwargs
+        cache = kw.get("cache", kw.get("past_key_values"))
+        if cache is None:
+            raise SmoeError("the predictor's attention needs the decode step's KV cache; none was passed")
+        k, v = self.p.read_only_cache(cache).update(k, v, attn.layer_idx)
+        interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+            attn.config._attn_implementation, sys.modules[type(attn).__module__].eager_attention_forward)
+        return interface(attn, q, k, v, kw.get("attention_mask"), dropout=0.0, scaling=attn.scaling)[0]
