@@ -75,6 +75,9 @@ def main() -> int:
     ap.add_argument("--predictor", nargs="+", default=["graphs"], choices=["graphs", "eager"],
                     help="how prefetching policies run the predictor's decode passes: as CUDA graphs (the runtime's "
                          "default on a GPU) and/or op by op (rows labelled {policy}@eager-predictor); both: side by side")
+    ap.add_argument("--cpu-threads", type=int, nargs="+", default=[None],
+                    help="threads of the CPU-expert worker (default: the runtime's, half the cores); several: every "
+                         "policy is run with each, rows labelled {policy}@cpu{N}")
     ap.add_argument("--profile", action="store_true", help="run each setting under torch.profiler and write its "
                     "op and engine-span tables ({stem}_profile_{policy}_{workload}_b{batch}.txt) instead of rows: "
                     "a profiled run's timing is not a measurement")
@@ -123,18 +126,24 @@ def main() -> int:
             trace = Path(args.traces) / workload / f"b{batch}.pt"
             sizes = [{"budget_gb": b} for b in args.budgets_gb] if args.budgets_gb else \
                 [{"cache_experts": n} for n in args.slots]
-            settings = [("all-gpu", None, None, "graphs")] + [
-                (p, b, g, mode) for g in links for b in sizes for p in policies if p != "all-gpu"
-                for mode in (args.predictor if predicts[p] else args.predictor[:1])]
-            for policy, budget, link, mode in settings:
+            settings = [("all-gpu", None, None, "graphs", args.cpu_threads[0])] + [
+                (p, b, g, mode, threads) for g in links for b in sizes for p in policies if p != "all-gpu"
+                for mode in (args.predictor if predicts[p] else args.predictor[:1])
+                for threads in args.cpu_threads]
+            for policy, budget, link, mode, threads in settings:
                 try:
                     size = {"cache_experts": every_expert} if budget is None else budget
                     base, own = specs.get(policy, (policy, {}))
                     run = partial(run_replayed, source, base, trace, batch, device=args.device,
                                   params={**params, **own}, host_store=store, link_gbps=link,
-                                  max_segments=args.segments, predictor_graphs=None if mode == "graphs" else False, **size)
+                                  max_segments=args.segments, predictor_graphs=None if mode == "graphs" else False,
+                                  cpu_threads=threads, **size)
+                    label = policy
                     if mode == "eager" and predicts[policy]:
-                        policy = f"{policy}@eager-predictor"
+                        label += "@eager-predictor"
+                    if len(args.cpu_threads) > 1 and policy != "all-gpu":
+                        label += f"@cpu{threads or 'default'}"
+                    policy = label
                     if args.profile:
                         label = f"{policy}_{workload}_b{batch}".replace(":", "-").replace("=", "-").replace(",", "-")
                         profiled(run, out / f"{stem}_profile_{label}.txt", args.device)

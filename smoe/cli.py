@@ -345,7 +345,7 @@ def _add_run_args(r: argparse.ArgumentParser) -> None:
     r.add_argument("--prompt", action="append", help="a prompt (repeatable); all prompts run in batches of --batch, "
                    "metrics over all of them (fewer than a batch are cycled to fill it)")
     r.add_argument("--prompt-file", help="prompts: JSONL (.jsonl, one JSON string a line) or one prompt per line")
-    r.add_argument("--cpu-threads", type=int, help="threads of the CPU expert worker (default: cores - 1)")
+    r.add_argument("--cpu-threads", type=int, help="threads of the CPU expert worker (default: half the cores)")
     r.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a policy parameter")
 
 
