@@ -63,25 +63,27 @@ class PredictorPieces:
         self.capture = capture
         self.pieces: dict[tuple, Piece] = {}
         self.capture_s = 0.0  # host time spent capturing pieces (on a piece's first use)
-        if capture:
-            self.stream = torch.cuda.Stream()
-            self.pool = torch.cuda.graph_pool_handle()  # one memory pool for every piece: they run one at a time
+        self._lean: dict[int, bool] = {}  # id of an attention module -> `lean_attention` of it
+        self.stream = torch.cuda.Stream() if capture else None  # where pieces are captured
+        self.pool = torch.cuda.graph_pool_handle() if capture else None  # one memory pool: pieces run one at a time
 
-    @staticmethod
-    def lean_attention(attn) -> bool:
+    def lean_attention(self, attn) -> bool:
         """Whether an attention module is the plain q/k/v/o + rotary kind the `pre`/`post` pieces rebuild."""
-        ns = sys.modules.get(type(attn).__module__)
-        return (all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling", "layer_idx"))
+        lean = self._lean.get(id(attn))
+        if lean is None:
+            ns = sys.modules.get(type(attn).__module__)
+            lean = self._lean[id(attn)] = (
+                all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling", "layer_idx"))
                 and not any(hasattr(attn, n) for n in ("q_norm", "k_norm"))
                 and getattr(attn, "sliding_window", None) is None
                 and hasattr(ns, "apply_rotary_pos_emb"))
+        return lean
 
     def _piece(self, key: tuple, fn, inputs: list[torch.Tensor]) -> Piece:
         piece = self.pieces.get(key)
         if piece is None:
             t0 = time.perf_counter()
-            piece = self.pieces[key] = Piece(fn, inputs, self.capture,
-                                             getattr(self, "stream", None), getattr(self, "pool", None))
+            piece = self.pieces[key] = Piece(fn, inputs, self.capture, self.stream, self.pool)
             self.capture_s += time.perf_counter() - t0
         return piece
 
@@ -116,8 +118,7 @@ class PredictorPieces:
         inputs, approx, own_shared = self._approx_inputs(layer, x, partial)
         dec = self.p.layers[nxt]
         attn = dec.self_attn
-        kw = self.p.kwargs
-        cos, sin = kw["position_embeddings"]  # [B,S,head_dim] each
+        cos, sin = self.p.kwargs["position_embeddings"]  # [B,S,head_dim] each
         rotary = sys.modules[type(attn).__module__].apply_rotary_pos_emb
         B, S, H = inputs[0].shape
 
