@@ -19,6 +19,7 @@ with budget `dense`, policy `dense` for a smolmoe model's dense teacher and the 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from .errors import SmoeError
 
@@ -67,10 +68,15 @@ def check_config(config: dict) -> None:
     for spec in config["models"]:
         name = spec["name"]
         if "shape" in spec:
-            shape, source = spec["shape"]["name"], spec["shape"]["replay"]
+            shape, source = spec["shape"]["name"], spec["shape"].get("replay")
             if shape not in SHAPES:
                 raise ConfigError(f"model {name!r}: unknown shape {shape!r}; accepted: {', '.join(SHAPES)}")
-            if source not in names or "shape" in model_spec(config, source):
+            if source is None:
+                missing = [t for t in replay_traces(config, name) if not Path(t).is_file()]
+                if missing:
+                    raise ConfigError(f"model {name!r} replays traces from {spec['shape']['replay_dir']!r}, which lacks "
+                                      f"{len(missing)} of them, e.g. {missing[0]!r} (one per workload and batch)")
+            elif source not in names or "shape" in model_spec(config, source):
                 raise ConfigError(f"model {name!r} replays {source!r}, which is not a checkpoint model of this "
                                   f"config; accepted: {', '.join(n for n in names if 'shape' not in model_spec(config, n))}")
         fam = spec.get("tiny", {}).get("family")
@@ -104,8 +110,11 @@ TRACE = "{results}/traces/{gpu}/{model}/{budget}/{workload}/b{batch}.pt"
 
 def replay_traces(config: dict, name: str) -> list[str]:
     """The traces a shape model replays, in (workload, batch) order: those `trace_for_belady` records for the
-    model it names (lru at that model's first budget)."""
-    source = model_spec(config, model_spec(config, name)["shape"]["replay"])
+    model it names (lru at that model's first budget), or those in its `replay_dir`."""
+    shape = model_spec(config, name)["shape"]
+    if "replay_dir" in shape:
+        return [f"{shape['replay_dir']}/{w}/b{b}.pt" for w in config["workloads"] for b in config["batches"]]
+    source = model_spec(config, shape["replay"])
     budget = source.get("budgets", config["budgets"])[0]
     return [TRACE.format(results=results_dir(config), gpu=config["gpu"], model=source["name"], budget=budget,
                          workload=w, batch=b) for w in config["workloads"] for b in config["batches"]]

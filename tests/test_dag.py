@@ -230,6 +230,31 @@ def test_paper_config_plans_the_three_shapes_on_smolmoe_routing():
         check_config(bad)
 
 
+def test_gpu_config_replays_carried_traces_and_builds_nothing(tmp_path):
+    """config/paper-h200.yaml routes its shape by traces in a folder (what is carried to a GPU machine): the plan
+    has the benchmark runs and the tables, and no model build, data fetch or prompt job; a folder without the
+    traces is refused by name before any job runs."""
+    config = load("paper-h200.yaml")
+    config["models"][0]["shape"]["replay_dir"] = str(tmp_path / "traces")
+    with pytest.raises(ConfigError, match=f"replays traces from '{tmp_path}/traces', which lacks 1 of them, e.g. "
+                                          f"'{tmp_path}/traces/exam/b1.pt'"):
+        check_config(config)
+    (tmp_path / "traces/exam").mkdir(parents=True)
+    (tmp_path / "traces/exam/b1.pt").write_bytes(b"")
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
+    done = snake("-n", "--forceall", "--configfile", str(tmp_path / "cfg.yaml"))
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-2000:]
+    assert "results/paper-h200/runs/h200/deepseek-moe-16b-shape/12gb/smoe/exam/b1.json" in out
+    assert str(tmp_path / "traces/exam/b1.pt") in out  # the bench jobs read the carried trace
+    jobs = {line.split()[1].rstrip(":") for line in out.splitlines() if line.startswith("rule ")}
+    assert jobs == {"bench", "perf_table", "figure", "all"}, jobs
+    both = {**config["models"][0]["shape"], "replay": "smolmoe-135m"}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**config, "models": [{**config["models"][0], "shape": both}]}))
+    done = snake("-n", "--configfile", str(tmp_path / "bad.yaml"))
+    assert done.returncode != 0 and "is valid under each of" in done.stdout + done.stderr
+
+
 def test_heal_rule_plans_a_recipe_and_a_model_can_be_built_from_it(tmp_path):
     done = snake("-n", "-p", "--forceall", "results/heal/e64k24s384/e64k24s384.safetensors")
     out = done.stdout + done.stderr

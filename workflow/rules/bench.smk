@@ -11,6 +11,13 @@ def _model_dir(w):
     return f"models/{w.model}/" + ("smolmoe.json" if "smolmoe" in spec else "config.json")
 
 
+def _prompts(w):
+    """The workloads' prompts; a shape model feeds random ids of its traces' lengths instead."""
+    if "shape" in model_spec(config, w.model):
+        return []
+    return expand(f"{RES}/prompts/{{workload}}.jsonl", workload=config["workloads"])
+
+
 def _replay(w):
     """A shape model's routing: the traces of the model it replays, one per (workload, batch)."""
     return replay_traces(config, w.model) if "shape" in model_spec(config, w.model) else []
@@ -30,7 +37,7 @@ rule bench:
     input:
         model=_model_dir,
         replay=_replay,
-        prompts=expand(f"{RES}/prompts/{{workload}}.jsonl", workload=config["workloads"]),
+        prompts=_prompts,
     output:
         RUN_OUTPUTS,
     resources:
@@ -46,7 +53,7 @@ rule trace_for_belady:
     input:
         model=_model_dir,
         replay=_replay,
-        prompts=expand(f"{RES}/prompts/{{workload}}.jsonl", workload=config["workloads"]),
+        prompts=_prompts,
     output:
         expand(
             f"{RES}/traces/{{{{gpu}}}}/{{{{model}}}}/{{{{budget}}}}/{{workload}}/b{{batch}}.pt",
@@ -65,7 +72,7 @@ rule bench_belady:
     input:
         model=_model_dir,
         replay=_replay,
-        prompts=expand(f"{RES}/prompts/{{workload}}.jsonl", workload=config["workloads"]),
+        prompts=_prompts,
         traces=rules.trace_for_belady.output,
     output:
         RUN_OUTPUTS,

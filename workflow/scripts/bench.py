@@ -27,8 +27,6 @@ else:
 uses_alpha = policy in alpha_policies()
 for i, out in enumerate(sm.output):
     workload, batch = Path(out).parent.name, int(Path(out).stem[1:])
-    prompt_file = next(f for f in sm.input.prompts if Path(f).stem == workload)
-    prompts = read_prompts(prompt_file)[: cfg["prompts_per_workload"] * batch]
     params = {"alpha": str(cfg["alpha"])} if uses_alpha else {}
     if policy == "belady":
         params["trace"] = sm.input.traces[i]  # same (workload, batch) order as the outputs
@@ -37,6 +35,8 @@ for i, out in enumerate(sm.output):
                            host_store=store, seed=cfg["seed"], record_trace=out if tracing else None,
                            **budget_args(w.budget))
     else:
+        prompt_file = next(f for f in sm.input.prompts if Path(f).stem == workload)
+        prompts = read_prompts(prompt_file)[: cfg["prompts_per_workload"] * batch]
         rec = run_one(model=model, policy=policy, device=cfg["device"], batch=batch, prompts=prompts,
                       max_new_tokens=cfg["max_new_tokens"], params=params, seed=cfg["seed"],
                       trace=out if tracing else None, trace_predictions=tracing, **budget_args(w.budget))
