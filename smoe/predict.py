@@ -90,11 +90,14 @@ class NextLayerPredictor:
         layers = sorted(self.blocks)
         return layers.index(target) - layers.index(layer)
 
+    def seen_shared(self, layer: int, x: torch.Tensor) -> torch.Tensor | None:
+        """The ungated shared expert output [T,H] the block computed on this very input x, if any."""
+        seen = self.shared.get(layer)
+        return seen[1] if seen is not None and seen[0] is x else None
+
     def approx_output(self, layer: int, x: torch.Tensor, partial: torch.Tensor) -> torch.Tensor:
         """Layer's output hidden state [B,S,H] ~ residual + shared experts + routed experts so far."""
-        seen = self.shared.get(layer)
-        shared = seen[1] if seen is not None and seen[0] is x else None
-        return self.approx_hidden(self.blocks[layer], self.residual[layer], x, partial, shared)
+        return self.approx_hidden(self.blocks[layer], self.residual[layer], x, partial, self.seen_shared(layer, x))
 
     @staticmethod
     def approx_hidden(block, residual, x, partial, shared=None) -> torch.Tensor:

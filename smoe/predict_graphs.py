@@ -90,8 +90,7 @@ class PredictorPieces:
     def _approx_inputs(self, layer: int, x: torch.Tensor, partial: torch.Tensor):
         """The tensors the layer's approximate output is made of, and a function of them -> h [B,S,H]."""
         residual = self.p.residual[layer]  # [B,S,H]
-        seen = self.p.shared.get(layer)
-        shared = seen[1] if seen is not None and seen[0] is x else None  # [T,H] the block's shared expert output
+        shared = self.p.seen_shared(layer, x)  # [T,H] or None
         block = self.p.blocks[layer]
         inputs = [residual, x, partial] + ([] if shared is None else [shared])
 
