@@ -20,7 +20,7 @@ from torch import nn
 from .metrics import span
 
 
-class _ReadOnlyCache:
+class ReadOnlyCache:
     """Looks like a transformers cache to one attention call: returns past + new, stores nothing."""
 
     def __init__(self, cache):
@@ -110,8 +110,6 @@ class NextLayerPredictor:
             h = h + shared.to(h.dtype)
         return h.view(B, S, H)
 
-    read_only_cache = _ReadOnlyCache
-
     def compile(self, capture: bool) -> None:
         """Run decode predictions (one new token per sequence) as fixed-shape pieces (`predict_graphs`):
         captured as CUDA graphs with `capture`, else eagerly (what the tests compare on a CPU)."""
@@ -164,7 +162,7 @@ class NextLayerPredictor:
             kw = dict(self.kwargs)
             cache_key = "cache" if "cache" in kw else "past_key_values"
             if kw.get(cache_key) is not None:
-                kw[cache_key] = _ReadOnlyCache(kw[cache_key])
+                kw[cache_key] = ReadOnlyCache(kw[cache_key])
             kw.pop("use_cache", None)
             attn_out = dec.self_attn(
                 hidden_states=dec.input_layernorm(h),

@@ -26,6 +26,7 @@ import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .errors import SmoeError
+from .predict import ReadOnlyCache
 
 
 class Piece:
@@ -147,7 +148,7 @@ class PredictorPieces:
         cache = kw.get("cache", kw.get("past_key_values"))
         if cache is None:
             raise SmoeError("the predictor's attention needs the decode step's KV cache; none was passed")
-        k, v = self.p.read_only_cache(cache).update(k, v, attn.layer_idx)
+        k, v = ReadOnlyCache(cache).update(k, v, attn.layer_idx)
         interface = ALL_ATTENTION_FUNCTIONS.get_interface(
             attn.config._attn_implementation, sys.modules[type(attn).__module__].eager_attention_forward)
         return interface(attn, q, k, v, kw.get("attention_mask"), dropout=0.0, scaling=attn.scaling)[0]

@@ -141,6 +141,14 @@ def test_paper_shape_benchmark_runs_end_to_end_on_toy_widths(tmp_path):
     assert [r["policy"] for r in rows] == ["all-gpu", "lru", "smoe", "smoe@eager-predictor", "smoe:prefetch_mode=none"]
     assert rows[2]["hit_rate"] == rows[3]["hit_rate"] and rows[2]["prefetches"] == rows[3]["prefetches"]
     rows.pop(3)
+    # --cpu-threads with several values: every policy but the floor once per thread count, labelled by it
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/paper_shape.py"), "--shape", "deepseek-moe-16b-shape",
+                    "--tiny", "--device", "cpu", "--traces", str(tmp_path / "traces"), "--workloads", "exam",
+                    "--batches", "1", "--budgets-gb", "0.267", "--policies", "lru", "--cpu-threads", "1", "2",
+                    "--out", str(tmp_path / "threads")], check=True, cwd=ROOT)
+    threads = [json.loads(line) for line in (tmp_path / "threads/deepseek-moe-16b-shape-tiny.jsonl").read_text().splitlines()]
+    assert [(r["row"]["policy"], r["env"]["cpu_threads"]) for r in threads] == [("all-gpu", 1), ("lru@cpu1", 1),
+                                                                                ("lru@cpu2", 2)]
     # --profile: a profile per setting, with the engine's spans and the ops inside them; no rows (not measured)
     prof = tmp_path / "prof"
     subprocess.run([sys.executable, str(ROOT / "benchmarks/paper_shape.py"), "--shape", "deepseek-moe-16b-shape",
