@@ -40,6 +40,15 @@ def budget_args(budget: str) -> dict:
     raise ConfigError(f"budget {budget!r} is neither s<slots> (e.g. s24) nor <GiB>gb (e.g. 12gb)")
 
 
+def numbers_from_cli(config: dict) -> None:
+    """`snakemake --config batches=[1,3]` hands the list over as strings ('1', '3'): read the batch sizes as the
+    integers they spell, so the command line widens a config the way its file would. Anything else is left for
+    the schema to refuse."""
+    batches = config.get("batches")
+    if isinstance(batches, list):
+        config["batches"] = [int(b) if isinstance(b, str) and b.isdigit() else b for b in batches]
+
+
 def check_config(config: dict) -> None:
     from .families import FAMILIES
     from .policy import policy_names

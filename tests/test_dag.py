@@ -249,6 +249,10 @@ def test_gpu_config_replays_carried_traces_and_builds_nothing(tmp_path):
     assert str(tmp_path / "traces/exam/b1.pt") in out  # the bench jobs read the carried trace
     jobs = {line.split()[1].rstrip(":") for line in out.splitlines() if line.startswith("rule ")}
     assert jobs == {"bench", "perf_table", "figure", "all"}, jobs
+    (tmp_path / "traces/exam/b3.pt").write_bytes(b"")  # widened from the command line, as the config's comment says
+    done = snake("-n", "--forceall", "--configfile", str(tmp_path / "cfg.yaml"), "--config", "batches=[1,3]")
+    assert done.returncode == 0, (done.stdout + done.stderr)[-2000:]
+    assert "deepseek-moe-16b-shape/12gb/smoe/exam/b3.json" in done.stdout + done.stderr
     both = {**config["models"][0]["shape"], "replay": "smolmoe-135m"}
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**config, "models": [{**config["models"][0], "shape": both}]}))
     done = snake("-n", "--configfile", str(tmp_path / "bad.yaml"))

@@ -3,10 +3,13 @@ import os
 
 from snakemake.utils import validate
 
-from smoe.dag import TRACE, accuracy_paths, check_config, model_spec, replay_traces, results_dir, run_paths
+from smoe.dag import (
+    TRACE, accuracy_paths, check_config, model_spec, numbers_from_cli, replay_traces, results_dir, run_paths,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+numbers_from_cli(config)
 validate(config, "../../config/schema.yaml")
 check_config(config)
 
