@@ -17,6 +17,7 @@ include: "workflow/rules/heal.smk"
 rule all:
     input:
         f"{TABLES}/perf.csv",
+        f"{RES}/machine/{config['gpu']}.json",
         FIGURES,
         ACC_TABLES,
         GPU_TABLES,

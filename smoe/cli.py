@@ -321,6 +321,18 @@ def cmd_slim_traces(args) -> int:
     return 0
 
 
+def cmd_measure_machine(args) -> int:
+    from .files import write_json
+    from .hardware import measure_machine
+
+    record = measure_machine(args.device, args.name, threads=args.cpu_threads)
+    write_json(args.out, record)
+    log.info("%s: pcie %s GB/s, device memory %.0f GB/s, CPU expert %.1f GB/s (%d threads) -> %s", args.name,
+             "-" if record["pcie_gbps"] is None else f"{record['pcie_gbps']:.1f}", record["gpu_mem_gbps"],
+             record["cpu_mem_gbps"], record["cpu_threads"], args.out)
+    return 0
+
+
 def cmd_pack(args) -> int:
     import torch
     from transformers import AutoTokenizer
@@ -452,6 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "corrections, more or fewer experts active)")
     b.set_defaults(fn=cmd_build_smolmoe)
 
+    mm = sub.add_parser("measure-machine", help="this machine's copy, device-memory and CPU-expert rates (cost model)")
+    mm.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    mm.add_argument("--name", required=True, help="the profile these rates become (e.g. h200, cpu)")
+    mm.add_argument("--cpu-threads", type=int, help="CPU-expert threads (default: the runtime's, half the cores)")
+    mm.add_argument("--out", required=True)
+    mm.set_defaults(fn=cmd_measure_machine)
     st = sub.add_parser("slim-traces", help="decode traces with only what routing replay reads")
     st.add_argument("traces", help="a folder of *.pt traces (searched recursively)")
     st.add_argument("--out", required=True, help="folder for the slim copies (same relative paths)")

@@ -47,8 +47,23 @@ PROFILES: dict[str, MachineProfile] = {p.name: p for p in [
                    "RTX A6000 (768 GB/s) on PCIe 4.0 x16, Xeon Gold 6444Y (DDR5-4800, 8 channels): paper v3 appendix + vendor data"),
     MachineProfile("h200", 55.0, 4800.0, 60.0,
                    "H200: pinned copy rate measured here (results/gpu/core_h200/summary.json), memory rate vendor data, "
-                   "CPU rate assumed until measured", measured=False),
+                   "CPU rate assumed; replaced by the `machine_profile` rule's measurement where a config lists it "
+                   "(`machine_profiles:`)", measured=False),
 ]}
+
+
+def measured_profile(measurement: dict) -> MachineProfile:
+    """A `MachineProfile` from `smoe.hardware.measure_machine`'s record (the DAG's `machine_profile` rule). On a
+    CPU-only machine there is no link: a load is a host memory copy, at half the copy rate (read + write)."""
+    pcie = measurement["pcie_gbps"] if measurement["pcie_gbps"] is not None else measurement["gpu_mem_gbps"] / 2
+    return MachineProfile(measurement["name"], pcie, measurement["gpu_mem_gbps"], measurement["cpu_mem_gbps"],
+                          f"measured on {measurement['device']} ({measurement['measured_at']}, "
+                          f"{measurement['cpu_threads']} CPU-expert threads)", measured=True)
+
+
+def profiles_with(measurements: list[dict]) -> dict[str, MachineProfile]:
+    """The built-in profiles, each replaced by a measured one of the same name where there is one."""
+    return {**PROFILES, **{m["name"]: measured_profile(m) for m in measurements}}
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,14 @@
 """Measured rates of the machine a run is on (what the bound of a decode step is computed from).
 
-Where it sits: benchmarks call it before their runs (`benchmarks/core_gpu.py`, `benchmarks/paper_shape.py`).
+Where it sits: benchmarks call it before their runs (`benchmarks/core_gpu.py`, `benchmarks/paper_shape.py`);
+`measure_machine` is the DAG's `machine_profile` rule (`python -m smoe measure-machine`), whose output the cost
+model reads as a measured `MachineProfile` (`smoe.costmodel.measured_profile`).
 """
 from __future__ import annotations
 
+import os
+import platform
+import statistics
 import time
 
 import torch
@@ -20,6 +25,77 @@ def h2d_rate(nbytes: int, pinned: bool = True, reps: int = 50) -> float:
         dst.copy_(src, non_blocking=True)
     torch.cuda.synchronize()
     return nbytes * reps / (time.perf_counter() - t0)
+
+
+def device_copy_rate(nbytes: int, device: str, reps: int = 20) -> float:
+    """Memory rate in bytes/s of a device-to-device copy of `nbytes` (read + write counted), on `device`."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        dst.copy_(src)
+    _sync(device)
+    return 2 * nbytes * reps / (time.perf_counter() - t0)
+
+
+def cpu_expert_rate(hidden: int, intermediate: int, threads: int, reps: int = 20) -> float:
+    """Bytes/s at which the CPU streams one bfloat16 SwiGLU expert's weights for one token (the CPU-expert
+    path's own `expert_forward`, on `threads` threads): the expert's bytes over the median time per call."""
+    from .checkpoint import ExpertShape
+    from .store import expert_forward
+
+    shape = ExpertShape(hidden=hidden, intermediate=intermediate)
+    n = max(2, -(-(256 << 20) // (shape.numel * 2)))  # experts cycled through: 256 MiB, more than a last-level cache
+    w = torch.empty(n, shape.numel, dtype=torch.bfloat16).normal_(std=0.02)  # [n, 3*I*H]
+    x = torch.randn(1, hidden, dtype=torch.bfloat16)  # [1,H]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        expert_forward(x, w[0], shape, torch.nn.functional.silu)  # warm-up
+        times = []
+        for i in range(reps):
+            t0 = time.perf_counter()
+            expert_forward(x, w[(i + 1) % n], shape, torch.nn.functional.silu)
+            times.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
+    return shape.numel * 2 / statistics.median(times)
+
+
+def measure_machine(device: str, name: str, hidden: int = 2048, intermediate: int = 1408,
+                    threads: int | None = None) -> dict:
+    """The rates the cost model needs, measured on this machine (`name` is the profile it becomes):
+    `pcie_gbps` pinned host->device copies of one expert (None without a GPU: nothing crosses a link),
+    `gpu_mem_gbps` the device's memory rate (a 1 GiB copy; on a CPU-only machine the host's), `cpu_mem_gbps`
+    the rate of one CPU expert at batch 1 with the runtime's CPU-expert threads. The expert defaults to the
+    paper's S1 (deepseek-moe-16b: hidden 2048, intermediate 1408, bfloat16)."""
+    from .runtime import default_cpu_threads
+
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}; accepted: cpu, cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' asked for, but torch sees no GPU")
+    threads = threads or default_cpu_threads()
+    expert_bytes = 3 * hidden * intermediate * 2
+    return {
+        "name": name,
+        "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
+        "pcie_gbps": h2d_rate(expert_bytes) / 1e9 if device == "cuda" else None,
+        "gpu_mem_gbps": device_copy_rate(1 << 30, device, reps=20 if device == "cuda" else 3) / 1e9,
+        "cpu_mem_gbps": cpu_expert_rate(hidden, intermediate, threads) / 1e9,
+        "expert": {"hidden": hidden, "intermediate": intermediate, "dtype": "bfloat16", "bytes": expert_bytes},
+        "cpu_threads": threads,
+        "host_cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 def sleep_cycles_per_second(reps: int = 3) -> float:

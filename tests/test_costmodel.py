@@ -116,3 +116,23 @@ def test_records_give_the_predictor_time_per_pass_when_they_have_it():
     record["params"]["policy"] = "lru"  # no predictor: nothing to charge
     record["metrics"]["decode"]["predict_time_s"] = 0.0
     assert MeasuredRun.from_record(record, 55.0).own_prediction is None
+
+
+def test_the_machine_profile_rule_measures_this_machine_and_replaces_a_built_in_profile():
+    """`measure_machine` on the CPU (what the DAG's `machine_profile` rule runs): positive rates, no link; as a
+    profile a load is a host copy at half the copy rate (read + write counted); a measured profile of a built-in
+    name replaces that profile for the cost model and keeps the others."""
+    from smoe.costmodel import measured_profile, profiles_with
+    from smoe.hardware import measure_machine
+
+    rec = measure_machine("cpu", "cpu", hidden=256, intermediate=128, threads=1)
+    assert rec["pcie_gbps"] is None and rec["gpu_mem_gbps"] > 0 and rec["cpu_mem_gbps"] > 0
+    assert rec["expert"]["bytes"] == 3 * 256 * 128 * 2 and rec["cpu_threads"] == 1
+    cpu = measured_profile(rec)
+    assert cpu.measured and cpu.pcie_gbps == rec["gpu_mem_gbps"] / 2 and cpu.cpu_mem_gbps == rec["cpu_mem_gbps"]
+    h200 = measured_profile({**rec, "name": "h200", "pcie_gbps": 53.0})
+    profiles = profiles_with([{**rec, "name": "h200", "pcie_gbps": 53.0}])
+    assert profiles["h200"] == h200 and profiles["h200"].pcie_gbps == 53.0 and profiles["h200"].measured
+    assert {n: p for n, p in profiles.items() if n != "h200"} == {n: p for n, p in PROFILES.items() if n != "h200"}
+    with pytest.raises(ValueError, match="device 'tpu'; accepted: cpu, cuda"):
+        measure_machine("tpu", "x")

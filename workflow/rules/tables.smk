@@ -13,7 +13,8 @@ rule perf_table:
 
 rule gpu_tables:
     input:
-        [f for d in GPU_RESULTS for f in sorted(glob.glob(f"{d}/*.jsonl"))],
+        runs=[f for d in GPU_RESULTS for f in sorted(glob.glob(f"{d}/*.jsonl"))],
+        machines=config.get("machine_profiles", []),
     output:
         perf=f"{TABLES}/perf_gpu.csv",
         validation=f"{TABLES}/costmodel_validation.csv",
@@ -21,3 +22,17 @@ rule gpu_tables:
         ablation=f"{TABLES}/ablation_gpu.csv",
     script:
         "../scripts/gpu_tables.py"
+
+
+rule machine_profile:
+    """The rates of the machine this config runs on (`gpu:`), for the cost model: pinned copies to the device,
+    the device's memory, a CPU expert. On a GPU machine its output is committed and listed under
+    `machine_profiles:` by the configs that model GPU runs."""
+    output:
+        f"{RES}/machine/{{gpu}}.json",
+    resources:
+        gpu=lambda w: 1 if config["device"] == "cuda" else 0,
+    log:
+        "logs/machine/{gpu}.log",
+    shell:
+        "{PY} measure-machine --device {config[device]} --name {wildcards.gpu} --out {output} 2> {log}"

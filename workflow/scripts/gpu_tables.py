@@ -1,7 +1,9 @@
 """Snakemake script of rule `gpu_tables`: committed GPU measurements (benchmarks/paper_shape.py outputs) ->
   perf_gpu.csv                one row per measured run (measured=True; `emulated` where the link was slowed to
                               a paper GPU's PCIe), then the cost model's rows for every GPU profile
-                              (measured=False), modelled from the native runs' executed plans
+                              (measured=False), modelled from the native runs' executed plans; a profile
+                              measured by the `machine_profile` rule (config `machine_profiles:`) replaces
+                              the built-in one of its name
   costmodel_validation.csv    per offloading run, the cost model's TPOT against the measured one on the machine
                               it ran on, at the run's own link rate; host costs are fitted on the native-link
                               runs, so the emulated-link runs (`held_out`) check it
@@ -16,11 +18,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from smoe.costmodel import model_measured_runs
+from smoe.costmodel import model_measured_runs, profiles_with
 
 sm = snakemake  # noqa: F821
+profiles = profiles_with([json.loads(Path(p).read_text()) for p in sm.input.machines])  # measured rates win
 measured, modelled, validation = [], [], []
-for path in map(Path, sm.input):  # {stem}.jsonl with {stem}_env.json beside it
+for path in map(Path, sm.input.runs):  # {stem}.jsonl with {stem}_env.json beside it
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if not records:
         continue
@@ -28,7 +31,7 @@ for path in map(Path, sm.input):  # {stem}.jsonl with {stem}_env.json beside it
     rows = pd.DataFrame([r["row"] for r in records])
     measured.append(rows.assign(emulated=rows.link_gbps.notna(), source=f"{path.parent.name}/{path.name}"))
     # records older than `policy_resolved` ran with the defaults of their day: the env file states any that changed
-    check, model = model_measured_runs(records, env["copy_Bps"] / 1e9, records[0]["row"]["gpu"],
+    check, model = model_measured_runs(records, env["copy_Bps"] / 1e9, records[0]["row"]["gpu"], profiles,
                                        policy_defaults=env.get("policy_defaults"))
     validation += [v | {"source": f"{path.parent.name}/{path.name}"} for v in check]
     modelled += model
