@@ -89,6 +89,7 @@ class Engine:
         # decode: a layer's resident experts as one batched product (a few kernels, not a few per expert; the
         # runtime's default on a GPU, where launches dominate a decode step). Off: expert by expert, as HF orders.
         self.grouped = grouped
+        self.staging = pool.staging  # the layer's small copies, without a pinned allocation each
 
     # ---- whole-run hooks ----------------------------------------------------------------------------
     def preload_keys(self, keys: list) -> None:
@@ -122,7 +123,7 @@ class Engine:
         m = self.metrics[self.phase]
         scores = self.family.scores(logits)  # [T,E] float32
         with span("smoe.scores_to_host"):  # waits for the compute stream: the layer's attention and router
-            host_scores, host_topk = scores.cpu(), topk_idx.cpu()
+            host_scores, host_topk = self.staging.to_host(scores, topk_idx)
         view = LayerView(
             layer=layer,
             phase=self.phase,
@@ -150,11 +151,8 @@ class Engine:
 
         for key in ex.evict:
             self.pool.evict(key)
-        # Token rows of every computed expert, moved to the device in one asynchronous copy.
         order = sorted(ex.tokens)
-        counts = [len(ex.tokens[e]) for e in order]
-        flat = self._to_device(np.asarray([t for e in order for t in ex.tokens[e]], dtype=np.int64))
-        tok = dict(zip(order, torch.split(flat, counts)))
+        tok = _TokenRows(ex.tokens, order, self._to_device)
 
         # Gate weights [T,E]: the router's own where a token's set is unchanged, the family rule elsewhere.
         T, E = view.scores.shape
@@ -302,11 +300,8 @@ class Engine:
         return final
 
     def _to_device(self, a) -> torch.Tensor:
-        """Host array/tensor -> device, through pinned memory so the copy does not stall the host."""
-        t = torch.from_numpy(a) if isinstance(a, np.ndarray) else a
-        if self.device.type != "cuda":
-            return t
-        return t.pin_memory().to(self.device, non_blocking=True)
+        """Host array/tensor -> device, through pinned staging so the copy does not stall the host."""
+        return self.staging.to_device(a)
 
     LOOKAHEAD = 3  # MoE layers ahead whose predicted scores a trace records (HybriMoE at depth up to 3)
 
@@ -341,3 +336,19 @@ class Engine:
             done.append(key)
             self.awaiting.add(key)
         return done
+
+
+class _TokenRows:
+    """expert -> its token rows on the device [n] int64, in the plan's order: every computed expert's rows go to
+    the device in one asynchronous copy, made on first use (a decode layer whose experts all run grouped needs
+    none)."""
+
+    def __init__(self, tokens: dict[int, list[int]], order: list[int], to_device):
+        self.tokens, self.order, self.to_device = tokens, order, to_device
+        self.rows: dict[int, torch.Tensor] | None = None
+
+    def __getitem__(self, e: int) -> torch.Tensor:
+        if self.rows is None:
+            flat = self.to_device(np.asarray([t for x in self.order for t in self.tokens[x]], dtype=np.int64))
+            self.rows = dict(zip(self.order, torch.split(flat, [len(self.tokens[x]) for x in self.order])))
+        return self.rows[e]

@@ -10,9 +10,11 @@ are accounted exactly as on a GPU, and a resident expert is computed straight fr
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .plan import ExpertKey
+from .staging import PinnedStaging
 from .store import HostStore
 
 
@@ -36,6 +38,7 @@ class SlotPool:
             self.done = [torch.cuda.Event() for _ in range(capacity)]
         self._timed: list[tuple] = []  # (start, end) events of copies not yet read
         self._fresh: set[int] = set()  # slots whose last copy the compute stream has not waited for yet
+        self.staging = PinnedStaging(device)  # the small copies of a layer (slot indices, the engine's plan)
 
     @property
     def free_slots(self) -> int:
@@ -95,7 +98,7 @@ class SlotPool:
         slots = [self.slot_of[k] for k in keys]
         for slot in slots:
             self._await(slot)
-        index = torch.tensor(slots, dtype=torch.long).pin_memory().to(self.device, non_blocking=True)  # [n]
+        index = self.staging.to_device(np.asarray(slots, dtype=np.int64))  # [n]
         return self.data.index_select(0, index)
 
     def _await(self, slot: int) -> None:

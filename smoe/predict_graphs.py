@@ -29,6 +29,15 @@ from .errors import SmoeError
 from .predict import ReadOnlyCache
 
 
+def lean_attention(attn) -> bool:
+    """Whether an attention module is the plain q/k/v/o + rotary kind the `pre`/`post` pieces rebuild."""
+    ns = sys.modules.get(type(attn).__module__)
+    return (all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling", "layer_idx"))
+            and not any(hasattr(attn, n) for n in ("q_norm", "k_norm"))
+            and getattr(attn, "sliding_window", None) is None
+            and hasattr(ns, "apply_rotary_pos_emb") and hasattr(ns, "eager_attention_forward"))
+
+
 class Piece:
     """A function of fixed-shape tensors, captured as a CUDA graph, or run as is when `capture` is off."""
 
@@ -69,15 +78,9 @@ class PredictorPieces:
         self.pool = torch.cuda.graph_pool_handle() if capture else None  # one memory pool: pieces run one at a time
 
     def lean_attention(self, attn) -> bool:
-        """Whether an attention module is the plain q/k/v/o + rotary kind the `pre`/`post` pieces rebuild."""
         lean = self._lean.get(id(attn))
         if lean is None:
-            ns = sys.modules.get(type(attn).__module__)
-            lean = self._lean[id(attn)] = (
-                all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling", "layer_idx"))
-                and not any(hasattr(attn, n) for n in ("q_norm", "k_norm"))
-                and getattr(attn, "sliding_window", None) is None
-                and hasattr(ns, "apply_rotary_pos_emb"))
+            lean = self._lean[id(attn)] = lean_attention(attn)
         return lean
 
     def _piece(self, key: tuple, fn, inputs: list[torch.Tensor]) -> Piece:

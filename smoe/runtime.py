@@ -35,6 +35,7 @@ from .plan import ModelInfo
 from .policy import ExpertPolicy, make_policy
 from .pool import SlotPool
 from .predict import NextLayerPredictor
+from .skeleton_graphs import SkeletonGraphs
 from .store import HostStore
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class Runtime:
         grouped_experts: bool | None = None,  # decode's resident experts batched (default: on a GPU)
         predictor_graphs: bool | None = None,  # decode predictions as CUDA graphs (default: on a GPU; on a CPU,
         # True runs the same fixed-shape pieces eagerly)
+        skeleton_graphs: bool | None = None,  # decode attention of known layer kinds as CUDA graphs (same defaults)
     ):
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -147,6 +149,9 @@ class Runtime:
         self.predictor_graphs = self.device.type == "cuda" if predictor_graphs is None else predictor_graphs
         if self.predictor_graphs:
             self.engine.predictor.compile(capture=self.device.type == "cuda")
+        self.skeleton = None
+        if self.device.type == "cuda" if skeleton_graphs is None else skeleton_graphs:
+            self.skeleton = SkeletonGraphs(self.model.model.layers, capture=self.device.type == "cuda")
         for layer, block in blocks.items():
             self.experts[layer].engine = self.engine
             block.gate.register_forward_hook(self._capture_logits(layer))
@@ -271,6 +276,8 @@ class Runtime:
             "predictor_graphs": self.predictor_graphs,
             # host time spent capturing the predictor's graphs (on their first use, inside the timed steps)
             "predictor_capture_s": self.engine.predictor.pieces.capture_s if self.predictor_graphs else 0.0,
+            "skeleton_graphs": len(self.skeleton.installed) if self.skeleton else 0,  # layers served by them
+            "skeleton_capture_s": self.skeleton.capture_s if self.skeleton else 0.0,
         }
         return env
 

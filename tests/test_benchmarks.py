@@ -20,3 +20,17 @@ def test_ablation_runs_only_the_groups_asked_for(tmp_path):
     assert [(r["lookahead"], r["history"]) for r in rows] == [(str(la), h) for la in (1, 2, 3, 4)
                                                             for h in ("False", "True")]
     assert all(0 <= float(r["hit_rate"]) <= 1 and "top_score_share" in r for r in rows)
+
+
+def test_skeleton_graphs_benchmark_compares_the_two_modes(tmp_path):
+    """benchmarks/skeleton_graphs.py on the CPU (the pieces run eagerly there): a row per family and batch, the
+    logits of the two modes bit-equal, the Qwen2-MoE layers served and OLMoE's not (q/k norms)."""
+    out = tmp_path / "sk.csv"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/skeleton_graphs.py"), "--device", "cpu", "--families",
+                    "qwen2_moe,olmoe", "--shape-layers", "0", "--batches", "1", "3", "--repeats", "1", "--out",
+                    str(out)], check=True, cwd=ROOT)
+    rows = list(csv.DictReader(open(out)))
+    assert [(r["model"], r["batch"]) for r in rows] == [("qwen2_moe", "1"), ("olmoe", "1"), ("qwen2_moe", "3"),
+                                                        ("olmoe", "3")]
+    assert all(r["bit_equal"] == "True" and float(r["max_abs_diff"]) == 0 for r in rows)
+    assert [int(r["layers_served"]) > 0 for r in rows] == [True, False, True, False]

@@ -342,3 +342,35 @@ def test_evict_keys_must_be_pairs():
     assert ex.evict == [(0, 3)]  # lists are read as pairs
     with pytest.raises(PolicyError, match="pairs"):
         check_plan(Plan(actions=np.full((2, 2), int(Action.LOAD)), evict=[3]), view, "p")
+
+
+def test_staging_ring_never_rewrites_a_half_before_its_copies_are_done():
+    """The pinned staging buffer's placement (smoe.staging.Ring, what every small host->device copy of a GPU
+    decode step goes through): copies in one half never overlap and start aligned; moving to the other half
+    records an event for the half left, and a half is written again only after the event recorded when it was
+    last left has been waited for."""
+    from smoe.staging import ALIGN, Ring
+
+    log = []
+
+    class Event:
+        def __init__(self):
+            self.id = len([x for x in log if x[0] == "record"])
+
+        def record(self):
+            log.append(("record", self.id))
+
+        def synchronize(self):
+            log.append(("wait", self.id))
+
+    ring = Ring(1024, Event)  # two halves of 512 bytes
+    spans = [(ring.place(n), n) for n in (8, 100, 64, 200)]  # fits 512 bytes with 64-byte alignment
+    assert [s for s, _ in spans] == [0, 64, 192, 256] and all(s % ALIGN == 0 for s, _ in spans)
+    assert all(a + n <= b for (a, n), (b, _) in zip(spans, spans[1:])) and log == []
+    assert ring.place(300) == 512  # does not fit: the second half, after recording the first half's event
+    assert log == [("record", 0)]
+    assert ring.place(100) == 512 + 320
+    assert ring.place(100) == 0  # 448 + 100 > 512: back to the first half, after waiting for its event
+    assert log == [("record", 0), ("record", 1), ("wait", 0)]
+    with pytest.raises(AssertionError):
+        ring.place(513)

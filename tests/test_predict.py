@@ -10,7 +10,7 @@ import torch
 from smoe.plan import Action, Plan, PrefetchPlan
 from smoe.policy import ExpertPolicy, register_policy
 from smoe.runtime import Runtime
-from smoe_test_support import FAMILIES, NEW_TOKENS, PROMPTS
+from smoe_test_support import FAMILIES, NEW_TOKENS, PROMPTS, collect_logits
 
 
 @register_policy("test-predict-probe")
@@ -156,3 +156,30 @@ def test_decode_pieces_compute_what_the_module_path_does(family, tiny):
     assert runs[True].keys() == runs[False].keys()
     for key, ours in runs[True].items():
         assert all(torch.equal(a, b) for a, b in zip(ours, runs[False][key])), key  # the same ops, in order
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_skeleton_pieces_decode_what_the_module_path_decodes(family, tiny):
+    """The decoder layers' attention pieces a GPU captures as CUDA graphs (`skeleton_graphs`), run eagerly here:
+    every forward's logits equal the module path's bit for bit, with SMoE planning, prefetching and
+    substituting on top (its hooks on the router, the residual and the shared expert still fire). Layers of a
+    kind the pieces do not know keep their own forward; Qwen2-MoE and Mixtral are served."""
+    runs = {}
+    for pieces in (False, True):
+        rt = Runtime(tiny(family), "smoe", device="cpu", cache_experts=10, batch=len(PROMPTS),
+                     skeleton_graphs=pieces, predictor_graphs=True)
+        logits, _, cb = collect_logits()
+        try:
+            res = rt.generate(PROMPTS, 6, on_logits=cb)
+            runs[pieces] = (logits, res.tokens, res.metrics["substitutions"], res.metrics["prefetches"])
+            if pieces:
+                served = {key[:2] for key in rt.skeleton.pieces}
+                installed = rt.skeleton.installed
+        finally:
+            rt.close()
+    assert (len(installed) > 0) == (family in ("qwen2_moe", "mixtral")), (family, installed)
+    assert served == {(kind, i) for kind in ("pre", "post") for i in installed}  # the decode steps used them
+    ours, theirs = runs[True], runs[False]
+    assert len(ours[0]) == len(theirs[0]) == 6
+    assert all(torch.equal(a, b) for a, b in zip(ours[0], theirs[0]))
+    assert ours[1:] == theirs[1:]

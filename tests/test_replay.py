@@ -145,10 +145,15 @@ def test_paper_shape_benchmark_runs_end_to_end_on_toy_widths(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "benchmarks/paper_shape.py"), "--shape", "deepseek-moe-16b-shape",
                     "--tiny", "--device", "cpu", "--traces", str(tmp_path / "traces"), "--workloads", "exam",
                     "--batches", "1", "--budgets-gb", "0.267", "--policies", "lru", "--cpu-threads", "1", "2",
-                    "--out", str(tmp_path / "threads")], check=True, cwd=ROOT)
+                    "--skeleton", "graphs", "eager", "--out", str(tmp_path / "threads")], check=True, cwd=ROOT)
     threads = [json.loads(line) for line in (tmp_path / "threads/deepseek-moe-16b-shape-tiny.jsonl").read_text().splitlines()]
-    assert [(r["row"]["policy"], r["env"]["cpu_threads"]) for r in threads] == [("all-gpu", 1), ("lru@cpu1", 1),
-                                                                                ("lru@cpu2", 2)]
+    assert [(r["row"]["policy"], r["env"]["cpu_threads"]) for r in threads] == [
+        ("all-gpu", 1), ("all-gpu@eager-skeleton", 1), ("lru@cpu1", 1), ("lru@eager-skeleton@cpu1", 1),
+        ("lru@cpu2", 2), ("lru@eager-skeleton@cpu2", 2)]
+    # --skeleton both ways: each row's bound is the floor of its own skeleton mode
+    floors = {r["row"]["policy"]: r["row"]["tpot_s"] for r in threads[:2]}
+    assert threads[2]["row"]["bound_s"] >= floors["all-gpu"] and threads[3]["row"]["bound_s"] >= floors["all-gpu@eager-skeleton"]
+    assert all(r["env"]["skeleton_graphs"] == 0 for r in threads)  # the graphs serve GPU runs only
     # --profile: a profile per setting, with the engine's spans and the ops inside them; no rows (not measured)
     prof = tmp_path / "prof"
     subprocess.run([sys.executable, str(ROOT / "benchmarks/paper_shape.py"), "--shape", "deepseek-moe-16b-shape",

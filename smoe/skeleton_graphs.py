@@ -1,0 +1,92 @@
+"""The decoder layers' attention at decode as CUDA graphs: two replays per layer instead of ~25 launches.
+
+Where it sits: the runtime calls `install` on a GPU (`Runtime(skeleton_graphs=...)`). A decode step at batch 1
+is bound by the host's launch work: the all-GPU floor of the Qwen2-57B shape took 65-135 ms per token on the
+H200 for a few ms of GPU work (README, fifth campaign). For each decoder layer of a known pre-norm kind
+(`LAYERS`) whose attention is the plain q/k/v/o + rotary kind (`PredictorPieces.lean_attention`), the layer's
+`forward` is replaced, for decode calls only (one new token per sequence), by:
+  - `pre`, a graph: input norm -> q/k/v projections -> rotary;
+  - the KV-cache update and the attention core, eagerly, through the model's own cache and attention
+    function (the cache grows every step);
+  - `post`, a graph: o_proj -> residual;
+  - then, as in the HF layer, the post-attention norm and the MoE block, called as modules: their hooks (the
+    router-logit capture, routing replay, the predictor's residual and shared-expert taps) fire as before.
+Prefill, and any call the wrapper does not recognise, runs the layer's own forward. The pieces are the
+predictor's (`predict_graphs.Piece`): captured on first use per (layer, shapes), static inputs copied in before
+a replay, outputs read before the layer's next replay. With `capture=False` the same pieces run eagerly (on a
+CPU, where the tests compare them with the module path bit for bit). Capture time is counted in `capture_s`.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+from torch import nn
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .predict_graphs import Piece, lean_attention
+
+# decoder layers whose forward is: residual + attn(input_norm(x)), then residual + mlp(post_attention_norm(h))
+LAYERS = ("Qwen2MoeDecoderLayer", "MixtralDecoderLayer")
+
+
+class SkeletonGraphs:
+    def __init__(self, layers: nn.ModuleList, capture: bool):
+        self.capture = capture
+        self.pieces: dict[tuple, Piece] = {}
+        self.capture_s = 0.0  # host time spent capturing pieces (on a piece's first use)
+        self.stream = torch.cuda.Stream() if capture else None
+        self.pool = torch.cuda.graph_pool_handle() if capture else None
+        self.installed = [i for i, layer in enumerate(layers) if self._fits(layer)]
+        for i in self.installed:
+            layer = layers[i]
+            layer.forward = self._forward(i, layer, layer.forward)
+
+    @staticmethod
+    def _fits(layer: nn.Module) -> bool:
+        return type(layer).__name__ in LAYERS and lean_attention(layer.self_attn)
+
+    def _piece(self, key: tuple, fn, inputs: list[torch.Tensor]) -> Piece:
+        piece = self.pieces.get(key)
+        if piece is None:
+            t0 = time.perf_counter()
+            piece = self.pieces[key] = Piece(fn, inputs, self.capture, self.stream, self.pool)
+            self.capture_s += time.perf_counter() - t0
+        return piece
+
+    def _forward(self, i: int, layer: nn.Module, own):
+        attn = layer.self_attn
+        rotary = sys.modules[type(attn).__module__].apply_rotary_pos_emb
+        eager = sys.modules[type(attn).__module__].eager_attention_forward
+
+        def pre(x, cos, sin):  # x [B,S,H]; cos/sin [B or 1,S,d] -> q [B,heads,S,d], k/v [B,kv_heads,S,d]
+            hs = layer.input_layernorm(x)
+            shape = (*x.shape[:-1], -1, attn.head_dim)
+            q = attn.q_proj(hs).view(shape).transpose(1, 2)
+            k = attn.k_proj(hs).view(shape).transpose(1, 2)
+            v = attn.v_proj(hs).view(shape).transpose(1, 2)
+            q, k = rotary(q, k, cos, sin)
+            return q, k, v
+
+        def post(x, core):  # x [B,S,H] the layer's input; core [B,S,heads,d] -> h [B,S,H]
+            return x + attn.o_proj(core.reshape(*x.shape[:-1], -1).contiguous())
+
+        def forward(hidden_states, *args, **kwargs):
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))
+            rope = kwargs.get("position_embeddings")
+            if args or hidden_states.shape[1] != 1 or cache is None or rope is None:
+                return own(hidden_states, *args, **kwargs)
+            rest = {k: v for k, v in kwargs.items()
+                    if k not in ("cache", "past_key_values", "position_embeddings", "attention_mask")}
+            cos, sin = rope
+            shapes = (tuple(hidden_states.shape), tuple(cos.shape))
+            q, k, v = self._piece(("pre", i) + shapes, pre, [hidden_states, cos, sin])(hidden_states, cos, sin)
+            k, v = cache.update(k, v, attn.layer_idx, kwargs=rest)
+            interface = ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation, eager)
+            core = interface(attn, q, k, v, kwargs.get("attention_mask"), dropout=0.0, scaling=attn.scaling,
+                             **rest)[0]
+            h = self._piece(("post", i) + shapes, post, [hidden_states, core])(hidden_states, core)
+            return h + layer.mlp(layer.post_attention_layernorm(h))
+
+        return forward
