@@ -294,6 +294,8 @@ class Runtime:
         if not hasattr(self, "engine"):
             return  # already closed
         self.engine.close()
+        if self.skeleton is not None:
+            self.skeleton.release(self.model.model.layers)
         for name in ("engine", "pool", "model", "experts", "store"):
             self.__dict__.pop(name, None)
         gc.collect()

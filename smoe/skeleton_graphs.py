@@ -43,6 +43,13 @@ class SkeletonGraphs:
             layer = layers[i]
             layer.forward = self._forward(i, layer, layer.forward)
 
+    def release(self, layers: nn.ModuleList) -> None:
+        """Give the layers their own forward back and drop the pieces (and the graphs' memory): what holds the
+        pieces holds the model, so `Runtime.close` calls this before freeing it."""
+        for i in self.installed:
+            layers[i].__dict__.pop("forward", None)
+        self.pieces.clear()
+
     @staticmethod
     def _fits(layer: nn.Module) -> bool:
         return type(layer).__name__ in LAYERS and lean_attention(layer.self_attn)

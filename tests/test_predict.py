@@ -183,3 +183,19 @@ def test_skeleton_pieces_decode_what_the_module_path_decodes(family, tiny):
     assert len(ours[0]) == len(theirs[0]) == 6
     assert all(torch.equal(a, b) for a, b in zip(ours[0], theirs[0]))
     assert ours[1:] == theirs[1:]
+
+
+def test_a_closed_runtime_with_skeleton_pieces_frees_its_model(tiny):
+    """The pieces hold the layers they run (and through the MoE blocks the engine and its slots): `close` gives
+    the layers their own forward back and drops the pieces, so the model is freed at close, not when the
+    runtime object goes (on a GPU the next run's slots would not fit beside it)."""
+    import gc
+    import weakref
+
+    rt = Runtime(tiny("qwen2_moe"), "lru", device="cpu", cache_experts=10, skeleton_graphs=True)
+    rt.generate(PROMPTS[:1], 3)
+    assert rt.skeleton.pieces and rt.skeleton.installed
+    layer = weakref.ref(rt.model.model.layers[0])
+    rt.close()
+    gc.collect()
+    assert layer() is None
