@@ -176,8 +176,9 @@ def calibrate(all_gpu_plans: list[list[int]], measured_tpot_s: float, profile: M
 @dataclass
 class MeasuredRun:
     """What the fit needs of one measured run (a `run_replayed` record)."""
-    group: tuple  # (batch, workload): runs of one group share the all-GPU floor
+    group: tuple  # (batch, workload, skeleton graphs on): runs of one group share the all-GPU floor
     policy: str
+    floor: bool  # the all-GPU run of its group
     plans: list[list[int]]
     costs: ModelCosts
     tpot_s: float
@@ -204,7 +205,9 @@ class MeasuredRun:
         passes = policy.predictor_passes
         # records since the second GPU campaign time the predictor apart from planning (`predict_time_s`)
         own = dec["predict_time_s"] / (layers * passes) if passes and "predict_time_s" in dec else None
-        return cls(group=(p["batch"], Path(p["replay"]).parent.name), policy=label, plans=rec["plans"],
+        graphs = rec.get("env", {}).get("skeleton_graphs", 0) > 0  # records before the skeleton graphs: off
+        return cls(group=(p["batch"], Path(p["replay"]).parent.name, graphs), policy=label,
+                   floor=p["policy"] == "all-gpu", plans=rec["plans"],
                    costs=ModelCosts(**rec["costs"]), tpot_s=m["tpot_s"],
                    link_gbps=p.get("link_gbps") or native_gbps,
                    host=HostCosts(policy_per_layer=dec["policy_time_s"] / layers, cpu_per_expert=cpu),
@@ -233,8 +236,8 @@ def fit_host_costs(runs: list[MeasuredRun], profile: MachineProfile) -> tuple[di
     per_load and per_prediction)."""
     import math
 
-    per_layer = {r.group: calibrate(r.plans, r.tpot_s, profile, r.costs, r.host) for r in runs if r.policy == "all-gpu"}
-    offload = [r for r in runs if r.policy != "all-gpu" and r.group in per_layer]
+    per_layer = {r.group: calibrate(r.plans, r.tpot_s, profile, r.costs, r.host) for r in runs if r.floor}
+    offload = [r for r in runs if not r.floor and r.group in per_layer]
 
     def loss(per_load: float, per_prediction: float) -> float:
         err = 0.0
@@ -271,10 +274,10 @@ def model_measured_runs(records: list[dict], native_gbps: float, measured_on: st
     per_layer, fitted = fit_host_costs(native, here)
     # offloading runs the per-load and per-prediction costs are fitted on; with none (a benchmark run at emulated
     # links only) they stay 0 and only the floors' per-layer costs are calibrated
-    fit_runs = sum(1 for r in native if r.policy != "all-gpu")
+    fit_runs = sum(1 for r in native if not r.floor)
     validation, modelled = [], []
     for rec, run in zip(records, runs):
-        if run.policy == "all-gpu" or run.group not in per_layer:
+        if run.floor or run.group not in per_layer:
             continue
         host = replace(fitted, per_layer=per_layer[run.group])
         key = {k: rec["row"][k] for k in ("model", "budget_gb", "policy", "batch", "workload", "link_gbps")}

@@ -47,7 +47,7 @@ def cpu_expert_rate(hidden: int, intermediate: int, threads: int, reps: int = 20
     from .store import expert_forward
 
     shape = ExpertShape(hidden=hidden, intermediate=intermediate)
-    n = max(2, -(-(256 << 20) // (shape.numel * 2)))  # experts cycled through: 256 MiB, more than a last-level cache
+    n = max(2, -(-(128 << 20) // (shape.numel * 2)))  # experts cycled through: 128 MiB, more than a last-level cache
     w = torch.empty(n, shape.numel, dtype=torch.bfloat16).normal_(std=0.02)  # [n, 3*I*H]
     x = torch.randn(1, hidden, dtype=torch.bfloat16)  # [1,H]
     before = torch.get_num_threads()
@@ -68,7 +68,8 @@ def measure_machine(device: str, name: str, hidden: int = 2048, intermediate: in
                     threads: int | None = None) -> dict:
     """The rates the cost model needs, measured on this machine (`name` is the profile it becomes):
     `pcie_gbps` pinned host->device copies of one expert (None without a GPU: nothing crosses a link),
-    `gpu_mem_gbps` the device's memory rate (a 1 GiB copy; on a CPU-only machine the host's), `cpu_mem_gbps`
+    `gpu_mem_gbps` the device's memory rate (a 1 GiB copy; on a CPU-only machine the host's, a 128 MiB copy, so
+    the job fits a small cluster slot), `cpu_mem_gbps`
     the rate of one CPU expert at batch 1 with the runtime's CPU-expert threads. The expert defaults to the
     paper's S1 (deepseek-moe-16b: hidden 2048, intermediate 1408, bfloat16)."""
     from .runtime import default_cpu_threads
@@ -83,7 +84,8 @@ def measure_machine(device: str, name: str, hidden: int = 2048, intermediate: in
         "name": name,
         "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
         "pcie_gbps": h2d_rate(expert_bytes) / 1e9 if device == "cuda" else None,
-        "gpu_mem_gbps": device_copy_rate(1 << 30, device, reps=20 if device == "cuda" else 3) / 1e9,
+        "gpu_mem_gbps": (device_copy_rate(1 << 30, device) if device == "cuda" else
+                         device_copy_rate(128 << 20, device, reps=5)) / 1e9,
         "cpu_mem_gbps": cpu_expert_rate(hidden, intermediate, threads) / 1e9,
         "expert": {"hidden": hidden, "intermediate": intermediate, "dtype": "bfloat16", "bytes": expert_bytes},
         "cpu_threads": threads,

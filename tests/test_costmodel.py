@@ -67,7 +67,8 @@ def test_the_fit_recovers_host_costs_and_checks_runs_it_did_not_see():
         host = HostCosts(policy_per_layer=1e-4, cpu_per_expert=5e-4)
         sim = replace(truth, policy_per_layer=host.policy_per_layer, cpu_per_expert=host.cpu_per_expert)
         steps = step_times(plans[policy], replace(h200, pcie_gbps=link), costs, sim, predictions)
-        return MeasuredRun((1, "exam"), policy, plans[policy], costs, sum(steps) / len(steps), link, host, predictions)
+        return MeasuredRun((1, "exam"), policy, policy == "all-gpu", plans[policy], costs, sum(steps) / len(steps), link, host,
+                           predictions)
 
     native = [run(p, 55.0) for p in plans]
     per_layer, fitted = fit_host_costs(native, replace(h200, pcie_gbps=55.0))
@@ -94,7 +95,7 @@ def test_a_run_that_timed_its_predictor_is_modelled_with_its_own_time():
     """Predictor passes are charged at the run's measured time per pass where its record has one (as planning
     is), so a run at an emulated link, which no fit can learn the pass cost from, still pays for them."""
     plan = [[s, l, 1, 2, 0, 0, 0] for s in range(2) for l in range(3)]  # two resident experts per layer: 2 s
-    run = MeasuredRun((1, "exam"), "smoe", plan, COSTS, 0.0, 1.0, HostCosts(), predictions=1, own_prediction=4.0)
+    run = MeasuredRun((1, "exam"), "smoe", False, plan, COSTS, 0.0, 1.0, HostCosts(), predictions=1, own_prediction=4.0)
     fitted = HostCosts(per_prediction=0.5)
     # each layer: experts 2 s on the device while the host spends 4 s on the pass, then waits: 3 layers x 4 s
     assert run.modelled(UNIT, fitted) == pytest.approx(12.0)

@@ -1,5 +1,6 @@
 """The reproduction DAG: config validation with clear messages, a dry run of the default plans every run,
 and the CI grid (config/test.yaml) end to end into every table and figure."""
+import json
 import os
 import subprocess
 import sys
@@ -80,6 +81,7 @@ def test_ci_grid_end_to_end(tmp_path):
     (work / "resources").symlink_to(ROOT / "resources", target_is_directory=True)
     (work / "results").mkdir()
     (work / "results/gpu").symlink_to(ROOT / "results/gpu", target_is_directory=True)  # committed measurements
+    (work / "results/paper-h200").symlink_to(ROOT / "results/paper-h200", target_is_directory=True)  # H200 profile
     (ROOT / "resources").mkdir(exist_ok=True)
     done = snake("--cores", "2", "--configfile", "config/test.yaml", cwd=work)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -108,6 +110,11 @@ def test_ci_grid_end_to_end(tmp_path):
     measured = gpu[gpu.measured.astype(bool)]
     assert set(measured.gpu) == {"h200"} and measured.emulated.any() and (~measured.emulated).any()
     assert set(gpu[~gpu.measured.astype(bool)].gpu) == {"rtx3080ti-12g", "rtx4060ti-16g", "a6000-48g", "h200"}
+    # the H200 is modelled at the rates its machine_profile measurement gives, not the built-in ones
+    h200 = json.loads((ROOT / "results/paper-h200/machine/h200.json").read_text())
+    assert gpu[~gpu.measured.astype(bool) & (gpu.gpu == "h200")].link_gbps.eq(h200["pcie_gbps"]).all()
+    here = json.loads((work / "results/machine/cpu.json").read_text())  # this machine, measured by the DAG
+    assert here["name"] == "cpu" and here["pcie_gbps"] is None and here["cpu_mem_gbps"] > 0
     check = pd.read_csv(work / "results/tables/costmodel_validation.csv")
     assert len(check) and check.error.notna().all() and set(check.policy) >= {"lru", "smoe"}
     assert (work / "figures/fig11_tpot_gpu.pdf").stat().st_size > 1000
@@ -174,7 +181,8 @@ def test_slurm_localhost_runs_the_ci_grid(tmp_path):
     for item in ("Snakefile", "config", "workflow", "profiles", "resources"):
         (work / item).symlink_to(ROOT / item, target_is_directory=(ROOT / item).is_dir())
     (work / "results").mkdir()
-    (work / "results/gpu").symlink_to(ROOT / "results/gpu", target_is_directory=True)
+    for committed in ("gpu", "paper-h200"):  # H200 measurements and the H200's machine profile
+        (work / "results" / committed).symlink_to(ROOT / "results" / committed, target_is_directory=True)
     rules = ("smolmoe_model", "bench", "bench_belady", "trace_for_belady", "accuracy")
     done = snake("--workflow-profile", "workflow/profiles/slurm", "--configfile", "config/test.yaml",
                  "--slurm-status-command", "squeue", "--slurm-keep-successful-logs", "--latency-wait", "5",

@@ -1,6 +1,7 @@
 """Snakemake script of rule `figure_gpu`: Fig. 11 analogue from perf_gpu.csv (measured rows only): TPOT per
 policy on the paper's model shapes, at this GPU's own link and at the paper's PCIe rate (emulated), per
-workload and batch size. The all-GPU floor is drawn as a line. A setting measured in more than one folder of
+workload and batch size, each at the runtime's defaults (the op-by-op variants of an A/B run, `@eager-...`, are
+left to the tables). The all-GPU floor is drawn as a line. A setting measured in more than one folder of
 `gpu_results` is drawn from the folder listed first."""
 import matplotlib
 
@@ -12,7 +13,7 @@ sm = snakemake  # noqa: F821
 ORDER = ["on-demand", "lru", "lfu", "fifo", "cpu-assist", "hybrimoe", "moe-infinity", "smoe-ce", "smoe-ce-cr", "smoe-ce-cr-pre",
          "smoe"]  # baselines, then SMoE's ablation steps; other variants after them
 df = pd.read_csv(sm.input[0])
-df = df[df.measured.astype(bool)].copy()
+df = df[df.measured.astype(bool) & ~df.policy.str.contains("@eager-")].copy()  # A/B variants: in the tables only
 df["folder"] = df.source.str.split("/").str[0]
 first = {f: i for i, f in enumerate(df.folder.drop_duplicates())}  # the table keeps the config's folder order
 run = ["model", "budget_gb", "batch", "workload", "policy", "link_gbps"]
