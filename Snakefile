@@ -17,7 +17,7 @@ include: "workflow/rules/heal.smk"
 rule all:
     input:
         f"{TABLES}/perf.csv",
-        f"{RES}/machine/{config['gpu']}.json",
+        MACHINE,
         FIGURES,
         ACC_TABLES,
         GPU_TABLES,

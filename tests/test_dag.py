@@ -109,7 +109,8 @@ def test_ci_grid_end_to_end(tmp_path):
     gpu = pd.read_csv(work / "results/tables/perf_gpu.csv")  # committed H200 runs + cost-model rows
     measured = gpu[gpu.measured.astype(bool)]
     assert set(measured.gpu) == {"h200"} and measured.emulated.any() and (~measured.emulated).any()
-    assert set(gpu[~gpu.measured.astype(bool)].gpu) == {"rtx3080ti-12g", "rtx4060ti-16g", "a6000-48g", "h200"}
+    # the paper's GPUs, the H200, and this machine as the DAG measured it (`cpu`)
+    assert set(gpu[~gpu.measured.astype(bool)].gpu) == {"rtx3080ti-12g", "rtx4060ti-16g", "a6000-48g", "h200", "cpu"}
     # the H200 is modelled at the rates its machine_profile measurement gives, not the built-in ones
     h200 = json.loads((ROOT / "results/paper-h200/machine/h200.json").read_text())
     assert gpu[~gpu.measured.astype(bool) & (gpu.gpu == "h200")].link_gbps.eq(h200["pcie_gbps"]).all()
@@ -256,7 +257,8 @@ def test_gpu_config_replays_carried_traces_and_builds_nothing(tmp_path):
     assert "results/paper-h200/runs/h200/deepseek-moe-16b-shape/12gb/smoe/exam/b1.json" in out
     assert str(tmp_path / "traces/exam/b1.pt") in out  # the bench jobs read the carried trace
     jobs = {line.split()[1].rstrip(":") for line in out.splitlines() if line.startswith("rule ")}
-    assert jobs == {"bench", "perf_table", "figure", "all"}, jobs
+    assert jobs == {"bench", "perf_table", "figure", "machine_profile", "all"}, jobs  # nothing built or fetched
+    assert "results/paper-h200/machine/h200.json" in out  # the machine's rates, measured there
     (tmp_path / "traces/exam/b3.pt").write_bytes(b"")  # widened from the command line, as the config's comment says
     done = snake("-n", "--forceall", "--configfile", str(tmp_path / "cfg.yaml"), "--config", "batches=[1,3]")
     assert done.returncode == 0, (done.stdout + done.stderr)[-2000:]

@@ -16,6 +16,7 @@ check_config(config)
 PY = "python -m smoe"
 RUNS = run_paths(config)
 RES = results_dir(config)  # runs and traces
+MACHINE = f"{RES}/machine/{config['gpu']}.json"  # the rates of the machine this config runs on (rule machine_profile)
 CKPT_MODELS = [m["name"] for m in config["models"] if "shape" not in m]  # the models with real routing
 ACC_RECORDS = accuracy_paths(config)
 TABLES = config.get("tables_dir", "results/tables")  # a second config keeps its tables and figures apart

@@ -14,7 +14,7 @@ rule perf_table:
 rule gpu_tables:
     input:
         runs=[f for d in GPU_RESULTS for f in sorted(glob.glob(f"{d}/*.jsonl"))],
-        machines=config.get("machine_profiles", []),
+        machines=list(dict.fromkeys(config.get("machine_profiles", []) + [MACHINE])),  # committed ones, and this one
     output:
         perf=f"{TABLES}/perf_gpu.csv",
         validation=f"{TABLES}/costmodel_validation.csv",

@@ -1,9 +1,10 @@
 """Snakemake script of rule `gpu_tables`: committed GPU measurements (benchmarks/paper_shape.py outputs) ->
   perf_gpu.csv                one row per measured run (measured=True; `emulated` where the link was slowed to
                               a paper GPU's PCIe; `skeleton`: whether the decode attention ran as CUDA graphs),
-                              then the cost model's rows for every GPU profile (measured=False), modelled from the native runs' executed plans; a profile
-                              measured by the `machine_profile` rule (config `machine_profiles:`) replaces
-                              the built-in one of its name
+                              then the cost model's rows for every profile (measured=False), modelled from
+                              the native runs' executed plans: the paper's GPUs, and the machines measured by
+                              the `machine_profile` rule (config `machine_profiles:`, and the machine this
+                              config runs on), each replacing the built-in profile of its name
   costmodel_validation.csv    per offloading run, the cost model's TPOT against the measured one on the machine
                               it ran on, at the run's own link rate; host costs are fitted on the native-link
                               runs, so the emulated-link runs (`held_out`) check it
