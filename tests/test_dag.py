@@ -118,7 +118,8 @@ def test_ci_grid_end_to_end(tmp_path):
     assert here["name"] == "cpu" and here["pcie_gbps"] is None and here["cpu_mem_gbps"] > 0
     check = pd.read_csv(work / "results/tables/costmodel_validation.csv")
     assert len(check) and check.error.notna().all() and set(check.policy) >= {"lru", "smoe"}
-    assert (work / "figures/fig11_tpot_gpu.pdf").stat().st_size > 1000
+    for fig in ("fig11_tpot", "fig12_hit_rate", "fig13_ttft", "fig14_ablation"):  # the GPU runs' analogues
+        assert (work / f"figures/{fig}_gpu.pdf").stat().st_size > 1000, fig
     acc = pd.read_csv(work / "results/tables/accuracy.csv")  # all-gpu, smoe at 0.25 and 0.5, skip at 0.25
     assert sorted(set(zip(acc.policy, acc.alpha.fillna(0)))) == [("all-gpu", 0), ("skip", 0.25), ("smoe", 0.25),
                                                                  ("smoe", 0.5)]

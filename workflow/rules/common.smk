@@ -25,7 +25,7 @@ ACC_TABLES = [f"{TABLES}/accuracy.csv"] if ACC_RECORDS else []
 FIGURES = [f"{FIGDIR}/{f}.pdf" for f in ("fig11_tpot", "fig12_hit_rate", "fig13_ttft", "fig14_ablation")]
 GPU_RESULTS = config.get("gpu_results", [])  # committed GPU measurements (benchmarks/paper_shape.py outputs)
 GPU_TABLES = [f"{TABLES}/{t}.csv" for t in ("perf_gpu", "costmodel_validation", "smoe_vs_best_gpu", "ablation_gpu")] \
-    + [f"{FIGDIR}/fig11_tpot_gpu.pdf"] \
+    + [f"{FIGDIR}/{f}_gpu.pdf" for f in ("fig11_tpot", "fig12_hit_rate", "fig13_ttft", "fig14_ablation")] \
     if GPU_RESULTS else []
 
 

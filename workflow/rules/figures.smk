@@ -14,8 +14,11 @@ rule figure:
 
 rule figure_gpu:
     input:
-        f"{TABLES}/perf_gpu.csv",
+        perf=f"{TABLES}/perf_gpu.csv",
+        ablation=f"{TABLES}/ablation_gpu.csv",
     output:
-        f"{FIGDIR}/fig11_tpot_gpu.pdf",
+        FIGDIR + "/{fig}_gpu.pdf",
+    wildcard_constraints:
+        fig="fig1[1-4]_(tpot|hit_rate|ttft|ablation)",
     script:
         "../scripts/figure_gpu.py"

@@ -1,40 +1,92 @@
-"""Snakemake script of rule `figure_gpu`: Fig. 11 analogue from perf_gpu.csv (measured rows only): TPOT per
-policy on the paper's model shapes, at this GPU's own link and at the paper's PCIe rate (emulated), per
-workload and batch size, each at the runtime's defaults (the op-by-op variants of an A/B run, `@eager-...`, are
-left to the tables). The all-GPU floor is drawn as a line. A setting measured in more than one folder of
-`gpu_results` is drawn from the folder listed first."""
+"""Snakemake script of rule `figure_gpu`: the paper's Fig. 11-14 analogues from the committed GPU measurements,
+measured rows only (perf_gpu.csv, and ablation_gpu.csv for Fig. 14):
+  fig11_tpot_gpu      TPOT per policy, per workload and setting (shape, budget, batch), at this GPU's own link and
+                      at the paper's PCIe rate (emulated); the all-GPU floor drawn as a dashed line
+  fig12_hit_rate_gpu  decode hit rate per policy, the same panels
+  fig13_ttft_gpu      TTFT per policy, the same panels
+  fig14_ablation_gpu  the ablation steps lru -> smoe (paper Fig. 14/17): TPOT bars and hit rate, one panel per
+                      setting that ran every step
+Each policy at the runtime's defaults: the op-by-op variants of an A/B run (`@eager-...`) are left to the tables.
+A setting measured in more than one folder of `gpu_results` is drawn from the folder listed first.
+"""
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 sm = snakemake  # noqa: F821
+fig = f"{sm.wildcards.fig}_gpu"  # e.g. fig12_hit_rate_gpu
 ORDER = ["on-demand", "lru", "lfu", "fifo", "cpu-assist", "hybrimoe", "moe-infinity", "smoe-ce", "smoe-ce-cr", "smoe-ce-cr-pre",
          "smoe"]  # baselines, then SMoE's ablation steps; other variants after them
-df = pd.read_csv(sm.input[0])
-df = df[df.measured.astype(bool) & ~df.policy.str.contains("@eager-")].copy()  # A/B variants: in the tables only
-df["folder"] = df.source.str.split("/").str[0]
-first = {f: i for i, f in enumerate(df.folder.drop_duplicates())}  # the table keeps the config's folder order
-run = ["model", "budget_gb", "batch", "workload", "policy", "link_gbps"]
-df = df.assign(rank=df.folder.map(first)).sort_values("rank", kind="stable").drop_duplicates(run, keep="first")
-df["link"] = df.link_gbps.map(lambda g: f"emulated {g:g} GB/s" if g == g else "native")
-df["setting"] = df.model + " @" + df.budget_gb.map(lambda b: "" if b != b else f"{b:g} GB") + ", b" + df.batch.astype(str)
-floor = df[df.policy == "all-gpu"].set_index(["setting", "workload"]).tpot_s
-d = df[df.policy != "all-gpu"]
+STEPS = ["lru", "smoe-ce", "smoe-ce-cr", "smoe-ce-cr-pre", "smoe"]
 sns.set_theme(style="whitegrid", context="paper")
-# each panel lists the policies it measured, in ORDER (facets take their categories in order of appearance)
-d = d.assign(rank=d.policy.map({p: i for i, p in enumerate(ORDER)}).fillna(len(ORDER))).sort_values(["rank", "policy"])
-d["policy"] = d.policy.str.replace(":prefetch_mode=", " ", regex=False)  # short tick labels for variants
-g = sns.catplot(data=d, x="policy", y="tpot_s", hue="link", col="workload", row="setting", kind="bar", height=3.6,
-                aspect=1.5, errorbar=None, sharey="row", sharex=False)
-g.set_titles("{row_name}\n{col_name}")
-for (setting, workload), ax in g.axes_dict.items():
-    if (setting, workload) in floor.index:
-        ax.axhline(floor[(setting, workload)], color="k", lw=1, ls="--")
-    ax.tick_params(axis="x", rotation=60, labelbottom=True)
-g.set_axis_labels("", "TPOT (s)")
-gpus = ", ".join(sorted(df.gpu.unique()))
-g.figure.suptitle(f"TPOT on the paper's model shapes, measured on {gpus} (dashed: all-GPU floor)", y=1.01)
-g.tight_layout()
-g.savefig(sm.output[0])
+
+
+def setting(df: pd.DataFrame) -> pd.Series:
+    return df.model + " @" + df.budget_gb.map(lambda b: "" if b != b else f"{b:g} GB") + ", b" + df.batch.astype(str)
+
+
+def link(g) -> str:
+    return f"emulated {g:g} GB/s" if g == g else "native"
+
+
+if fig == "fig14_ablation_gpu":
+    d = pd.read_csv(sm.input.ablation)
+    d = d[d.skeleton.eq("graphs") | ~d.groupby(["model", "budget_gb", "batch", "workload"]).skeleton.transform(
+        lambda s: s.eq("graphs").any())]  # the newest mode where a setting ran both
+    d["panel"] = setting(d) + "\n" + d.workload + ", " + d.link_gbps.map(link) + " (" + d.folder + ")"
+    panels = list(dict.fromkeys(d.panel))
+    cols = min(4, max(len(panels), 1))
+    rows = -(-max(len(panels), 1) // cols)
+    f, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, panel in zip(axes.flat, panels):
+        sub = d[d.panel == panel].set_index("step").reindex(STEPS)
+        ax.bar(sub.index, sub.tpot_s, color="tab:blue")
+        ax.set_ylabel("TPOT (s)")
+        ax.set_title(panel, fontsize=8)
+        ax.tick_params(axis="x", rotation=45)
+        ax2 = ax.twinx()
+        ax2.plot(sub.index, sub.hit_rate, "o-", color="tab:orange")
+        ax2.set_ylabel("hit rate")
+        ax2.set_ylim(0, 1)
+    f.suptitle("ablation steps on the paper's model shapes, measured on the H200 (bars: TPOT, line: hit rate)")
+    f.tight_layout()
+    out = f
+else:
+    df = pd.read_csv(sm.input.perf)
+    df = df[df.measured.astype(bool) & ~df.policy.str.contains("@eager-")].copy()
+    df["folder"] = df.source.str.split("/").str[0]
+    first = {f: i for i, f in enumerate(df.folder.drop_duplicates())}  # the table keeps the config's folder order
+    run = ["model", "budget_gb", "batch", "workload", "policy", "link_gbps"]
+    df = df.assign(rank=df.folder.map(first)).sort_values("rank", kind="stable").drop_duplicates(run, keep="first")
+    df["link"] = df.link_gbps.map(link)
+    df["setting"] = setting(df)
+    floor = df[df.policy == "all-gpu"].set_index(["setting", "workload"]).tpot_s
+    y, label, title = {"fig11_tpot_gpu": ("tpot_s", "TPOT (s)", "TPOT"),
+                       "fig12_hit_rate_gpu": ("hit_rate", "decode hit rate", "decode hit rate"),
+                       "fig13_ttft_gpu": ("ttft_s", "TTFT (s)", "TTFT")}[fig]
+    d = df[df.policy != "all-gpu"]
+    # each panel lists the policies it measured, in ORDER (facets take their categories in order of appearance)
+    d = d.assign(rank=d.policy.map({p: i for i, p in enumerate(ORDER)}).fillna(len(ORDER))).sort_values(["rank", "policy"])
+    d["policy"] = d.policy.str.replace(":prefetch_mode=", " ", regex=False)  # short tick labels for variants
+    g = sns.catplot(data=d, x="policy", y=y, hue="link", col="workload", row="setting", kind="bar", height=3.6,
+                    aspect=1.5, errorbar=None, sharey="row", sharex=False)
+    g.set_titles("{row_name}\n{col_name}")
+    for (s, workload), ax in g.axes_dict.items():
+        if fig == "fig11_tpot_gpu" and (s, workload) in floor.index:
+            ax.axhline(floor[(s, workload)], color="k", lw=1, ls="--")
+        ax.tick_params(axis="x", rotation=60, labelbottom=True)
+    g.set_axis_labels("", label)
+    gpus = ", ".join(sorted(df.gpu.unique()))
+    floor_note = " (dashed: all-GPU floor)" if fig == "fig11_tpot_gpu" else ""
+    g.figure.suptitle(f"{title} on the paper's model shapes, measured on {gpus}{floor_note}", y=1.01)
+    g.tight_layout()
+    out = g.figure
+Path(sm.output[0]).parent.mkdir(parents=True, exist_ok=True)
+out.savefig(sm.output[0], bbox_inches="tight")
