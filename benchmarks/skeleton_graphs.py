@@ -11,12 +11,12 @@ and the median and mean decode step (TPOT) of each mode.
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -79,10 +79,7 @@ def main() -> int:
             rows.append(measure(source, f"qwen2-57b-a14b-shape-{args.shape_layers}l-8e", batch, prompts, 32,
                                 args.repeats, args.device))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    pd.DataFrame(rows).to_csv(args.out, index=False)
     return 0
 
 

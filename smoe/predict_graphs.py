@@ -67,21 +67,16 @@ class Piece:
         return self.outputs
 
 
-class PredictorPieces:
-    def __init__(self, predictor, capture: bool):
-        self.p = predictor
+class Pieces:
+    """Pieces by what they serve (kind, layer, shapes), each made on its first use; with `capture`, captured on one
+    side stream into one memory pool (the pieces of a set run one at a time)."""
+
+    def __init__(self, capture: bool):
         self.capture = capture
         self.pieces: dict[tuple, Piece] = {}
         self.capture_s = 0.0  # host time spent capturing pieces (on a piece's first use)
-        self._lean: dict[int, bool] = {}  # id of an attention module -> `lean_attention` of it
         self.stream = torch.cuda.Stream() if capture else None  # where pieces are captured
-        self.pool = torch.cuda.graph_pool_handle() if capture else None  # one memory pool: pieces run one at a time
-
-    def lean_attention(self, attn) -> bool:
-        lean = self._lean.get(id(attn))
-        if lean is None:
-            lean = self._lean[id(attn)] = lean_attention(attn)
-        return lean
+        self.pool = torch.cuda.graph_pool_handle() if capture else None
 
     def _piece(self, key: tuple, fn, inputs: list[torch.Tensor]) -> Piece:
         piece = self.pieces.get(key)
@@ -90,6 +85,19 @@ class PredictorPieces:
             piece = self.pieces[key] = Piece(fn, inputs, self.capture, self.stream, self.pool)
             self.capture_s += time.perf_counter() - t0
         return piece
+
+
+class PredictorPieces(Pieces):
+    def __init__(self, predictor, capture: bool):
+        super().__init__(capture)
+        self.p = predictor
+        self._lean: dict[int, bool] = {}  # id of an attention module -> `lean_attention` of it
+
+    def lean_attention(self, attn) -> bool:
+        lean = self._lean.get(id(attn))
+        if lean is None:
+            lean = self._lean[id(attn)] = lean_attention(attn)
+        return lean
 
     def _approx_inputs(self, layer: int, x: torch.Tensor, partial: torch.Tensor):
         """The tensors the layer's approximate output is made of, and a function of them -> h [B,S,H]."""

@@ -19,25 +19,19 @@ CPU, where the tests compare them with the module path bit for bit). Capture tim
 from __future__ import annotations
 
 import sys
-import time
 
-import torch
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .predict_graphs import Piece, lean_attention
+from .predict_graphs import Pieces, lean_attention
 
 # decoder layers whose forward is: residual + attn(input_norm(x)), then residual + mlp(post_attention_norm(h))
 LAYERS = ("Qwen2MoeDecoderLayer", "MixtralDecoderLayer")
 
 
-class SkeletonGraphs:
+class SkeletonGraphs(Pieces):
     def __init__(self, layers: nn.ModuleList, capture: bool):
-        self.capture = capture
-        self.pieces: dict[tuple, Piece] = {}
-        self.capture_s = 0.0  # host time spent capturing pieces (on a piece's first use)
-        self.stream = torch.cuda.Stream() if capture else None
-        self.pool = torch.cuda.graph_pool_handle() if capture else None
+        super().__init__(capture)
         self.installed = [i for i, layer in enumerate(layers) if self._fits(layer)]
         for i in self.installed:
             layer = layers[i]
@@ -53,14 +47,6 @@ class SkeletonGraphs:
     @staticmethod
     def _fits(layer: nn.Module) -> bool:
         return type(layer).__name__ in LAYERS and lean_attention(layer.self_attn)
-
-    def _piece(self, key: tuple, fn, inputs: list[torch.Tensor]) -> Piece:
-        piece = self.pieces.get(key)
-        if piece is None:
-            t0 = time.perf_counter()
-            piece = self.pieces[key] = Piece(fn, inputs, self.capture, self.stream, self.pool)
-            self.capture_s += time.perf_counter() - t0
-        return piece
 
     def _forward(self, i: int, layer: nn.Module, own):
         attn = layer.self_attn
