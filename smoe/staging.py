@@ -48,6 +48,9 @@ class Ring:
 
 
 class PinnedStaging:
+    """The runtime's small copies both ways (module docstring); every copy is issued on the current stream, which
+    the `Ring`'s events rely on."""
+
     def __init__(self, device: torch.device, nbytes: int = 1 << 20):
         self.device = device
         self.cuda = device.type == "cuda"
