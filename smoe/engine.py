@@ -89,7 +89,6 @@ class Engine:
         # decode: a layer's resident experts as one batched product (a few kernels, not a few per expert; the
         # runtime's default on a GPU, where launches dominate a decode step). Off: expert by expert, as HF orders.
         self.grouped = grouped
-        self.staging = pool.staging  # the layer's small copies, without a pinned allocation each
 
     # ---- whole-run hooks ----------------------------------------------------------------------------
     def preload_keys(self, keys: list) -> None:
@@ -123,7 +122,7 @@ class Engine:
         m = self.metrics[self.phase]
         scores = self.family.scores(logits)  # [T,E] float32
         with span("smoe.scores_to_host"):  # waits for the compute stream: the layer's attention and router
-            host_scores, host_topk = self.staging.to_host(scores, topk_idx)
+            host_scores, host_topk = self.pool.staging.to_host(scores, topk_idx)
         view = LayerView(
             layer=layer,
             phase=self.phase,
@@ -300,8 +299,8 @@ class Engine:
         return final
 
     def _to_device(self, a) -> torch.Tensor:
-        """Host array/tensor -> device, through pinned staging so the copy does not stall the host."""
-        return self.staging.to_device(a)
+        """Host array/tensor -> device, through the pool's pinned staging so the copy does not stall the host."""
+        return self.pool.staging.to_device(a)
 
     LOOKAHEAD = 3  # MoE layers ahead whose predicted scores a trace records (HybriMoE at depth up to 3)
 

@@ -14,30 +14,28 @@ import time
 import torch
 
 
-def h2d_rate(nbytes: int, pinned: bool = True, reps: int = 50) -> float:
-    """Host -> GPU copy rate in bytes/s of one buffer of `nbytes`, from pinned or pageable host memory."""
-    src = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned)
-    dst = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+def _copies_per_second(dst: torch.Tensor, src: torch.Tensor, reps: int) -> float:
+    """`dst.copy_(src)` per second, after a warm-up copy; waits for the GPU where either side is on one."""
+    sync = torch.cuda.synchronize if "cuda" in (dst.device.type, src.device.type) else (lambda: None)
     dst.copy_(src, non_blocking=True)  # warm-up
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     for _ in range(reps):
         dst.copy_(src, non_blocking=True)
-    torch.cuda.synchronize()
-    return nbytes * reps / (time.perf_counter() - t0)
+    sync()
+    return reps / (time.perf_counter() - t0)
+
+
+def h2d_rate(nbytes: int, pinned: bool = True, reps: int = 50) -> float:
+    """Host -> GPU copy rate in bytes/s of one buffer of `nbytes`, from pinned or pageable host memory."""
+    src = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned)
+    return nbytes * _copies_per_second(torch.empty(nbytes, dtype=torch.uint8, device="cuda"), src, reps)
 
 
 def device_copy_rate(nbytes: int, device: str, reps: int = 20) -> float:
     """Memory rate in bytes/s of a device-to-device copy of `nbytes` (read + write counted), on `device`."""
     src = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    dst.copy_(src)  # warm-up
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        dst.copy_(src)
-    _sync(device)
-    return 2 * nbytes * reps / (time.perf_counter() - t0)
+    return 2 * nbytes * _copies_per_second(torch.empty_like(src), src, reps)
 
 
 def cpu_expert_rate(hidden: int, intermediate: int, threads: int, reps: int = 20) -> float:
@@ -72,6 +70,7 @@ def measure_machine(device: str, name: str, hidden: int = 2048, intermediate: in
     the job fits a small cluster slot), `cpu_mem_gbps`
     the rate of one CPU expert at batch 1 with the runtime's CPU-expert threads. The expert defaults to the
     paper's S1 (deepseek-moe-16b: hidden 2048, intermediate 1408, bfloat16)."""
+    from .checkpoint import ExpertShape
     from .runtime import default_cpu_threads
 
     if device not in ("cpu", "cuda"):
@@ -79,7 +78,7 @@ def measure_machine(device: str, name: str, hidden: int = 2048, intermediate: in
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' asked for, but torch sees no GPU")
     threads = threads or default_cpu_threads()
-    expert_bytes = 3 * hidden * intermediate * 2
+    expert_bytes = ExpertShape(hidden=hidden, intermediate=intermediate).numel * 2  # bfloat16
     return {
         "name": name,
         "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
@@ -93,11 +92,6 @@ def measure_machine(device: str, name: str, hidden: int = 2048, intermediate: in
         "torch": torch.__version__,
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def sleep_cycles_per_second(reps: int = 3) -> float:

@@ -38,6 +38,25 @@ def lean_attention(attn) -> bool:
             and hasattr(ns, "apply_rotary_pos_emb") and hasattr(ns, "eager_attention_forward"))
 
 
+def qkv_rotary(attn, hs: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """A lean attention's projections of its normed input, rotary applied, as the HF module computes them:
+    hs [B,S,H], cos/sin [B or 1,S,d] -> q [B,heads,S,d], k/v [B,kv_heads,S,d]."""
+    shape = (*hs.shape[:-1], -1, attn.head_dim)
+    q = attn.q_proj(hs).view(shape).transpose(1, 2)
+    k = attn.k_proj(hs).view(shape).transpose(1, 2)
+    v = attn.v_proj(hs).view(shape).transpose(1, 2)
+    q, k = sys.modules[type(attn).__module__].apply_rotary_pos_emb(q, k, cos, sin)
+    return q, k, v
+
+
+def attention_core(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, **kwargs) -> torch.Tensor:
+    """The model's own attention function (its configured implementation) on q [B,heads,S,d] and the keys and
+    values it attends to [B,kv_heads,L,d] -> [B,S,heads,d]."""
+    interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+        attn.config._attn_implementation, sys.modules[type(attn).__module__].eager_attention_forward)
+    return interface(attn, q, k, v, mask, dropout=0.0, scaling=attn.scaling, **kwargs)[0]
+
+
 class Piece:
     """A function of fixed-shape tensors, captured as a CUDA graph, or run as is when `capture` is off."""
 
@@ -130,18 +149,11 @@ class PredictorPieces(Pieces):
         dec = self.p.layers[nxt]
         attn = dec.self_attn
         cos, sin = self.p.kwargs["position_embeddings"]  # [B,S,head_dim] each
-        rotary = sys.modules[type(attn).__module__].apply_rotary_pos_emb
         B, S, H = inputs[0].shape
 
         def pre(cos, sin, *args):
             h = approx(*args)  # [B,S,H]
-            hs = dec.input_layernorm(h)
-            shape = (B, S, -1, attn.head_dim)
-            q = attn.q_proj(hs).view(shape).transpose(1, 2)  # [B,heads,S,d]
-            k = attn.k_proj(hs).view(shape).transpose(1, 2)  # [B,kv_heads,S,d]
-            v = attn.v_proj(hs).view(shape).transpose(1, 2)
-            q, k = rotary(q, k, cos, sin)
-            return h, q, k, v
+            return (h, *qkv_rotary(attn, dec.input_layernorm(h), cos, sin))
 
         def post(h, core):  # h [B,S,H]; core [B,S,heads,d], the attention core's output
             h = h + attn.o_proj(core.reshape(B, S, -1).contiguous())
@@ -160,6 +172,4 @@ class PredictorPieces(Pieces):
         if cache is None:
             raise SmoeError("the predictor's attention needs the decode step's KV cache; none was passed")
         k, v = ReadOnlyCache(cache).update(k, v, attn.layer_idx)
-        interface = ALL_ATTENTION_FUNCTIONS.get_interface(
-            attn.config._attn_implementation, sys.modules[type(attn).__module__].eager_attention_forward)
-        return interface(attn, q, k, v, kw.get("attention_mask"), dropout=0.0, scaling=attn.scaling)[0]
+        return attention_core(attn, q, k, v, kw.get("attention_mask"))

@@ -18,12 +18,9 @@ CPU, where the tests compare them with the module path bit for bit). Capture tim
 """
 from __future__ import annotations
 
-import sys
-
 from torch import nn
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .predict_graphs import Pieces, lean_attention
+from .predict_graphs import Pieces, attention_core, lean_attention, qkv_rotary
 
 # decoder layers whose forward is: residual + attn(input_norm(x)), then residual + mlp(post_attention_norm(h))
 LAYERS = ("Qwen2MoeDecoderLayer", "MixtralDecoderLayer")
@@ -50,17 +47,9 @@ class SkeletonGraphs(Pieces):
 
     def _forward(self, i: int, layer: nn.Module, own):
         attn = layer.self_attn
-        rotary = sys.modules[type(attn).__module__].apply_rotary_pos_emb
-        eager = sys.modules[type(attn).__module__].eager_attention_forward
 
         def pre(x, cos, sin):  # x [B,S,H]; cos/sin [B or 1,S,d] -> q [B,heads,S,d], k/v [B,kv_heads,S,d]
-            hs = layer.input_layernorm(x)
-            shape = (*x.shape[:-1], -1, attn.head_dim)
-            q = attn.q_proj(hs).view(shape).transpose(1, 2)
-            k = attn.k_proj(hs).view(shape).transpose(1, 2)
-            v = attn.v_proj(hs).view(shape).transpose(1, 2)
-            q, k = rotary(q, k, cos, sin)
-            return q, k, v
+            return qkv_rotary(attn, layer.input_layernorm(x), cos, sin)
 
         def post(x, core):  # x [B,S,H] the layer's input; core [B,S,heads,d] -> h [B,S,H]
             return x + attn.o_proj(core.reshape(*x.shape[:-1], -1).contiguous())
@@ -76,9 +65,7 @@ class SkeletonGraphs(Pieces):
             shapes = (tuple(hidden_states.shape), tuple(cos.shape))
             q, k, v = self._piece(("pre", i) + shapes, pre, [hidden_states, cos, sin])(hidden_states, cos, sin)
             k, v = cache.update(k, v, attn.layer_idx, kwargs=rest)
-            interface = ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation, eager)
-            core = interface(attn, q, k, v, kwargs.get("attention_mask"), dropout=0.0, scaling=attn.scaling,
-                             **rest)[0]
+            core = attention_core(attn, q, k, v, kwargs.get("attention_mask"), **rest)
             h = self._piece(("post", i) + shapes, post, [hidden_states, core])(hidden_states, core)
             return h + layer.mlp(layer.post_attention_layernorm(h))
 

@@ -36,9 +36,8 @@ def link(g) -> str:
 
 if fig == "fig14_ablation_gpu":
     d = pd.read_csv(sm.input.ablation)
-    d = d[d.skeleton.eq("graphs") | ~d.groupby(["model", "budget_gb", "batch", "workload"]).skeleton.transform(
-        lambda s: s.eq("graphs").any())]  # the newest mode where a setting ran both
-    d["panel"] = setting(d) + "\n" + d.workload + ", " + d.link_gbps.map(link) + " (" + d.folder + ")"
+    d["panel"] = (setting(d) + "\n" + d.workload + ", " + d.link_gbps.map(link) + ", attention " + d.skeleton
+                  + " (" + d.folder + ")")
     panels = list(dict.fromkeys(d.panel))
     cols = min(4, max(len(panels), 1))
     rows = -(-max(len(panels), 1) // cols)
