@@ -13,7 +13,6 @@ prefill) is it chosen among this layer's experts already computed, whose slots a
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from itertools import count
 
 import numpy as np
 
@@ -24,7 +23,7 @@ from .policy import ExpertPolicy
 class CachingPolicy(ExpertPolicy):
     def __post_init__(self):
         self.cached: set[ExpertKey] = set()  # mirrors the slot pool's resident set
-        self.clock = count()  # one tick per cache access
+        self.tick = 0  # logical time: one tick per cache access
         # Per-expert state as [L,E] arrays (row = MoE layer in model order), so a victim search is a few
         # vectorised operations over the cache, not a Python loop; sized on first use (`_bind`).
         self.rows: dict[int, int] = {}  # decoder layer -> row
@@ -32,6 +31,7 @@ class CachingPolicy(ExpertPolicy):
         self.in_cache = np.zeros((0, 0), dtype=bool)  # [L,E]
         self.recency = np.zeros((0, 0), dtype=np.int64)  # [L,E] logical time of last use (or insertion)
         self.born = np.zeros((0, 0), dtype=np.int64)  # [L,E] logical time of insertion
+        self._counts_hits = type(self).on_hit is not CachingPolicy.on_hit  # a subclass keeps per-hit state
 
     # ---- the rule a subclass states -----------------------------------------------------------------
     def eviction_rank(self, view: LayerView) -> tuple[np.ndarray, ...]:
@@ -63,14 +63,20 @@ class CachingPolicy(ExpertPolicy):
         """(row, expert) of a key in the [L,E] arrays."""
         return self.rows[key[0]], key[1]
 
-    def _touch(self, key: ExpertKey) -> None:
-        self.recency[self.at(key)] = next(self.clock)
-        self.on_hit(key)
+    def _touch_layer(self, layer: int, experts: list[int]) -> None:
+        """Use cached experts of one layer, in the given order: one tick each."""
+        start = self.tick
+        self.tick += len(experts)
+        self.recency[self.rows[layer], experts] = range(start, self.tick)
+        if self._counts_hits:
+            for e in experts:
+                self.on_hit((layer, e))
 
     def _insert(self, key: ExpertKey) -> None:
         self.cached.add(key)
         self.in_cache[self.at(key)] = True
-        self.recency[self.at(key)] = self.born[self.at(key)] = next(self.clock)
+        self.recency[self.at(key)] = self.born[self.at(key)] = self.tick
+        self.tick += 1
         self.on_insert(key)
 
     def _drop(self, key: ExpertKey) -> None:
@@ -84,7 +90,8 @@ class CachingPolicy(ExpertPolicy):
         candidates)."""
         mask = self.in_cache & allowed
         idx = np.flatnonzero(mask)  # [n] flat indices of the candidates
-        keys = [np.broadcast_to(k, mask.shape).reshape(-1)[idx] for k in reversed(self.eviction_rank(view))]
+        keys = [(k if k.shape == mask.shape else np.broadcast_to(k, mask.shape)).ravel()[idx]
+                for k in reversed(self.eviction_rank(view))]
         order = idx[np.lexsort(keys)] if keys else idx  # lexsort: last key most significant, stable
         E = mask.shape[1]
         return ((self.layers[i // E], i % E) for i in order.tolist())
@@ -93,14 +100,18 @@ class CachingPolicy(ExpertPolicy):
         """Touch hits, insert loads, and return the (evict, discard) that make room for the loads."""
         self._bind(view.model)
         layer = view.layer
-        on_device = {e for e, a in placement.items() if a in (Action.HIT, Action.LOAD)}
-        for e in sorted(e for e, a in placement.items() if a == Action.HIT):
-            self._touch((layer, e))
+        hits = sorted(e for e, a in placement.items() if a == Action.HIT)
+        loads = sorted(e for e, a in placement.items() if a == Action.LOAD)
+        if hits:
+            self._touch_layer(layer, hits)
         evict: list[ExpertKey] = []
         discard: set[int] = set()
-        done = [(layer, e) for e in sorted(on_device) if placement[e] == Action.HIT]
+        if not loads:
+            return evict, discard
+        on_device = hits + loads
+        done = [(layer, e) for e in hits]
         others = None  # the cached experts this layer does not use, in eviction order
-        for e in sorted(e for e, a in placement.items() if a == Action.LOAD):
+        for e in loads:
             key = (layer, e)
             if len(self.cached) >= view.cache.capacity:
                 if others is None:

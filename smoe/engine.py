@@ -158,7 +158,7 @@ class Engine:
         w = torch.zeros(T, E, dtype=topk_w.dtype, device=x.device).scatter_(1, topk_idx, topk_w)
         if ex.changed:
             rows = self._to_device(np.asarray(ex.changed, dtype=np.int64))
-            mask = self._to_device(ex.computed[ex.changed])
+            mask = self._to_device(ex.changed_mask)
             changed_scores = scores[rows]
             if ex.scale is not None:
                 changed_scores = changed_scores * self._to_device(ex.scale[ex.changed])

@@ -133,8 +133,8 @@ class ExecPlan:
 
     where: dict[int, Action]  # expert -> HIT (resident), LOAD or CPU
     tokens: dict[int, list[int]]  # expert -> token rows that compute it, in HF's (rank, token) order
-    computed: np.ndarray  # [T,E] bool: experts each token computes
     changed: list[int]  # tokens whose computed set or scores differ from the router's: family weight rule
+    changed_mask: np.ndarray  # [len(changed),E] bool: the experts each changed token computes
     scale: np.ndarray | None  # [T,E] score factors, or None
     loads: list[int]  # experts copied this layer, ascending
     evict: list[ExpertKey]
@@ -152,34 +152,41 @@ def _fail(policy: str, layer: int, msg: str) -> PolicyError:
 
 
 def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
-    """Validate `plan` against the cache and derive what the engine needs; raises PolicyError."""
+    """Validate `plan` against the cache and derive what the engine needs; raises PolicyError.
+
+    Runs for every MoE layer of every forward: plain Python lists and int codes throughout, and no numpy
+    call whose fixed cost would dominate a decode layer's few (token, expert) pairs."""
     topk = view.topk.numpy()  # [T,K]
     T, K = topk.shape
     E = view.model.num_experts
     layer = view.layer
     resident = view.cache.resident(layer)
-    actions = np.asarray(plan.actions)
+    actions = plan.actions if isinstance(plan.actions, np.ndarray) else np.asarray(plan.actions)
     if actions.shape != (T, K):
         raise _fail(policy, layer, f"actions have shape {actions.shape}, expected {(T, K)} (tokens, top-k)")
-    if actions.size and (actions.dtype.kind not in "iu" or actions.min() < 0 or actions.max() >= len(_ACTIONS)):
-        raise _fail(policy, layer, "every routed expert needs an action (HIT, LOAD, CPU, SUBSTITUTE or SKIP)")
-    standins = np.asarray(plan.standins) if plan.standins is not None else np.full((T, K), -1)
-    if standins.shape != (T, K):
-        raise _fail(policy, layer, f"standins have shape {standins.shape}, expected {(T, K)} (tokens, top-k)")
-    # plain Python lists and int codes from here: this runs for every MoE layer of every decode step
-    acts, experts, stands = actions.tolist(), topk.tolist(), standins.tolist()
+    if actions.dtype.kind not in "iu":
+        raise _fail(policy, layer, "actions must be integer Action codes")
+    acts, experts = actions.tolist(), topk.tolist()
+    stands = None
+    if plan.standins is not None:
+        standins = np.asarray(plan.standins)
+        if standins.shape != (T, K):
+            raise _fail(policy, layer, f"standins have shape {standins.shape}, expected {(T, K)} (tokens, top-k)")
+        stands = standins.tolist()
     HIT, CPU, SUB, SKIP = _HIT, _CPU, _SUB, _SKIP
 
     where: dict[int, Action] = {}
     for t in range(T):
-        for j in range(K):
-            a = acts[t][j]
-            if a > CPU:  # SUBSTITUTE, SKIP
+        for a, e in zip(acts[t], experts[t]):
+            if a > CPU:  # SUBSTITUTE, SKIP, or no action at all
+                if a > SKIP:
+                    raise _fail(policy, layer, _NO_ACTION)
                 continue
-            e = experts[t][j]
-            if a == HIT and e not in resident:
-                raise _fail(policy, layer, f"HIT for expert {e}, which is not resident")
-            if a != HIT and e in resident:
+            if a < 0:
+                raise _fail(policy, layer, _NO_ACTION)
+            if (a == HIT) != (e in resident):
+                if a == HIT:
+                    raise _fail(policy, layer, f"HIT for expert {e}, which is not resident")
                 raise _fail(policy, layer, f"{Action(a).name} for expert {e}, which is already resident (use HIT)")
             if where.setdefault(e, _ACTIONS[a]) != a:
                 raise _fail(policy, layer, f"expert {e} is both {where[e].name} and {Action(a).name} in one layer")
@@ -194,7 +201,7 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
                 continue
             e = experts[t][j]
             if a == SUB:
-                s = stands[t][j]
+                s = -1 if stands is None else stands[t][j]
                 if not 0 <= s < E:
                     raise _fail(policy, layer, f"token {t} substitutes expert {e} with invalid stand-in {s}")
                 if s in resident:
@@ -216,14 +223,46 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
             raise _fail(policy, layer, f"scale must be non-negative factors of shape {(T, K)}")
         scale = np.ones((T, E), dtype=np.float32)
         np.put_along_axis(scale, topk, factors, axis=1)
-    changed = [
-        t for t in range(T)
-        if computed[t] != set(experts[t]) or (scale is not None and (scale[t] != 1).any())
-    ]
-    computed_mask = np.zeros((T, E), dtype=bool)
-    computed_mask[[t for t, es in enumerate(computed) for _ in es], [e for es in computed for e in es]] = True
+    if subs or skips or scale is not None:
+        changed = [
+            t for t in range(T)
+            if computed[t] != set(experts[t]) or (scale is not None and (scale[t] != 1).any())
+        ]
+    else:
+        changed = []  # every token computes exactly its routed experts
+    changed_mask = np.zeros((len(changed), E), dtype=bool)
+    for i, t in enumerate(changed):
+        changed_mask[i, list(computed[t])] = True
 
-    used_on_device = {e for e, a in where.items() if a != Action.CPU and e in tokens}
+    evict: list[ExpertKey] = []
+    discard: set[int] = set()
+    if plan.evict or plan.discard:
+        used_on_device = {e for e, a in where.items() if a != CPU and e in tokens}
+        evict, discard = _checked_frees(plan, view, policy, used_on_device)
+
+    loads = sorted(e for e, a in where.items() if a == Action.LOAD)
+    if loads:
+        _check_slots(loads, where, evict, discard, view, policy)
+    return ExecPlan(
+        where={e: a for e, a in where.items() if e in tokens or a == Action.LOAD},
+        tokens=tokens,
+        changed=changed,
+        changed_mask=changed_mask,
+        scale=scale,
+        loads=loads,
+        evict=evict,
+        discard=discard,
+        substitutions=subs,
+        skips=skips,
+    )
+
+
+_NO_ACTION = "every routed expert needs an action (HIT, LOAD, CPU, SUBSTITUTE or SKIP)"
+
+
+def _checked_frees(plan: Plan, view: LayerView, policy: str, used_on_device: set[int]):
+    """The plan's evict list and discard set, checked: resident, distinct, never an expert the layer computes."""
+    layer = view.layer
     try:
         evict = [(int(key[0]), int(key[1])) for key in plan.evict]
     except (TypeError, ValueError, IndexError):
@@ -239,10 +278,12 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
     for e in discard:
         if e not in used_on_device:
             raise _fail(policy, layer, f"discards expert {e}, which this layer does not compute on the device")
+    return evict, discard
 
-    loads = sorted(e for e, a in where.items() if a == Action.LOAD)
-    # Slot feasibility, in the engine's order: resident experts compute first, then loads in id order;
-    # a discarded expert's slot is reusable once it has been computed.
+
+def _check_slots(loads: list[int], where, evict, discard, view: LayerView, policy: str) -> None:
+    """Slot feasibility, in the engine's order: resident experts compute first, then loads in id order;
+    a discarded expert's slot is reusable once it has been computed."""
     avail = view.cache.free_slots + len(evict)
     reusable = sum(1 for e in discard if where[e] == Action.HIT)
     for e in loads:
@@ -253,21 +294,9 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
         else:
             raise _fail(
                 policy,
-                layer,
+                view.layer,
                 f"{len(loads)} loads need slots, but only {view.cache.free_slots} are free, {len(evict)} "
                 "evicted and too few discarded after use",
             )
         if e in discard:
             reusable += 1
-    return ExecPlan(
-        where={e: a for e, a in where.items() if e in tokens or a == Action.LOAD},
-        tokens=tokens,
-        computed=computed_mask,
-        changed=changed,
-        scale=scale,
-        loads=loads,
-        evict=evict,
-        discard=discard,
-        substitutions=subs,
-        skips=skips,
-    )

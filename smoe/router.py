@@ -40,6 +40,10 @@ def expert_cache_router(
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
     values = scores.detach().float().cpu().numpy()  # [T,E]
+    if topk is not None and alpha > 0 and topk.shape[1] == k:
+        out = _router_on_top_k(values, topk.numpy(), alpha, resident)
+        if out is not None:
+            return out
     rows = values.tolist()
     ranked = np.argsort(-values, axis=1, kind="stable").tolist()  # [T,E] by descending score, ties to the lower id
     if topk is not None:  # the selection first (by score), then the rest (by score), where it is not the k best
@@ -73,4 +77,38 @@ def expert_cache_router(
                 chosen.append(e)
         fill = need[: len(need) - len(chosen)]
         out.append(sorted(top[t] + keep + chosen + fill))
+    return out
+
+
+def _router_on_top_k(values: np.ndarray, topk: np.ndarray, alpha: float, resident: Iterable[int]):
+    """The same router where each token's selection is its k best scores (every plain top-k family), without
+    ranking all E experts: values [T,E], topk [T,k] -> as `expert_cache_router`, or None where a selection is
+    not the k best (group-limited routing), which the general path handles. Plain Python: for a decode batch
+    numpy's per-call cost would dominate."""
+    sel = topk.tolist()
+    k = len(sel[0])
+    rows = values.tolist()
+    bounds, top, low = [], [], []
+    for row, chosen in zip(rows, sel):
+        mine = [row[e] for e in chosen]
+        ranked = sorted(row, reverse=True)
+        if sorted(mine, reverse=True) != ranked[:k]:
+            return None  # not the k best: S_{k+1} is not simply the (k+1)-th score
+        L = ranked[k]  # S_{k+1}, the best score outside the selection
+        bounds.append(L)
+        top.append([e for e, v in zip(chosen, mine) if v >= (1 + alpha) * L])
+        low.append([e for e, v in zip(chosen, mine) if v < (1 + alpha) * L])
+    available = set(resident).union(*top)
+    out = []
+    for row, chosen, L, tops, lows in zip(rows, sel, bounds, top, low):
+        need = [e for e in lows if e not in available]
+        if not need:
+            out.append(sorted(chosen))
+            continue
+        by_score = lambda e: (-row[e], e)  # noqa: E731 (descending score, ties to the lower id)
+        need.sort(key=by_score)
+        floor, mine = (1 - alpha) * L, set(chosen)
+        chosen_c = sorted((e for e in available if e not in mine and row[e] > floor), key=by_score)[: len(need)]
+        fill = need[: len(need) - len(chosen_c)]
+        out.append(sorted(tops + [e for e in lows if e in available] + chosen_c + fill))
     return out

@@ -147,3 +147,35 @@ def test_split_makespan_within_one_expert_of_optimal():
         best = min(max(n * c_load, (len(ids) - n) * c_cpu) for n in range(1, len(ids) + 1))
         assert best - 1e-9 <= got <= best + max(c_load, c_cpu) + 1e-9
 
+
+
+def test_top_k_fast_path_decides_as_the_general_router(monkeypatch):
+    """Where the router's selection is its k best scores, the router takes a path that never ranks all E
+    experts; on random batches (ties included, and selections that are not the k best) it must give what the
+    general path gives."""
+    import random
+
+    from smoe import router
+
+    fast = router._router_on_top_k
+    rng = random.Random(0)
+    gen = torch.Generator().manual_seed(0)
+    took_fast = 0
+    for _ in range(3000):
+        T, E = rng.choice([1, 1, 2, 3, 5]), rng.choice([8, 16, 64])
+        k = rng.randint(1, min(8, E - 1))
+        logits = torch.randn(T, E, generator=gen) * rng.choice([0.5, 1.0, 3.0])
+        if rng.random() < 0.3:
+            logits = torch.round(logits * 2) / 2  # ties in the scores
+        scores = torch.softmax(logits, -1)
+        topk = scores.topk(k).indices
+        if rng.random() < 0.1:  # a selection that is not the k best (group-limited routing)
+            topk = torch.stack([torch.randperm(E, generator=gen)[:k] for _ in range(T)])
+        resident = set(rng.sample(range(E), rng.randint(0, E)))
+        alpha = rng.choice([0.1, 0.25, 0.35, 0.9])
+        monkeypatch.setattr(router, "_router_on_top_k", lambda *a: None)
+        want = expert_cache_router(scores, k, alpha, resident, topk=topk)
+        monkeypatch.setattr(router, "_router_on_top_k", fast)
+        assert expert_cache_router(scores, k, alpha, resident, topk=topk) == want
+        took_fast += fast(scores.numpy(), topk.numpy(), alpha, resident) is not None
+    assert 2000 < took_fast < 3000  # both paths were exercised

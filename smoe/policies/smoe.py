@@ -86,7 +86,6 @@ class SMoE(CachingPolicy):
         self.history: dict[int, deque] = {}  # layer -> deque of per-pass mean scores [E]
         self.sums: dict[int, np.ndarray] = {}
         self.means = np.zeros((0, 0))  # [L,E] windowed mean score of each expert (0 before any pass)
-        self._prefetched = np.zeros((0, 0), dtype=bool)  # [L,E] brought by a prefetch and not used since
 
     def _bind(self, model) -> None:
         if not self.layers:
@@ -95,21 +94,25 @@ class SMoE(CachingPolicy):
 
     # ---- score-aware eviction ----------------------------------------------------------------------
     def eviction_rank(self, view: LayerView) -> tuple[np.ndarray, ...]:
+        prefetched = np.zeros_like(self.in_cache)  # [L,E] brought by a prefetch and not used since
+        for key in view.cache.prefetched():
+            prefetched[self.at(key)] = True
         if self.window is None:
-            return (self._prefetched, self.recency)
-        return (self._prefetched, self.means, self.recency)
+            return (prefetched, self.recency)
+        return (prefetched, self.means, self.recency)
 
     def observe(self, view: LayerView, plan: Plan) -> None:
         if self.window is None:
             return
-        row = view.scores.mean(dim=0).numpy().astype(np.float64)  # [E]
+        scores = view.scores.numpy()  # [T,E]
+        row = np.add.reduce(scores, axis=0) / len(scores)  # [E]: the mean in float32, as np.mean (without its cost)
         hist = self.history.setdefault(view.layer, deque())
-        sums = self.sums.setdefault(view.layer, np.zeros_like(row))
+        sums = self.sums.setdefault(view.layer, np.zeros(row.shape))  # float64
         hist.append(row)
         sums += row
         if len(hist) > self.window:
             sums -= hist.popleft()
-        self.means[self.rows[view.layer]] = sums / len(hist)  # Eq. 3's windowed mean (plan has bound the rows)
+        np.divide(sums, len(hist), out=self.means[self.rows[view.layer]])  # Eq. 3's windowed mean
 
     # ---- planning --------------------------------------------------------------------------------------
     def _costs(self, view: LayerView) -> tuple[float, float]:
@@ -123,35 +126,42 @@ class SMoE(CachingPolicy):
 
     def plan(self, view: LayerView) -> Plan:
         self._bind(view.model)
-        self._prefetched = np.zeros_like(self.in_cache)
-        for key in view.cache.prefetched():
-            self._prefetched[self.at(key)] = True
         layer, k = view.layer, view.model.top_k
-        topk = view.topk.numpy()  # [T,K]
         scores = view.scores.numpy()  # [T,E]
-        T, K = topk.shape
+        routed_rows = view.topk.tolist()  # [T][K]
+        T, K = view.topk.shape
         resident = view.cache.resident(layer)
-        computed = [sorted(row) for row in topk.tolist()]
+        if self.replace != "lower" and resident.issuperset(view.topk.numpy().flat):
+            # every routed expert is resident: nothing to replace, nothing to load (a decode layer's usual case)
+            self._touch_layer(layer, sorted(set().union(*routed_rows)))
+            return Plan(actions=np.full((T, K), Action.HIT, dtype=np.int8))
+        computed = routed_rows
         if self.replace in ("substitute", "skip") and self.alpha > 0:
             computed = expert_cache_router(view.scores, k, self.alpha, resident, topk=view.topk)
         # Where each computed expert runs: resident -> HIT; missing -> LOAD, or the CPU when balancing.
-        needed = sorted(set().union(*map(set, computed)))
-        missing = [e for e in needed if e not in resident]
-        best = scores.max(axis=0).tolist()  # [E] best score of each expert over the batch
-        missing.sort(key=lambda e: (-best[e], e))
-        load_ids, cpu_ids = missing, []
-        if self.balance and missing:
-            load_ids, cpu_ids = split_load_cpu(missing, *self._costs(view))
+        needed = set().union(*computed)
         placement = {e: Action.HIT for e in needed if e in resident}
-        placement.update({e: Action.LOAD for e in load_ids})
-        placement.update({e: Action.CPU for e in cpu_ids})
+        missing = sorted(needed.difference(placement))
+        if missing:
+            best = scores.max(axis=0).tolist()  # [E] best score of each expert over the batch
+            missing.sort(key=lambda e: (-best[e], e))
+            load_ids, cpu_ids = missing, []
+            if self.balance:
+                load_ids, cpu_ids = split_load_cpu(missing, *self._costs(view))
+            placement.update({e: Action.LOAD for e in load_ids})
+            placement.update({e: Action.CPU for e in cpu_ids})
 
         actions = np.empty((T, K), dtype=np.int8)
-        standins = np.full((T, K), -1, dtype=np.int64)
-        scale = None
-        for t, (routed, row) in enumerate(zip(topk.tolist(), scores.tolist())):
+        standins = None
+        for t, routed in enumerate(routed_rows):
             comp = set(computed[t])
-            extra = sorted(comp - set(routed), key=lambda e: (-row[e], e))  # stand-ins
+            if comp.issuperset(routed):  # the token computes what it routed to
+                actions[t] = [placement[e] for e in routed]
+                continue
+            if standins is None:
+                standins = np.full((T, K), -1, dtype=np.int64)
+            row = scores[t]
+            extra = sorted(comp.difference(routed), key=lambda e: (-row[e], e))  # stand-ins, best first
             for j, e in enumerate(routed):
                 if e in comp:
                     actions[t, j] = placement[e]
@@ -160,8 +170,7 @@ class SMoE(CachingPolicy):
                 else:
                     actions[t, j] = Action.SUBSTITUTE
                     standins[t, j] = extra.pop(0)
-        if self.replace == "lower" and self.alpha > 0:
-            scale = self._lowered(view)
+        scale = self._lowered(view) if self.replace == "lower" and self.alpha > 0 else None
         evict, discard = self.cache_plan(view, placement)
         return Plan(actions=actions, standins=standins, evict=evict, discard=discard, scale=scale)
 
@@ -175,16 +184,26 @@ class SMoE(CachingPolicy):
             return None
         nxt, k = ctx.next_layer, view.model.top_k
         scores = ctx.predict(attention=self.prefetch_mode == "attention").numpy()  # [T,E] predicted
-        ranked = np.sort(scores, axis=1)[:, ::-1]  # [T,E] each token's scores, descending
-        kth, kth1 = ranked[:, k - 1:k], ranked[:, k:k + 1]  # [T,1] predicted S_k and S_{k+1}
-        top = (scores >= (1 + self.alpha) * kth1) & (scores >= kth)  # [T,E] predicted top-score experts
-        best = scores.max(axis=0)  # [E]
+        real = scores.dtype.type  # the threshold is computed in the scores' precision, as an array op would
+        factor = real(1 + self.alpha)
         resident = view.cache.resident(nxt)
-        want = sorted(set(np.flatnonzero(top.any(axis=0)).tolist()) - resident, key=lambda e: (-float(best[e]), e))
-        room = int(self.prefetch_share * view.cache.capacity) - len(view.cache.prefetched())
+        rows = scores.tolist()
+        top: set[int] = set()  # predicted top-score experts that are not resident
+        # plain Python over a decode batch's few rows: numpy's per-call cost would dominate
+        for row in rows:
+            ranked = sorted(row, reverse=True)
+            kth, bound = ranked[k - 1], float(factor * real(ranked[k]))  # S_k, (1+alpha) * S_{k+1}
+            top.update(e for e, v in enumerate(row) if v >= bound and v >= kth)
+        top.difference_update(resident)
+        if not top:
+            return None
+        best = {e: max(row[e] for row in rows) for e in top}  # each one's best predicted score in the batch
+        want = sorted(top, key=lambda e: (-best[e], e))
+        prefetched = view.cache.prefetched()
+        room = int(self.prefetch_share * view.cache.capacity) - len(prefetched)
         want = want[: max(room, 0)]
         # prefetched experts not yet used are never traded for other prefetches
-        return self.prefetch_plan(view, [(nxt, e) for e in want], protected=set(view.cache.prefetched()))
+        return self.prefetch_plan(view, [(nxt, e) for e in want], protected=set(prefetched))
 
     def _lowered(self, view: LayerView) -> np.ndarray:
         """[T,K] factors: `lower` for low-score routed experts (score < (1+alpha) * S_{k+1}), else 1."""
