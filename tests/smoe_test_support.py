@@ -69,3 +69,22 @@ class FakePool:
             self.prefetched.discard(key)
         for e in ex.loads:
             self.add((layer, e))
+
+
+def record_replay_traces(root, workload: str = "exam") -> "Path":
+    """A decode trace of a 28-layer tiny smolmoe (64 experts, top-8) with its predictions, saved where
+    `benchmarks/paper_shape.py --traces` looks: root/traces/{workload}/b1.pt. Returns root/traces."""
+    from pathlib import Path
+
+    from smoe.runtime import Runtime
+    from smoe.tiny import make_tiny
+
+    root = Path(root)
+    ckpt = make_tiny("smolmoe", root / "sm", num_hidden_layers=28, num_experts=64, num_experts_per_tok=8,
+                     moe_intermediate_size=4, shared_expert_intermediate_size=16)
+    rt = Runtime(ckpt, "lru", cache_experts=28 * 64, batch=1, trace=True, trace_predictions=True)
+    rt.generate(["the sea"], max_new_tokens=3)
+    (root / "traces" / workload).mkdir(parents=True)
+    torch.save({"model": str(ckpt), "policy": "lru", "records": rt.engine.trace}, root / "traces" / workload / "b1.pt")
+    rt.close()
+    return root / "traces"

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from smoe.tiny import make_tiny
+from smoe_test_support import record_replay_traces
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,3 +35,17 @@ def test_skeleton_graphs_benchmark_compares_the_two_modes(tmp_path):
                                                         ("olmoe", "3")]
     assert all(r["bit_equal"] == "True" and float(r["max_abs_diff"]) == 0 for r in rows)
     assert [int(r["layers_served"]) > 0 for r in rows] == [True, False, True, False]
+
+
+def test_decisions_vs_commit_finds_the_same_decisions_at_head(tmp_path):
+    """benchmarks/decisions_vs_commit.py against HEAD: in a clean checkout the working tree is HEAD, so every run
+    must decide the same (a difference would mean the replay is not deterministic or the comparison is wrong; with
+    uncommitted policy changes this test reports them, as the script would)."""
+    traces = record_replay_traces(tmp_path)
+    out = tmp_path / "dvc.csv"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/decisions_vs_commit.py"), "--rev", "HEAD", "--traces",
+                    str(traces), "--slots", "600", "--policies", "lru", "smoe", "--workloads", "exam", "--batches", "1",
+                    "--out", str(out)], check=True, cwd=ROOT)
+    rows = list(csv.DictReader(open(out)))
+    assert [(r["policy"], r["same_decisions"]) for r in rows] == [("all-gpu", "True"), ("lru", "True"), ("smoe", "True")]
+    assert all(float(r["old_policy_ms_per_step"]) > 0 and float(r["new_policy_ms_per_step"]) > 0 for r in rows)

@@ -13,6 +13,7 @@ from smoe.replay import RoutingReplay
 from smoe.runtime import Runtime
 from smoe.shapes import SHAPES, RandomSource, shape_config
 from smoe.tiny import make_tiny
+from smoe_test_support import record_replay_traces
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = dict(hidden_size=64, intermediate_size=128, moe_intermediate_size=16, shared_expert_intermediate_size=32,
@@ -124,13 +125,7 @@ def test_a_run_that_feeds_other_shapes_than_the_trace_is_refused(recorded):
 def test_paper_shape_benchmark_runs_end_to_end_on_toy_widths(tmp_path):
     """The benchmark script on a toy-width deepseek shape (27 MoE layers, 64 experts, top-6) replaying a
     28-layer tiny smolmoe trace: rows for every setting, the floor first, bounds filled in."""
-    ckpt = make_tiny("smolmoe", tmp_path / "sm", num_hidden_layers=28, num_experts=64, num_experts_per_tok=8,
-                     moe_intermediate_size=4, shared_expert_intermediate_size=16)
-    rt = Runtime(ckpt, "lru", cache_experts=28 * 64, batch=1, trace=True, trace_predictions=True)
-    rt.generate(["the sea"], max_new_tokens=3)
-    (tmp_path / "traces/exam").mkdir(parents=True)
-    torch.save({"model": str(ckpt), "policy": "lru", "records": rt.engine.trace}, tmp_path / "traces/exam/b1.pt")
-    rt.close()
+    record_replay_traces(tmp_path)
     out = tmp_path / "out"
     subprocess.run([sys.executable, str(ROOT / "benchmarks/paper_shape.py"), "--shape", "deepseek-moe-16b-shape",
                     "--tiny", "--device", "cpu", "--traces", str(tmp_path / "traces"), "--workloads", "exam",
