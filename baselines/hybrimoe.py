@@ -48,20 +48,26 @@ class HybriMoE(CachingPolicy):
         return (self.mrs, self.recency)
 
     def observe(self, view: LayerView, plan: Plan) -> None:
-        row = view.scores.mean(dim=0).numpy().astype(np.float64)
+        scores = view.scores.numpy()  # [T,E]
+        row = (np.add.reduce(scores, axis=0) / len(scores)).astype(np.float64)  # the mean in float32, as np.mean
         i = self.rows[view.layer]  # plan has bound the rows
         self.mrs[i] = self.decay * self.mrs[i] + (1 - self.decay) * row if view.layer in self.seen else row
         self.seen.add(view.layer)
 
     def plan(self, view: LayerView) -> Plan:
         resident = view.cache.resident(view.layer)
-        tokens = np.bincount(view.topk.flatten().numpy(), minlength=view.model.num_experts)
-        best = view.scores.max(dim=0).values
-        missing = sorted((e for e in view.needed() if e not in resident), key=lambda e: (-tokens[e], -float(best[e]), e))
+        needed = view.needed()
+        placement = {e: Action.HIT for e in needed if e in resident}
+        missing = [e for e in needed if e not in resident]
+        t_gpu = t_cpu = 0.0
+        if not missing:
+            self.pcie_idle = 0.0
+            return self.plan_placement(view, placement)
+        tokens = np.bincount(view.topk.numpy().ravel(), minlength=view.model.num_experts).tolist()  # [E]
+        best = view.scores.numpy().max(axis=0).tolist()  # [E] best score over the batch
+        missing.sort(key=lambda e: (-tokens[e], -best[e], e))
         c_load = view.model.expert_bytes / (self.pcie_gbps * 1e9)
         c_cpu = view.model.expert_bytes / (self.cpu_gbps * 1e9)
-        t_gpu = t_cpu = 0.0
-        placement = {e: Action.HIT for e in view.needed() if e in resident}
         for e in missing:
             cpu_finish = t_cpu + c_cpu * (1 + 0.1 * (tokens[e] - 1))  # weights streamed once, a little per token
             gpu_finish = t_gpu + c_load
@@ -88,8 +94,8 @@ class HybriMoE(CachingPolicy):
                 break
             target = layers[i + d]
             scores = ctx.gate_scores(target).max(dim=0).values  # [E] best predicted score over the batch
-            top = scores.topk(self.model.top_k).indices.tolist()
-            impact += [(float(scores[e]) * c_cpu / d, (target, e)) for e in top if (target, e) not in self.cached]
+            top, best = scores.topk(self.model.top_k).indices.tolist(), scores.tolist()
+            impact += [(best[e] * c_cpu / d, (target, e)) for e in top if (target, e) not in self.cached]
         impact.sort(key=lambda x: (-x[0], x[1]))
         c_load = view.model.expert_bytes / (self.pcie_gbps * 1e9)
         n = min(self.prefetch_size, max(1, int(self.pcie_idle / c_load)))

@@ -84,17 +84,31 @@ class CachingPolicy(ExpertPolicy):
         self.in_cache[self.at(key)] = False
         self.on_evict(key)
 
-    def victims(self, view: LayerView, allowed: np.ndarray) -> Iterator[ExpertKey]:
-        """The cached experts where `allowed` [L,E] is true, in eviction order (best victim first). The order is
-        fixed once: within one layer's planning no candidate's rank changes (victims leave, new keys are not
-        candidates)."""
+    PICKS = 2  # at most this many victims wanted: found one by one (a few vectorised minimums each), no sort
+
+    def victims(self, view: LayerView, allowed: np.ndarray, wanted: int) -> Iterator[ExpertKey]:
+        """The cached experts where `allowed` [L,E] is true, in eviction order (best victim first): ascending keys
+        of `eviction_rank`, ties to the lower (layer row, expert). The order is fixed once: within one layer's
+        planning no candidate's rank changes (victims leave, new keys are not candidates). `wanted`: how many the
+        caller expects to take at most; a decode layer often needs a victim or two, which are picked by minimum
+        without sorting every candidate (more than that, or more than `wanted`, sorts the rest)."""
         mask = self.in_cache & allowed
-        idx = np.flatnonzero(mask)  # [n] flat indices of the candidates
+        idx = np.flatnonzero(mask)  # [n] flat indices of the candidates, ascending
         keys = [(k if k.shape == mask.shape else np.broadcast_to(k, mask.shape)).ravel()[idx]
-                for k in reversed(self.eviction_rank(view))]
-        order = idx[np.lexsort(keys)] if keys else idx  # lexsort: last key most significant, stable
+                for k in self.eviction_rank(view)]  # most significant first, [n] each
         E = mask.shape[1]
-        return ((self.layers[i // E], i % E) for i in order.tolist())
+        alive = np.ones(len(idx), dtype=bool)
+        for _ in range(min(wanted, len(idx)) if keys and wanted <= self.PICKS else 0):
+            best = np.flatnonzero(alive)
+            for k in keys:  # the candidates tied at the minimum of each key in turn; the first is the lowest index
+                kb = k[best]
+                best = best[kb == kb.min()]
+            alive[best[0]] = False
+            flat = int(idx[best[0]])
+            yield self.layers[flat // E], flat % E
+        idx, keys = idx[alive], [k[alive] for k in keys]
+        order = idx[np.lexsort(keys[::-1])] if keys else idx  # lexsort: last key most significant, stable
+        yield from ((self.layers[i // E], i % E) for i in order.tolist())
 
     def cache_plan(self, view: LayerView, placement: dict[int, Action]) -> tuple[list[ExpertKey], set[int]]:
         """Touch hits, insert loads, and return the (evict, discard) that make room for the loads."""
@@ -117,7 +131,7 @@ class CachingPolicy(ExpertPolicy):
                 if others is None:
                     allowed = np.ones_like(self.in_cache)
                     allowed[self.rows[layer], sorted(on_device)] = False
-                    others = self.victims(view, allowed)
+                    others = self.victims(view, allowed, len(loads))
                 v = next(others, None)
                 if v is not None:
                     evict.append(v)
@@ -125,7 +139,7 @@ class CachingPolicy(ExpertPolicy):
                     allowed = np.zeros_like(self.in_cache)
                     for k in done:
                         allowed[self.at(k)] = True
-                    v = next(self.victims(view, allowed))
+                    v = next(self.victims(view, allowed, 1))
                     discard.add(v[1])
                 self._drop(v)
             self._insert(key)
@@ -162,7 +176,7 @@ class CachingPolicy(ExpertPolicy):
                     allowed[self.rows[view.layer]] = False
                     for k in (*protected, *loads):
                         allowed[self.at(k)] = False
-                    candidates = self.victims(view, allowed)
+                    candidates = self.victims(view, allowed, len(want))
                 v = next(candidates, None)
                 if v is None or (worth is not None and not worth(v, key)):
                     break

@@ -92,7 +92,7 @@ class LayerView:
 
     def needed(self) -> list[int]:
         """Distinct routed experts of this layer, ascending."""
-        return sorted(set(self.topk.flatten().tolist()))
+        return sorted(set(self.topk.numpy().ravel().tolist()))
 
 
 @dataclass
