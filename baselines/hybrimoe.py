@@ -48,8 +48,7 @@ class HybriMoE(CachingPolicy):
         return (self.mrs, self.recency)
 
     def observe(self, view: LayerView, plan: Plan) -> None:
-        scores = view.scores.numpy()  # [T,E]
-        row = (np.add.reduce(scores, axis=0) / len(scores)).astype(np.float64)  # the mean in float32, as np.mean
+        row = view.mean_scores().astype(np.float64)
         i = self.rows[view.layer]  # plan has bound the rows
         self.mrs[i] = self.decay * self.mrs[i] + (1 - self.decay) * row if view.layer in self.seen else row
         self.seen.add(view.layer)
@@ -59,7 +58,6 @@ class HybriMoE(CachingPolicy):
         needed = view.needed()
         placement = {e: Action.HIT for e in needed if e in resident}
         missing = [e for e in needed if e not in resident]
-        t_gpu = t_cpu = 0.0
         if not missing:
             self.pcie_idle = 0.0
             return self.plan_placement(view, placement)
@@ -68,6 +66,7 @@ class HybriMoE(CachingPolicy):
         missing.sort(key=lambda e: (-tokens[e], -best[e], e))
         c_load = view.model.expert_bytes / (self.pcie_gbps * 1e9)
         c_cpu = view.model.expert_bytes / (self.cpu_gbps * 1e9)
+        t_gpu = t_cpu = 0.0
         for e in missing:
             cpu_finish = t_cpu + c_cpu * (1 + 0.1 * (tokens[e] - 1))  # weights streamed once, a little per token
             gpu_finish = t_gpu + c_load

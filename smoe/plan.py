@@ -94,6 +94,12 @@ class LayerView:
         """Distinct routed experts of this layer, ascending."""
         return sorted(set(self.topk.numpy().ravel().tolist()))
 
+    def mean_scores(self) -> np.ndarray:
+        """[E] float32: each expert's router score averaged over this forward's tokens (as np.mean, without its
+        per-call cost)."""
+        scores = self.scores.numpy()  # [T,E]
+        return np.add.reduce(scores, axis=0) / len(scores)
+
 
 @dataclass
 class Plan:

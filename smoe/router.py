@@ -5,7 +5,8 @@ Where it sits: a pure function the SMoE policies call from `plan`; it sees score
 device or a clock.
 
 Semantics (per token t of one layer; scores [T,E] are the family router's probabilities):
-  topk_t   the k highest scores (ties: lower id first); L_t = the (k+1)-th highest score
+  topk_t   the k highest scores (ties: lower id first), or the family router's own selection;
+           L_t = the best score outside topk_t (S_{k+1}: the (k+1)-th highest where topk_t is the k best)
   top-score experts: members of topk_t with score >= (1+alpha)*L_t;  C = their union over the batch
   low-score experts: the rest of topk_t; one that is resident or in C is kept
   need_t   the other low-score experts, replaced by candidates: experts not in topk_t, resident or in C,
@@ -39,65 +40,22 @@ def expert_cache_router(
         raise ValueError(f"k must be in 1..{E - 1}, got {k}")
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
+    if topk is not None and topk.shape != (T, k):
+        raise ValueError(f"topk must have shape {(T, k)} (tokens, k), got {tuple(topk.shape)}")
     values = scores.detach().float().cpu().numpy()  # [T,E]
-    if topk is not None and alpha > 0 and topk.shape[1] == k:
-        out = _router_on_top_k(values, topk.numpy(), alpha, resident)
-        if out is not None:
-            return out
-    rows = values.tolist()
-    ranked = np.argsort(-values, axis=1, kind="stable").tolist()  # [T,E] by descending score, ties to the lower id
-    if topk is not None:  # the selection first (by score), then the rest (by score), where it is not the k best
-        sel = [set(row) for row in topk.tolist()]
-        ranked = [rk if len(s) == k and s.issuperset(rk[:k]) else [e for e in rk if e in s] + [e for e in rk if e not in s]
-                  for rk, s in zip(ranked, sel)]
+    if topk is None:  # the k highest scores, ties to the lower id
+        topk = torch.from_numpy(np.argsort(-values, axis=1, kind="stable")[:, :k])
+    # Plain Python per token: for a decode batch numpy's per-call cost would dominate.
+    rows, sel = values.tolist(), topk.tolist()
     if alpha == 0:
-        return [sorted(rk[:k]) for rk in ranked]
-    resident = set(resident)
-    top: list[list[int]] = []
-    low: list[list[int]] = []
-    bounds: list[float] = []
-    for r, rk in zip(rows, ranked):
-        L = r[rk[k]]
-        bounds.append(L)
-        top.append([e for e in rk[:k] if r[e] >= (1 + alpha) * L])
-        low.append([e for e in rk[:k] if r[e] < (1 + alpha) * L])
-    C = set().union(*top)
-    available = resident | C
-    out = []
-    for t in range(T):
-        r, L = rows[t], bounds[t]
-        keep = [e for e in low[t] if e in available]
-        need = [e for e in low[t] if e not in available]  # already by descending score
-        chosen: list[int] = []
-        # candidates: past the first k, by descending score (all <= L = the first of them), down to (1-alpha)*L
-        for e in ranked[t][k:]:
-            if len(chosen) == len(need) or r[e] <= (1 - alpha) * L:
-                break
-            if e in available:
-                chosen.append(e)
-        fill = need[: len(need) - len(chosen)]
-        out.append(sorted(top[t] + keep + chosen + fill))
-    return out
-
-
-def _router_on_top_k(values: np.ndarray, topk: np.ndarray, alpha: float, resident: Iterable[int]):
-    """The same router where each token's selection is its k best scores (every plain top-k family), without
-    ranking all E experts: values [T,E], topk [T,k] -> as `expert_cache_router`, or None where a selection is
-    not the k best (group-limited routing), which the general path handles. Plain Python: for a decode batch
-    numpy's per-call cost would dominate."""
-    sel = topk.tolist()
-    k = len(sel[0])
-    rows = values.tolist()
+        return [sorted(chosen) for chosen in sel]
     bounds, top, low = [], [], []
     for row, chosen in zip(rows, sel):
-        mine = [row[e] for e in chosen]
-        ranked = sorted(row, reverse=True)
-        if sorted(mine, reverse=True) != ranked[:k]:
-            return None  # not the k best: S_{k+1} is not simply the (k+1)-th score
-        L = ranked[k]  # S_{k+1}, the best score outside the selection
+        mine = set(chosen)
+        L = max(v for e, v in enumerate(row) if e not in mine)  # S_{k+1}: the best score outside the selection
         bounds.append(L)
-        top.append([e for e, v in zip(chosen, mine) if v >= (1 + alpha) * L])
-        low.append([e for e, v in zip(chosen, mine) if v < (1 + alpha) * L])
+        top.append([e for e in chosen if row[e] >= (1 + alpha) * L])
+        low.append([e for e in chosen if row[e] < (1 + alpha) * L])
     available = set(resident).union(*top)
     out = []
     for row, chosen, L, tops, lows in zip(rows, sel, bounds, top, low):
@@ -108,7 +66,8 @@ def _router_on_top_k(values: np.ndarray, topk: np.ndarray, alpha: float, residen
         by_score = lambda e: (-row[e], e)  # noqa: E731 (descending score, ties to the lower id)
         need.sort(key=by_score)
         floor, mine = (1 - alpha) * L, set(chosen)
+        # candidates: resident or top-score elsewhere in the batch, outside the selection, above (1-alpha)*L
         chosen_c = sorted((e for e in available if e not in mine and row[e] > floor), key=by_score)[: len(need)]
-        fill = need[: len(need) - len(chosen_c)]
+        fill = need[: len(need) - len(chosen_c)]  # the highest-scoring needed experts keep their places
         out.append(sorted(tops + [e for e in lows if e in available] + chosen_c + fill))
     return out

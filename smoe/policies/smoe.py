@@ -104,8 +104,7 @@ class SMoE(CachingPolicy):
     def observe(self, view: LayerView, plan: Plan) -> None:
         if self.window is None:
             return
-        scores = view.scores.numpy()  # [T,E]
-        row = np.add.reduce(scores, axis=0) / len(scores)  # [E]: the mean in float32, as np.mean (without its cost)
+        row = view.mean_scores()  # [E] float32
         hist = self.history.setdefault(view.layer, deque())
         sums = self.sums.setdefault(view.layer, np.zeros(row.shape))  # float64
         hist.append(row)
@@ -133,7 +132,7 @@ class SMoE(CachingPolicy):
         resident = view.cache.resident(layer)
         if self.replace != "lower" and resident.issuperset(view.topk.numpy().flat):
             # every routed expert is resident: nothing to replace, nothing to load (a decode layer's usual case)
-            self._touch_layer(layer, sorted(set().union(*routed_rows)))
+            self.cache_plan(view, dict.fromkeys(set().union(*routed_rows), Action.HIT))  # touches; no room to make
             return Plan(actions=np.full((T, K), Action.HIT, dtype=np.int8))
         computed = routed_rows
         if self.replace in ("substitute", "skip") and self.alpha > 0:
