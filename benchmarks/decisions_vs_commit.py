@@ -8,8 +8,8 @@ CPU experts, substitutions, skips, prefetches and their use) must be equal betwe
 per decode step (`policy_time_s`) is reported side by side. The revision is checked out in a temporary git
 worktree.
 
-    python benchmarks/decisions_vs_commit.py --rev HEAD~1 --traces traces \
-        --out results/cpu/decisions_vs_commit.csv
+    python benchmarks/decisions_vs_commit.py --rev 89375c9 --traces traces --repeats 3 \
+        --out results/cpu/decisions_vs_commit_89375c9.csv
 Exits 1 when any run decides differently.
 """
 from __future__ import annotations

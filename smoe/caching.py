@@ -65,9 +65,10 @@ class CachingPolicy(ExpertPolicy):
 
     def _touch_layer(self, layer: int, experts: list[int]) -> None:
         """Use cached experts of one layer, in the given order: one tick each."""
-        start = self.tick
+        row = self.recency[self.rows[layer]]  # [E] view
+        for tick, e in enumerate(experts, self.tick):  # a few scalar writes beat one fancy-indexed write here
+            row[e] = tick
         self.tick += len(experts)
-        self.recency[self.rows[layer], experts] = range(start, self.tick)
         if self._counts_hits:
             for e in experts:
                 self.on_hit((layer, e))
@@ -114,8 +115,15 @@ class CachingPolicy(ExpertPolicy):
         """Touch hits, insert loads, and return the (evict, discard) that make room for the loads."""
         self._bind(view.model)
         layer = view.layer
-        hits = sorted(e for e, a in placement.items() if a == Action.HIT)
-        loads = sorted(e for e, a in placement.items() if a == Action.LOAD)
+        hits: list[int] = []
+        loads: list[int] = []
+        for e, a in placement.items():
+            if a == Action.HIT:
+                hits.append(e)
+            elif a == Action.LOAD:
+                loads.append(e)
+        hits.sort()
+        loads.sort()
         if hits:
             self._touch_layer(layer, hits)
         evict: list[ExpertKey] = []

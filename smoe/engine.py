@@ -139,7 +139,7 @@ class Engine:
         # computes them after the prediction, "once PCIe completes"); a rule of the plan, not of timing.
         in_flight = {e for _, e in judged}
         if judged:
-            routed = set(view.topk.flatten().tolist())
+            routed = set().union(*view.routed)
             m.prefetch_in_topk += sum(1 for key in judged if key[1] in routed)
             self.awaiting.difference_update(judged)
         t0 = time.perf_counter()

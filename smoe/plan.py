@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from enum import IntEnum
 
 import numpy as np
@@ -90,14 +91,27 @@ class LayerView:
     model: ModelInfo
     costs: dict | None = None  # "load"/"cpu" -> recent measured seconds per expert (newest last), GPU runs only
 
+    @cached_property
+    def routed(self) -> list[list[int]]:
+        """[T][K] the router's choice as Python ints: converted once per layer, shared by the policy and the
+        runtime's check of its plan."""
+        return self.topk.tolist()
+
+    @cached_property
+    def score_rows(self) -> list[list[float]]:
+        """[T][E] the scores as Python floats (converted once per layer)."""
+        return self.scores.tolist()
+
     def needed(self) -> list[int]:
         """Distinct routed experts of this layer, ascending."""
-        return sorted(set(self.topk.numpy().ravel().tolist()))
+        return sorted(set().union(*self.routed))
 
     def mean_scores(self) -> np.ndarray:
         """[E] float32: each expert's router score averaged over this forward's tokens (as np.mean, without its
-        per-call cost)."""
+        per-call cost); read-only (at batch 1 it is the scores' own row)."""
         scores = self.scores.numpy()  # [T,E]
+        if len(scores) == 1:  # a batch-1 decode step: the row is its own mean
+            return scores[0]
         return np.add.reduce(scores, axis=0) / len(scores)
 
 
@@ -162,8 +176,8 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
 
     Runs for every MoE layer of every forward: plain Python lists and int codes throughout, and no numpy
     call whose fixed cost would dominate a decode layer's few (token, expert) pairs."""
-    topk = view.topk.numpy()  # [T,K]
-    T, K = topk.shape
+    experts = view.routed  # [T][K]
+    T, K = view.topk.shape
     E = view.model.num_experts
     layer = view.layer
     resident = view.cache.resident(layer)
@@ -172,63 +186,61 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
         raise _fail(policy, layer, f"actions have shape {actions.shape}, expected {(T, K)} (tokens, top-k)")
     if actions.dtype.kind not in "iu":
         raise _fail(policy, layer, "actions must be integer Action codes")
-    acts, experts = actions.tolist(), topk.tolist()
+    acts = actions.tolist()
     stands = None
     if plan.standins is not None:
         standins = np.asarray(plan.standins)
         if standins.shape != (T, K):
             raise _fail(policy, layer, f"standins have shape {standins.shape}, expected {(T, K)} (tokens, top-k)")
         stands = standins.tolist()
-    HIT, CPU, SUB, SKIP = _HIT, _CPU, _SUB, _SKIP
+    HIT, CPU, SKIP = _HIT, _CPU, _SKIP
 
     where: dict[int, Action] = {}
-    for t in range(T):
-        for a, e in zip(acts[t], experts[t]):
-            if a > CPU:  # SUBSTITUTE, SKIP, or no action at all
-                if a > SKIP:
-                    raise _fail(policy, layer, _NO_ACTION)
-                continue
-            if a < 0:
-                raise _fail(policy, layer, _NO_ACTION)
-            if (a == HIT) != (e in resident):
-                if a == HIT:
-                    raise _fail(policy, layer, f"HIT for expert {e}, which is not resident")
-                raise _fail(policy, layer, f"{Action(a).name} for expert {e}, which is already resident (use HIT)")
-            if where.setdefault(e, _ACTIONS[a]) != a:
-                raise _fail(policy, layer, f"expert {e} is both {where[e].name} and {Action(a).name} in one layer")
     tokens: dict[int, list[int]] = {}
     computed = [set() for _ in range(T)]
     subs = skips = 0
+    borrowed = []  # (token, stand-in) of stand-ins that are not resident: another token must load or CPU-run them
     for j in range(K):  # HF's order: by top-k rank, then token
         for t in range(T):
-            a = acts[t][j]
-            if a == SKIP:
-                skips += 1
-                continue
-            e = experts[t][j]
-            if a == SUB:
+            a, e = acts[t][j], experts[t][j]
+            if a > CPU:  # SUBSTITUTE, SKIP, or no action at all
+                if a > SKIP:
+                    raise _fail(policy, layer, _NO_ACTION)
+                if a == SKIP:
+                    skips += 1
+                    continue
                 s = -1 if stands is None else stands[t][j]
                 if not 0 <= s < E:
                     raise _fail(policy, layer, f"token {t} substitutes expert {e} with invalid stand-in {s}")
                 if s in resident:
                     where.setdefault(s, Action.HIT)
-                elif s not in where:
-                    raise _fail(
-                        policy, layer, f"stand-in {s} for token {t} is not resident and no token loads or CPU-runs it"
-                    )
+                else:
+                    borrowed.append((t, s))
                 subs += 1
                 e = s
+            else:
+                if a < 0:
+                    raise _fail(policy, layer, _NO_ACTION)
+                if (a == HIT) != (e in resident):
+                    if a == HIT:
+                        raise _fail(policy, layer, f"HIT for expert {e}, which is not resident")
+                    raise _fail(policy, layer, f"{Action(a).name} for expert {e}, which is already resident (use HIT)")
+                if where.setdefault(e, _ACTIONS[a]) != a:
+                    raise _fail(policy, layer, f"expert {e} is both {where[e].name} and {Action(a).name} in one layer")
             if e in computed[t]:
                 raise _fail(policy, layer, f"token {t} would compute expert {e} twice")
             computed[t].add(e)
             tokens.setdefault(e, []).append(t)
+    for t, s in borrowed:
+        if s not in where:
+            raise _fail(policy, layer, f"stand-in {s} for token {t} is not resident and no token loads or CPU-runs it")
     scale = None
     if plan.scale is not None:
         factors = np.asarray(plan.scale, dtype=np.float32)
         if factors.shape != (T, K) or not (factors >= 0).all():
             raise _fail(policy, layer, f"scale must be non-negative factors of shape {(T, K)}")
         scale = np.ones((T, E), dtype=np.float32)
-        np.put_along_axis(scale, topk, factors, axis=1)
+        np.put_along_axis(scale, view.topk.numpy(), factors, axis=1)
     if subs or skips or scale is not None:
         changed = [
             t for t in range(T)

@@ -20,6 +20,7 @@ scans a Python set), and a low-score expert is one below (1+alpha)*L_t (v3's cor
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -45,14 +46,20 @@ def expert_cache_router(
     values = scores.detach().float().cpu().numpy()  # [T,E]
     if topk is None:  # the k highest scores, ties to the lower id
         topk = torch.from_numpy(np.argsort(-values, axis=1, kind="stable")[:, :k])
-    # Plain Python per token: for a decode batch numpy's per-call cost would dominate.
-    rows, sel = values.tolist(), topk.tolist()
+    return route_rows(values.tolist(), topk.tolist(), alpha, resident)
+
+
+def route_rows(rows: list[list[float]], sel: list[list[int]], alpha: float, resident: Iterable[int]) -> list[list[int]]:
+    """`expert_cache_router` on rows already converted to Python lists (scores [T][E], selection [T][k]), for a
+    caller that holds them anyway: plain Python per token, as numpy's per-call cost would dominate a decode batch."""
     if alpha == 0:
         return [sorted(chosen) for chosen in sel]
     bounds, top, low = [], [], []
     for row, chosen in zip(rows, sel):
-        mine = set(chosen)
-        L = max(v for e, v in enumerate(row) if e not in mine)  # S_{k+1}: the best score outside the selection
+        rest = row.copy()
+        for e in chosen:
+            rest[e] = -math.inf
+        L = max(rest)  # S_{k+1}: the best score outside the selection
         bounds.append(L)
         top.append([e for e in chosen if row[e] >= (1 + alpha) * L])
         low.append([e for e in chosen if row[e] < (1 + alpha) * L])
@@ -65,9 +72,9 @@ def expert_cache_router(
             continue
         by_score = lambda e: (-row[e], e)  # noqa: E731 (descending score, ties to the lower id)
         need.sort(key=by_score)
-        floor, mine = (1 - alpha) * L, set(chosen)
+        floor = (1 - alpha) * L
         # candidates: resident or top-score elsewhere in the batch, outside the selection, above (1-alpha)*L
-        chosen_c = sorted((e for e in available if e not in mine and row[e] > floor), key=by_score)[: len(need)]
+        chosen_c = sorted([e for e in available.difference(chosen) if row[e] > floor], key=by_score)[: len(need)]
         fill = need[: len(need) - len(chosen_c)]  # the highest-scoring needed experts keep their places
         out.append(sorted(tops + [e for e in lows if e in available] + chosen_c + fill))
     return out

@@ -156,8 +156,9 @@ def test_check_plan_rules():
     assert ok.tokens == {0: [0], 1: [1, 0], 2: [1]}  # HF order: by top-k column, then token
     with pytest.raises(PolicyError, match="already resident"):
         check_plan(Plan.per_expert(view, {0: Action.LOAD, 1: Action.LOAD, 2: Action.LOAD}), view, "p")
-    with pytest.raises(PolicyError, match="both LOAD and CPU"):
-        check_plan(Plan(actions=np.array([[0, 1], [2, 1]])), view, "p")  # expert 1: LOAD for t0, CPU for t1
+    # expert 1: LOAD for t0 (rank 2), CPU for t1 (rank 1); the check walks HF's (rank, token) order
+    with pytest.raises(PolicyError, match="both CPU and LOAD"):
+        check_plan(Plan(actions=np.array([[0, 1], [2, 1]])), view, "p")
     with pytest.raises(PolicyError, match=r"evicts \(1, 2\), which is not resident"):
         check_plan(Plan.per_expert(view, {0: Action.HIT, 1: Action.CPU, 2: Action.CPU}, evict=[(1, 2)]), view, "p")
     with pytest.raises(PolicyError, match="evicted twice"):

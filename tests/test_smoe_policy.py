@@ -66,6 +66,27 @@ def test_scores_of_unselected_experts_count():
     assert (0, 1) in pool.slot_of and (0, 0) not in pool.slot_of
 
 
+def test_windowed_means_are_the_mean_of_the_last_window_passes():
+    """The ring of per-pass means, brought up to date only when a victim is ranked, equals Eq. 3 computed
+    directly (the mean over each layer's last `window` passes of its tokens' mean scores), at every batch."""
+    rng = np.random.default_rng(0)
+    for window in (1, 3, 8):
+        pol = make_policy("smoe-ce", window=window)
+        pool = FakePool(capacity=8)  # every expert fits: observe and rank only
+        passes = {0: [], 1: []}
+        for _ in range(20):
+            layer = int(rng.integers(2))
+            scores = rng.random((int(rng.integers(1, 4)), 4)).astype(np.float32)  # [T,E]
+            topk = scores.argmax(axis=1)[:, None].tolist()
+            step(pol, pool, layer, scores.tolist(), topk)
+            passes[layer].append(scores.astype(np.float64).mean(axis=0))
+            if rng.random() < 0.5:
+                means = pol.eviction_rank(view(pool, layer, scores.tolist(), topk))[1]  # [L,E]
+                for i, seen in passes.items():
+                    want = np.mean(seen[-window:], axis=0) if seen else np.zeros(4)
+                    np.testing.assert_allclose(means[i], want, rtol=1e-6)
+
+
 def test_shield_protects_experts_of_the_layer_being_computed():
     pol = make_policy("smoe-ce", window=2)
     pool = FakePool(capacity=2)

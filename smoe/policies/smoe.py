@@ -37,8 +37,6 @@ as expert_bytes / `cpu_gbps` (a memory-bound expert at low batch), so decisions 
 """
 from __future__ import annotations
 
-from collections import deque
-
 import numpy as np
 
 from smoe.balance import split_load_cpu
@@ -46,11 +44,14 @@ from smoe.caching import CachingPolicy
 from smoe.errors import PolicyParamError
 from smoe.plan import Action, ExpertKey, LayerView, Plan, PrefetchPlan
 from smoe.policy import register_policy
-from smoe.router import expert_cache_router
+from smoe.router import route_rows
 
 REPLACE_MODES = ("none", "substitute", "skip", "lower")
 COST_MODES = ("fixed", "measured")
 PREFETCH_MODES = ("none", "attention", "no-attention")
+# Action codes as plain ints: a plan's [T,K] lists convert to an array faster than lists of enum members
+_HIT, _LOAD, _CPU, _SUB, _SKIP = (int(a) for a in (Action.HIT, Action.LOAD, Action.CPU, Action.SUBSTITUTE,
+                                                   Action.SKIP))
 
 
 @register_policy("score-lower", replace="lower")
@@ -83,14 +84,20 @@ class SMoE(CachingPolicy):
             raise PolicyParamError(f"costs={self.costs!r}; accepted: {', '.join(COST_MODES)}")
         if self.alpha < 0 or (self.window is not None and self.window < 1) or self.p < 1:
             raise PolicyParamError(f"need alpha >= 0, window >= 1 or None, p >= 1; got {self.alpha}, {self.window}, {self.p}")
-        self.history: dict[int, deque] = {}  # layer -> deque of per-pass mean scores [E]
-        self.sums: dict[int, np.ndarray] = {}
+        # Eq. 3's window: each layer's last `window` per-pass mean scores in a ring; the means are brought up to
+        # date only when a victim is chosen (a decode step with every expert resident never needs them)
+        self.ring = np.zeros((0, 0, 0), dtype=np.float32)  # [L,window,E]
+        self.passes: list[int] = []  # [L] forward passes seen per layer
+        self.stale: set[int] = set()  # rows whose means lag their ring
         self.means = np.zeros((0, 0))  # [L,E] windowed mean score of each expert (0 before any pass)
 
     def _bind(self, model) -> None:
         if not self.layers:
             super()._bind(model)
             self.means = np.zeros(self.in_cache.shape)
+            L, E = self.in_cache.shape
+            self.ring = np.zeros((L, self.window or 0, E), dtype=np.float32)
+            self.passes = [0] * L
 
     # ---- score-aware eviction ----------------------------------------------------------------------
     def eviction_rank(self, view: LayerView) -> tuple[np.ndarray, ...]:
@@ -99,19 +106,21 @@ class SMoE(CachingPolicy):
             prefetched[self.at(key)] = True
         if self.window is None:
             return (prefetched, self.recency)
+        if self.stale:
+            rows = sorted(self.stale)
+            self.stale.clear()
+            seen = np.minimum([self.passes[r] for r in rows], self.window)  # [n] passes in each ring
+            # [n,E] Eq. 3's windowed mean (slots not yet written hold zeros and add nothing)
+            self.means[rows] = self.ring[rows].sum(axis=1, dtype=np.float64) / seen[:, None]
         return (prefetched, self.means, self.recency)
 
     def observe(self, view: LayerView, plan: Plan) -> None:
         if self.window is None:
             return
-        row = view.mean_scores()  # [E] float32
-        hist = self.history.setdefault(view.layer, deque())
-        sums = self.sums.setdefault(view.layer, np.zeros(row.shape))  # float64
-        hist.append(row)
-        sums += row
-        if len(hist) > self.window:
-            sums -= hist.popleft()
-        np.divide(sums, len(hist), out=self.means[self.rows[view.layer]])  # Eq. 3's windowed mean
+        r = self.rows[view.layer]  # plan has bound the rows
+        self.ring[r, self.passes[r] % self.window] = view.mean_scores()  # [E]
+        self.passes[r] += 1
+        self.stale.add(r)
 
     # ---- planning --------------------------------------------------------------------------------------
     def _costs(self, view: LayerView) -> tuple[float, float]:
@@ -125,53 +134,57 @@ class SMoE(CachingPolicy):
 
     def plan(self, view: LayerView) -> Plan:
         self._bind(view.model)
-        layer, k = view.layer, view.model.top_k
-        scores = view.scores.numpy()  # [T,E]
-        routed_rows = view.topk.tolist()  # [T][K]
+        layer = view.layer
+        routed_rows = view.routed  # [T][K]
         T, K = view.topk.shape
         resident = view.cache.resident(layer)
-        if self.replace != "lower" and resident.issuperset(view.topk.numpy().flat):
+        routed = set().union(*routed_rows)
+        if self.replace != "lower" and routed <= resident:
             # every routed expert is resident: nothing to replace, nothing to load (a decode layer's usual case)
-            self.cache_plan(view, dict.fromkeys(set().union(*routed_rows), Action.HIT))  # touches; no room to make
-            return Plan(actions=np.full((T, K), Action.HIT, dtype=np.int8))
+            self.cache_plan(view, dict.fromkeys(routed, _HIT))  # touches; no room to make
+            return Plan(actions=np.zeros((T, K), dtype=np.int8))  # Action.HIT everywhere
         computed = routed_rows
         if self.replace in ("substitute", "skip") and self.alpha > 0:
-            computed = expert_cache_router(view.scores, k, self.alpha, resident, topk=view.topk)
+            computed = route_rows(view.score_rows, routed_rows, self.alpha, resident)
         # Where each computed expert runs: resident -> HIT; missing -> LOAD, or the CPU when balancing.
         needed = set().union(*computed)
-        placement = {e: Action.HIT for e in needed if e in resident}
-        missing = sorted(needed.difference(placement))
+        placement = dict.fromkeys(needed.intersection(resident), _HIT)
+        missing = sorted(needed.difference(resident))
         if missing:
-            best = scores.max(axis=0).tolist()  # [E] best score of each expert over the batch
+            best = view.scores.numpy().max(axis=0).tolist()  # [E] best score of each expert over the batch
             missing.sort(key=lambda e: (-best[e], e))
             load_ids, cpu_ids = missing, []
             if self.balance:
                 load_ids, cpu_ids = split_load_cpu(missing, *self._costs(view))
-            placement.update({e: Action.LOAD for e in load_ids})
-            placement.update({e: Action.CPU for e in cpu_ids})
+            placement.update(dict.fromkeys(load_ids, _LOAD))
+            placement.update(dict.fromkeys(cpu_ids, _CPU))
 
-        actions = np.empty((T, K), dtype=np.int8)
-        standins = None
-        for t, routed in enumerate(routed_rows):
-            comp = set(computed[t])
-            if comp.issuperset(routed):  # the token computes what it routed to
-                actions[t] = [placement[e] for e in routed]
+        actions: list[list[int]] = []  # [T][K]
+        standins = None  # [T][K] once a token substitutes
+        for t, (chosen, comp) in enumerate(zip(routed_rows, computed)):
+            comp = set(comp)
+            if comp.issuperset(chosen):  # the token computes what it routed to
+                actions.append([placement[e] for e in chosen])
                 continue
             if standins is None:
-                standins = np.full((T, K), -1, dtype=np.int64)
-            row = scores[t]
-            extra = sorted(comp.difference(routed), key=lambda e: (-row[e], e))  # stand-ins, best first
-            for j, e in enumerate(routed):
+                standins = [[-1] * K for _ in range(T)]
+            row = view.score_rows[t]
+            extra = sorted(comp.difference(chosen), key=lambda e: (-row[e], e))  # stand-ins, best first
+            acts = []
+            for j, e in enumerate(chosen):
                 if e in comp:
-                    actions[t, j] = placement[e]
+                    acts.append(placement[e])
                 elif self.replace == "skip" or not extra:
-                    actions[t, j] = Action.SKIP
+                    acts.append(_SKIP)
                 else:
-                    actions[t, j] = Action.SUBSTITUTE
-                    standins[t, j] = extra.pop(0)
+                    acts.append(_SUB)
+                    standins[t][j] = extra.pop(0)
+            actions.append(acts)
         scale = self._lowered(view) if self.replace == "lower" and self.alpha > 0 else None
         evict, discard = self.cache_plan(view, placement)
-        return Plan(actions=actions, standins=standins, evict=evict, discard=discard, scale=scale)
+        return Plan(actions=np.array(actions, dtype=np.int8),
+                    standins=None if standins is None else np.array(standins, dtype=np.int64),
+                    evict=evict, discard=discard, scale=scale)
 
     # ---- top-score prefetch ------------------------------------------------------------------------------
     @property
