@@ -164,7 +164,8 @@ class ExecPlan:
 
 
 _ACTIONS = tuple(Action)  # code -> Action, without the Enum call's cost
-_HIT, _CPU, _SUB, _SKIP = int(Action.HIT), int(Action.CPU), int(Action.SUBSTITUTE), int(Action.SKIP)
+# Action codes as plain ints: cheaper to compare, and [T][K] lists of them convert to an array faster than enum members
+_HIT, _LOAD, _CPU, _SUB, _SKIP = (int(a) for a in Action)
 
 
 def _fail(policy: str, layer: int, msg: str) -> PolicyError:

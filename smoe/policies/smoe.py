@@ -42,16 +42,13 @@ import numpy as np
 from smoe.balance import split_load_cpu
 from smoe.caching import CachingPolicy
 from smoe.errors import PolicyParamError
-from smoe.plan import Action, ExpertKey, LayerView, Plan, PrefetchPlan
+from smoe.plan import _CPU, _HIT, _LOAD, _SKIP, _SUB, ExpertKey, LayerView, Plan, PrefetchPlan
 from smoe.policy import register_policy
 from smoe.router import route_rows
 
 REPLACE_MODES = ("none", "substitute", "skip", "lower")
 COST_MODES = ("fixed", "measured")
 PREFETCH_MODES = ("none", "attention", "no-attention")
-# Action codes as plain ints: a plan's [T,K] lists convert to an array faster than lists of enum members
-_HIT, _LOAD, _CPU, _SUB, _SKIP = (int(a) for a in (Action.HIT, Action.LOAD, Action.CPU, Action.SUBSTITUTE,
-                                                   Action.SKIP))
 
 
 @register_policy("score-lower", replace="lower")
@@ -142,7 +139,7 @@ class SMoE(CachingPolicy):
         if self.replace != "lower" and routed <= resident:
             # every routed expert is resident: nothing to replace, nothing to load (a decode layer's usual case)
             self.cache_plan(view, dict.fromkeys(routed, _HIT))  # touches; no room to make
-            return Plan(actions=np.zeros((T, K), dtype=np.int8))  # Action.HIT everywhere
+            return Plan(actions=np.zeros((T, K), dtype=np.int8))  # HIT everywhere
         computed = routed_rows
         if self.replace in ("substitute", "skip") and self.alpha > 0:
             computed = route_rows(view.score_rows, routed_rows, self.alpha, resident)
