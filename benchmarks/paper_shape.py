@@ -79,6 +79,11 @@ def main() -> int:
                     help="how every policy, the floor included, runs the decoder layers' decode attention: as CUDA "
                          "graphs (the runtime's default on a GPU) and/or op by op (rows labelled "
                          "{policy}@eager-skeleton, against a floor of their own); both: side by side")
+    ap.add_argument("--grouped", nargs="+", default=["slots"], choices=["slots", "gather"],
+                    help="how every policy, the floor included, computes a decode layer's resident experts in one "
+                         "batched product: read in place from the slots by a Triton kernel (the runtime's default on "
+                         "a GPU) and/or gathered out of them first (rows labelled {policy}@gather-experts, against a "
+                         "floor of their own); both: side by side")
     ap.add_argument("--cpu-threads", type=int, nargs="+", default=[None],
                     help="threads of the CPU-expert worker (default: the runtime's, half the cores); several: every "
                          "policy is run with each, rows labelled {policy}@cpu{N}")
@@ -130,23 +135,27 @@ def main() -> int:
             trace = Path(args.traces) / workload / f"b{batch}.pt"
             sizes = [{"budget_gb": b} for b in args.budgets_gb] if args.budgets_gb else \
                 [{"cache_experts": n} for n in args.slots]
-            settings = [("all-gpu", None, None, "graphs", args.cpu_threads[0], sk) for sk in args.skeleton] + [
-                (p, b, g, mode, threads, sk) for g in links for b in sizes for p in policies if p != "all-gpu"
+            settings = [("all-gpu", None, None, "graphs", args.cpu_threads[0], sk, gr) for sk in args.skeleton
+                        for gr in args.grouped] + [
+                (p, b, g, mode, threads, sk, gr) for g in links for b in sizes for p in policies if p != "all-gpu"
                 for mode in (args.predictor if predicts[p] else args.predictor[:1])
-                for threads in args.cpu_threads for sk in args.skeleton]
-            for policy, budget, link, mode, threads, skeleton in settings:
+                for threads in args.cpu_threads for sk in args.skeleton for gr in args.grouped]
+            for policy, budget, link, mode, threads, skeleton, grouped in settings:
                 try:
                     size = {"cache_experts": every_expert} if budget is None else budget
                     base, own = specs.get(policy, (policy, {}))
                     run = partial(run_replayed, source, base, trace, batch, device=args.device,
                                   params={**params, **own}, host_store=store, link_gbps=link,
                                   max_segments=args.segments, predictor_graphs=None if mode == "graphs" else False,
-                                  skeleton_graphs=None if skeleton == "graphs" else False, cpu_threads=threads, **size)
+                                  skeleton_graphs=None if skeleton == "graphs" else False, cpu_threads=threads,
+                                  grouped_experts=grouped if args.device == "cuda" else None, **size)
                     label = policy
                     if mode == "eager" and predicts[policy]:
                         label += "@eager-predictor"
                     if skeleton == "eager":
                         label += "@eager-skeleton"
+                    if grouped == "gather":
+                        label += "@gather-experts"
                     if len(args.cpu_threads) > 1 and policy != "all-gpu":
                         label += f"@cpu{threads or 'default'}"
                     policy = label
@@ -160,10 +169,10 @@ def main() -> int:
                     continue
                 m, acc = rec["metrics"], rec["prefetch_accuracy"]
                 if policy.split("@")[0] == "all-gpu":
-                    floor[(batch, workload, skeleton)] = m["tpot_s"]
+                    floor[(batch, workload, skeleton, grouped)] = m["tpot_s"]
                 steps = max(m["decode_steps"], 1)
                 link_Bps = rec["env"]["link_gbps"] * 1e9 if rec["env"]["link_gbps"] else env["copy_Bps"]
-                bound = max(floor.get((batch, workload, skeleton), 0.0),
+                bound = max(floor.get((batch, workload, skeleton, grouped), 0.0),
                             m["decode"]["bytes_h2d"] / steps / link_Bps if link_Bps else 0.0)
                 row = {"model": name, "gpu": args.gpu, "measured": args.device == "cuda",
                        "budget_gb": (budget or {}).get("budget_gb"), "policy": policy, "batch": batch,

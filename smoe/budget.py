@@ -62,17 +62,18 @@ def plan_memory(
     kv_tokens: int,
     budget_gb: float | None = None,
     cache_experts: int | None = None,
-    grouped: bool = False,
+    gathered: bool = False,
 ) -> MemoryPlan:
     """Slots for a budget (or a slot count), after the skeleton, the KV cache and the activations. With
-    `grouped` (decode's resident experts as one batched product) the activations also hold one layer's gathered
-    experts (top-k x batch), a transient copy beside the slots."""
+    `gathered` (decode's resident experts gathered out of their slots for one batched product: the runtime's
+    `grouped_experts='gather'`) the activations also hold one layer's gathered experts (top-k x batch), a transient
+    copy beside the slots."""
     if (budget_gb is None) == (cache_experts is None):
         raise BudgetError("give exactly one of --budget-gb and --cache-experts")
     min_slots = min(num_experts, top_k * batch)
     total_experts = num_experts * num_moe_layers
     kv = kv_bytes_per_token(config, dtype_bytes) * kv_tokens
-    activations = ACTIVATION_RESERVE_BYTES + (min_slots * expert_bytes if grouped else 0)
+    activations = ACTIVATION_RESERVE_BYTES + (min_slots * expert_bytes if gathered else 0)
     fixed = skeleton_bytes + kv + activations
     if cache_experts is not None:
         if cache_experts < min_slots:

@@ -31,6 +31,7 @@ from .plan import Action, CacheView, LayerView, ModelInfo, check_plan
 from .policy import ExpertPolicy
 from .pool import SlotPool
 from .predict import NextLayerPredictor, PrefetchContext
+from .grouped_kernel import slot_grouped_forward
 from .store import expert_forward, grouped_forward
 from .errors import PolicyError
 
@@ -63,7 +64,7 @@ class Engine:
         trace: bool = False,
         trace_predictions: bool = False,
         predictor: NextLayerPredictor | None = None,
-        grouped: bool = False,
+        grouped: str = "off",
     ):
         self.policy = policy
         self.pool = pool
@@ -87,7 +88,9 @@ class Engine:
         self.awaiting: set = set()  # prefetched experts whose layer has not run since
         self.wants_prefetch = type(policy).prefetch is not ExpertPolicy.prefetch
         # decode: a layer's resident experts as one batched product (a few kernels, not a few per expert; the
-        # runtime's default on a GPU, where launches dominate a decode step). Off: expert by expert, as HF orders.
+        # runtime's default on a GPU, where launches dominate a decode step), their weights read in place from the
+        # slots ("slots", `grouped_kernel`) or gathered out of them first ("gather"); "off": expert by expert, as
+        # HF orders.
         self.grouped = grouped
 
     # ---- whole-run hooks ----------------------------------------------------------------------------
@@ -201,7 +204,7 @@ class Engine:
         # output, so it never waits for a copy and the next prefetches queue behind the ones in flight.
         early = [e for e in hits if e not in in_flight]
         late = [e for e in hits if e in in_flight]
-        group = self.grouped and self.phase == "decode"
+        group = self.grouped != "off" and self.phase == "decode"
         summed: set[int] = set()  # experts whose weighted output hit_sum holds
         hit_sum = None  # [T,H]
 
@@ -285,8 +288,10 @@ class Engine:
         token that does not use one has weight 0 there): x [T,H], w [T,E] -> [T,H]. For decode, where T is the
         batch: the weights are read once either way, and the layer is a handful of kernels."""
         keys = [(layer, e) for e in experts]
-        weights = self.pool.gather(keys)  # [n, 3*I*H]
-        y = grouped_forward(x, weights, self.shape, self.act)  # [n,T,H]
+        if self.grouped == "slots":
+            y = slot_grouped_forward(x, self.pool.data, self.pool.slot_index(keys), self.shape, self.act)  # [n,T,H]
+        else:
+            y = grouped_forward(x, self.pool.gather(keys), self.shape, self.act)  # [n,T,H]
         self.pool.release_all(keys)
         gate = w[:, self._to_device(np.asarray(experts, dtype=np.int64))].T  # [n,T]
         return (y * gate[..., None].to(y.dtype)).sum(0)

@@ -95,11 +95,15 @@ class SlotPool:
         """The weights of resident experts stacked [n, 3*I*H] (one device gather), safe on the compute stream."""
         if not self.cuda:
             return torch.stack([self.store.expert(*k) for k in keys])
+        return self.data.index_select(0, self.slot_index(keys))
+
+    def slot_index(self, keys: list[ExpertKey]) -> torch.Tensor:
+        """The slots of resident experts [n] int64 on the device (rows of `data`), safe to read on the compute
+        stream (GPU only)."""
         slots = [self.slot_of[k] for k in keys]
         for slot in slots:
             self._await(slot)
-        index = self.staging.to_device(np.asarray(slots, dtype=np.int64))  # [n]
-        return self.data.index_select(0, index)
+        return self.staging.to_device(np.asarray(slots, dtype=np.int64))  # [n]
 
     def _await(self, slot: int) -> None:
         if slot in self._fresh:  # once waited for, later work on the compute stream is ordered after the copy

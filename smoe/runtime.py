@@ -23,6 +23,7 @@ import transformers
 from transformers import AutoTokenizer
 from transformers.activations import ACT2FN
 
+from . import grouped_kernel
 from .budget import kv_bytes_per_token, plan_memory
 from .checkpoint import Checkpoint
 from .engine import Engine, OffloadedExperts
@@ -45,6 +46,18 @@ log = logging.getLogger(__name__)
 class Result:
     tokens: list[list[int]]  # per sequence, the generated ids (prompt excluded)
     metrics: dict
+
+
+GROUPED = ("off", "gather", "slots")  # decode's resident experts: one by one; gathered and batched; from their slots
+
+
+def default_grouped(device: torch.device) -> str:
+    """How decode computes a layer's resident experts by default: on a GPU in one batched product, read in place
+    from the slots by `grouped_kernel` where Triton is installed (else gathered out of the slots first, which
+    moves each expert's bytes twice more); on a CPU one by one, in HF's order."""
+    if device.type != "cuda":
+        return "off"
+    return "slots" if grouped_kernel.available(device) else "gather"
 
 
 def default_cpu_threads() -> int:
@@ -72,7 +85,7 @@ class Runtime:
         policy_params: dict | None = None,
         host_store: HostStore | None = None,
         link_gbps: float | None = None,  # emulate a slower host->GPU link (GB/s); GPU runs only
-        grouped_experts: bool | None = None,  # decode's resident experts batched (default: on a GPU)
+        grouped_experts: str | None = None,  # decode's resident experts batched: GROUPED (default: `default_grouped`)
         predictor_graphs: bool | None = None,  # decode predictions as CUDA graphs (default: on a GPU; on a CPU,
         # True runs the same fixed-shape pieces eagerly)
         skeleton_graphs: bool | None = None,  # decode attention of known layer kinds as CUDA graphs (same defaults)
@@ -111,7 +124,12 @@ class Runtime:
             expert_bytes=expert_bytes,
             model_type=config.model_type,
         )
-        grouped = self.device.type == "cuda" if grouped_experts is None else grouped_experts
+        grouped = default_grouped(self.device) if grouped_experts is None else grouped_experts
+        if grouped not in GROUPED:
+            raise BudgetError(f"grouped_experts={grouped!r} is not one of {', '.join(GROUPED)}")
+        if grouped == "slots" and not grouped_kernel.available(self.device):
+            raise BudgetError(f"grouped_experts='slots' needs Triton and a CUDA device (device {device}); "
+                              f"use 'gather' or 'off'")
         self.memory = plan_memory(
             config=config,
             skeleton_bytes=skeleton_bytes,
@@ -124,7 +142,7 @@ class Runtime:
             kv_tokens=kv_tokens,
             budget_gb=budget_gb,
             cache_experts=cache_experts,
-            grouped=grouped,
+            gathered=grouped == "gather",
         )
         preload = list(self.policy.setup(self.info, self.memory.capacity))
 
@@ -277,6 +295,7 @@ class Runtime:
             # host time spent capturing the predictor's graphs (on their first use, inside the timed steps)
             "predictor_capture_s": self.engine.predictor.pieces.capture_s if self.predictor_graphs else 0.0,
             "skeleton_graphs": len(self.skeleton.installed) if self.skeleton else 0,  # layers served by them
+            "grouped_experts": self.engine.grouped,  # how decode computed a layer's resident experts (GROUPED)
             "skeleton_capture_s": self.skeleton.capture_s if self.skeleton else 0.0,
         }
         return env
@@ -300,6 +319,10 @@ class Runtime:
             self.__dict__.pop(name, None)
         gc.collect()
         if self.device.type == "cuda":
+            # cuBLAS keeps a workspace per stream it ran on (each run's copy stream and graph-capture streams are
+            # new): measured on the H200, 66 MiB left allocated per closed runtime, which a process running many
+            # counted against the next one's budget. Freed here; cuBLAS makes new ones when it next needs them.
+            torch._C._cuda_clearCublasWorkspaces()
             torch.cuda.empty_cache()
 
 

@@ -96,6 +96,13 @@ def test_unsupported_device(tiny):
         Runtime(tiny(FAMILY), "lru", device="meta", cache_experts=4)
 
 
+def test_grouped_experts_names_the_accepted_ways(tiny):
+    with pytest.raises(BudgetError, match="grouped_experts='batched' is not one of off, gather, slots"):
+        Runtime(tiny(FAMILY), "lru", device="cpu", cache_experts=4, grouped_experts="batched")
+    with pytest.raises(BudgetError, match="grouped_experts='slots' needs Triton and a CUDA device .device cpu."):
+        Runtime(tiny(FAMILY), "lru", device="cpu", cache_experts=4, grouped_experts="slots")
+
+
 def test_emulated_link_needs_a_gpu_and_a_positive_rate(tiny):
     with pytest.raises(BudgetError, match="link_gbps=12.0 emulates a slower PCIe link and needs device cuda"):
         Runtime(tiny(FAMILY), "lru", cache_experts=8, link_gbps=12.0)

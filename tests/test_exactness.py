@@ -145,7 +145,7 @@ def test_runtime_is_reusable_with_per_call_metrics(policy, tiny, reference):
 def test_grouped_decode_matches_hf(family, policy, slots, tiny, reference):
     """Decode's resident experts as one batched product (the GPU default) give HF's tokens and logits too."""
     ref = reference(family)
-    rt = Runtime(tiny(family), policy, device="cpu", cache_experts=slots, batch=BATCH, grouped_experts=True)
+    rt = Runtime(tiny(family), policy, device="cpu", cache_experts=slots, batch=BATCH, grouped_experts="gather")
     grouped_layers = []
     plain = rt.engine._grouped
     rt.engine._grouped = lambda *a: grouped_layers.append(a[0]) or plain(*a)

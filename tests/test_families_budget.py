@@ -96,8 +96,10 @@ def test_budget_buys_the_slots_it_can_hold(tiny):
         assert rt.memory.device_bytes <= rt.memory.budget_bytes
         if slots < 2 * mem.min_slots:
             continue
-        # grouped decode (the GPU default) gathers one layer's experts (top-k x batch) beside the slots
-        rt = Runtime(tiny(family), "lru", device="cpu", budget_gb=budget, batch=2, kv_tokens=64, grouped_experts=True)
+        # gathered grouped decode (the GPU default without Triton) holds one layer's experts (top-k x batch) beside
+        # the slots
+        rt = Runtime(tiny(family), "lru", device="cpu", budget_gb=budget, batch=2, kv_tokens=64,
+                     grouped_experts="gather")
         rt.close()
         assert rt.memory.capacity == slots - rt.memory.min_slots and rt.memory.device_bytes <= rt.memory.budget_bytes
     # more than every expert: capped at all of them
@@ -105,3 +107,16 @@ def test_budget_buys_the_slots_it_can_hold(tiny):
                  kv_tokens=64)
     rt.close()
     assert rt.memory.capacity == len(rt.info.moe_layers) * rt.info.num_experts
+
+
+def test_default_grouped_mode(monkeypatch):
+    """Decode's resident experts: one by one on a CPU; on a GPU read in place by the slot kernel where Triton is
+    installed, else gathered first (which the budget then reserves room for)."""
+    from smoe import grouped_kernel
+    from smoe.runtime import default_grouped
+
+    assert default_grouped(torch.device("cpu")) == "off"
+    monkeypatch.setattr(grouped_kernel, "triton", None)
+    assert default_grouped(torch.device("cuda")) == "gather"
+    monkeypatch.setattr(grouped_kernel, "triton", object())
+    assert default_grouped(torch.device("cuda")) == "slots"

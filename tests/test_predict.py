@@ -95,7 +95,7 @@ class PrefetchAllNext(ExpertPolicy):
         return PrefetchPlan(loads=[(nxt, e) for e in range(view.model.num_experts) if e not in resident])
 
 
-@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("grouped", ["off", "gather"])
 @pytest.mark.parametrize("family", ["qwen2_moe", "olmoe"])  # with and without a shared expert
 def test_prediction_reads_only_experts_resident_before_this_layers_prefetch(family, grouped, tiny, reference):
     """The prediction made at layer i reads layer i's output from the experts that were resident before the
