@@ -84,6 +84,10 @@ def main() -> int:
                          "batched product: read in place from the slots by a Triton kernel (the runtime's default on "
                          "a GPU) and/or gathered out of them first (rows labelled {policy}@gather-experts, against a "
                          "floor of their own); both: side by side")
+    ap.add_argument("--block-order", nargs="+", default=["router-first"], choices=["router-first", "hf"],
+                    help="Qwen2-MoE blocks: router before the shared expert, so the device runs the shared expert "
+                         "while the host plans (the runtime's default), and/or HF's order (rows labelled "
+                         "{policy}@hf-block-order, against a floor of their own); both: side by side")
     ap.add_argument("--cpu-threads", type=int, nargs="+", default=[None],
                     help="threads of the CPU-expert worker (default: the runtime's, half the cores); several: every "
                          "policy is run with each, rows labelled {policy}@cpu{N}")
@@ -135,12 +139,12 @@ def main() -> int:
             trace = Path(args.traces) / workload / f"b{batch}.pt"
             sizes = [{"budget_gb": b} for b in args.budgets_gb] if args.budgets_gb else \
                 [{"cache_experts": n} for n in args.slots]
-            settings = [("all-gpu", None, None, "graphs", args.cpu_threads[0], sk, gr) for sk in args.skeleton
-                        for gr in args.grouped] + [
-                (p, b, g, mode, threads, sk, gr) for g in links for b in sizes for p in policies if p != "all-gpu"
+            modes = [(sk, gr, bo) for sk in args.skeleton for gr in args.grouped for bo in args.block_order]
+            settings = [("all-gpu", None, None, "graphs", args.cpu_threads[0], *m) for m in modes] + [
+                (p, b, g, mode, threads, *m) for g in links for b in sizes for p in policies if p != "all-gpu"
                 for mode in (args.predictor if predicts[p] else args.predictor[:1])
-                for threads in args.cpu_threads for sk in args.skeleton for gr in args.grouped]
-            for policy, budget, link, mode, threads, skeleton, grouped in settings:
+                for threads in args.cpu_threads for m in modes]
+            for policy, budget, link, mode, threads, skeleton, grouped, order in settings:
                 try:
                     size = {"cache_experts": every_expert} if budget is None else budget
                     base, own = specs.get(policy, (policy, {}))
@@ -148,7 +152,8 @@ def main() -> int:
                                   params={**params, **own}, host_store=store, link_gbps=link,
                                   max_segments=args.segments, predictor_graphs=None if mode == "graphs" else False,
                                   skeleton_graphs=None if skeleton == "graphs" else False, cpu_threads=threads,
-                                  grouped_experts=grouped if args.device == "cuda" else None, **size)
+                                  grouped_experts=grouped if args.device == "cuda" else None,
+                                  router_first=order == "router-first", **size)
                     label = policy
                     if mode == "eager" and predicts[policy]:
                         label += "@eager-predictor"
@@ -156,6 +161,8 @@ def main() -> int:
                         label += "@eager-skeleton"
                     if grouped == "gather":
                         label += "@gather-experts"
+                    if order == "hf":
+                        label += "@hf-block-order"
                     if len(args.cpu_threads) > 1 and policy != "all-gpu":
                         label += f"@cpu{threads or 'default'}"
                     policy = label
@@ -169,10 +176,10 @@ def main() -> int:
                     continue
                 m, acc = rec["metrics"], rec["prefetch_accuracy"]
                 if policy.split("@")[0] == "all-gpu":
-                    floor[(batch, workload, skeleton, grouped)] = m["tpot_s"]
+                    floor[(batch, workload, skeleton, grouped, order)] = m["tpot_s"]
                 steps = max(m["decode_steps"], 1)
                 link_Bps = rec["env"]["link_gbps"] * 1e9 if rec["env"]["link_gbps"] else env["copy_Bps"]
-                bound = max(floor.get((batch, workload, skeleton, grouped), 0.0),
+                bound = max(floor.get((batch, workload, skeleton, grouped, order), 0.0),
                             m["decode"]["bytes_h2d"] / steps / link_Bps if link_Bps else 0.0)
                 row = {"model": name, "gpu": args.gpu, "measured": args.device == "cuda",
                        "budget_gb": (budget or {}).get("budget_gb"), "policy": policy, "batch": batch,

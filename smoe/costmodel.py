@@ -176,7 +176,8 @@ def calibrate(all_gpu_plans: list[list[int]], measured_tpot_s: float, profile: M
 @dataclass
 class MeasuredRun:
     """What the fit needs of one measured run (a `run_replayed` record)."""
-    group: tuple  # (batch, workload, skeleton graphs on, grouped mode): runs of one group share the all-GPU floor
+    group: tuple  # (batch, workload, skeleton graphs on, grouped mode, router first): runs of one group share the
+    # all-GPU floor
     policy: str
     floor: bool  # the all-GPU run of its group
     plans: list[list[int]]
@@ -207,7 +208,8 @@ class MeasuredRun:
         own = dec["predict_time_s"] / (layers * passes) if passes and "predict_time_s" in dec else None
         graphs = rec.get("env", {}).get("skeleton_graphs", 0) > 0  # records before the skeleton graphs: off
         grouped = rec.get("env", {}).get("grouped_experts", "gather")  # records before the slot kernel gathered
-        return cls(group=(p["batch"], Path(p["replay"]).parent.name, graphs, grouped), policy=label,
+        first = rec.get("env", {}).get("router_first", 0) > 0  # records before 2026-12-01 ran HF's block order
+        return cls(group=(p["batch"], Path(p["replay"]).parent.name, graphs, grouped, first), policy=label,
                    floor=p["policy"] == "all-gpu", plans=rec["plans"],
                    costs=ModelCosts(**rec["costs"]), tpot_s=m["tpot_s"],
                    link_gbps=p.get("link_gbps") or native_gbps,

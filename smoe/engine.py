@@ -4,7 +4,8 @@ Where it sits: `OffloadedExperts` replaces the `experts` module of every HF MoE 
 router, shared experts and dense layers run unchanged; for the routed experts the block calls
 `Engine.run_layer`, which per layer:
   1. turns the router logits (captured by a hook on the block's gate) into scores [T,E] and asks the
-     policy for a plan (scores and top-k copied to the host: a wait on the compute stream only);
+     policy for a plan (scores and top-k copied to the host: a wait on the compute stream only, up to the
+     router; a Qwen2-MoE block starts the copy before queueing its shared expert: `router_first.py`);
   2. checks the plan, evicts, and sends CPU experts to the CPU worker thread;
   3. computes resident experts on the compute stream while the loads copy on the copy stream;
      each loaded expert is computed as soon as its copy lands (event wait, no device synchronize);
@@ -44,11 +45,20 @@ class OffloadedExperts(nn.Module):
         self.engine: Engine | None = None  # attached once the slot pool exists
         self.layer = layer
         self.logits: torch.Tensor | None = None  # [T,E], set by the gate's forward hook
+        self.staged: tuple | None = None  # the scores and their copy to the host under way (`stage`)
 
-    def forward(self, hidden_states, top_k_index, top_k_weights):
+    def stage(self, top_k_index: torch.Tensor) -> None:
+        """Start copying this layer's router scores and top-k [T,K] to the host now, before the block queues more
+        work (`router_first`); `forward` then waits for the copy only."""
         logits, self.logits = self.logits, None
         assert logits is not None, "router logits were not captured"
-        return self.engine.run_layer(self.layer, hidden_states, top_k_index, top_k_weights, logits)
+        self.staged = self.engine.stage_scores(logits, top_k_index)
+
+    def forward(self, hidden_states, top_k_index, top_k_weights):
+        if self.staged is None:  # the block did not stage the scores: start their copy now
+            self.stage(top_k_index)
+        staged, self.staged = self.staged, None
+        return self.engine.run_layer(self.layer, hidden_states, top_k_index, top_k_weights, staged)
 
 
 class Engine:
@@ -116,16 +126,23 @@ class Engine:
         return outs, time.perf_counter() - t0
 
     @torch.no_grad()
-    def run_layer(self, layer, x, topk_idx, topk_w, logits):
-        with span("smoe.layer"):
-            return self._run_layer(layer, x, topk_idx, topk_w, logits)
+    def stage_scores(self, logits: torch.Tensor, topk_idx: torch.Tensor) -> tuple:
+        """logits [T,E], the router's top-k [T,K] -> (scores [T,E] float32, their copy with the top-k to the host,
+        queued on the compute stream now)."""
+        scores = self.family.scores(logits)
+        return scores, self.pool.staging.start_to_host(scores, topk_idx)
 
-    def _run_layer(self, layer, x, topk_idx, topk_w, logits):
-        # x [T,H]  topk_idx/topk_w [T,K]  logits [T,E]
+    @torch.no_grad()
+    def run_layer(self, layer, x, topk_idx, topk_w, staged):
+        with span("smoe.layer"):
+            return self._run_layer(layer, x, topk_idx, topk_w, staged)
+
+    def _run_layer(self, layer, x, topk_idx, topk_w, staged):
+        # x [T,H]  topk_idx/topk_w [T,K]  staged: `stage_scores`' (scores [T,E], host copy under way)
         m = self.metrics[self.phase]
-        scores = self.family.scores(logits)  # [T,E] float32
-        with span("smoe.scores_to_host"):  # waits for the compute stream: the layer's attention and router
-            host_scores, host_topk = self.pool.staging.to_host(scores, topk_idx)
+        scores, started = staged
+        with span("smoe.scores_to_host"):  # waits for the compute stream up to the router (and what came before it)
+            host_scores, host_topk = self.pool.staging.finish_to_host(started)
         view = LayerView(
             layer=layer,
             phase=self.phase,

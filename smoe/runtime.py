@@ -24,6 +24,7 @@ from transformers import AutoTokenizer
 from transformers.activations import ACT2FN
 
 from . import grouped_kernel
+from . import router_first as router_order
 from .budget import kv_bytes_per_token, plan_memory
 from .checkpoint import Checkpoint
 from .engine import Engine, OffloadedExperts
@@ -89,6 +90,7 @@ class Runtime:
         predictor_graphs: bool | None = None,  # decode predictions as CUDA graphs (default: on a GPU; on a CPU,
         # True runs the same fixed-shape pieces eagerly)
         skeleton_graphs: bool | None = None,  # decode attention of known layer kinds as CUDA graphs (same defaults)
+        router_first: bool = True,  # Qwen2-MoE blocks run their router before their shared expert (`router_first`)
     ):
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -170,9 +172,12 @@ class Runtime:
         self.skeleton = None
         if self.device.type == "cuda" if skeleton_graphs is None else skeleton_graphs:
             self.skeleton = SkeletonGraphs(self.model.model.layers, capture=self.device.type == "cuda")
+        self.router_first = [layer for layer, block in blocks.items() if router_first and router_order.applies(block)]
         for layer, block in blocks.items():
             self.experts[layer].engine = self.engine
             block.gate.register_forward_hook(self._capture_logits(layer))
+            if layer in self.router_first:
+                router_order.install(block)
         self.engine.preload_keys(preload)
         self.tokenizer = None
         if self.ckpt.tokenizer_present():
@@ -296,6 +301,7 @@ class Runtime:
             "predictor_capture_s": self.engine.predictor.pieces.capture_s if self.predictor_graphs else 0.0,
             "skeleton_graphs": len(self.skeleton.installed) if self.skeleton else 0,  # layers served by them
             "grouped_experts": self.engine.grouped,  # how decode computed a layer's resident experts (GROUPED)
+            "router_first": len(self.router_first),  # MoE blocks that ran their router before their shared expert
             "skeleton_capture_s": self.skeleton.capture_s if self.skeleton else 0.0,
         }
         return env

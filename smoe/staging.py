@@ -7,9 +7,11 @@ in the H200 profiles, several per layer). Here:
   - `to_device` copies into one pinned buffer, used as two halves in turn, and from there to the device on the
     current stream. Before a half is written again, the host waits for the event recorded when it was left, so
     no copy still reading it is overwritten (a half holds hundreds of layers' copies; the wait has long passed).
-  - `to_host` reads several device tensors back with one wait: each is copied into a pinned buffer of its shape
-    and dtype on the current stream, then one synchronize of that stream; the caller gets clones, so nothing
-    it keeps is overwritten by a later read.
+  - `start_to_host` / `finish_to_host` read several device tensors back with one wait: each is copied into a
+    pinned buffer of its shape and dtype on the current stream and an event is recorded after the copies; the
+    finish waits for that event only (work queued after the copies runs on), and the caller gets clones, so
+    nothing it keeps is overwritten by a later read. One read is in flight at a time (the engine's, of a layer's
+    router scores): a start abandons a read left unfinished.
 On a CPU device both are the identity (the tensors are already where they are needed).
 """
 from __future__ import annotations
@@ -56,7 +58,8 @@ class PinnedStaging:
         self.cuda = device.type == "cuda"
         self.ring = Ring(nbytes, torch.cuda.Event)
         self.buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True) if self.cuda else None
-        self.back: dict[tuple, torch.Tensor] = {}  # (position, shape, dtype) -> pinned host tensor for `to_host`
+        self.back: dict[tuple, torch.Tensor] = {}  # (position, shape, dtype) -> pinned host tensor of a read
+        self.read = torch.cuda.Event() if self.cuda else None  # recorded after a read's copies (one event, reused)
 
     def to_device(self, a: np.ndarray | torch.Tensor) -> torch.Tensor:
         """A host array or tensor -> the same values on the device (asynchronous on the current stream)."""
@@ -71,10 +74,11 @@ class PinnedStaging:
         staged.copy_(t)
         return staged.to(self.device, non_blocking=True)
 
-    def to_host(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
-        """Device tensors -> host copies of them, after one wait on the current stream."""
+    def start_to_host(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        """Queue the copies of device tensors to the host on the current stream; `finish_to_host(result)` waits
+        for them. Work queued after this call does not delay the finish."""
         if not self.cuda:
-            return [t.cpu() for t in tensors]
+            return list(tensors)  # already on the host: `finish_to_host` hands them over
         out = []
         for i, t in enumerate(tensors):
             key = (i, tuple(t.shape), t.dtype)
@@ -83,5 +87,12 @@ class PinnedStaging:
                 host = self.back[key] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
             host.copy_(t, non_blocking=True)
             out.append(host)
-        torch.cuda.current_stream().synchronize()
-        return [h.clone() for h in out]
+        self.read.record()
+        return out
+
+    def finish_to_host(self, started: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The host copies `start_to_host` queued, once they have landed (a wait on its event only)."""
+        if not self.cuda:
+            return [t.cpu() for t in started]
+        self.read.synchronize()
+        return [h.clone() for h in started]

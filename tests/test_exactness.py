@@ -8,6 +8,7 @@ import torch
 
 from smoe.errors import BudgetError
 from smoe.generate import greedy_decode
+from smoe.loader import moe_blocks
 from smoe.runtime import Runtime
 from smoe_test_support import FAMILIES, NEW_TOKENS, PAD_ID, PROMPTS, collect_logits
 
@@ -158,3 +159,29 @@ def test_grouped_decode_matches_hf(family, policy, slots, tiny, reference):
     assert res.tokens == ref.tokens
     for step, (got, want) in enumerate(zip(logits, ref.logits)):
         torch.testing.assert_close(got, want, atol=ATOL, rtol=0, msg=lambda s: f"step {step}: {s}")
+
+
+def test_router_first_block_order(tiny, reference):
+    """Qwen2-MoE blocks run their router before their shared expert (`smoe.router_first`): when the shared expert
+    runs, the layer's scores are already on their way to the host; with `router_first=False` the block keeps HF's
+    order (shared expert, then router). The two orders give the same logits bit for bit, and HF's tokens."""
+    family = "qwen2_moe"
+    ref = reference(family)
+    runs = {}
+    for router_first in (True, False):
+        rt = Runtime(tiny(family), "lru", device="cpu", cache_experts=FEW, batch=BATCH, router_first=router_first)
+        staged_when_shared_ran = []
+        for block in moe_blocks(rt.model).values():
+            block.shared_expert.register_forward_hook(
+                lambda mod, args, out, experts=block.experts: staged_when_shared_ran.append(experts.staged is not None))
+        try:
+            assert len(rt.router_first) == (len(rt.experts) if router_first else 0)
+            logits, _, cb = collect_logits()
+            res = rt.generate(PROMPTS, NEW_TOKENS, on_logits=cb)
+        finally:
+            rt.close()
+        assert staged_when_shared_ran and set(staged_when_shared_ran) == {router_first}
+        assert res.tokens == ref.tokens
+        runs[router_first] = logits
+    for step, (first, hf_order) in enumerate(zip(runs[True], runs[False])):
+        assert torch.equal(first, hf_order), f"step {step}: the two block orders' logits differ"

@@ -3,7 +3,8 @@
                               a paper GPU's PCIe; `skeleton`: whether the decode attention ran as CUDA graphs;
                               `grouped`: how decode computed a layer's resident experts, `slots` (read in place
                               by the Triton kernel) or `gather` (gathered out of the slots first, every run
-                              before 2026-12-01)),
+                              before 2026-12-01); `block_order`: `router-first` (Qwen2-MoE blocks ran their
+                              router before their shared expert) or `hf`),
                               then the cost model's rows for every profile (measured=False), modelled from
                               the native runs' executed plans: the paper's GPUs, and the machines measured by
                               the `machine_profile` rule (config `machine_profiles:`, and the machine this
@@ -11,8 +12,8 @@
   costmodel_validation.csv    per offloading run, the cost model's TPOT against the measured one on the machine
                               it ran on, at the run's own link rate; host costs are fitted on the native-link
                               runs, so the emulated-link runs (`held_out`) check it
-  smoe_vs_best_gpu.csv        per measured setting (folder, shape, batch, workload, skeleton and grouped modes,
-                              link): the
+  smoe_vs_best_gpu.csv        per measured setting (folder, shape, batch, workload, skeleton, grouped and block
+                              order modes, link): the
                               all-GPU floor, the best offloading baseline and every SMoE variant's TPOT as a
                               multiple of it
   ablation_gpu.csv            the paper's Fig. 14 steps (lru, +CE, +CR, +Pre, +BA) where a setting ran them all:
@@ -37,7 +38,8 @@ for path in map(Path, sm.input.runs):  # {stem}.jsonl with {stem}_env.json besid
     rows = pd.DataFrame([r["row"] for r in records])
     skeleton = ["graphs" if r["env"].get("skeleton_graphs", 0) > 0 else "eager" for r in records]
     grouped = [r["env"].get("grouped_experts", "gather") for r in records]  # GPU runs gathered until 2026-12-01
-    measured.append(rows.assign(emulated=rows.link_gbps.notna(), skeleton=skeleton, grouped=grouped,
+    order = ["router-first" if r["env"].get("router_first", 0) > 0 else "hf" for r in records]  # hf until 2026-12-01
+    measured.append(rows.assign(emulated=rows.link_gbps.notna(), skeleton=skeleton, grouped=grouped, block_order=order,
                                 source=f"{path.parent.name}/{path.name}"))
     # records older than `policy_resolved` ran with the defaults of their day: the env file states any that changed
     check, model = model_measured_runs(records, env["copy_Bps"] / 1e9, records[0]["row"]["gpu"], profiles,
@@ -53,14 +55,13 @@ STEPS = ["lru", "smoe-ce", "smoe-ce-cr", "smoe-ce-cr-pre", "smoe"]
 runs = pd.concat(measured, ignore_index=True)
 runs["folder"] = runs.source.str.split("/").str[0]
 # the modes are the `skeleton` and `grouped` columns
-runs["policy"] = runs.policy.str.replace("@eager-skeleton", "", regex=False).str.replace("@gather-experts", "",
-                                                                                          regex=False)
-setting = ["folder", "model", "budget_gb", "batch", "workload", "skeleton", "grouped"]
-floors = runs[runs.policy == "all-gpu"].set_index(["folder", "model", "batch", "workload", "skeleton",
-                                                   "grouped"]).tpot_s
+runs["policy"] = runs.policy.str.replace("@eager-skeleton|@gather-experts|@hf-block-order", "", regex=True)
+setting = ["folder", "model", "budget_gb", "batch", "workload", "skeleton", "grouped", "block_order"]
+floors = runs[runs.policy == "all-gpu"].set_index(["folder", "model", "batch", "workload", "skeleton", "grouped",
+                                                   "block_order"]).tpot_s
 summary, steps = [], []
 for key, group in runs[runs.policy != "all-gpu"].groupby(setting, dropna=False, sort=False):
-    floor = floors.get((key[0], key[1], key[3], key[4], key[5], key[6]))
+    floor = floors.get((key[0], key[1], *key[3:]))
     for link, g in group.groupby(group.link_gbps.fillna(0), sort=False):
         t = g.drop_duplicates("policy").set_index("policy")
         base = t.tpot_s[t.index.isin(BASELINES)]
