@@ -149,6 +149,17 @@ def test_paper_shape_benchmark_runs_end_to_end_on_toy_widths(tmp_path):
     floors = {r["row"]["policy"]: r["row"]["tpot_s"] for r in threads[:2]}
     assert threads[2]["row"]["bound_s"] >= floors["all-gpu"] and threads[3]["row"]["bound_s"] >= floors["all-gpu@eager-skeleton"]
     assert all(r["env"]["skeleton_graphs"] == 0 for r in threads)  # the graphs serve GPU runs only
+    # --block-order both ways: HF's order labelled, the same decisions, each row against its own floor
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/paper_shape.py"), "--shape", "deepseek-moe-16b-shape",
+                    "--tiny", "--device", "cpu", "--traces", str(tmp_path / "traces"), "--workloads", "exam",
+                    "--batches", "1", "--budgets-gb", "0.267", "--policies", "lru", "--block-order", "router-first",
+                    "hf", "--out", str(tmp_path / "order")], check=True, cwd=ROOT)
+    order = [json.loads(line) for line in (tmp_path / "order/deepseek-moe-16b-shape-tiny.jsonl").read_text().splitlines()]
+    assert [(r["row"]["policy"], r["env"]["router_first"]) for r in order] == [
+        ("all-gpu", 27), ("all-gpu@hf-block-order", 0), ("lru", 27), ("lru@hf-block-order", 0)]
+    assert order[2]["metrics"]["decode"] == {**order[3]["metrics"]["decode"], **{k: order[2]["metrics"]["decode"][k]
+                                             for k in ("policy_time_s", "predict_time_s", "cpu_time_s")}}
+    assert order[2]["row"]["bound_s"] >= order[0]["row"]["tpot_s"] and order[3]["row"]["bound_s"] >= order[1]["row"]["tpot_s"]
     # --profile: a profile per setting, with the engine's spans and the ops inside them; no rows (not measured)
     prof = tmp_path / "prof"
     subprocess.run([sys.executable, str(ROOT / "benchmarks/paper_shape.py"), "--shape", "deepseek-moe-16b-shape",
