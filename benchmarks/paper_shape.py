@@ -107,6 +107,9 @@ def main() -> int:
     links = [g or None for g in args.link_gbps]  # None: the machine's own link
     if any(links) and args.device != "cuda":
         ap.error("--link-gbps emulates a PCIe link on a GPU; it needs --device cuda")
+    if args.grouped != ["slots"] and args.device != "cuda":
+        ap.error("--grouped chooses how a GPU computes a decode layer's experts; on a CPU they run one by one "
+                 "(leave --grouped out)")
     overrides = {"num_hidden_layers": args.layers} if args.layers else {}
     if args.tiny:
         overrides |= dict(hidden_size=64, intermediate_size=128, moe_intermediate_size=16, vocab_size=512,
@@ -152,7 +155,7 @@ def main() -> int:
                                   params={**params, **own}, host_store=store, link_gbps=link,
                                   max_segments=args.segments, predictor_graphs=None if mode == "graphs" else False,
                                   skeleton_graphs=None if skeleton == "graphs" else False, cpu_threads=threads,
-                                  grouped_experts=grouped if args.device == "cuda" else None,
+                                  grouped_experts=None if args.device == "cpu" else grouped,
                                   router_first=order == "router-first", **size)
                     label = policy
                     if mode == "eager" and predicts[policy]:
