@@ -88,11 +88,9 @@ class HybriMoE(CachingPolicy):
         i = layers.index(view.layer)
         c_cpu = view.model.expert_bytes / (self.cpu_gbps * 1e9)
         impact: list[tuple[float, ExpertKey]] = []
-        for d in range(1, self.depth + 1):
-            if i + d >= len(layers):
-                break
-            target = layers[i + d]
-            scores = ctx.gate_scores(target).max(dim=0).values  # [E] best predicted score over the batch
+        targets = layers[i + 1:i + 1 + self.depth]
+        for d, (target, predicted) in enumerate(zip(targets, ctx.gate_scores(targets)), 1):
+            scores = predicted.max(dim=0).values  # [E] best predicted score over the batch
             top, best = scores.topk(self.model.top_k).indices.tolist(), scores.tolist()
             impact += [(best[e] * c_cpu / d, (target, e)) for e in top if (target, e) not in self.cached]
         impact.sort(key=lambda x: (-x[0], x[1]))

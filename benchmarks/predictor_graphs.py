@@ -48,7 +48,7 @@ class PredictProbe(ExpertPolicy):
         if view.phase != "decode" or ctx.next_layer is None:
             return None
         runs = {"attention": lambda: ctx.predict(attention=True), "no-attention": lambda: ctx.predict(attention=False),
-                "lookahead": lambda: ctx.gate_scores(ctx.next_layer)}
+                "lookahead": lambda: ctx.gate_scores([ctx.next_layer])[0]}
         for kind, run in runs.items():
             t0 = time.perf_counter()
             self.predicted[(self.call, view.step, view.layer, kind)] = run()

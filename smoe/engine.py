@@ -10,7 +10,8 @@ router, shared experts and dense layers run unchanged; for the routed experts th
   3. computes resident experts on the compute stream while the loads copy on the copy stream;
      each loaded expert is computed as soon as its copy lands (event wait, no device synchronize);
   4. lets the policy prefetch later layers (the prediction reads the experts resident before this layer's
-     prefetched ones, which are computed after it), collects the CPU results, and combines every expert's output
+     prefetched ones, which are computed after it: queued before the host waits for the prediction, so the device
+     runs them while the host decides), collects the CPU results, and combines every expert's output
      with the family's gate weights, in ascending expert order as the HF module does (so a plan that
      changes nothing reproduces the HF output bit for bit on the same device);
   5. counts every metric and, if asked, appends the layer's scores and executed plan to the trace.
@@ -236,6 +237,7 @@ class Engine:
                     compute(e)
 
         add_hits(early)
+        self.pool.mark_used((layer, e) for e in early)
         # Prefetch for later layers while this layer's loads are still copying.
         prefetched: list = []
 
@@ -245,22 +247,33 @@ class Engine:
                 return hit_sum
             return self._combine(torch.zeros_like(x) if hit_sum is None else hit_sum.clone(), single, outs, tok, w)
 
+        def queue_rest() -> None:  # the layer's other device work: its experts prefetched for it, then its loads
+            add_hits(late)
+            while issued:
+                compute(issued.pop(0))
+
         predicted = None
         if self.trace is not None and self.trace_predictions and self.phase == "decode" \
                 and self.predictor is not None and self.predictor.replay is None:
             predicted = self._predictions(layer, x, partial())
+        rest_queued = False
         if self.wants_prefetch and not pending:
-            ctx = PrefetchContext(layer, x, partial, self.predictor)
+            # A prediction queues the rest of the layer before it waits, so the device computes it while the host waits
+            # and decides. Not in a layer that discards experts: that frees slots, which the prefetch must not see yet.
+            rest_queued = not ex.discard
+            ctx = PrefetchContext(layer, x, partial, self.predictor, self.pool.staging,
+                                  then=queue_rest if rest_queued else None)
             t0 = time.perf_counter()
             with span("smoe.prefetch"):
                 nxt = self.policy.prefetch(view, ctx)
-            m.policy_time_s += time.perf_counter() - t0 - ctx.predict_s
+            m.policy_time_s += time.perf_counter() - t0 - ctx.predict_s - ctx.then_s
             m.predict_time_s += ctx.predict_s
             if nxt is not None:
                 prefetched = self._prefetch(nxt, layer)
-        add_hits(late)
-        while issued:
-            compute(issued.pop(0))
+            ctx.finish_layer()
+        if not rest_queued:
+            queue_rest()
+        self.pool.mark_used((layer, e) for e in late)  # after the prefetch, which counts them as not yet used
         assert not pending, "check_plan admitted loads without slots"
 
         if cpu_future is not None:
@@ -271,9 +284,9 @@ class Engine:
             on_device = torch.split(self._to_device(torch.cat(cpu_outs)), [len(o) for o in cpu_outs])
             outs.update(zip(cpu_experts, on_device))
 
-        rest = [e for e in order if e not in summed]
-        # hit_sum has no reader left (the prediction has been read back): the rest is added to it in place
-        final = self._combine(torch.zeros_like(x) if hit_sum is None else hit_sum, rest, outs, tok, w)
+        unsummed = [e for e in order if e not in summed]
+        # hit_sum has no reader left (the prediction queued before has been read back): the rest is added in place
+        final = self._combine(torch.zeros_like(x) if hit_sum is None else hit_sum, unsummed, outs, tok, w)
 
         m.uses += sum(len(t) for t in ex.tokens.values())
         m.substitutions += ex.substitutions

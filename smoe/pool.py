@@ -114,9 +114,12 @@ class SlotPool:
         """Mark the end of the compute stream's reads of this expert's slot."""
         self.release_all([key])
 
+    def mark_used(self, keys) -> None:
+        """These experts have been used since they were prefetched (no longer `prefetched`)."""
+        self.prefetched.difference_update(keys)
+
     def release_all(self, keys: list[ExpertKey]) -> None:
         """Mark the end of the compute stream's reads of these experts' slots (one event for all)."""
-        self.prefetched.difference_update(keys)
         if self.cuda:
             done = torch.cuda.Event()
             done.record(self.compute_stream)

@@ -125,36 +125,35 @@ class NextLayerPredictor:
 
     @torch.no_grad()
     def gate_scores(self, layer: int, x: torch.Tensor, partial: torch.Tensor, target: int) -> torch.Tensor:
-        """Scores [T,E] of a later MoE layer's router applied to this layer's approximate output, with no
-        layer in between run (HybriMoE's multi-layer look-ahead)."""
+        """Scores [T,E] on the device of a later MoE layer's router applied to this layer's approximate output,
+        with no layer in between run (HybriMoE's multi-layer look-ahead)."""
         pieces = self._pieces_for(layer)
         if pieces is not None:
-            return self._replayed(pieces.gate_scores(layer, x, partial, target), layer, False,
-                                  self.distance(layer, target))
+            return pieces.gate_scores(layer, x, partial, target)
         h = self.approx_output(layer, x, partial)
         dec = self.layers[target]
-        scores = self.family.scores(self.blocks[target].gate(dec.post_attention_layernorm(h).flatten(0, 1))[0])
-        return self._replayed(scores, layer, False, self.distance(layer, target))
+        return self.family.scores(self.blocks[target].gate(dec.post_attention_layernorm(h).flatten(0, 1))[0])
 
-    def _replayed(self, scores: torch.Tensor, layer: int, attention: bool, distance: int) -> torch.Tensor:
-        """Under routing replay the prediction is computed and waited for (its cost is paid) and then replaced
-        by the one recorded with the trace (on the CPU), which matches the replayed routing."""
+    def replayed(self, scores: torch.Tensor, layer: int, attention: bool, distance: int) -> torch.Tensor:
+        """A prediction read back to the host [T,E] -> what the policy gets: under routing replay the one recorded
+        with the trace, which matches the replayed routing (the prediction was still computed and waited for: its
+        cost is paid); else the prediction itself."""
         if self.replay is None:
             return scores
-        scores.cpu()
         return self.replay.predicted(layer, attention, distance)
 
     @torch.no_grad()
     def predict(self, layer: int, x: torch.Tensor, partial: torch.Tensor, attention: bool) -> torch.Tensor:
-        """x [T,H]: layer's normed input; partial [T,H]: its routed output so far -> next layer's scores [T,E]."""
+        """x [T,H]: layer's normed input; partial [T,H]: its routed output so far -> next layer's scores [T,E], on
+        the device."""
         nxt = self.next_layer(layer)
         assert nxt is not None
         pieces = self._pieces_for(layer)
         if pieces is not None:
             if not attention:
-                return self._replayed(pieces.gate_scores(layer, x, partial, nxt), layer, False, 1)
+                return pieces.gate_scores(layer, x, partial, nxt)
             if pieces.lean_attention(self.layers[nxt].self_attn):
-                return self._replayed(pieces.predict_attention(layer, x, partial), layer, True, 1)
+                return pieces.predict_attention(layer, x, partial)
         h = self.approx_output(layer, x, partial)
         B, S, H = h.shape
         dec = self.layers[nxt]
@@ -172,37 +171,73 @@ class NextLayerPredictor:
             )[0]
             h = h + attn_out
         logits = self.blocks[nxt].gate(dec.post_attention_layernorm(h).reshape(B * S, H))[0]
-        return self._replayed(self.family.scores(logits), layer, attention, 1)
+        return self.family.scores(logits)
 
 
 class PrefetchContext:
     """What a policy's `prefetch` hook gets besides the layer view: the layer's input and, on demand, the
-    predicted router scores of the next MoE layer."""
+    predicted router scores of the next MoE layer (or of later ones).
 
-    def __init__(self, layer: int, hidden: torch.Tensor, partial, predictor: NextLayerPredictor | None):
+    A prediction is queued on the compute stream and its copy to the host started; before the host waits for it,
+    `then` queues the rest of the layer's device work (its experts prefetched for it and its loads), once, so the
+    device computes them while the host waits and then decides the prefetch. The prediction reads the layer's
+    output as `partial` gave it at the first request (the experts resident before this layer's prefetches)."""
+
+    def __init__(self, layer: int, hidden: torch.Tensor, partial, predictor: NextLayerPredictor | None,
+                 staging, then=None):
         self.layer = layer
         self.hidden = hidden  # [T,H] the layer's normed input, on the device
         self._partial = partial  # () -> [T,H] this layer's routed output so far (its resident experts)
         self._predictor = predictor
+        self._staging = staging  # the pool's `PinnedStaging`: the read back to the host
+        self._then = then  # () -> None: queues the rest of the layer (run at most once)
         self.predict_s = 0.0  # host time spent in predictor passes (the runtime's, not the policy's)
+        self.then_s = 0.0  # host time spent queueing the rest of the layer (the engine's)
 
     @property
     def next_layer(self) -> int | None:
         return None if self._predictor is None else self._predictor.next_layer(self.layer)
 
+    def finish_layer(self) -> None:
+        """Queue the rest of the layer now, if no prediction has done so."""
+        then, self._then = self._then, None
+        if then is not None:
+            t0 = time.perf_counter()
+            then()
+            self.then_s += time.perf_counter() - t0
+
+    def partial(self) -> torch.Tensor:
+        """[T,H] the layer's routed output from its experts resident before this layer's prefetches."""
+        if not isinstance(self._partial, torch.Tensor):
+            self._partial = self._partial()
+        return self._partial
+
+    def _read(self, scores: list[torch.Tensor], attention: bool, distances: list[int]) -> list[torch.Tensor]:
+        """Device predictions [T,E] each -> on the host (one wait, after the rest of the layer is queued)."""
+        started = self._staging.start_to_host(*scores)
+        self.finish_layer()
+        host = self._staging.finish_to_host(started)
+        return [self._predictor.replayed(h, self.layer, attention, d) for h, d in zip(host, distances)]
+
     def predict(self, attention: bool = True) -> torch.Tensor:
-        """Predicted scores [T,E] of the next MoE layer, on the CPU (waits for the compute stream)."""
+        """Predicted scores [T,E] of the next MoE layer, on the CPU."""
         assert self.next_layer is not None, "no MoE layer follows directly"
-        t0 = time.perf_counter()
+        t0, then_s = time.perf_counter(), self.then_s
         with span("smoe.predict"):
-            out = self._predictor.predict(self.layer, self.hidden, self._partial(), attention).cpu()
-        self.predict_s += time.perf_counter() - t0
+            scores = self._predictor.predict(self.layer, self.hidden, self.partial(), attention)
+            out, = self._read([scores], attention, [1])
+        self.predict_s += time.perf_counter() - t0 - (self.then_s - then_s)
         return out
 
-    def gate_scores(self, target: int) -> torch.Tensor:
-        """A later MoE layer's router on this layer's approximate output, on the CPU (no layers in between)."""
-        t0 = time.perf_counter()
+    def gate_scores(self, targets: list[int]) -> list[torch.Tensor]:
+        """For each later MoE layer in `targets`: its router on this layer's approximate output [T,E], on the CPU
+        (no layers in between run); one wait for all of them."""
+        if not targets:
+            return []
+        t0, then_s = time.perf_counter(), self.then_s
         with span("smoe.predict"):
-            out = self._predictor.gate_scores(self.layer, self.hidden, self._partial(), target).cpu()
-        self.predict_s += time.perf_counter() - t0
+            partial = self.partial()
+            scores = [self._predictor.gate_scores(self.layer, self.hidden, partial, t) for t in targets]
+            out = self._read(scores, False, [self._predictor.distance(self.layer, t) for t in targets])
+        self.predict_s += time.perf_counter() - t0 - (self.then_s - then_s)
         return out

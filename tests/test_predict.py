@@ -29,7 +29,7 @@ class PredictProbe(ExpertPolicy):
     def prefetch(self, view, ctx):
         if ctx.next_layer is not None:
             self.predicted[(view.step, ctx.next_layer)] = (
-                ctx.predict(attention=True), ctx.predict(attention=False), ctx.gate_scores(ctx.next_layer),
+                ctx.predict(attention=True), ctx.predict(attention=False), ctx.gate_scores([ctx.next_layer])[0],
             )
         return None
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from smoe.errors import CheckpointError, SmoeError
+from smoe.predict import PrefetchContext
 from smoe.replay import RoutingReplay
 from smoe.runtime import Runtime
 from smoe.shapes import SHAPES, RandomSource, shape_config
@@ -103,8 +104,9 @@ def test_predicting_policies_get_the_recorded_predictions(recorded):
     layer = rt.info.moe_layers[0]
     B, S, H = rt.engine.predictor.residual[layer].shape
     x = torch.zeros(B * S, H, dtype=rt.dtype)  # the prediction is computed (its cost is paid), then replaced by the recorded one
-    assert torch.equal(rt.engine.predictor.predict(layer, x, torch.zeros_like(x), True),
-                       replay.current[layer]["predicted"]["attn1"].float())
+    ctx = PrefetchContext(layer, x, lambda: torch.zeros_like(x), rt.engine.predictor, rt.pool.staging)
+    assert torch.equal(ctx.predict(attention=True), replay.current[layer]["predicted"]["attn1"].float())
+    assert ctx.predict_s > 0
     assert rt.engine.metrics.summary()["prefetches"] > 0
     rt.close()
     rt, _ = replayed_run(recorded, "hybrimoe")  # looks two layers ahead: noattn2
