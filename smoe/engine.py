@@ -4,9 +4,11 @@ Where it sits: `OffloadedExperts` replaces the `experts` module of every HF MoE 
 router, shared experts and dense layers run unchanged; for the routed experts the block calls
 `Engine.run_layer`, which per layer:
   1. turns the router logits (captured by a hook on the block's gate) into scores [T,E] and asks the
-     policy for a plan (scores and top-k copied to the host: a wait on the compute stream only, up to the
-     router; a Qwen2-MoE block starts the copy before queueing its shared expert: `router_first.py`);
-  2. checks the plan, evicts, and sends CPU experts to the CPU worker thread;
+     policy for a plan (scores, top-k and the router's weights copied to the host: a wait on the compute stream
+     only, up to the router; a Qwen2-MoE block starts the copy before queueing its shared expert: `router_first.py`);
+  2. checks the plan, evicts, makes the layer's gate weights on the host (the router's own where a token's set is
+     unchanged, the family rule elsewhere; sent to the device as the experts need them), and sends CPU experts to
+     the CPU worker thread;
   3. computes resident experts on the compute stream while the loads copy on the copy stream;
      each loaded expert is computed as soon as its copy lands (event wait, no device synchronize);
   4. lets the policy prefetch later layers (the prediction reads the experts resident before this layer's
@@ -48,18 +50,18 @@ class OffloadedExperts(nn.Module):
         self.logits: torch.Tensor | None = None  # [T,E], set by the gate's forward hook
         self.staged: tuple | None = None  # the scores and their copy to the host under way (`stage`)
 
-    def stage(self, top_k_index: torch.Tensor) -> None:
+    def stage(self, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> None:
         """Start copying this layer's router scores and top-k [T,K] to the host now, before the block queues more
         work (`router_first`); `forward` then waits for the copy only."""
         logits, self.logits = self.logits, None
         assert logits is not None, "router logits were not captured"
-        self.staged = self.engine.stage_scores(logits, top_k_index)
+        self.staged = self.engine.stage_scores(logits, top_k_index, top_k_weights)
 
     def forward(self, hidden_states, top_k_index, top_k_weights):
         if self.staged is None:  # the block did not stage the scores: start their copy now
-            self.stage(top_k_index)
+            self.stage(top_k_index, top_k_weights)
         staged, self.staged = self.staged, None
-        return self.engine.run_layer(self.layer, hidden_states, top_k_index, top_k_weights, staged)
+        return self.engine.run_layer(self.layer, hidden_states, staged)
 
 
 class Engine:
@@ -127,23 +129,21 @@ class Engine:
         return outs, time.perf_counter() - t0
 
     @torch.no_grad()
-    def stage_scores(self, logits: torch.Tensor, topk_idx: torch.Tensor) -> tuple:
-        """logits [T,E], the router's top-k [T,K] -> (scores [T,E] float32, their copy with the top-k to the host,
-        queued on the compute stream now)."""
-        scores = self.family.scores(logits)
-        return scores, self.pool.staging.start_to_host(scores, topk_idx)
+    def stage_scores(self, logits: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor) -> list:
+        """logits [T,E], the router's top-k and its weights [T,K] -> the copy to the host of the scores [T,E]
+        float32, the top-k and the weights, queued on the compute stream now."""
+        return self.pool.staging.start_to_host(self.family.scores(logits), topk_idx, topk_w)
 
     @torch.no_grad()
-    def run_layer(self, layer, x, topk_idx, topk_w, staged):
+    def run_layer(self, layer, x, staged):
         with span("smoe.layer"):
-            return self._run_layer(layer, x, topk_idx, topk_w, staged)
+            return self._run_layer(layer, x, staged)
 
-    def _run_layer(self, layer, x, topk_idx, topk_w, staged):
-        # x [T,H]  topk_idx/topk_w [T,K]  staged: `stage_scores`' (scores [T,E], host copy under way)
+    def _run_layer(self, layer, x, staged):
+        # x [T,H]  staged: `stage_scores`' host copy under way
         m = self.metrics[self.phase]
-        scores, started = staged
         with span("smoe.scores_to_host"):  # waits for the compute stream up to the router (and what came before it)
-            host_scores, host_topk = self.pool.staging.finish_to_host(started)
+            host_scores, host_topk, host_topk_w = self.pool.staging.finish_to_host(staged)
         view = LayerView(
             layer=layer,
             phase=self.phase,
@@ -174,16 +174,7 @@ class Engine:
         order = sorted(ex.tokens)
         tok = _TokenRows(ex.tokens, order, self._to_device)
 
-        # Gate weights [T,E]: the router's own where a token's set is unchanged, the family rule elsewhere.
-        T, E = view.scores.shape
-        w = torch.zeros(T, E, dtype=topk_w.dtype, device=x.device).scatter_(1, topk_idx, topk_w)
-        if ex.changed:
-            rows = self._to_device(np.asarray(ex.changed, dtype=np.int64))
-            mask = self._to_device(ex.changed_mask)
-            changed_scores = scores[rows]
-            if ex.scale is not None:
-                changed_scores = changed_scores * self._to_device(ex.scale[ex.changed])
-            w[rows] = self.family.weights(changed_scores, mask, self.config).to(w.dtype)
+        w = _GateWeights(self._gate_weights(view, host_topk_w, ex), host_topk_w.dtype, self._to_device)
         # CPU experts first, so the worker runs while the device computes and copies.
         cpu_experts = [e for e in order if ex.where[e] == Action.CPU]
         cpu_future = None
@@ -313,7 +304,7 @@ class Engine:
             )
         return final
 
-    def _grouped(self, layer: int, x: torch.Tensor, experts: list[int], w: torch.Tensor) -> torch.Tensor:
+    def _grouped(self, layer: int, x: torch.Tensor, experts: list[int], w: "_GateWeights") -> torch.Tensor:
         """Sum over resident `experts` of gate weight x expert output, every token through every expert (a
         token that does not use one has weight 0 there): x [T,H], w [T,E] -> [T,H]. For decode, where T is the
         batch: the weights are read once either way, and the layer is a handful of kernels."""
@@ -323,15 +314,28 @@ class Engine:
         else:
             y = grouped_forward(x, self.pool.gather(keys), self.shape, self.act)  # [n,T,H]
         self.pool.release_all(keys)
-        gate = w[:, self._to_device(np.asarray(experts, dtype=np.int64))].T  # [n,T]
+        gate = w.columns(experts)  # [n,T]
         return (y * gate[..., None].to(y.dtype)).sum(0)
 
     @staticmethod
-    def _combine(final, experts, outs, tok, w):
+    def _combine(final, experts, outs, tok, w: "_GateWeights"):
         """final [T,H] += each expert's output times its gate weight, in ascending expert order (as HF does)."""
         for e in sorted(experts):
-            final.index_add_(0, tok[e], (outs[e] * w[tok[e], e, None]).to(final.dtype))
+            final.index_add_(0, tok[e], (outs[e] * w.dense[tok[e], e, None]).to(final.dtype))
         return final
+
+    def _gate_weights(self, view: LayerView, topk_w: torch.Tensor, ex) -> np.ndarray:
+        """[T,E] float32 gate weights, on the host: the router's own (topk_w [T,K], exact in float32) where a token's
+        set is unchanged, the family rule where the plan changed it (`ExecPlan.changed`)."""
+        w = np.zeros(view.scores.shape, dtype=np.float32)  # [T,E]
+        np.put_along_axis(w, view.topk.numpy(), topk_w.float().numpy(), axis=1)
+        if ex.changed:
+            changed_scores = view.scores.numpy()[ex.changed]  # [n,E]
+            if ex.scale is not None:
+                changed_scores = changed_scores * ex.scale[ex.changed]
+            w[ex.changed] = self.family.weights(torch.from_numpy(changed_scores), torch.from_numpy(ex.changed_mask),
+                                                self.config).numpy()
+        return w
 
     def _to_device(self, a) -> torch.Tensor:
         """Host array/tensor -> device, through the pool's pinned staging so the copy does not stall the host."""
@@ -370,6 +374,26 @@ class Engine:
             done.append(key)
             self.awaiting.add(key)
         return done
+
+
+class _GateWeights:
+    """A layer's gate weights [T,E], made on the host in float32 and sent to the device in the router weights' dtype
+    as the computation needs them: the columns of a group of experts [n,T], or the whole [T,E] (once)."""
+
+    def __init__(self, w: np.ndarray, dtype: torch.dtype, to_device):
+        self.w, self.dtype, self.to_device = w, dtype, to_device
+        self._dense: torch.Tensor | None = None
+
+    def columns(self, experts: list[int]) -> torch.Tensor:
+        """[n,T] the weights of these experts, on the device (one small copy)."""
+        return self.to_device(torch.from_numpy(np.ascontiguousarray(self.w[:, experts].T)).to(self.dtype))
+
+    @property
+    def dense(self) -> torch.Tensor:
+        """[T,E] on the device."""
+        if self._dense is None:
+            self._dense = self.to_device(torch.from_numpy(self.w).to(self.dtype))
+        return self._dense
 
 
 class _TokenRows:

@@ -30,7 +30,7 @@ def install(block: nn.Module) -> None:
         batch, seq, hidden = hidden_states.shape
         x = hidden_states.view(-1, hidden)  # [T,H]
         _, weights, index = block.gate(x)  # [T,K] each; the gate's hook hands the logits to the experts module
-        block.experts.stage(index)  # the scores' copy to the host is queued before the shared expert
+        block.experts.stage(index, weights)  # the scores' copy to the host is queued before the shared expert
         shared = block.shared_expert(x)  # [T,H]: the device runs it while the host plans
         routed = block.experts(x, index, weights)  # [T,H]
         shared = torch.sigmoid(block.shared_expert_gate(x)) * shared
