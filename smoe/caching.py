@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from .plan import Action, ExpertKey, LayerView, ModelInfo, Plan, PrefetchPlan
+from .plan import _HIT, _LOAD, Action, ExpertKey, LayerView, ModelInfo, Plan, PrefetchPlan
 from .policy import ExpertPolicy
 
 
@@ -74,9 +74,10 @@ class CachingPolicy(ExpertPolicy):
                 self.on_hit((layer, e))
 
     def _insert(self, key: ExpertKey) -> None:
+        at = self.at(key)
         self.cached.add(key)
-        self.in_cache[self.at(key)] = True
-        self.recency[self.at(key)] = self.born[self.at(key)] = self.tick
+        self.in_cache[at] = True
+        self.recency[at] = self.born[at] = self.tick
         self.tick += 1
         self.on_insert(key)
 
@@ -93,21 +94,16 @@ class CachingPolicy(ExpertPolicy):
         planning no candidate's rank changes (victims leave, new keys are not candidates). `wanted`: how many the
         caller expects to take at most; a decode layer often needs a victim or two, which are picked by minimum
         without sorting every candidate (more than that, or more than `wanted`, sorts the rest)."""
-        mask = self.in_cache & allowed
-        idx = np.flatnonzero(mask)  # [n] flat indices of the candidates, ascending
-        keys = [(k if k.shape == mask.shape else np.broadcast_to(k, mask.shape)).ravel()[idx]
-                for k in self.eviction_rank(view)]  # most significant first, [n] each
+        mask = self.in_cache & allowed  # [L,E]
+        idx = np.flatnonzero(mask)  # [n] flat indices of the candidates not yet yielded, ascending
+        keys = self.eviction_rank(view)  # most significant first
         E = mask.shape[1]
-        alive = np.ones(len(idx), dtype=bool)
-        for _ in range(min(wanted, len(idx)) if keys and wanted <= self.PICKS else 0):
-            best = np.flatnonzero(alive)
-            for k in keys:  # the candidates tied at the minimum of each key in turn; the first is the lowest index
-                kb = k[best]
-                best = best[kb == kb.min()]
-            alive[best[0]] = False
-            flat = int(idx[best[0]])
-            yield self.layers[flat // E], flat % E
-        idx, keys = idx[alive], [k[alive] for k in keys]
+        if keys and wanted <= self.PICKS:
+            for _ in range(min(wanted, len(idx))):
+                flat = _lowest(idx, keys, mask.shape)
+                idx = idx[idx != flat]
+                yield self.layers[flat // E], flat % E
+        keys = [(k if k.shape == mask.shape else np.broadcast_to(k, mask.shape)).ravel()[idx] for k in keys]
         order = idx[np.lexsort(keys[::-1])] if keys else idx  # lexsort: last key most significant, stable
         yield from ((self.layers[i // E], i % E) for i in order.tolist())
 
@@ -118,9 +114,9 @@ class CachingPolicy(ExpertPolicy):
         hits: list[int] = []
         loads: list[int] = []
         for e, a in placement.items():
-            if a == Action.HIT:
+            if a == _HIT:
                 hits.append(e)
-            elif a == Action.LOAD:
+            elif a == _LOAD:
                 loads.append(e)
         hits.sort()
         loads.sort()
@@ -130,7 +126,6 @@ class CachingPolicy(ExpertPolicy):
         discard: set[int] = set()
         if not loads:
             return evict, discard
-        on_device = hits + loads
         done = [(layer, e) for e in hits]
         others = None  # the cached experts this layer does not use, in eviction order
         for e in loads:
@@ -138,7 +133,7 @@ class CachingPolicy(ExpertPolicy):
             if len(self.cached) >= view.cache.capacity:
                 if others is None:
                     allowed = np.ones_like(self.in_cache)
-                    allowed[self.rows[layer], sorted(on_device)] = False
+                    allowed[self.rows[layer], hits + loads] = False  # the shield: what this layer computes
                     others = self.victims(view, allowed, len(loads))
                 v = next(others, None)
                 if v is not None:
@@ -193,6 +188,24 @@ class CachingPolicy(ExpertPolicy):
             self._insert(key)
             loads.append(key)
         return PrefetchPlan(loads=loads, evict=evict) if loads else None
+
+
+def _lowest(cands: np.ndarray, keys: tuple[np.ndarray, ...], shape: tuple[int, int]) -> int:
+    """The flat index among `cands` [n] (ascending, n >= 1) with the lowest `keys` (most significant first, each
+    `shape` or broadcastable), ties to the lowest index.
+
+    Narrows the candidates key by key, gathering only the ones still tied, and stops once one is left (after
+    the first key with distinct values, usually). The ufuncs are called directly (`np.minimum.reduce`,
+    `np.count_nonzero`): the array methods' Python wrappers cost more than the work on a few hundred elements."""
+    best = cands
+    for k in keys:
+        if len(best) == 1:
+            break
+        if k.dtype == bool and not np.count_nonzero(k):  # all false ranks nothing (SMoE's "prefetched", usually)
+            continue
+        kb = (k if k.shape == shape else np.broadcast_to(k, shape)).take(best)  # [m] the tied ones' keys
+        best = best[kb == np.minimum.reduce(kb)]
+    return int(best[0])
 
 
 def hit_or_load(view: LayerView) -> dict[int, Action]:

@@ -194,6 +194,58 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
         if standins.shape != (T, K):
             raise _fail(policy, layer, f"standins have shape {standins.shape}, expected {(T, K)} (tokens, top-k)")
         stands = standins.tolist()
+    walked = _walk_one_token(acts, stands, experts, resident, E) if T == 1 else None
+    if walked is None:
+        walked = _walk(acts, stands, experts, resident, T, K, E, policy, layer)
+    where, tokens, computed, subs, skips, borrowed = walked
+    for t, s in borrowed:
+        if s not in where:
+            raise _fail(policy, layer, f"stand-in {s} for token {t} is not resident and no token loads or CPU-runs it")
+    scale = None
+    if plan.scale is not None:
+        factors = np.asarray(plan.scale, dtype=np.float32)
+        if factors.shape != (T, K) or not (factors >= 0).all():
+            raise _fail(policy, layer, f"scale must be non-negative factors of shape {(T, K)}")
+        scale = np.ones((T, E), dtype=np.float32)
+        np.put_along_axis(scale, view.topk.numpy(), factors, axis=1)
+    if subs or skips or scale is not None:
+        changed = [
+            t for t in range(T)
+            if computed[t] != set(experts[t]) or (scale is not None and (scale[t] != 1).any())
+        ]
+    else:
+        changed = []  # every token computes exactly its routed experts
+    changed_mask = np.zeros((len(changed), E), dtype=bool)
+    for i, t in enumerate(changed):
+        changed_mask[i, list(computed[t])] = True
+
+    evict: list[ExpertKey] = []
+    discard: set[int] = set()
+    if plan.evict or plan.discard:
+        used_on_device = {e for e, a in where.items() if a != _CPU and e in tokens}
+        evict, discard = _checked_frees(plan, view, policy, used_on_device)
+
+    loads = sorted([e for e, a in where.items() if a == _LOAD])
+    if loads:
+        _check_slots(loads, where, evict, discard, view, policy)
+    return ExecPlan(
+        where={e: a for e, a in where.items() if e in tokens or a == Action.LOAD},
+        tokens=tokens,
+        changed=changed,
+        changed_mask=changed_mask,
+        scale=scale,
+        loads=loads,
+        evict=evict,
+        discard=discard,
+        substitutions=subs,
+        skips=skips,
+    )
+
+
+def _walk(acts, stands, experts, resident, T: int, K: int, E: int, policy: str, layer: int):
+    """Every (token, routed expert) of a plan in HF's order (by top-k rank, then token), checked one by one:
+    -> (where, tokens, computed, substitutions, skips, borrowed stand-ins); raises PolicyError at the first
+    broken rule."""
     HIT, CPU, SKIP = _HIT, _CPU, _SKIP
 
     where: dict[int, Action] = {}
@@ -232,48 +284,34 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
                 raise _fail(policy, layer, f"token {t} would compute expert {e} twice")
             computed[t].add(e)
             tokens.setdefault(e, []).append(t)
-    for t, s in borrowed:
-        if s not in where:
-            raise _fail(policy, layer, f"stand-in {s} for token {t} is not resident and no token loads or CPU-runs it")
-    scale = None
-    if plan.scale is not None:
-        factors = np.asarray(plan.scale, dtype=np.float32)
-        if factors.shape != (T, K) or not (factors >= 0).all():
-            raise _fail(policy, layer, f"scale must be non-negative factors of shape {(T, K)}")
-        scale = np.ones((T, E), dtype=np.float32)
-        np.put_along_axis(scale, view.topk.numpy(), factors, axis=1)
-    if subs or skips or scale is not None:
-        changed = [
-            t for t in range(T)
-            if computed[t] != set(experts[t]) or (scale is not None and (scale[t] != 1).any())
-        ]
+    return where, tokens, computed, subs, skips, borrowed
+
+
+def _walk_one_token(acts, stands, experts, resident, E: int):
+    """`_walk` of a one-token plan (a batch-1 decode layer) in its common form, with list and set operations in
+    place of the per-pair checks: every action a valid code, every stand-in resident, no expert computed twice,
+    HIT exactly for the resident experts it computes. Anything else -> None, and `_walk` runs (it finds the
+    broken rule, or handles a stand-in that the token itself loads)."""
+    row, chosen = acts[0], experts[0]  # [K] codes, [K] routed experts
+    if min(row) < _HIT or max(row) > _SKIP:
+        return None
+    subs, skips = row.count(_SUB), row.count(_SKIP)
+    if subs or skips:
+        if subs and stands is None:
+            return None
+        standins = stands[0] if subs else chosen
+        comp = [standins[j] if a == _SUB else e for j, (a, e) in enumerate(zip(row, chosen)) if a != _SKIP]
+        codes = [_HIT if a == _SUB else a for a in row if a != _SKIP]  # a stand-in must be resident here: HIT
+        if subs and not (0 <= min(comp) and max(comp) < E):  # stand-ins are valid ids (routed experts are)
+            return None
     else:
-        changed = []  # every token computes exactly its routed experts
-    changed_mask = np.zeros((len(changed), E), dtype=bool)
-    for i, t in enumerate(changed):
-        changed_mask[i, list(computed[t])] = True
-
-    evict: list[ExpertKey] = []
-    discard: set[int] = set()
-    if plan.evict or plan.discard:
-        used_on_device = {e for e, a in where.items() if a != CPU and e in tokens}
-        evict, discard = _checked_frees(plan, view, policy, used_on_device)
-
-    loads = sorted(e for e, a in where.items() if a == Action.LOAD)
-    if loads:
-        _check_slots(loads, where, evict, discard, view, policy)
-    return ExecPlan(
-        where={e: a for e, a in where.items() if e in tokens or a == Action.LOAD},
-        tokens=tokens,
-        changed=changed,
-        changed_mask=changed_mask,
-        scale=scale,
-        loads=loads,
-        evict=evict,
-        discard=discard,
-        substitutions=subs,
-        skips=skips,
-    )
+        comp, codes = chosen, row
+    computed = set(comp)
+    if len(computed) != len(comp) or [e in resident for e in comp] != [a == _HIT for a in codes]:
+        return None
+    where = {e: _ACTIONS[a] for e, a in zip(comp, codes)}
+    tokens = {e: [0] for e in comp}
+    return where, tokens, [computed], subs, skips, []
 
 
 _NO_ACTION = "every routed expert needs an action (HIT, LOAD, CPU, SUBSTITUTE or SKIP)"

@@ -51,30 +51,56 @@ def expert_cache_router(
 
 def route_rows(rows: list[list[float]], sel: list[list[int]], alpha: float, resident: Iterable[int]) -> list[list[int]]:
     """`expert_cache_router` on rows already converted to Python lists (scores [T][E], selection [T][k]), for a
-    caller that holds them anyway: plain Python per token, as numpy's per-call cost would dominate a decode batch."""
+    caller that holds them anyway: plain Python per token, as numpy's per-call cost would dominate a decode batch.
+
+    Runs for every decode layer, so the per-token work is kept to C-level list, set and sort calls: sorts take
+    `row.__getitem__` as key with reverse=True (stable, so ties keep the ascending ids they were given), which
+    is the order (-score, id) without a Python call per comparison."""
     if alpha == 0:
         return [sorted(chosen) for chosen in sel]
-    bounds, top, low = [], [], []
-    for row, chosen in zip(rows, sel):
-        rest = row.copy()
-        for e in chosen:
-            rest[e] = -math.inf
-        L = max(rest)  # S_{k+1}: the best score outside the selection
-        bounds.append(L)
-        top.append([e for e in chosen if row[e] >= (1 + alpha) * L])
-        low.append([e for e in chosen if row[e] < (1 + alpha) * L])
-    available = set(resident).union(*top)
+    high, low = 1 + alpha, 1 - alpha
+    bounds = [_best_outside(row, chosen) for row, chosen in zip(rows, sel)]  # [T] L_t = S_{k+1}
+    available = set(resident)  # resident, or top-score for some token of the batch (C)
+    for row, chosen, L in zip(rows, sel, bounds):
+        top = high * L
+        available.update([e for e in chosen if row[e] >= top])
     out = []
-    for row, chosen, L, tops, lows in zip(rows, sel, bounds, top, low):
-        need = [e for e in lows if e not in available]
+    for row, chosen, L in zip(rows, sel, bounds):
+        # top-score experts are in `available`, so what is missing is exactly the low-score experts to replace
+        need = [e for e in chosen if e not in available]
         if not need:
             out.append(sorted(chosen))
             continue
-        by_score = lambda e: (-row[e], e)  # noqa: E731 (descending score, ties to the lower id)
-        need.sort(key=by_score)
-        floor = (1 - alpha) * L
+        floor = low * L
         # candidates: resident or top-score elsewhere in the batch, outside the selection, above (1-alpha)*L
-        chosen_c = sorted([e for e in available.difference(chosen) if row[e] > floor], key=by_score)[: len(need)]
-        fill = need[: len(need) - len(chosen_c)]  # the highest-scoring needed experts keep their places
-        out.append(sorted(tops + [e for e in lows if e in available] + chosen_c + fill))
+        # (never above L: L is the best score outside the selection)
+        cands = [e for e in available if row[e] > floor and e not in chosen]
+        cands = by_score(row, cands)[: len(need)]
+        fill = by_score(row, need)[: len(need) - len(cands)]  # the highest-scoring needed experts keep their places
+        kept = [e for e in chosen if e in available]  # top-score ones, and low-score ones resident or in C
+        out.append(sorted(kept + cands + fill))
     return out
+
+
+def _best_outside(row: list[float], chosen: list[int]) -> float:
+    """The best score outside the selection: S_{k+1} where `chosen` is the k best."""
+    rest = row.copy()
+    for e in chosen:
+        rest[e] = -math.inf
+    return max(rest)
+
+
+def by_score(row: list[float] | dict[int, float], experts: Iterable[int]) -> list[int]:
+    """`experts` by descending score `row[e]`, ties to the lower id: the order of key (-row[e], e), as two
+    C-level sorts (no Python call per comparison)."""
+    experts = sorted(experts)
+    experts.sort(key=row.__getitem__, reverse=True)  # stable under reverse=True: equal scores stay ascending
+    return experts
+
+
+def best_first(rows: list[list[float]], experts: Iterable[int]) -> list[int]:
+    """`experts` by descending best score over the rows (scores [T][E]), ties to the lower id."""
+    if len(rows) == 1:
+        return by_score(rows[0], experts)
+    best = {e: max(row[e] for row in rows) for e in experts}
+    return by_score(best, experts)

@@ -42,3 +42,20 @@ def test_victims_follow_the_eviction_keys_with_ties_to_the_lower_index():
             got = list(policy.victims(None, allowed, wanted))
             assert got == want, (trial, wanted)
             assert all(type(layer) is int and type(e) is int for layer, e in got)
+
+
+def test_victims_with_boolean_and_extreme_keys():
+    """Keys as SMoE gives them (a boolean first key, all false or not) and integer keys at their dtype's extremes
+    rank the same as one stable sort over all keys."""
+    rng = np.random.default_rng(1)
+    L, E = 5, 12
+    big = np.iinfo(np.int64).max
+    for trial in range(300):
+        flag = rng.random((L, E)) < (0.0 if trial % 3 == 0 else 0.2)
+        means = rng.integers(0, 3, (L, E)).astype(float)
+        recency = rng.choice([0, 1, big, -big - 1], (L, E))
+        policy = Ranked((flag, means, recency), rng.random((L, E)) < 0.6)
+        allowed = rng.random((L, E)) < 0.9
+        want = sorted_order(policy, allowed)
+        for wanted in (1, 2, 3, 100):
+            assert list(policy.victims(None, allowed, wanted)) == want, (trial, wanted)

@@ -375,3 +375,48 @@ def test_staging_ring_never_rewrites_a_half_before_its_copies_are_done():
     assert log == [("record", 0), ("record", 1), ("wait", 0)]
     with pytest.raises(AssertionError):
         ring.place(513)
+
+
+def test_one_token_walk_agrees_with_the_full_walk():
+    """check_plan's batch-1 shortcut (`_walk_one_token`) returns exactly what the pair-by-pair walk returns, dict
+    order included, or declines (None) so that the full walk runs: on random one-token plans, valid and not
+    (bad codes, non-resident HITs, resident LOADs, invalid or non-resident stand-ins, experts computed twice)."""
+    import random
+
+    from smoe.plan import _walk, _walk_one_token
+
+    rng = random.Random(0)
+    E, K = 12, 4
+    taken = declined = 0
+    for _ in range(20000):
+        chosen = rng.sample(range(E), K)
+        resident = frozenset(rng.sample(range(E), rng.randint(0, E)))
+        codes = [int(Action.HIT) if e in resident else rng.choice([int(Action.LOAD), int(Action.CPU)]) for e in chosen]
+        standins = None
+        for j in range(K):
+            r = rng.random()
+            if r < 0.3:
+                codes[j] = int(Action.SUBSTITUTE)
+            elif r < 0.4:
+                codes[j] = int(Action.SKIP)
+            elif r < 0.45:
+                codes[j] = rng.choice([-1, 5, int(Action.HIT), int(Action.LOAD), int(Action.CPU)])  # often wrong
+        if int(Action.SUBSTITUTE) in codes or rng.random() < 0.1:
+            pool = sorted(resident) if resident and rng.random() < 0.9 else list(range(-1, E + 1))
+            standins = [[rng.choice(pool) if c == int(Action.SUBSTITUTE) else -1 for c in codes]]
+            if rng.random() < 0.05:
+                standins = None  # SUBSTITUTE without stand-ins
+        acts = [codes]
+        try:
+            want = _walk(acts, standins, [chosen], resident, 1, K, E, "p", 0)
+        except PolicyError:
+            want = None
+        got = _walk_one_token(acts, standins, [chosen], resident, E)
+        if got is None:
+            declined += 1
+            continue
+        taken += 1
+        assert want is not None, (acts, standins, chosen, sorted(resident))
+        assert [list(x.items()) if isinstance(x, dict) else x for x in got] == \
+            [list(x.items()) if isinstance(x, dict) else x for x in want]
+    assert taken > 2000 and declined > 2000  # both sides exercised

@@ -44,7 +44,7 @@ from smoe.caching import CachingPolicy
 from smoe.errors import PolicyParamError
 from smoe.plan import _CPU, _HIT, _LOAD, _SKIP, _SUB, ExpertKey, LayerView, Plan, PrefetchPlan
 from smoe.policy import register_policy
-from smoe.router import route_rows
+from smoe.router import best_first, by_score, route_rows
 
 REPLACE_MODES = ("none", "substitute", "skip", "lower")
 COST_MODES = ("fixed", "measured")
@@ -87,6 +87,7 @@ class SMoE(CachingPolicy):
         self.passes: list[int] = []  # [L] forward passes seen per layer
         self.stale: set[int] = set()  # rows whose means lag their ring
         self.means = np.zeros((0, 0))  # [L,E] windowed mean score of each expert (0 before any pass)
+        self._unprefetched = np.zeros((0, 0), dtype=bool)  # [L,E] all false: the rank key when nothing is prefetched
 
     def _bind(self, model) -> None:
         if not self.layers:
@@ -98,17 +99,24 @@ class SMoE(CachingPolicy):
 
     # ---- score-aware eviction ----------------------------------------------------------------------
     def eviction_rank(self, view: LayerView) -> tuple[np.ndarray, ...]:
-        prefetched = np.zeros_like(self.in_cache)  # [L,E] brought by a prefetch and not used since
-        for key in view.cache.prefetched():
-            prefetched[self.at(key)] = True
+        pool = view.cache.prefetched()
+        if pool:
+            prefetched = np.zeros_like(self.in_cache)  # [L,E] brought by a prefetch and not used since
+            for key in pool:
+                prefetched[self.at(key)] = True
+        else:  # the usual case: one all-false array, kept (never written)
+            if self._unprefetched.shape != self.in_cache.shape:
+                self._unprefetched = np.zeros_like(self.in_cache)
+            prefetched = self._unprefetched
         if self.window is None:
             return (prefetched, self.recency)
         if self.stale:
             rows = sorted(self.stale)
             self.stale.clear()
-            seen = np.minimum([self.passes[r] for r in rows], self.window)  # [n] passes in each ring
+            w = self.window
+            seen = np.array([[min(self.passes[r], w)] for r in rows], dtype=np.float64)  # [n,1] passes in each ring
             # [n,E] Eq. 3's windowed mean (slots not yet written hold zeros and add nothing)
-            self.means[rows] = self.ring[rows].sum(axis=1, dtype=np.float64) / seen[:, None]
+            self.means[rows] = self.ring[rows].sum(axis=1, dtype=np.float64) / seen
         return (prefetched, self.means, self.recency)
 
     def observe(self, view: LayerView, plan: Plan) -> None:
@@ -138,7 +146,7 @@ class SMoE(CachingPolicy):
         routed = set().union(*routed_rows)
         if self.replace != "lower" and routed <= resident:
             # every routed expert is resident: nothing to replace, nothing to load (a decode layer's usual case)
-            self.cache_plan(view, dict.fromkeys(routed, _HIT))  # touches; no room to make
+            self._touch_layer(layer, sorted(routed))  # what cache_plan does with hits only: no room to make
             return Plan(actions=np.zeros((T, K), dtype=np.int8))  # HIT everywhere
         computed = routed_rows
         if self.replace in ("substitute", "skip") and self.alpha > 0:
@@ -146,10 +154,9 @@ class SMoE(CachingPolicy):
         # Where each computed expert runs: resident -> HIT; missing -> LOAD, or the CPU when balancing.
         needed = set().union(*computed)
         placement = dict.fromkeys(needed.intersection(resident), _HIT)
-        missing = sorted(needed.difference(resident))
+        missing = needed.difference(resident)
         if missing:
-            best = view.scores.numpy().max(axis=0).tolist()  # [E] best score of each expert over the batch
-            missing.sort(key=lambda e: (-best[e], e))
+            missing = best_first(view.score_rows, missing)  # by best score over the batch, ties to the lower id
             load_ids, cpu_ids = missing, []
             if self.balance:
                 load_ids, cpu_ids = split_load_cpu(missing, *self._costs(view))
@@ -165,17 +172,18 @@ class SMoE(CachingPolicy):
                 continue
             if standins is None:
                 standins = [[-1] * K for _ in range(T)]
-            row = view.score_rows[t]
-            extra = sorted(comp.difference(chosen), key=lambda e: (-row[e], e))  # stand-ins, best first
+            extra = iter(by_score(view.score_rows[t], comp.difference(chosen)))  # stand-ins, best first
             acts = []
             for j, e in enumerate(chosen):
                 if e in comp:
                     acts.append(placement[e])
-                elif self.replace == "skip" or not extra:
+                    continue
+                s = None if self.replace == "skip" else next(extra, None)
+                if s is None:
                     acts.append(_SKIP)
                 else:
                     acts.append(_SUB)
-                    standins[t][j] = extra.pop(0)
+                    standins[t][j] = s
             actions.append(acts)
         scale = self._lowered(view) if self.replace == "lower" and self.alpha > 0 else None
         evict, discard = self.cache_plan(view, placement)
@@ -189,25 +197,25 @@ class SMoE(CachingPolicy):
         return 0 if self.prefetch_mode == "none" else 1
 
     def prefetch(self, view: LayerView, ctx) -> PrefetchPlan | None:  # type: ignore[override]
-        if self.prefetch_mode == "none" or view.phase != "decode" or ctx.next_layer is None:
+        if self.prefetch_mode == "none" or view.phase != "decode":
             return None
-        nxt, k = ctx.next_layer, view.model.top_k
+        nxt = ctx.next_layer
+        if nxt is None:
+            return None
         scores = ctx.predict(attention=self.prefetch_mode == "attention").numpy()  # [T,E] predicted
-        real = scores.dtype.type  # the threshold is computed in the scores' precision, as an array op would
-        factor = real(1 + self.alpha)
-        resident = view.cache.resident(nxt)
         rows = scores.tolist()
+        real = scores.dtype.type  # the threshold is computed in the scores' precision, as an array op would
+        factor, k = real(1 + self.alpha), view.model.top_k
         top: set[int] = set()  # predicted top-score experts that are not resident
         # plain Python over a decode batch's few rows: numpy's per-call cost would dominate
         for row in rows:
             ranked = sorted(row, reverse=True)
-            kth, bound = ranked[k - 1], float(factor * real(ranked[k]))  # S_k, (1+alpha) * S_{k+1}
-            top.update(e for e, v in enumerate(row) if v >= bound and v >= kth)
-        top.difference_update(resident)
+            bound = max(ranked[k - 1], float(factor * real(ranked[k])))  # max(S_k, (1+alpha) * S_{k+1})
+            top.update([e for e, v in enumerate(row) if v >= bound])
+        top.difference_update(view.cache.resident(nxt))
         if not top:
             return None
-        best = {e: max(row[e] for row in rows) for e in top}  # each one's best predicted score in the batch
-        want = sorted(top, key=lambda e: (-best[e], e))
+        want = best_first(rows, top)  # by best predicted score in the batch, ties to the lower id
         prefetched = view.cache.prefetched()
         room = int(self.prefetch_share * view.cache.capacity) - len(prefetched)
         want = want[: max(room, 0)]
