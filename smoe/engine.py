@@ -48,7 +48,7 @@ class OffloadedExperts(nn.Module):
         self.engine: Engine | None = None  # attached once the slot pool exists
         self.layer = layer
         self.logits: torch.Tensor | None = None  # [T,E], set by the gate's forward hook
-        self.staged: tuple | None = None  # the scores and their copy to the host under way (`stage`)
+        self.staged: list | None = None  # the scores', top-k's and weights' copy to the host under way (`stage`)
 
     def stage(self, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> None:
         """Start copying this layer's router scores and top-k [T,K] to the host now, before the block queues more

@@ -104,9 +104,15 @@ def test_predicting_policies_get_the_recorded_predictions(recorded):
     layer = rt.info.moe_layers[0]
     B, S, H = rt.engine.predictor.residual[layer].shape
     x = torch.zeros(B * S, H, dtype=rt.dtype)  # the prediction is computed (its cost is paid), then replaced by the recorded one
-    ctx = PrefetchContext(layer, x, lambda: torch.zeros_like(x), rt.engine.predictor, rt.pool.staging)
+    queued = []  # the rest of the layer, queued once: by the first prediction, before its wait
+    ctx = PrefetchContext(layer, x, lambda: torch.zeros_like(x), rt.engine.predictor, rt.pool.staging,
+                          then=lambda: queued.append(len(queued)))
+    assert ctx.gate_scores([]) == [] and queued == []  # nothing to read: nothing queued
     assert torch.equal(ctx.predict(attention=True), replay.current[layer]["predicted"]["attn1"].float())
-    assert ctx.predict_s > 0
+    assert queued == [0] and ctx.predict_s > 0
+    ctx.predict(attention=True)
+    ctx.finish_layer()
+    assert queued == [0]
     assert rt.engine.metrics.summary()["prefetches"] > 0
     rt.close()
     rt, _ = replayed_run(recorded, "hybrimoe")  # looks two layers ahead: noattn2
