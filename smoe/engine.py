@@ -51,8 +51,8 @@ class OffloadedExperts(nn.Module):
         self.staged: list | None = None  # the scores', top-k's and weights' copy to the host under way (`stage`)
 
     def stage(self, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> None:
-        """Start copying this layer's router scores and top-k [T,K] to the host now, before the block queues more
-        work (`router_first`); `forward` then waits for the copy only."""
+        """Start copying this layer's router scores, top-k and weights [T,K] to the host now, before the block queues
+        more work (`router_first`); `forward` then waits for the copy only."""
         logits, self.logits = self.logits, None
         assert logits is not None, "router logits were not captured"
         self.staged = self.engine.stage_scores(logits, top_k_index, top_k_weights)
