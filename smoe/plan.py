@@ -194,10 +194,7 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
         if standins.shape != (T, K):
             raise _fail(policy, layer, f"standins have shape {standins.shape}, expected {(T, K)} (tokens, top-k)")
         stands = standins.tolist()
-    walked = _walk_one_token(acts, stands, experts, resident, E) if T == 1 else None
-    if walked is None:
-        walked = _walk(acts, stands, experts, resident, T, K, E, policy, layer)
-    where, tokens, computed, subs, skips, borrowed = walked
+    where, tokens, computed, subs, skips, borrowed = _walk(acts, stands, experts, resident, T, K, E, policy, layer)
     for t, s in borrowed:
         if s not in where:
             raise _fail(policy, layer, f"stand-in {s} for token {t} is not resident and no token loads or CPU-runs it")
@@ -285,33 +282,6 @@ def _walk(acts, stands, experts, resident, T: int, K: int, E: int, policy: str, 
             computed[t].add(e)
             tokens.setdefault(e, []).append(t)
     return where, tokens, computed, subs, skips, borrowed
-
-
-def _walk_one_token(acts, stands, experts, resident, E: int):
-    """`_walk` of a one-token plan (a batch-1 decode layer) in its common form, with list and set operations in
-    place of the per-pair checks: every action a valid code, every stand-in resident, no expert computed twice,
-    HIT exactly for the resident experts it computes. Anything else -> None, and `_walk` runs (it finds the
-    broken rule, or handles a stand-in that the token itself loads)."""
-    row, chosen = acts[0], experts[0]  # [K] codes, [K] routed experts
-    if min(row) < _HIT or max(row) > _SKIP:
-        return None
-    subs, skips = row.count(_SUB), row.count(_SKIP)
-    if subs or skips:
-        if subs and stands is None:
-            return None
-        standins = stands[0] if subs else chosen
-        comp = [standins[j] if a == _SUB else e for j, (a, e) in enumerate(zip(row, chosen)) if a != _SKIP]
-        codes = [_HIT if a == _SUB else a for a in row if a != _SKIP]  # a stand-in must be resident here: HIT
-        if subs and not (0 <= min(comp) and max(comp) < E):  # stand-ins are valid ids (routed experts are)
-            return None
-    else:
-        comp, codes = chosen, row
-    computed = set(comp)
-    if len(computed) != len(comp) or [e in resident for e in comp] != [a == _HIT for a in codes]:
-        return None
-    where = {e: _ACTIONS[a] for e, a in zip(comp, codes)}
-    tokens = {e: [0] for e in comp}
-    return where, tokens, [computed], subs, skips, []
 
 
 _NO_ACTION = "every routed expert needs an action (HIT, LOAD, CPU, SUBSTITUTE or SKIP)"

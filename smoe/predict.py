@@ -188,6 +188,7 @@ class PrefetchContext:
         self.layer = layer
         self.hidden = hidden  # [T,H] the layer's normed input, on the device
         self._partial = partial  # () -> [T,H] this layer's routed output so far (its resident experts)
+        self._partial_out: torch.Tensor | None = None  # what it gave at the first request
         self._predictor = predictor
         self._staging = staging  # the pool's `PinnedStaging`: the read back to the host
         self._then = then  # () -> None: queues the rest of the layer (run at most once)
@@ -208,9 +209,9 @@ class PrefetchContext:
 
     def partial(self) -> torch.Tensor:
         """[T,H] the layer's routed output from its experts resident before this layer's prefetches."""
-        if not isinstance(self._partial, torch.Tensor):
-            self._partial = self._partial()
-        return self._partial
+        if self._partial_out is None:
+            self._partial_out = self._partial()
+        return self._partial_out
 
     def _read(self, scores: list[torch.Tensor], attention: bool, distances: list[int]) -> list[torch.Tensor]:
         """Device predictions [T,E] each -> on the host (one wait, after the rest of the layer is queued)."""
