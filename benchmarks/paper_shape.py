@@ -88,11 +88,6 @@ def main() -> int:
                     help="Qwen2-MoE blocks: router before the shared expert, so the device runs the shared expert "
                          "while the host plans (the runtime's default), and/or HF's order (rows labelled "
                          "{policy}@hf-block-order, against a floor of their own); both: side by side")
-    ap.add_argument("--prefetch-decision", nargs="+", default=["deferred"], choices=["deferred", "in-layer"],
-                    help="prefetching policies that declare their predictions: decide the prefetch at the next MoE "
-                         "layer's start, the host's wait overlapping the next layer's queueing (the runtime's default), "
-                         "and/or in the layer, the host waiting for the predictions there (rows labelled "
-                         "{policy}@in-layer-prefetch); both: side by side")
     ap.add_argument("--cpu-threads", type=int, nargs="+", default=[None],
                     help="threads of the CPU-expert worker (default: the runtime's, half the cores); several: every "
                          "policy is run with each, rows labelled {policy}@cpu{N}")
@@ -148,12 +143,11 @@ def main() -> int:
             sizes = [{"budget_gb": b} for b in args.budgets_gb] if args.budgets_gb else \
                 [{"cache_experts": n} for n in args.slots]
             modes = [(sk, gr, bo) for sk in args.skeleton for gr in args.grouped for bo in args.block_order]
-            settings = [("all-gpu", None, None, "graphs", args.cpu_threads[0], "deferred", *m) for m in modes] + [
-                (p, b, g, mode, threads, decision, *m) for g in links for b in sizes for p in policies if p != "all-gpu"
+            settings = [("all-gpu", None, None, "graphs", args.cpu_threads[0], *m) for m in modes] + [
+                (p, b, g, mode, threads, *m) for g in links for b in sizes for p in policies if p != "all-gpu"
                 for mode in (args.predictor if predicts[p] else args.predictor[:1])
-                for decision in (args.prefetch_decision if predicts[p] else args.prefetch_decision[:1])
                 for threads in args.cpu_threads for m in modes]
-            for policy, budget, link, mode, threads, decision, skeleton, grouped, order in settings:
+            for policy, budget, link, mode, threads, skeleton, grouped, order in settings:
                 try:
                     size = {"cache_experts": every_expert} if budget is None else budget
                     base, own = specs.get(policy, (policy, {}))
@@ -162,8 +156,7 @@ def main() -> int:
                                   max_segments=args.segments, predictor_graphs=None if mode == "graphs" else False,
                                   skeleton_graphs=None if skeleton == "graphs" else False, cpu_threads=threads,
                                   grouped_experts=None if args.device == "cpu" else grouped,
-                                  router_first=order == "router-first", defer_prefetch=decision == "deferred",
-                                  **size)
+                                  router_first=order == "router-first", **size)
                     label = policy
                     if mode == "eager" and predicts[policy]:
                         label += "@eager-predictor"
@@ -173,8 +166,6 @@ def main() -> int:
                         label += "@gather-experts"
                     if order == "hf":
                         label += "@hf-block-order"
-                    if decision == "in-layer" and predicts[policy]:
-                        label += "@in-layer-prefetch"
                     if len(args.cpu_threads) > 1 and policy != "all-gpu":
                         label += f"@cpu{threads or 'default'}"
                     policy = label

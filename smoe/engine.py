@@ -17,16 +17,11 @@ router, shared experts and dense layers run unchanged; for the routed experts th
      with the family's gate weights, in ascending expert order as the HF module does (so a plan that
      changes nothing reproduces the HF output bit for bit on the same device);
   5. counts every metric and, if asked, appends the layer's scores and executed plan to the trace.
-A policy that declares the predictions its prefetch reads (`ExpertPolicy.predictions`) has them queued in step 4
-and takes its decision, with the layer's close (the policy's `observe`, the trace record), at the start of the next
-MoE layer (`finish_prefetch`): by then the host has queued the rest of this layer and the next one's attention,
-which the device runs while the predictions land, and nothing the decision reads has changed.
 """
 from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -36,10 +31,9 @@ from torch import nn
 from .checkpoint import ExpertShape
 from .families import Family
 from .metrics import Metrics, span
-from .plan import Action, CacheView, LayerView, ModelInfo, Plan, check_plan
+from .plan import Action, CacheView, LayerView, ModelInfo, check_plan
 from .policy import ExpertPolicy
 from .pool import SlotPool
-from .staging import HostRead
 from .predict import NextLayerPredictor, PrefetchContext
 from .grouped_kernel import slot_grouped_forward
 from .store import expert_forward, grouped_forward
@@ -54,7 +48,7 @@ class OffloadedExperts(nn.Module):
         self.engine: Engine | None = None  # attached once the slot pool exists
         self.layer = layer
         self.logits: torch.Tensor | None = None  # [T,E], set by the gate's forward hook
-        self.staged: HostRead | None = None  # the scores', top-k's and weights' copy to the host under way (`stage`)
+        self.staged: list | None = None  # the scores', top-k's and weights' copy to the host under way (`stage`)
 
     def stage(self, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> None:
         """Start copying this layer's router scores, top-k and weights [T,K] to the host now, before the block queues
@@ -84,7 +78,6 @@ class Engine:
         trace_predictions: bool = False,
         predictor: NextLayerPredictor | None = None,
         grouped: str = "off",
-        defer_prefetch: bool = True,
     ):
         self.policy = policy
         self.pool = pool
@@ -107,16 +100,11 @@ class Engine:
         self.predictor = predictor
         self.awaiting: set = set()  # prefetched experts whose layer has not run since
         self.wants_prefetch = type(policy).prefetch is not ExpertPolicy.prefetch
-        self._open: _OpenLayer | None = None  # the last layer run, until `finish_prefetch` closes it
         # decode: a layer's resident experts as one batched product (a few kernels, not a few per expert; the
         # runtime's default on a GPU, where launches dominate a decode step), their weights read in place from the
         # slots ("slots", `grouped_kernel`) or gathered out of them first ("gather"); "off": expert by expert, as
         # HF orders.
         self.grouped = grouped
-        # a policy that declares its predictions (`ExpertPolicy.predictions`) decides its prefetch at the next MoE
-        # layer's start, after the host has queued the rest of this layer and the next one's attention (same
-        # decisions; the host's wait for the predictions overlaps that work); False: in the layer, as undeclared
-        self.defer_prefetch = defer_prefetch
 
     # ---- whole-run hooks ----------------------------------------------------------------------------
     def preload_keys(self, keys: list) -> None:
@@ -153,7 +141,6 @@ class Engine:
 
     def _run_layer(self, layer, x, staged):
         # x [T,H]  staged: `stage_scores`' host copy under way
-        self.finish_prefetch()  # the previous layer's, if it deferred its prefetch decision to here
         m = self.metrics[self.phase]
         with span("smoe.scores_to_host"):  # waits for the compute stream up to the router (and what came before it)
             host_scores, host_topk, host_topk_w = self.pool.staging.finish_to_host(staged)
@@ -242,6 +229,8 @@ class Engine:
 
         add_hits(early)
         self.pool.mark_used((layer, e) for e in early)
+        # Prefetch for later layers while this layer's loads are still copying.
+        prefetched: list = []
 
         def partial() -> torch.Tensor:  # this layer's routed output so far [T,H]: its long-resident experts
             single = [e for e in early if e not in summed]
@@ -258,8 +247,7 @@ class Engine:
         if self.trace is not None and self.trace_predictions and self.phase == "decode" \
                 and self.predictor is not None and self.predictor.replay is None:
             predicted = self._predictions(layer, x, partial())
-        rest_queued = deferred = False
-        prefetched: list = []  # experts of later layers this layer's prefetch copied
+        rest_queued = False
         if self.wants_prefetch and not pending:
             # A prediction queues the rest of the layer before it waits, so the device computes it while the host waits
             # and decides. Not in a layer that discards experts: that frees slots, which the prefetch must not see yet.
@@ -267,19 +255,16 @@ class Engine:
             ctx = PrefetchContext(layer, x, partial, self.predictor, self.pool.staging,
                                   then=queue_rest if rest_queued else None)
             t0 = time.perf_counter()
-            wanted = self.policy.predictions(view) if self.predictor is not None else None
-            m.policy_time_s += time.perf_counter() - t0
-            if wanted:
-                ctx.launch(wanted)
-            # Declared reads let the decision wait for the next MoE layer's start: the host queues the rest of this
-            # layer and the next one's attention meanwhile, and the device computes the predictions.
-            deferred = self.defer_prefetch and rest_queued and bool(wanted)
-            if deferred:
-                ctx.finish_layer()
-            else:
-                prefetched = self._decide_prefetch(view, ctx, m)
+            with span("smoe.prefetch"):
+                nxt = self.policy.prefetch(view, ctx)
+            m.policy_time_s += time.perf_counter() - t0 - ctx.predict_s - ctx.then_s
+            m.predict_time_s += ctx.predict_s
+            if nxt is not None:
+                prefetched = self._prefetch(nxt, layer)
+            ctx.finish_layer()
         if not rest_queued:
             queue_rest()
+        self.pool.mark_used((layer, e) for e in late)  # after the prefetch, which counts them as not yet used
         assert not pending, "check_plan admitted loads without slots"
 
         if cpu_future is not None:
@@ -291,64 +276,33 @@ class Engine:
             outs.update(zip(cpu_experts, on_device))
 
         unsummed = [e for e in order if e not in summed]
-        # hit_sum's readers (the predictions) are queued before, on this stream: the rest is added in place
+        # hit_sum has no reader left (the prediction queued before has been read back): the rest is added in place
         final = self._combine(torch.zeros_like(x) if hit_sum is None else hit_sum, unsummed, outs, tok, w)
 
         m.uses += sum(len(t) for t in ex.tokens.values())
         m.substitutions += ex.substitutions
         m.skips += ex.skips
-        record = None
-        if self.trace is not None:
-            record = {
-                "step": self.step,
-                "phase": self.phase,
-                "layer": layer,
-                "scores": view.scores.half(),
-                "topk": view.topk.to(torch.int16),
-                "actions": torch.as_tensor(np.asarray(plan.actions, dtype=np.int8)),
-                "standins": None if plan.standins is None else torch.as_tensor(plan.standins),
-                "loads": ex.loads,
-                "cpu": cpu_experts,
-                "evict": ex.evict,
-                "prefetch": prefetched,
-                "predicted": predicted,
-            }
-        self._open = _OpenLayer(view, plan, late, m, record, ctx if deferred else None)
-        if not deferred:
-            self.finish_prefetch()
-        return final
-
-    def finish_prefetch(self) -> None:
-        """Close the last layer run: its prefetch decision if deferred (the policy's `prefetch` on predictions
-        computed with the layer), then its prefetched experts used late are marked used, the policy observes the
-        layer and the trace gets its record. Runs at the end of every layer but a deferring one, whose close the
-        next MoE layer runs first thing (and `Runtime.generate` at its end), before anything else sees the pool or
-        the policy: each decision sees what it saw in the layer."""
-        o, self._open = self._open, None
-        if o is None:
-            return
-        if o.ctx is not None:
-            prefetched = self._decide_prefetch(o.view, o.ctx, o.m)
-            if o.record is not None:
-                o.record["prefetch"] = prefetched
-        layer = o.view.layer
-        self.pool.mark_used((layer, e) for e in o.late)  # after the prefetch, which counts them as not yet used
         t0 = time.perf_counter()
-        self.policy.observe(o.view, o.plan)
-        o.m.policy_time_s += time.perf_counter() - t0
-        if o.record is not None:
-            self.trace.append(o.record)
-
-    def _decide_prefetch(self, view: LayerView, ctx: PrefetchContext, m) -> list:
-        """The policy's prefetch for later layers, executed: the experts copied."""
-        predict_s, then_s, t0 = ctx.predict_s, ctx.then_s, time.perf_counter()
-        with span("smoe.prefetch"):
-            nxt = self.policy.prefetch(view, ctx)
-        m.policy_time_s += time.perf_counter() - t0 - (ctx.predict_s - predict_s) - (ctx.then_s - then_s)
-        m.predict_time_s += ctx.predict_s  # the predictions' launch included
-        prefetched = self._prefetch(nxt, view.layer) if nxt is not None else []
-        ctx.finish_layer()
-        return prefetched
+        self.policy.observe(view, plan)
+        m.policy_time_s += time.perf_counter() - t0
+        if self.trace is not None:
+            self.trace.append(
+                {
+                    "step": self.step,
+                    "phase": self.phase,
+                    "layer": layer,
+                    "scores": view.scores.half(),
+                    "topk": view.topk.to(torch.int16),
+                    "actions": torch.as_tensor(np.asarray(plan.actions, dtype=np.int8)),
+                    "standins": None if plan.standins is None else torch.as_tensor(plan.standins),
+                    "loads": ex.loads,
+                    "cpu": cpu_experts,
+                    "evict": ex.evict,
+                    "prefetch": prefetched,
+                    "predicted": predicted,
+                }
+            )
+        return final
 
     def _grouped(self, layer: int, x: torch.Tensor, experts: list[int], w: "_GateWeights") -> torch.Tensor:
         """Sum over resident `experts` of gate weight x expert output, every token through every expert (a
@@ -456,15 +410,3 @@ class _TokenRows:
             flat = self.to_device(np.asarray([t for x in self.order for t in self.tokens[x]], dtype=np.int64))
             self.rows = dict(zip(self.order, torch.split(flat, [len(self.tokens[x]) for x in self.order])))
         return self.rows[e]
-
-
-@dataclass
-class _OpenLayer:
-    """A layer run but not yet closed (`Engine.finish_prefetch`): what its close needs."""
-
-    view: LayerView
-    plan: Plan
-    late: list[int]  # its experts prefetched for it, computed after its prediction
-    m: object  # its phase's metrics
-    record: dict | None  # its trace record
-    ctx: PrefetchContext | None  # its declared predictions under way, when its prefetch decision is deferred

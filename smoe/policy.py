@@ -5,7 +5,6 @@ metric; a policy only decides. It is called at four points:
   setup(model, capacity)      once, before the first forward: experts to preload into the slots
   plan(view) -> Plan          every MoE layer of every forward (the only hook a policy must implement)
   prefetch(view, ctx)         once a layer's resident experts are queued: experts of later layers to copy now
-                              (`predictions(view)` may declare the predicted scores it will read, computed ahead)
   observe(view, plan)         after the layer has been executed: update statistics (scores, recency)
 Decisions must depend only on the inputs, the budget and the policy's parameters, never on timing.
 
@@ -44,13 +43,6 @@ class ExpertPolicy:
     def prefetch(self, view: LayerView, ctx: "PrefetchContext") -> PrefetchPlan | None:
         """Called once this layer's resident experts are queued and its loads are copying. `ctx` gives the
         layer's input and the next MoE layer's predicted scores. Return experts of later layers to load now."""
-        return None
-
-    def predictions(self, view: LayerView) -> list[tuple[int, bool]] | None:
-        """The predictions `prefetch` will read at this layer, [(target MoE layer, attention)], declared after `plan`:
-        the runtime then computes them with the layer and runs `prefetch` at the start of the next MoE layer, so the
-        host does not sit waiting for them (the decision and what it sees are the same). None: undeclared, `prefetch`
-        runs in the layer and each prediction is computed when asked for."""
         return None
 
     def observe(self, view: LayerView, plan: Plan) -> None:

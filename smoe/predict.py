@@ -17,7 +17,6 @@ import time
 import torch
 from torch import nn
 
-from .errors import PolicyError
 from .metrics import span
 
 
@@ -175,23 +174,14 @@ class NextLayerPredictor:
         return self.family.scores(logits)
 
 
-Prediction = tuple  # (target MoE layer, attention: bool): the router scores a policy's prefetch reads
-
-
 class PrefetchContext:
     """What a policy's `prefetch` hook gets besides the layer view: the layer's input and, on demand, the
     predicted router scores of the next MoE layer (or of later ones).
 
-    Predictions are queued on the compute stream and their copy to the host started together; before the host waits
-    for them, `then` queues the rest of the layer's device work (its experts prefetched for it and its loads), once,
-    so the device computes them while the host waits and then decides the prefetch. They read the layer's output as
-    `partial` gave it at the first request (the experts resident before this layer's prefetches).
-
-    A policy that declares its reads (`ExpertPolicy.predictions`) has them computed by `launch` before its `prefetch`
-    runs: the engine then takes the decision at the start of the next MoE layer (`Engine.finish_prefetch`), after
-    the host has queued the rest of this layer and the next one's attention, so the host's wait overlaps the
-    device's work instead of idling it. Reading a prediction that was not declared is then an error; without a
-    declaration each request is computed and read when made."""
+    A prediction is queued on the compute stream and its copy to the host started; before the host waits for it,
+    `then` queues the rest of the layer's device work (its experts prefetched for it and its loads), once, so the
+    device computes them while the host waits and then decides the prefetch. The prediction reads the layer's
+    output as `partial` gave it at the first request (the experts resident before this layer's prefetches)."""
 
     def __init__(self, layer: int, hidden: torch.Tensor, partial, predictor: NextLayerPredictor | None,
                  staging, then=None):
@@ -202,9 +192,6 @@ class PrefetchContext:
         self._predictor = predictor
         self._staging = staging  # the pool's `PinnedStaging`: the read back to the host
         self._then = then  # () -> None: queues the rest of the layer (run at most once)
-        self._launched: dict[Prediction, int] | None = None  # declared predictions -> position in the read
-        self._read = None  # their read to the host under way (`staging.HostRead`)
-        self._host: list[torch.Tensor] | None = None  # ... and once landed, each [T,E] on the CPU
         self.predict_s = 0.0  # host time spent in predictor passes (the runtime's, not the policy's)
         self.then_s = 0.0  # host time spent queueing the rest of the layer (the engine's)
 
@@ -226,62 +213,32 @@ class PrefetchContext:
             self._partial_out = self._partial()
         return self._partial_out
 
-    def launch(self, wanted: list[Prediction]) -> None:
-        """Queue the predictions `wanted` [(target, attention)] and start their copy to the host, without waiting
-        (the engine's, for a policy's declared reads); `predict` and `gate_scores` then read them."""
-        assert self._launched is None, "predictions are launched once per layer"
-        later = set(self._predictor.blocks) if self._predictor is not None else set()
-        for target, attention in wanted:
-            if target not in later or target <= self.layer or (attention and target != self.next_layer):
-                raise PolicyError(f"prediction {(target, attention)} declared at layer {self.layer}: a target is a "
-                                  f"later MoE layer ({sorted(t for t in later if t > self.layer)}), and only the next "
-                                  f"one ({self.next_layer}) is predicted with its attention")
-        t0 = time.perf_counter()
-        with span("smoe.predict"):
-            self._read = self._start(wanted)
-        self._launched = {w: i for i, w in enumerate(wanted)}
-        self.predict_s += time.perf_counter() - t0
-
-    def _start(self, wanted: list[Prediction]):
-        """The predictions' device passes, then their copy to the host on its own channel (in flight beside the
-        next layer's scores)."""
-        partial, scores = self.partial(), []
-        for target, attention in wanted:
-            if target == self.next_layer:
-                scores.append(self._predictor.predict(self.layer, self.hidden, partial, attention))
-            else:
-                scores.append(self._predictor.gate_scores(self.layer, self.hidden, partial, target))
-        return self._staging.start_to_host(*scores, channel="predict")
-
-    def _scores(self, wanted: list[Prediction]) -> list[torch.Tensor]:
-        """The host scores [T,E] of `wanted`: from the launched read (waited for once) or computed now."""
-        t0, then_s = time.perf_counter(), self.then_s
-        with span("smoe.predict"):
-            if self._launched is None:  # undeclared: computed and read now
-                read, at = self._start(wanted), range(len(wanted))
-                self.finish_layer()
-                host = self._staging.finish_to_host(read)
-            else:
-                missing = [w for w in wanted if w not in self._launched]
-                if missing:
-                    raise PolicyError(f"prefetch read predictions {missing} it did not declare in predictions(): "
-                                      f"{list(self._launched)}")
-                if self._host is None:
-                    self.finish_layer()
-                    self._host = self._staging.finish_to_host(self._read)
-                host, at = self._host, [self._launched[w] for w in wanted]
-            out = [self._predictor.replayed(host[i], self.layer, attention,
-                                            self._predictor.distance(self.layer, target))
-                   for i, (target, attention) in zip(at, wanted)]
-        self.predict_s += time.perf_counter() - t0 - (self.then_s - then_s)
-        return out
+    def _read(self, scores: list[torch.Tensor], attention: bool, distances: list[int]) -> list[torch.Tensor]:
+        """Device predictions [T,E] each -> on the host (one wait, after the rest of the layer is queued)."""
+        started = self._staging.start_to_host(*scores)
+        self.finish_layer()
+        host = self._staging.finish_to_host(started)
+        return [self._predictor.replayed(h, self.layer, attention, d) for h, d in zip(host, distances)]
 
     def predict(self, attention: bool = True) -> torch.Tensor:
         """Predicted scores [T,E] of the next MoE layer, on the CPU."""
         assert self.next_layer is not None, "no MoE layer follows directly"
-        return self._scores([(self.next_layer, attention)])[0]
+        t0, then_s = time.perf_counter(), self.then_s
+        with span("smoe.predict"):
+            scores = self._predictor.predict(self.layer, self.hidden, self.partial(), attention)
+            out, = self._read([scores], attention, [1])
+        self.predict_s += time.perf_counter() - t0 - (self.then_s - then_s)
+        return out
 
     def gate_scores(self, targets: list[int]) -> list[torch.Tensor]:
         """For each later MoE layer in `targets`: its router on this layer's approximate output [T,E], on the CPU
         (no layers in between run); one wait for all of them."""
-        return self._scores([(t, False) for t in targets]) if targets else []
+        if not targets:
+            return []
+        t0, then_s = time.perf_counter(), self.then_s
+        with span("smoe.predict"):
+            partial = self.partial()
+            scores = [self._predictor.gate_scores(self.layer, self.hidden, partial, t) for t in targets]
+            out = self._read(scores, False, [self._predictor.distance(self.layer, t) for t in targets])
+        self.predict_s += time.perf_counter() - t0 - (self.then_s - then_s)
+        return out

@@ -151,7 +151,7 @@ def run_replayed(source, policy: str, trace: str | Path, batch: int, *, device: 
                  link_gbps: float | None = None, max_segments: int | None = None,
                  predictor_graphs: bool | None = None, skeleton_graphs: bool | None = None,
                  cpu_threads: int | None = None, grouped_experts: str | None = None,
-                 router_first: bool = True, defer_prefetch: bool = True) -> dict:
+                 router_first: bool = True) -> dict:
     """One run of `source` (e.g. a `shapes.RandomSource`) routed by `trace`: every generate call of the trace
     again, with random prompt ids of the recorded lengths. Returns a record shaped like `cli.run_one`'s (plus
     `prefetch_accuracy`); `record_trace` also saves this run's own trace (what belady reads); `max_segments` replays
@@ -165,7 +165,7 @@ def run_replayed(source, policy: str, trace: str | Path, batch: int, *, device: 
     rt = Runtime(source, policy, device=device, batch=batch, budget_gb=budget_gb, cache_experts=cache_experts,
                  policy_params=params, host_store=host_store, trace=True, kv_tokens=4096, link_gbps=link_gbps,
                  predictor_graphs=predictor_graphs, skeleton_graphs=skeleton_graphs, cpu_threads=cpu_threads,
-                 grouped_experts=grouped_experts, router_first=router_first, defer_prefetch=defer_prefetch)
+                 grouped_experts=grouped_experts, router_first=router_first)
     try:
         replay = RoutingReplay.load(trace, rt.info.moe_layers)
         replay.install(rt)

@@ -91,7 +91,6 @@ class Runtime:
         # True runs the same fixed-shape pieces eagerly)
         skeleton_graphs: bool | None = None,  # decode attention of known layer kinds as CUDA graphs (same defaults)
         router_first: bool = True,  # Qwen2-MoE blocks run their router before their shared expert (`router_first`)
-        defer_prefetch: bool = True,  # a policy's declared prefetch decided at the next layer's start (`Engine`)
     ):
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -166,7 +165,6 @@ class Runtime:
             self.policy, self.pool, self.ckpt.family, config, self.info, act,
             cpu_threads=cpu_threads or default_cpu_threads(), trace=trace, trace_predictions=trace_predictions,
             predictor=NextLayerPredictor(self.model, blocks, self.ckpt.family), grouped=grouped,
-            defer_prefetch=defer_prefetch,
         )
         self.predictor_graphs = self.device.type == "cuda" if predictor_graphs is None else predictor_graphs
         if self.predictor_graphs:
@@ -244,12 +242,9 @@ class Runtime:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         with gc_paused():
-            try:
-                tokens, ttft, steps = greedy_decode(
-                    self.model, ids.to(self.device), mask.to(self.device), max_new_tokens, on_forward, on_logits, stop
-                )
-            finally:  # a layer's deferred prefetch is closed by the next one; a forward ends with none open
-                eng.finish_prefetch()
+            tokens, ttft, steps = greedy_decode(
+                self.model, ids.to(self.device), mask.to(self.device), max_new_tokens, on_forward, on_logits, stop
+            )
         eng.metrics.ttft_list.append(ttft)
         eng.metrics.step_s.extend(steps)
         if self.device.type == "cuda":
@@ -274,10 +269,7 @@ class Runtime:
         eng.phase, eng.step = "prefill", 0
         ids, mask = ids.to(self.device), mask.to(self.device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        try:
-            return self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
-        finally:
-            eng.finish_prefetch()
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
 
     def generate_all(self, prompts: list, max_new_tokens: int) -> Result:
         """Every prompt, in consecutive batches of the runtime's batch size (the last may be smaller), with
@@ -310,7 +302,6 @@ class Runtime:
             "skeleton_graphs": len(self.skeleton.installed) if self.skeleton else 0,  # layers served by them
             "grouped_experts": self.engine.grouped,  # how decode computed a layer's resident experts (GROUPED)
             "router_first": len(self.router_first),  # MoE blocks that ran their router before their shared expert
-            "defer_prefetch": self.engine.defer_prefetch,  # declared prefetch decisions taken at the next layer's start
             "skeleton_capture_s": self.skeleton.capture_s if self.skeleton else 0.0,
         }
         return env

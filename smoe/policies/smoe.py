@@ -196,12 +196,6 @@ class SMoE(CachingPolicy):
     def predictor_passes(self) -> int:
         return 0 if self.prefetch_mode == "none" else 1
 
-    def predictions(self, view: LayerView) -> list[tuple[int, bool]]:
-        nxt = view.layer + 1
-        if self.prefetch_mode == "none" or view.phase != "decode" or nxt not in view.model.moe_layers:
-            return []
-        return [(nxt, self.prefetch_mode == "attention")]
-
     def prefetch(self, view: LayerView, ctx) -> PrefetchPlan | None:  # type: ignore[override]
         if self.prefetch_mode == "none" or view.phase != "decode":
             return None
