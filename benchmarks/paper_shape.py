@@ -16,6 +16,10 @@ emulated at G GB/s (`smoe.hardware.EmulatedLink`: each copy is held on its strea
 paper's PCIe on this GPU: such rows say `link_gbps` = G and their bound uses G; the all-GPU floor runs once, on the
 real link (it copies nothing while decoding). Files get a `_link{G}` suffix per emulated rate.
 
+With --repeats N every setting of a workload and batch runs N times, in rounds whose offloading settings alternate
+their order (A B, B A, ...), each round with its own floor first: an A/B measured so is not one pair against the
+host's spread (20-40% between runs of one process here).
+
 The records keep every run's executed plans, from which the DAG's `gpu_tables` rule fits the cost model
 (`smoe.costmodel.model_measured_runs`) and models the paper's GPUs.
 
@@ -47,7 +51,7 @@ from smoe.shapes import SHAPES, RandomSource  # noqa: E402
 COLUMNS = ["model", "gpu", "measured", "budget_gb", "policy", "batch", "workload", "ttft_s", "tpot_s", "tpot_p50_s",
            "tpot_p90_s", "hit_rate", "bytes_h2d", "cpu_experts", "cpu_time_s", "substitutions", "prefetches",
            "prefetch_top_share", "prefetch_routed_share", "policy_time_s", "predict_time_s", "slots", "link_gbps", "bound_s",
-           "tpot_over_bound"]
+           "tpot_over_bound", "repeat"]
 
 
 def main() -> int:
@@ -91,12 +95,20 @@ def main() -> int:
     ap.add_argument("--cpu-threads", type=int, nargs="+", default=[None],
                     help="threads of the CPU-expert worker (default: the runtime's, half the cores); several: every "
                          "policy is run with each, rows labelled {policy}@cpu{N}")
+    ap.add_argument("--repeats", type=int, default=1, help="rounds of every setting of a workload and batch: the floor "
+                    "first in each, then the offloading settings, in reverse order every other round (A B, B A, ...), so "
+                    "a slow stretch of the host or a process's first runs weigh on both sides of an A/B; rows carry "
+                    "`repeat` and their round's floor, and the tables take each setting's median")
     ap.add_argument("--profile", action="store_true", help="run each setting under torch.profiler and write its "
                     "op and engine-span tables ({stem}_profile_{policy}_{workload}_b{batch}.txt) instead of rows: "
                     "a profiled run's timing is not a measurement")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
+    if args.repeats < 1:
+        ap.error(f"--repeats must be at least 1, not {args.repeats}")
+    if args.profile and args.repeats > 1:
+        ap.error("--profile runs each setting once; leave --repeats out")
     policies = args.policies or [p for p in policy_names() if p != "belady"]
     params = dict(s.split("=", 1) for s in args.set)
     try:
@@ -143,11 +155,12 @@ def main() -> int:
             sizes = [{"budget_gb": b} for b in args.budgets_gb] if args.budgets_gb else \
                 [{"cache_experts": n} for n in args.slots]
             modes = [(sk, gr, bo) for sk in args.skeleton for gr in args.grouped for bo in args.block_order]
-            settings = [("all-gpu", None, None, "graphs", args.cpu_threads[0], *m) for m in modes] + [
-                (p, b, g, mode, threads, *m) for g in links for b in sizes for p in policies if p != "all-gpu"
-                for mode in (args.predictor if predicts[p] else args.predictor[:1])
-                for threads in args.cpu_threads for m in modes]
-            for policy, budget, link, mode, threads, skeleton, grouped, order in settings:
+            floors = [("all-gpu", None, None, "graphs", args.cpu_threads[0], *m) for m in modes]
+            offload = [(p, b, g, mode, threads, *m) for g in links for b in sizes for p in policies if p != "all-gpu"
+                       for mode in (args.predictor if predicts[p] else args.predictor[:1])
+                       for threads in args.cpu_threads for m in modes]
+            rounds = [(r, s) for r in range(args.repeats) for s in floors + (offload[::-1] if r % 2 else offload)]
+            for repeat, (policy, budget, link, mode, threads, skeleton, grouped, order) in rounds:
                 try:
                     size = {"cache_experts": every_expert} if budget is None else budget
                     base, own = specs.get(policy, (policy, {}))
@@ -179,10 +192,10 @@ def main() -> int:
                     continue
                 m, acc = rec["metrics"], rec["prefetch_accuracy"]
                 if policy.split("@")[0] == "all-gpu":
-                    floor[(batch, workload, skeleton, grouped, order)] = m["tpot_s"]
+                    floor[(batch, workload, skeleton, grouped, order, repeat)] = m["tpot_s"]
                 steps = max(m["decode_steps"], 1)
                 link_Bps = rec["env"]["link_gbps"] * 1e9 if rec["env"]["link_gbps"] else env["copy_Bps"]
-                bound = max(floor.get((batch, workload, skeleton, grouped, order), 0.0),
+                bound = max(floor.get((batch, workload, skeleton, grouped, order, repeat), 0.0),
                             m["decode"]["bytes_h2d"] / steps / link_Bps if link_Bps else 0.0)
                 row = {"model": name, "gpu": args.gpu, "measured": args.device == "cuda",
                        "budget_gb": (budget or {}).get("budget_gb"), "policy": policy, "batch": batch,
@@ -192,7 +205,7 @@ def main() -> int:
                                             "policy_time_s", "predict_time_s")},
                        "prefetch_top_share": acc["top_score_share"], "prefetch_routed_share": acc["routed_share"],
                        "slots": rec["memory"]["capacity"], "link_gbps": rec["env"]["link_gbps"], "bound_s": bound,
-                       "tpot_over_bound": m["tpot_s"] / bound if bound else None}
+                       "tpot_over_bound": m["tpot_s"] / bound if bound else None, "repeat": repeat}
                 rows.append(row)
                 with open(out / f"{stem}.jsonl", "a") as f:
                     f.write(json.dumps({"row": row, **rec}) + "\n")
@@ -200,7 +213,8 @@ def main() -> int:
                     w = csv.DictWriter(f, fieldnames=COLUMNS)
                     w.writeheader()
                     w.writerows(rows)
-                print(f"{policy:>15} {rec['memory']['capacity']} slots {link or 'native'} b{batch} {workload:>13}: TPOT {m['tpot_s'] * 1e3:8.2f} ms, hit "
+                rnd = f" r{repeat}" if args.repeats > 1 else ""
+                print(f"{policy:>15} {rec['memory']['capacity']} slots {link or 'native'} b{batch} {workload:>13}{rnd}: TPOT {m['tpot_s'] * 1e3:8.2f} ms, hit "
                       f"{m['hit_rate'] if m['hit_rate'] is not None else float('nan'):.3f}, x{row['tpot_over_bound'] or 0:.2f} "
                       f"of bound", flush=True)
     return 0

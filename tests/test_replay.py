@@ -168,6 +168,18 @@ def test_paper_shape_benchmark_runs_end_to_end_on_toy_widths(tmp_path):
     assert order[2]["metrics"]["decode"] == {**order[3]["metrics"]["decode"], **{k: order[2]["metrics"]["decode"][k]
                                              for k in ("policy_time_s", "predict_time_s", "cpu_time_s")}}
     assert order[2]["row"]["bound_s"] >= order[0]["row"]["tpot_s"] and order[3]["row"]["bound_s"] >= order[1]["row"]["tpot_s"]
+    # --repeats: every setting again in a second round, the offloading ones in reverse order, each round's rows
+    # bounded by that round's floor; the same decisions in every round
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/paper_shape.py"), "--shape", "deepseek-moe-16b-shape",
+                    "--tiny", "--device", "cpu", "--traces", str(tmp_path / "traces"), "--workloads", "exam",
+                    "--batches", "1", "--budgets-gb", "0.267", "--policies", "lru", "smoe", "--repeats", "2",
+                    "--out", str(tmp_path / "rep")], check=True, cwd=ROOT)
+    rep = [json.loads(line)["row"] for line in (tmp_path / "rep/deepseek-moe-16b-shape-tiny.jsonl").read_text().splitlines()]
+    assert [(r["policy"], r["repeat"]) for r in rep] == [
+        ("all-gpu", 0), ("lru", 0), ("smoe", 0), ("all-gpu", 1), ("smoe", 1), ("lru", 1)]
+    assert [r["bound_s"] for r in rep[1:3]] == [rep[0]["tpot_s"]] * 2  # no link rate on a CPU: the bound is the floor
+    assert [r["bound_s"] for r in rep[4:]] == [rep[3]["tpot_s"]] * 2
+    assert (rep[1]["hit_rate"], rep[2]["prefetches"]) == (rep[5]["hit_rate"], rep[4]["prefetches"])
     # --profile: a profile per setting, with the engine's spans and the ops inside them; no rows (not measured)
     prof = tmp_path / "prof"
     subprocess.run([sys.executable, str(ROOT / "benchmarks/paper_shape.py"), "--shape", "deepseek-moe-16b-shape",

@@ -15,7 +15,7 @@
   smoe_vs_best_gpu.csv        per measured setting (folder, shape, batch, workload, skeleton, grouped and block
                               order modes, link): the
                               all-GPU floor, the best offloading baseline and every SMoE variant's TPOT as a
-                              multiple of it
+                              multiple of it (a setting run in several rounds: each policy's median)
   ablation_gpu.csv            the paper's Fig. 14 steps (lru, +CE, +CR, +Pre, +BA) where a setting ran them all:
                               TPOT and hit rate per step and the change from the step before
 A setting measured in two folders appears twice, told apart by `source`.
@@ -57,13 +57,14 @@ runs["folder"] = runs.source.str.split("/").str[0]
 # the modes are the `skeleton` and `grouped` columns
 runs["policy"] = runs.policy.str.replace("@eager-skeleton|@gather-experts|@hf-block-order", "", regex=True)
 setting = ["folder", "model", "budget_gb", "batch", "workload", "skeleton", "grouped", "block_order"]
-floors = runs[runs.policy == "all-gpu"].set_index(["folder", "model", "batch", "workload", "skeleton", "grouped",
-                                                   "block_order"]).tpot_s
+# a setting run in several rounds (`paper_shape.py --repeats`) counts with its median
+floors = runs[runs.policy == "all-gpu"].groupby(["folder", "model", "batch", "workload", "skeleton", "grouped",
+                                                 "block_order"], dropna=False).tpot_s.median()
 summary, steps = [], []
 for key, group in runs[runs.policy != "all-gpu"].groupby(setting, dropna=False, sort=False):
     floor = floors.get((key[0], key[1], *key[3:]))
     for link, g in group.groupby(group.link_gbps.fillna(0), sort=False):
-        t = g.drop_duplicates("policy").set_index("policy")
+        t = g.groupby("policy", sort=False)[["tpot_s", "hit_rate"]].median()
         base = t.tpot_s[t.index.isin(BASELINES)]
         row = dict(zip(setting, key), link_gbps=link or None, floor_s=floor)
         if len(base):
