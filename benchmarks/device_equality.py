@@ -17,6 +17,7 @@ from smoe.cli import run_one  # noqa: E402
 from smoe.tiny import make_tiny  # noqa: E402
 
 KEYS = ("hit_rate", "loads", "substitutions", "skips", "prefetches", "prefetch_used", "cpu_experts")
+PROMPTS = ["Mixture of experts models route", "Hi"]  # batch 2, 16 new tokens, every run
 
 
 def main() -> int:
@@ -32,7 +33,7 @@ def main() -> int:
         model = str(make_tiny(fam, tmp / fam))
         for policy in args.policies.split(","):
             recs = [run_one(model=model, policy=policy, device=dev, batch=2, max_new_tokens=16,
-                            prompts=["Mixture of experts models route", "Hi"], cache_experts=args.slots)
+                            prompts=PROMPTS, cache_experts=args.slots)
                     for dev in ("cuda", "cpu")]
             g, c = recs[0]["metrics"], recs[1]["metrics"]
             rows.append({"family": fam, "policy": policy, "slots": args.slots,

@@ -49,3 +49,15 @@ def test_decisions_vs_commit_finds_the_same_decisions_at_head(tmp_path):
     rows = list(csv.DictReader(open(out)))
     assert [(r["policy"], r["same_decisions"]) for r in rows] == [("all-gpu", "True"), ("lru", "True"), ("smoe", "True")]
     assert all(float(r["old_policy_ms_per_step"]) > 0 and float(r["new_policy_ms_per_step"]) > 0 for r in rows)
+
+
+def test_decision_sensitivity_counts_runs_that_flip_and_none_below_float32_rounding(tmp_path):
+    """benchmarks/decision_sensitivity.py: noise far below float32's resolution (1e-12) leaves every run as it was;
+    noise of half a hidden state's size changes every run."""
+    out = tmp_path / "sens.csv"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/decision_sensitivity.py"), "--families", "qwen2_moe",
+                    "--policies", "smoe", "--eps", "1e-12", "0.5", "--seeds", "2", "--out", str(out)],
+                   check=True, cwd=ROOT)
+    rows = list(csv.DictReader(open(out)))
+    assert [(r["family"], r["policy"], r["differ_at_1e-12"], r["differ_at_0.5"]) for r in rows] == [
+        ("qwen2_moe", "smoe", "0", "2")]
