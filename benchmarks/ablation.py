@@ -16,7 +16,6 @@ counts are exact (identical over repeats).
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import torch  # noqa: E402
 from transformers import AutoConfig  # noqa: E402
 
 from smoe.cli import run_one  # noqa: E402
+from smoe.files import write_csv  # noqa: E402
 from smoe.policy import policy_names  # noqa: E402
 from smoe.trace_stats import prefetch_accuracy  # noqa: E402
 
@@ -47,14 +47,6 @@ PAST = [  # earlier requests: moe-infinity's activation history (other prompts t
 ]
 GROUPS = ("steps", "window", "policies", "moe-infinity")
 LOOKAHEADS = (1, 2, 3, 4)
-
-
-def write(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
 
 
 def main() -> int:
@@ -112,16 +104,16 @@ def main() -> int:
                 "prefetches": m["prefetches"], "prefetch_used": m["prefetch_used"]}
 
     if "moe-infinity" in args.groups:
-        write(out / "moe_infinity.csv", [{"lookahead": la, "history": h, **row(f"moe-infinity la={la} history={h}"),
+        write_csv(out / "moe_infinity.csv", [{"lookahead": la, "history": h, **row(f"moe-infinity la={la} history={h}"),
                                           **accuracy[f"moe-infinity la={la} history={h}"]}
                                          for la in LOOKAHEADS for h in (False, True)])
     if "window" in args.groups:
-        write(out / "window.csv", [{"window": str(n), **row(f"smoe-ce n={n}")} for n in (1, 2, 4, 8, 16, 32, None)])
+        write_csv(out / "window.csv", [{"window": str(n), **row(f"smoe-ce n={n}")} for n in (1, 2, 4, 8, 16, 32, None)])
     if "policies" in args.groups:
-        write(out / "policies.csv", [row(label) for label, _, _ in configs if label in results
+        write_csv(out / "policies.csv", [row(label) for label, _, _ in configs if label in results
                                      and not label.startswith(("smoe-ce n=", "moe-infinity la="))])
     if {"steps", "policies"} & set(args.groups):
-        write(out / "prefetch_accuracy.csv", [{"policy": p, **a} for p, a in accuracy.items()
+        write_csv(out / "prefetch_accuracy.csv", [{"policy": p, **a} for p, a in accuracy.items()
                                               if not p.startswith("moe-infinity la=")])
     if "steps" not in args.groups:
         return 0
@@ -136,7 +128,7 @@ def main() -> int:
         else:
             r.update(tpot_change_pct=None, hit_change_pct=None, paper_tpot_change_pct=None, paper_hit_change_pct=None)
         ablation.append(r)
-    write(out / "ablation.csv", ablation)
+    write_csv(out / "ablation.csv", ablation)
     for r in ablation:
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
     return 0

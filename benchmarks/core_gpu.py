@@ -17,7 +17,6 @@ with no runtime in between (the reference for the runtime's own overhead).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import statistics
@@ -32,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from smoe.cli import run_one  # noqa: E402
 from smoe.errors import SmoeError  # noqa: E402
+from smoe.files import write_csv  # noqa: E402
 from smoe.hardware import h2d_rate  # noqa: E402
 from smoe.tiny import TINY, make_tiny  # noqa: E402
 
@@ -171,10 +171,7 @@ def main() -> int:
     rows: list[dict] = []
     t0 = time.perf_counter()
     tiny_equality(tmp, rows)
-    with open(out / "tiny.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out / "tiny.csv", rows)
     print(f"tiny families: {sum(r['tokens_equal'] for r in rows)}/{len(rows)} token-equal, "
           f"{sum(r['counts_equal'] for r in rows)}/{len(rows)} counts-equal cuda vs cpu ({time.perf_counter() - t0:.0f}s)",
           flush=True)
@@ -224,10 +221,7 @@ def main() -> int:
                           "loads_cuda": recs[0]["metrics"]["loads"], "loads_cpu": recs[1]["metrics"]["loads"]})
         print("mid cuda vs cpu:", cpu_check[-1], flush=True)
     (out / "mid_runs.json").write_text(json.dumps({"runs": [r for recs in runs.values() for r in recs]}, indent=1))
-    with open(out / "mid.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(table[0]))
-        w.writeheader()
-        w.writerows(table)
+    write_csv(out / "mid.csv", table)
     ov = [overlap_from_profile(str(mid), p, 48) for p in ("on-demand", "lru")]
     print("overlap:", ov, flush=True)
     (out / "summary.json").write_text(json.dumps({"bandwidth_GBps": bw, "overlap": ov, "cpu_vs_cuda_fp32": cpu_check}, indent=1))

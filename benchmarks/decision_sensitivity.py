@@ -9,7 +9,6 @@ error in the runtime: the two devices' kernels round differently.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import tempfile
 from pathlib import Path
@@ -21,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from device_equality import KEYS, PROMPTS  # noqa: E402
+from smoe.files import write_csv  # noqa: E402
 from smoe.runtime import Runtime  # noqa: E402
 from smoe.tiny import make_tiny  # noqa: E402
 
@@ -64,11 +64,7 @@ def main() -> int:
             row[f"differ_at_{eps:g}"] = sum(run(model, policy, args.slots, eps, s) != base for s in range(args.seeds))
         rows.append(row)
         tqdm.write(str(row))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(args.out, rows)
     return 0
 
 

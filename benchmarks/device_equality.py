@@ -6,7 +6,6 @@ tokens, hit rates, loads, substitutions, skips, prefetches and CPU-expert counts
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import tempfile
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from smoe.cli import run_one  # noqa: E402
+from smoe.files import write_csv  # noqa: E402
 from smoe.tiny import make_tiny  # noqa: E402
 
 KEYS = ("hit_rate", "loads", "substitutions", "skips", "prefetches", "prefetch_used", "cpu_experts")
@@ -41,11 +41,7 @@ def main() -> int:
                          "counts_equal": all(g[k] == c[k] for k in KEYS),
                          **{f"{k}": g[k] for k in KEYS}})
             print(rows[-1], flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(args.out, rows)
     ok = sum(r["tokens_equal"] and r["counts_equal"] for r in rows)
     print(f"{ok}/{len(rows)} runs identical on cuda and cpu")
     return 0

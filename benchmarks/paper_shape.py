@@ -31,7 +31,6 @@ Writes to --out, appending as each run finishes (an interrupted sweep keeps what
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -43,6 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from smoe.errors import SmoeError  # noqa: E402
+from smoe.files import write_csv  # noqa: E402
 from smoe.hardware import h2d_rate  # noqa: E402
 from smoe.policy import make_policy, parse_policy_spec, policy_names  # noqa: E402
 from smoe.replay import filled_host_store, run_replayed  # noqa: E402
@@ -209,10 +209,7 @@ def main() -> int:
                 rows.append(row)
                 with open(out / f"{stem}.jsonl", "a") as f:
                     f.write(json.dumps({"row": row, **rec}) + "\n")
-                with open(out / f"{stem}.csv", "w", newline="") as f:
-                    w = csv.DictWriter(f, fieldnames=COLUMNS)
-                    w.writeheader()
-                    w.writerows(rows)
+                write_csv(out / f"{stem}.csv", rows, COLUMNS)
                 rnd = f" r{repeat}" if args.repeats > 1 else ""
                 print(f"{policy:>15} {rec['memory']['capacity']} slots {link or 'native'} b{batch} {workload:>13}{rnd}: TPOT {m['tpot_s'] * 1e3:8.2f} ms, hit "
                       f"{m['hit_rate'] if m['hit_rate'] is not None else float('nan'):.3f}, x{row['tpot_over_bound'] or 0:.2f} "

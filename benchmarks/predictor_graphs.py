@@ -12,7 +12,6 @@ host time per pass of each (launching the pass and waiting for its scores).
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import tempfile
 import time
@@ -22,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from smoe.files import write_csv  # noqa: E402
 from smoe.plan import Action, Plan  # noqa: E402
 from smoe.policy import ExpertPolicy, register_policy  # noqa: E402
 from smoe.runtime import Runtime  # noqa: E402
@@ -103,11 +103,7 @@ def main() -> int:
             source = RandomSource.named("qwen2-57b-a14b-shape", device="cuda", num_hidden_layers=args.shape_layers,
                                         num_experts=8, num_experts_per_tok=2)
             rows += measure(source, f"qwen2-57b-a14b-shape-{args.shape_layers}l-8e", batch, prompts, 16, 2)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(args.out, rows)
     return 0
 
 

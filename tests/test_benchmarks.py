@@ -61,3 +61,19 @@ def test_decision_sensitivity_counts_runs_that_flip_and_none_below_float32_round
     rows = list(csv.DictReader(open(out)))
     assert [(r["family"], r["policy"], r["differ_at_1e-12"], r["differ_at_0.5"]) for r in rows] == [
         ("qwen2_moe", "smoe", "0", "2")]
+
+
+def test_write_csv_replaces_a_file_whole_or_not_at_all(tmp_path):
+    """smoe.files.write_csv (every benchmark's table): the rows in the given column order; a write that fails
+    halfway leaves the file as it was and no temporary file beside it."""
+    import pytest
+
+    from smoe.files import write_csv
+
+    out = tmp_path / "sub" / "t.csv"
+    write_csv(out, [{"a": 1, "b": 2}, {"a": 3, "b": 4}], ["b", "a"])
+    assert out.read_text().splitlines() == ["b,a", "2,1", "4,3"]
+    with pytest.raises(ValueError):
+        write_csv(out, [{"a": 5, "b": 6}, {"a": 7, "c": 8}])  # a key outside the columns: csv refuses the row
+    assert out.read_text().splitlines() == ["b,a", "2,1", "4,3"]
+    assert [p.name for p in out.parent.iterdir()] == ["t.csv"]
