@@ -47,6 +47,7 @@ from smoe.hardware import h2d_rate  # noqa: E402
 from smoe.policy import make_policy, parse_policy_spec, policy_names  # noqa: E402
 from smoe.replay import filled_host_store, run_replayed  # noqa: E402
 from smoe.shapes import SHAPES, RandomSource  # noqa: E402
+from smoe.skeleton_graphs import MODES as SKELETON_MODES  # noqa: E402
 
 COLUMNS = ["model", "gpu", "measured", "budget_gb", "policy", "batch", "workload", "ttft_s", "tpot_s", "tpot_p50_s",
            "tpot_p90_s", "hit_rate", "bytes_h2d", "cpu_experts", "cpu_time_s", "substitutions", "prefetches",
@@ -79,10 +80,11 @@ def main() -> int:
     ap.add_argument("--predictor", nargs="+", default=["graphs"], choices=["graphs", "eager"],
                     help="how prefetching policies run the predictor's decode passes: as CUDA graphs (the runtime's "
                          "default on a GPU) and/or op by op (rows labelled {policy}@eager-predictor); both: side by side")
-    ap.add_argument("--skeleton", nargs="+", default=["graphs"], choices=["graphs", "eager"],
-                    help="how every policy, the floor included, runs the decoder layers' decode attention: as CUDA "
-                         "graphs (the runtime's default on a GPU) and/or op by op (rows labelled "
-                         "{policy}@eager-skeleton, against a floor of their own); both: side by side")
+    ap.add_argument("--skeleton", nargs="+", default=["layer"], choices=list(SKELETON_MODES),
+                    help="what of the decoder layers every policy, the floor included, runs at decode as CUDA graphs: "
+                         "all but the routed experts (layer, the runtime's default on a GPU), the attention alone "
+                         "(rows labelled {policy}@attention-skeleton) and/or nothing (op by op, {policy}@eager-skeleton); "
+                         "each against a floor of its own; several: side by side")
     ap.add_argument("--grouped", nargs="+", default=["slots"], choices=["slots", "gather"],
                     help="how every policy, the floor included, computes a decode layer's resident experts in one "
                          "batched product: read in place from the slots by a Triton kernel (the runtime's default on "
@@ -167,14 +169,17 @@ def main() -> int:
                     run = partial(run_replayed, source, base, trace, batch, device=args.device,
                                   params={**params, **own}, host_store=store, link_gbps=link,
                                   max_segments=args.segments, predictor_graphs=None if mode == "graphs" else False,
-                                  skeleton_graphs=None if skeleton == "graphs" else False, cpu_threads=threads,
+                                  # None: the runtime's default (graphs on a GPU, none on a CPU)
+                                  skeleton_graphs=None if skeleton != "eager" else False,
+                                  block_graphs=None if skeleton == "layer" else False,
+                                  cpu_threads=threads,
                                   grouped_experts=None if args.device == "cpu" else grouped,
                                   router_first=order == "router-first", **size)
                     label = policy
                     if mode == "eager" and predicts[policy]:
                         label += "@eager-predictor"
-                    if skeleton == "eager":
-                        label += "@eager-skeleton"
+                    if skeleton != "layer":
+                        label += f"@{skeleton}-skeleton"
                     if grouped == "gather":
                         label += "@gather-experts"
                     if order == "hf":

@@ -1,12 +1,13 @@
-"""The decoder layers' decode attention as CUDA graphs against op by op: same logits, time per decode step.
+"""The decoder layers' decode calls as CUDA graphs against op by op: same logits, time per decode step.
 
     python benchmarks/skeleton_graphs.py --out results/gpu/skeleton_graphs_h200.csv   # needs a CUDA device
 
 For tiny models of several families, and for the Qwen2-57B shape with every expert resident (random weights;
-`--shape-layers` of its 28 layers), one runtime per mode (`skeleton_graphs` on and off) decodes the same prompts
-`--repeats` times after a first, warm-up call (which captures the graphs). Written per model and batch: whether
-every forward's logits are bit-equal between the two modes, the largest difference, the layers the graphs serve,
-and the median and mean decode step (TPOT) of each mode.
+`--shape-layers` of its 28 layers), one runtime per mode decodes the same prompts `--repeats` times after a
+first, warm-up call (which captures the graphs): op by op (`eager`), the attention as graphs (`attention`), and
+every part of the layer but the routed experts as graphs (`layer`, the runtime's default on a GPU). Written per
+model, batch and graph mode: whether every forward's logits are bit-equal to the eager mode's, the largest
+difference, the layers the graphs serve, the median decode step (TPOT) of both modes and the speed-up.
 """
 from __future__ import annotations
 
@@ -25,11 +26,14 @@ from smoe.runtime import Runtime  # noqa: E402
 from smoe.shapes import RandomSource  # noqa: E402
 from smoe.tiny import make_tiny  # noqa: E402
 
+MODES = {"eager": dict(skeleton_graphs=False), "attention": dict(skeleton_graphs=True, block_graphs=False),
+         "layer": dict(skeleton_graphs=True, block_graphs=True)}
 
-def measure(source, label: str, batch: int, prompts, new_tokens: int, repeats: int, device: str) -> dict:
-    logits, steps, served, capture = {}, {}, {}, {}
-    for graphs in (False, True):
-        rt = Runtime(source, "all-gpu", device=device, cache_experts=10**6, batch=batch, skeleton_graphs=graphs)
+
+def measure(source, label: str, batch: int, prompts, new_tokens: int, repeats: int, device: str) -> list[dict]:
+    logits, steps, env = {}, {}, {}
+    for mode, options in MODES.items():
+        rt = Runtime(source, "all-gpu", device=device, cache_experts=10**6, batch=batch, **options)
         seen: list[torch.Tensor] = []
         try:
             rt.generate(prompts, new_tokens)  # warm-up; captures the graphs
@@ -38,21 +42,21 @@ def measure(source, label: str, batch: int, prompts, new_tokens: int, repeats: i
                 seen.clear()
                 res = rt.generate(prompts, new_tokens, on_logits=lambda step, x: seen.append(x.float().cpu()))
                 tpots.append(res.metrics["tpot_s"])
-            env = rt.environment()
-            logits[graphs], steps[graphs] = list(seen), tpots
-            served[graphs], capture[graphs] = env["skeleton_graphs"], env["skeleton_capture_s"]
+            logits[mode], steps[mode], env[mode] = list(seen), tpots, rt.environment()
         finally:
             rt.close()
-    equal = all(torch.equal(a, b) for a, b in zip(logits[False], logits[True]))
-    diff = max(float((a - b).abs().max()) for a, b in zip(logits[False], logits[True]))
-    row = {"model": label, "batch": batch, "new_tokens": new_tokens, "repeats": repeats,
-           "layers_served": served[True], "bit_equal": equal, "max_abs_diff": diff,
-           "eager_tpot_ms_p50": statistics.median(steps[False]) * 1e3,
-           "graphs_tpot_ms_p50": statistics.median(steps[True]) * 1e3,
-           "speedup_p50": statistics.median(steps[False]) / statistics.median(steps[True]),
-           "capture_s": capture[True]}
-    print(row, flush=True)
-    return row
+    rows = []
+    for mode in ("attention", "layer"):
+        eager, graphs = statistics.median(steps["eager"]), statistics.median(steps[mode])
+        row = {"model": label, "batch": batch, "graphs": mode, "new_tokens": new_tokens, "repeats": repeats,
+               "layers_served": env[mode]["skeleton_graphs"], "block_layers_served": env[mode]["block_graphs"],
+               "bit_equal": all(torch.equal(a, b) for a, b in zip(logits["eager"], logits[mode])),
+               "max_abs_diff": max(float((a - b).abs().max()) for a, b in zip(logits["eager"], logits[mode])),
+               "eager_tpot_ms_p50": eager * 1e3, "graphs_tpot_ms_p50": graphs * 1e3, "speedup_p50": eager / graphs,
+               "capture_s": env[mode]["skeleton_capture_s"]}
+        print(row, flush=True)
+        rows.append(row)
+    return rows
 
 
 def main() -> int:
@@ -72,12 +76,12 @@ def main() -> int:
     for batch in args.batches:
         prompts = [[1 + i, 7, 9, 11 + i][: 2 + i % 3] for i in range(batch)]  # different lengths: padding masks
         for fam in args.families.split(","):
-            rows.append(measure(str(make_tiny(fam, tmp / fam)), fam, batch, prompts, 16, args.repeats, args.device))
+            rows += measure(str(make_tiny(fam, tmp / fam)), fam, batch, prompts, 16, args.repeats, args.device)
         if args.shape_layers:
             source = RandomSource.named("qwen2-57b-a14b-shape", device=args.device, num_hidden_layers=args.shape_layers,
                                         num_experts=8, num_experts_per_tok=8)
-            rows.append(measure(source, f"qwen2-57b-a14b-shape-{args.shape_layers}l-8e", batch, prompts, 32,
-                                args.repeats, args.device))
+            rows += measure(source, f"qwen2-57b-a14b-shape-{args.shape_layers}l-8e", batch, prompts, 32,
+                            args.repeats, args.device)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(args.out, index=False)
     return 0

@@ -24,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .skeleton_graphs import mode as skeleton_mode
+
 
 @dataclass(frozen=True)
 class MachineProfile:
@@ -176,7 +178,7 @@ def calibrate(all_gpu_plans: list[list[int]], measured_tpot_s: float, profile: M
 @dataclass
 class MeasuredRun:
     """What the fit needs of one measured run (a `run_replayed` record)."""
-    group: tuple  # (batch, workload, skeleton graphs on, grouped mode, router first): runs of one group share the
+    group: tuple  # (batch, workload, skeleton graphs mode, grouped mode, router first): runs of one group share the
     # all-GPU floor
     policy: str
     floor: bool  # the all-GPU run of its group
@@ -206,7 +208,7 @@ class MeasuredRun:
         passes = policy.predictor_passes
         # records since the second GPU campaign time the predictor apart from planning (`predict_time_s`)
         own = dec["predict_time_s"] / (layers * passes) if passes and "predict_time_s" in dec else None
-        graphs = rec.get("env", {}).get("skeleton_graphs", 0) > 0  # records before the skeleton graphs: off
+        graphs = skeleton_mode(rec.get("env", {}))
         grouped = rec.get("env", {}).get("grouped_experts", "gather")  # records before the slot kernel gathered
         first = rec.get("env", {}).get("router_first", 0) > 0  # records before 2026-12-01 ran HF's block order
         return cls(group=(p["batch"], Path(p["replay"]).parent.name, graphs, grouped, first), policy=label,

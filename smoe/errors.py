@@ -41,3 +41,7 @@ class PromptError(SmoeError):
 
 class DataError(SmoeError):
     """Fetched data (benchmark sets, texts) that a command needs is not in the resources folder."""
+
+
+class OptionError(SmoeError):
+    """Runtime options that cannot go together (names both and what would work)."""

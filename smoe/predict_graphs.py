@@ -58,14 +58,20 @@ def attention_core(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask
 
 
 class Piece:
-    """A function of fixed-shape tensors, captured as a CUDA graph, or run as is when `capture` is off."""
+    """A function of fixed-shape tensors, captured as a CUDA graph, or run as is when `capture` is off.
 
-    def __init__(self, fn, examples: list[torch.Tensor], capture: bool, stream=None, pool=None):
+    A replay reads its inputs at fixed addresses: each call copies its arguments there, except an argument that
+    already lies there. An example in `chained` (the data pointers of other pieces' outputs, which stay put
+    between replays) is read in place rather than cloned, so a piece fed by another's output costs no copy."""
+
+    def __init__(self, fn, examples: list[torch.Tensor], capture: bool, stream=None, pool=None,
+                 chained: frozenset = frozenset()):
         self.fn = fn
         self.capture = capture
         if not capture:
             return
-        self.inputs = [t.clone() for t in examples]  # static inputs: a replay reads these addresses
+        # static inputs: a replay reads these addresses
+        self.inputs = [t if t.data_ptr() in chained else t.clone() for t in examples]
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             fn(*self.inputs)  # a warm-up outside the capture, so library set-up is not captured
@@ -81,7 +87,8 @@ class Piece:
         if not self.capture:
             return self.fn(*args)
         for dst, src in zip(self.inputs, args):
-            dst.copy_(src)
+            if src.data_ptr() != dst.data_ptr():  # an argument not already where the replay reads it
+                dst.copy_(src)
         self.graph.replay()
         return self.outputs
 
@@ -96,14 +103,23 @@ class Pieces:
         self.capture_s = 0.0  # host time spent capturing pieces (on a piece's first use)
         self.stream = torch.cuda.Stream() if capture else None  # where pieces are captured
         self.pool = torch.cuda.graph_pool_handle() if capture else None
+        self.output_ptrs: frozenset = frozenset()  # data pointers of the captured pieces' outputs
 
     def _piece(self, key: tuple, fn, inputs: list[torch.Tensor]) -> Piece:
         piece = self.pieces.get(key)
         if piece is None:
             t0 = time.perf_counter()
-            piece = self.pieces[key] = Piece(fn, inputs, self.capture, self.stream, self.pool)
+            piece = self.pieces[key] = Piece(fn, inputs, self.capture, self.stream, self.pool, self.output_ptrs)
+            if self.capture:  # later pieces read this one's outputs where they lie
+                self.output_ptrs |= {t.data_ptr() for t in _tensors(piece.outputs)}
             self.capture_s += time.perf_counter() - t0
         return piece
+
+
+def _tensors(out) -> list[torch.Tensor]:
+    """The tensors of a piece's output: a tensor, or a tuple or list of them (other items skipped)."""
+    items = out if isinstance(out, (tuple, list)) else (out,)
+    return [t for t in items if isinstance(t, torch.Tensor)]
 
 
 class PredictorPieces(Pieces):

@@ -66,20 +66,40 @@ class RoutingReplay:
 
     # ---- hooks ------------------------------------------------------------------------------------------
     def install(self, runtime) -> None:
-        """Route `runtime`'s MoE layers by the trace (forward hooks on its blocks and routers)."""
+        """Route `runtime`'s MoE layers by the trace (forward hooks on its blocks and routers). Every forward's
+        routing (the router's outputs made from the recorded scores) is made here, on the device, before the run:
+        a timed forward only hands it over, as a router's own few kernels would, instead of a dozen more."""
         family, config = runtime.ckpt.family, runtime.ckpt.config
         if family.scoring != "softmax":
             raise SmoeError(f"routing replay needs a softmax router; {family.model_type} scores by {family.scoring}")
         top_k = runtime.info.top_k
         renorm, scale = family.renormalises(config), family.scaling(config)
         blocks = runtime.engine.predictor.blocks
-        for recs in self.records.values():  # on the device up front: no copy inside the timed forwards
-            for r in recs:
-                r["scores_on_device"] = r["scores"].to(runtime.device, torch.float32)  # [T,E]
+        hidden = config.get_text_config().hidden_size
         for layer in runtime.info.moe_layers:
+            gate = blocks[layer].gate
+            # the router's output dtypes: its own forward (no hooks) on one zero token
+            probe = gate.forward(torch.zeros(1, hidden, dtype=runtime.dtype, device=runtime.device))
+            dtypes = probe[0].dtype, probe[1].dtype
+            for r in self.records[layer]:
+                r["routed"] = self._route(r["scores"].to(runtime.device, torch.float32), top_k, renorm, scale, *dtypes)
             blocks[layer].register_forward_pre_hook(self._next_record(layer))
-            blocks[layer].gate.register_forward_hook(self._replace(layer, top_k, renorm, scale), prepend=True)
+            gate.register_forward_hook(self._replace(layer), prepend=True)
         runtime.engine.predictor.replay = self
+
+    @staticmethod
+    def _route(scores: torch.Tensor, top_k: int, renorm: bool, scale: float, logits_dtype, weights_dtype):
+        """Recorded probabilities scores [T,E] -> what the router returns: logits [T,E] whose softmax they are, the
+        top-k weights [T,K] by the shape's rule, and the top-k ids [T,K]."""
+        new_logits = scores.clamp_min(1e-12).log()  # softmax(new_logits) == scores
+        probs = new_logits.softmax(dim=-1)
+        # [T,k]; scores are kept in float16, so ties happen: a stable sort gives them to the lower id on every
+        # device (topk's order among ties differs between CPU and GPU)
+        idx = probs.argsort(dim=-1, descending=True, stable=True)[:, :top_k]
+        top = probs.gather(-1, idx)
+        if renorm:
+            top = top / top.sum(dim=-1, keepdim=True)
+        return new_logits.to(logits_dtype), (top * scale).to(weights_dtype), idx
 
     def _next_record(self, layer: int):
         def hook(module, args):
@@ -91,25 +111,17 @@ class RoutingReplay:
 
         return hook
 
-    def _replace(self, layer: int, top_k: int, renorm: bool, scale: float):
+    def _replace(self, layer: int):
         def hook(module, inputs, output):
             rec = self._pending.pop(layer, None)
             if rec is None:  # a router call outside the block's forward (e.g. a predictor): left alone
                 return None
-            logits = output[0]  # [T,E]
-            scores = rec["scores_on_device"]  # [T,E] recorded probabilities
-            if scores.shape != logits.shape:
+            logits, weights, idx = rec["routed"]
+            if logits.shape != output[0].shape:
                 raise SmoeError(f"{self.name}: layer {layer} forward {self.cursor[layer]} recorded scores of shape "
-                                f"{tuple(scores.shape)}; the run routes {tuple(logits.shape)} (feed `segments()`)")
-            new_logits = scores.clamp_min(1e-12).log()  # softmax(new_logits) == scores
-            probs = new_logits.softmax(dim=-1)
-            # [T,k]; scores are kept in float16, so ties happen: a stable sort gives them to the lower id on
-            # every device (topk's order among ties differs between CPU and GPU)
-            idx = probs.argsort(dim=-1, descending=True, stable=True)[:, :top_k]
-            top = probs.gather(-1, idx)
-            if renorm:
-                top = top / top.sum(dim=-1, keepdim=True)
-            return (new_logits.to(logits.dtype), (top * scale).to(output[1].dtype), idx, *output[3:])
+                                f"{tuple(logits.shape)}; the run routes {tuple(output[0].shape)} (feed `segments()`)")
+            assert (logits.dtype, weights.dtype) == (output[0].dtype, output[1].dtype), "router dtypes changed"
+            return (logits, weights, idx, *output[3:])
 
         return hook
 
@@ -150,7 +162,7 @@ def run_replayed(source, policy: str, trace: str | Path, batch: int, *, device: 
                  host_store=None, seed: int = 0, record_trace: str | Path | None = None,
                  link_gbps: float | None = None, max_segments: int | None = None,
                  predictor_graphs: bool | None = None, skeleton_graphs: bool | None = None,
-                 cpu_threads: int | None = None, grouped_experts: str | None = None,
+                 block_graphs: bool | None = None, cpu_threads: int | None = None, grouped_experts: str | None = None,
                  router_first: bool = True) -> dict:
     """One run of `source` (e.g. a `shapes.RandomSource`) routed by `trace`: every generate call of the trace
     again, with random prompt ids of the recorded lengths. Returns a record shaped like `cli.run_one`'s (plus
@@ -164,7 +176,8 @@ def run_replayed(source, policy: str, trace: str | Path, batch: int, *, device: 
     torch.manual_seed(seed)
     rt = Runtime(source, policy, device=device, batch=batch, budget_gb=budget_gb, cache_experts=cache_experts,
                  policy_params=params, host_store=host_store, trace=True, kv_tokens=4096, link_gbps=link_gbps,
-                 predictor_graphs=predictor_graphs, skeleton_graphs=skeleton_graphs, cpu_threads=cpu_threads,
+                 predictor_graphs=predictor_graphs, skeleton_graphs=skeleton_graphs, block_graphs=block_graphs,
+                 cpu_threads=cpu_threads,
                  grouped_experts=grouped_experts, router_first=router_first)
     try:
         replay = RoutingReplay.load(trace, rt.info.moe_layers)

@@ -22,9 +22,13 @@ def applies(block: nn.Module) -> bool:
     return type(block).__name__ == "Qwen2MoeSparseMoeBlock" and hasattr(block, "shared_expert_gate")
 
 
-def install(block: nn.Module) -> None:
-    """Give `block` (one that `applies`) the router-first forward; `block.experts` must be the engine's
-    `OffloadedExperts` (it takes the staged scores)."""
+def install(block: nn.Module, layer: int, graphs=None) -> None:
+    """Give `block` (one that `applies`; decoder layer `layer`) the router-first forward; `block.experts` must be the
+    engine's `OffloadedExperts` (it takes the staged scores). `graphs`: a `SkeletonGraphs` with `block` on, whose
+    piece then runs the mix of the shared and routed outputs at decode."""
+
+    def mix(x, shared, routed):  # x [T,H], the shared expert's output [T,H], the routed experts' [T,H] -> [T,H]
+        return routed + torch.sigmoid(block.shared_expert_gate(x)) * shared
 
     def forward(hidden_states: torch.Tensor) -> torch.Tensor:  # [B,S,H] -> [B,S,H]
         batch, seq, hidden = hidden_states.shape
@@ -33,7 +37,7 @@ def install(block: nn.Module) -> None:
         block.experts.stage(index, weights)  # the scores' copy to the host is queued before the shared expert
         shared = block.shared_expert(x)  # [T,H]: the device runs it while the host plans
         routed = block.experts(x, index, weights)  # [T,H]
-        shared = torch.sigmoid(block.shared_expert_gate(x)) * shared
-        return (routed + shared).reshape(batch, seq, hidden)
+        out = mix(x, shared, routed) if graphs is None else graphs.run(layer, "mix", mix, [x, shared, routed])
+        return out.reshape(batch, seq, hidden)
 
     block.forward = forward

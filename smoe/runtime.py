@@ -28,7 +28,7 @@ from . import router_first as router_order
 from .budget import kv_bytes_per_token, plan_memory
 from .checkpoint import Checkpoint
 from .engine import Engine, OffloadedExperts
-from .errors import BudgetError, CheckpointError, PromptError, SmoeError
+from .errors import BudgetError, CheckpointError, OptionError, PromptError, SmoeError
 from .generate import greedy_decode
 from .hardware import EmulatedLink
 from .metrics import Metrics
@@ -90,9 +90,15 @@ class Runtime:
         predictor_graphs: bool | None = None,  # decode predictions as CUDA graphs (default: on a GPU; on a CPU,
         # True runs the same fixed-shape pieces eagerly)
         skeleton_graphs: bool | None = None,  # decode attention of known layer kinds as CUDA graphs (same defaults)
+        block_graphs: bool | None = None,  # and the rest of those layers but the routed experts (default: with
+        # the skeleton graphs; needs them)
         router_first: bool = True,  # Qwen2-MoE blocks run their router before their shared expert (`router_first`)
     ):
         self.device = torch.device(device)
+        skeleton_on = self.device.type == "cuda" if skeleton_graphs is None else skeleton_graphs
+        if block_graphs and not skeleton_on:
+            raise OptionError("block_graphs=True runs inside the skeleton graphs' decode call; skeleton_graphs is off "
+                              "(turn it on, or leave block_graphs out)")
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise BudgetError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu")
         if self.device.type not in ("cpu", "cuda"):
@@ -170,14 +176,15 @@ class Runtime:
         if self.predictor_graphs:
             self.engine.predictor.compile(capture=self.device.type == "cuda")
         self.skeleton = None
-        if self.device.type == "cuda" if skeleton_graphs is None else skeleton_graphs:
-            self.skeleton = SkeletonGraphs(self.model.model.layers, capture=self.device.type == "cuda")
+        if skeleton_on:
+            self.skeleton = SkeletonGraphs(self.model.model.layers, capture=self.device.type == "cuda",
+                                           block=skeleton_on if block_graphs is None else block_graphs)
         self.router_first = [layer for layer, block in blocks.items() if router_first and router_order.applies(block)]
         for layer, block in blocks.items():
             self.experts[layer].engine = self.engine
             block.gate.register_forward_hook(self._capture_logits(layer))
             if layer in self.router_first:
-                router_order.install(block)
+                router_order.install(block, layer, self.skeleton if self.skeleton and self.skeleton.block else None)
         self.engine.preload_keys(preload)
         self.tokenizer = None
         if self.ckpt.tokenizer_present():
@@ -300,6 +307,8 @@ class Runtime:
             # host time spent capturing the predictor's graphs (on their first use, inside the timed steps)
             "predictor_capture_s": self.engine.predictor.pieces.capture_s if self.predictor_graphs else 0.0,
             "skeleton_graphs": len(self.skeleton.installed) if self.skeleton else 0,  # layers served by them
+            # layers whose feed-forward half (but the routed experts) the graphs serve too
+            "block_graphs": len(self.skeleton.installed) if self.skeleton and self.skeleton.block else 0,
             "grouped_experts": self.engine.grouped,  # how decode computed a layer's resident experts (GROUPED)
             "router_first": len(self.router_first),  # MoE blocks that ran their router before their shared expert
             "skeleton_capture_s": self.skeleton.capture_s if self.skeleton else 0.0,

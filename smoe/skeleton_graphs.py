@@ -15,9 +15,23 @@ Prefill, and any call the wrapper does not recognise, runs the layer's own forwa
 predictor's (`predict_graphs.Piece`): captured on first use per (layer, shapes), static inputs copied in before
 a replay, outputs read before the layer's next replay. With `capture=False` the same pieces run eagerly (on a
 CPU, where the tests compare them with the module path bit for bit). Capture time is counted in `capture_s`.
+
+With `block` on (`Runtime(block_graphs=...)`), the rest of such a layer's decode call runs as pieces too, module
+by module, so every hook on a module still fires around it (the predictor's residual tap on the post-attention
+norm, the routing replay and the logit capture on the router, the predictor's shared-expert tap):
+  - the post-attention norm, the MoE block's router and its shared expert(s) each replay a graph in place of
+    their own forward (a dense MLP layer's MLP likewise);
+  - the routed experts run through the engine as before (the plan needs the host);
+  - the block's mix (Qwen2-MoE's gated shared expert added to the routed output: `router_first`) and the layer's
+    residual add are pieces too.
+A piece fed by another's output reads it where it lies (`predict_graphs.Piece`), so a layer's chain costs about a
+dozen launches instead of about forty. The modules use their pieces only inside this wrapper's decode call of
+their own layer, never while a graph is being captured (the predictor's pieces call routers and norms of other
+layers inside their capture), so prefill and the predictor see the modules' own forward.
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from .predict_graphs import Pieces, attention_core, lean_attention, qkv_rotary
@@ -26,24 +40,71 @@ from .predict_graphs import Pieces, attention_core, lean_attention, qkv_rotary
 LAYERS = ("Qwen2MoeDecoderLayer", "MixtralDecoderLayer")
 
 
+MODES = ("layer", "attention", "eager")  # what a run's decode layers replayed as graphs (`mode`)
+
+
+def mode(env: dict) -> str:
+    """What a run's decode layers replayed as graphs, from its `Runtime.environment()`: `layer` (the attention and
+    the rest of the layer but the routed experts), `attention` (the attention alone: every run before the block's
+    pieces) or `eager` (none)."""
+    if env.get("block_graphs", 0) > 0:
+        return "layer"
+    return "attention" if env.get("skeleton_graphs", 0) > 0 else "eager"
+
+
 class SkeletonGraphs(Pieces):
-    def __init__(self, layers: nn.ModuleList, capture: bool):
+    def __init__(self, layers: nn.ModuleList, capture: bool, block: bool = False):
         super().__init__(capture)
+        self.block = block
+        self.active: int | None = None  # the layer whose decode call is running (its modules replay pieces)
         self.installed = [i for i, layer in enumerate(layers) if self._fits(layer)]
         for i in self.installed:
             layer = layers[i]
             layer.forward = self._forward(i, layer, layer.forward)
+            if block:
+                for name, module in self._block_modules(layer):
+                    module.forward = self._module_forward(i, name, module.forward)
 
     def release(self, layers: nn.ModuleList) -> None:
-        """Give the layers their own forward back and drop the pieces (and the graphs' memory): what holds the
-        pieces holds the model, so `Runtime.close` calls this before freeing it."""
+        """Give the layers and their modules their own forward back and drop the pieces (and the graphs' memory):
+        what holds the pieces holds the model, so `Runtime.close` calls this before freeing it."""
         for i in self.installed:
             layers[i].__dict__.pop("forward", None)
+            if self.block:
+                for _, module in self._block_modules(layers[i]):
+                    module.__dict__.pop("forward", None)
         self.pieces.clear()
+        self.output_ptrs = frozenset()
 
     @staticmethod
     def _fits(layer: nn.Module) -> bool:
         return type(layer).__name__ in LAYERS and lean_attention(layer.self_attn)
+
+    @staticmethod
+    def _block_modules(layer: nn.Module) -> list[tuple[str, nn.Module]]:
+        """The modules of a layer's feed-forward half that replay pieces with `block` on: the post-attention norm,
+        then an MoE block's router and shared expert(s), or a dense layer's whole MLP."""
+        mlp = layer.mlp
+        out = [("norm", layer.post_attention_layernorm)]
+        if not (hasattr(mlp, "gate") and hasattr(mlp, "experts")):
+            return out + [("mlp", mlp)]
+        return out + [(name, getattr(mlp, name)) for name in ("gate", "shared_expert", "shared_experts")
+                      if isinstance(getattr(mlp, name, None), nn.Module)]
+
+    def run(self, i: int, name: str, fn, inputs: list[torch.Tensor]):
+        """fn(*inputs) as the piece (name, layer i, input shapes) inside layer i's decode call (not while a graph is
+        being captured), else as is."""
+        if self.active != i or (self.capture and torch.cuda.is_current_stream_capturing()):
+            return fn(*inputs)
+        return self._piece((name, i, *(tuple(t.shape) for t in inputs)), fn, inputs)(*inputs)
+
+    def _module_forward(self, i: int, name: str, own):
+        def forward(*args, **kwargs):
+            if kwargs:
+                return own(*args, **kwargs)
+            return self.run(i, name, own, list(args))
+
+        return forward
 
     def _forward(self, i: int, layer: nn.Module, own):
         attn = layer.self_attn
@@ -53,6 +114,9 @@ class SkeletonGraphs(Pieces):
 
         def post(x, core):  # x [B,S,H] the layer's input; core [B,S,heads,d] -> h [B,S,H]
             return x + attn.o_proj(core.reshape(*x.shape[:-1], -1).contiguous())
+
+        def residual(h, out):  # h [B,S,H], the feed-forward half's output out [B,S,H] -> the layer's output
+            return h + out
 
         def forward(hidden_states, *args, **kwargs):
             cache = kwargs.get("cache", kwargs.get("past_key_values"))
@@ -67,6 +131,12 @@ class SkeletonGraphs(Pieces):
             k, v = cache.update(k, v, attn.layer_idx, kwargs=rest)
             core = attention_core(attn, q, k, v, kwargs.get("attention_mask"), **rest)
             h = self._piece(("post", i) + shapes, post, [hidden_states, core])(hidden_states, core)
-            return h + layer.mlp(layer.post_attention_layernorm(h))
+            if not self.block:
+                return h + layer.mlp(layer.post_attention_layernorm(h))
+            self.active = i
+            try:
+                return self.run(i, "residual", residual, [h, layer.mlp(layer.post_attention_layernorm(h))])
+            finally:
+                self.active = None
 
         return forward

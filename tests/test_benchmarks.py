@@ -23,18 +23,20 @@ def test_ablation_runs_only_the_groups_asked_for(tmp_path):
     assert all(0 <= float(r["hit_rate"]) <= 1 and "top_score_share" in r for r in rows)
 
 
-def test_skeleton_graphs_benchmark_compares_the_two_modes(tmp_path):
-    """benchmarks/skeleton_graphs.py on the CPU (the pieces run eagerly there): a row per family and batch, the
-    logits of the two modes bit-equal, the Qwen2-MoE layers served and OLMoE's not (q/k norms)."""
+def test_skeleton_graphs_benchmark_compares_each_graph_mode_with_eager(tmp_path):
+    """benchmarks/skeleton_graphs.py on the CPU (the pieces run eagerly there): a row per family, batch and graph
+    mode, the logits bit-equal to the eager mode's, the Qwen2-MoE layers served (their feed-forward half too in
+    the `layer` mode) and OLMoE's not (q/k norms)."""
     out = tmp_path / "sk.csv"
     subprocess.run([sys.executable, str(ROOT / "benchmarks/skeleton_graphs.py"), "--device", "cpu", "--families",
                     "qwen2_moe,olmoe", "--shape-layers", "0", "--batches", "1", "3", "--repeats", "1", "--out",
                     str(out)], check=True, cwd=ROOT)
     rows = list(csv.DictReader(open(out)))
-    assert [(r["model"], r["batch"]) for r in rows] == [("qwen2_moe", "1"), ("olmoe", "1"), ("qwen2_moe", "3"),
-                                                        ("olmoe", "3")]
+    assert [(r["model"], r["batch"], r["graphs"]) for r in rows] == [
+        (m, b, g) for b in ("1", "3") for m in ("qwen2_moe", "olmoe") for g in ("attention", "layer")]
     assert all(r["bit_equal"] == "True" and float(r["max_abs_diff"]) == 0 for r in rows)
-    assert [int(r["layers_served"]) > 0 for r in rows] == [True, False, True, False]
+    assert [int(r["layers_served"]) > 0 for r in rows] == [True, True, False, False] * 2
+    assert [int(r["block_layers_served"]) > 0 for r in rows] == [False, True, False, False] * 2
 
 
 def test_decisions_vs_commit_finds_the_same_decisions_at_head(tmp_path):

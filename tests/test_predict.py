@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from smoe.errors import OptionError
 from smoe.plan import Action, Plan, PrefetchPlan
 from smoe.policy import ExpertPolicy, register_policy
 from smoe.runtime import Runtime
@@ -160,29 +161,43 @@ def test_decode_pieces_compute_what_the_module_path_does(family, tiny):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_skeleton_pieces_decode_what_the_module_path_decodes(family, tiny):
-    """The decoder layers' attention pieces a GPU captures as CUDA graphs (`skeleton_graphs`), run eagerly here:
-    every forward's logits equal the module path's bit for bit, with SMoE planning, prefetching and
-    substituting on top (its hooks on the router, the residual and the shared expert still fire). Layers of a
-    kind the pieces do not know keep their own forward; Qwen2-MoE and Mixtral are served."""
-    runs = {}
-    for pieces in (False, True):
-        rt = Runtime(tiny(family), "smoe", device="cpu", cache_experts=10, batch=len(PROMPTS),
-                     skeleton_graphs=pieces, predictor_graphs=True)
+    """The decoder layers' pieces a GPU captures as CUDA graphs (`skeleton_graphs`), run eagerly here: the
+    attention alone, and the attention with the rest of the layer but the routed experts (`block_graphs`). Every
+    forward's logits equal the module path's bit for bit, with SMoE planning, prefetching and substituting on top
+    (its hooks on the router, the residual and the shared expert still fire). Layers of a kind the pieces do not
+    know keep their own forward; Qwen2-MoE and Mixtral are served."""
+    runs, served = {}, {}
+    modes = {"modules": dict(skeleton_graphs=False), "attention": dict(skeleton_graphs=True, block_graphs=False),
+             "layer": dict(skeleton_graphs=True)}
+    for mode, options in modes.items():
+        rt = Runtime(tiny(family), "smoe", device="cpu", cache_experts=10, batch=len(PROMPTS), predictor_graphs=True,
+                     **options)
         logits, _, cb = collect_logits()
         try:
             res = rt.generate(PROMPTS, 6, on_logits=cb)
-            runs[pieces] = (logits, res.tokens, res.metrics["substitutions"], res.metrics["prefetches"])
-            if pieces:
-                served = {key[:2] for key in rt.skeleton.pieces}
+            runs[mode] = (logits, res.tokens, res.metrics["substitutions"], res.metrics["prefetches"])
+            if rt.skeleton:
+                served[mode] = {key[:2] for key in rt.skeleton.pieces}
                 installed = rt.skeleton.installed
+                assert rt.environment()["block_graphs"] == (len(installed) if mode == "layer" else 0)
         finally:
             rt.close()
     assert (len(installed) > 0) == (family in ("qwen2_moe", "mixtral")), (family, installed)
-    assert served == {(kind, i) for kind in ("pre", "post") for i in installed}  # the decode steps used them
-    ours, theirs = runs[True], runs[False]
-    assert len(ours[0]) == len(theirs[0]) == 6
-    assert all(torch.equal(a, b) for a, b in zip(ours[0], theirs[0]))
-    assert ours[1:] == theirs[1:]
+    assert served["attention"] == {(kind, i) for kind in ("pre", "post") for i in installed}  # the decode steps used them
+    block = {"qwen2_moe": ("norm", "gate", "shared_expert", "mix", "residual"),
+             "mixtral": ("norm", "gate", "residual")}.get(family, ())
+    assert served["layer"] == {(kind, i) for kind in ("pre", "post") + block for i in installed}
+    for mode in ("attention", "layer"):
+        ours, theirs = runs[mode], runs["modules"]
+        assert len(ours[0]) == len(theirs[0]) == 6
+        assert all(torch.equal(a, b) for a, b in zip(ours[0], theirs[0])), mode
+        assert ours[1:] == theirs[1:], mode
+
+
+def test_block_graphs_need_the_skeleton_graphs(tiny):
+    """The block's pieces run inside the skeleton's decode call: asking for them without it names both options."""
+    with pytest.raises(OptionError, match="block_graphs=True.*skeleton_graphs is off"):
+        Runtime(tiny("qwen2_moe"), "lru", device="cpu", cache_experts=10, skeleton_graphs=False, block_graphs=True)
 
 
 def test_a_closed_runtime_with_skeleton_pieces_frees_its_model(tiny):

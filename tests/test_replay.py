@@ -148,7 +148,7 @@ def test_paper_shape_benchmark_runs_end_to_end_on_toy_widths(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "benchmarks/paper_shape.py"), "--shape", "deepseek-moe-16b-shape",
                     "--tiny", "--device", "cpu", "--traces", str(tmp_path / "traces"), "--workloads", "exam",
                     "--batches", "1", "--budgets-gb", "0.267", "--policies", "lru", "--cpu-threads", "1", "2",
-                    "--skeleton", "graphs", "eager", "--out", str(tmp_path / "threads")], check=True, cwd=ROOT)
+                    "--skeleton", "layer", "eager", "--out", str(tmp_path / "threads")], check=True, cwd=ROOT)
     threads = [json.loads(line) for line in (tmp_path / "threads/deepseek-moe-16b-shape-tiny.jsonl").read_text().splitlines()]
     assert [(r["row"]["policy"], r["env"]["cpu_threads"]) for r in threads] == [
         ("all-gpu", 1), ("all-gpu@eager-skeleton", 1), ("lru@cpu1", 1), ("lru@eager-skeleton@cpu1", 1),

@@ -37,7 +37,7 @@ def link(g) -> str:
 
 if fig == "fig14_ablation_gpu":
     d = pd.read_csv(sm.input.ablation)
-    d["panel"] = (setting(d) + "\n" + d.workload + ", " + d.link_gbps.map(link) + ", attention " + d.skeleton
+    d["panel"] = (setting(d) + "\n" + d.workload + ", " + d.link_gbps.map(link) + ", skeleton graphs " + d.skeleton
                   + " (" + d.folder + ")")
     panels = list(dict.fromkeys(d.panel))
     cols = min(4, max(len(panels), 1))

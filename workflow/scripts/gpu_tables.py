@@ -1,6 +1,8 @@
 """Snakemake script of rule `gpu_tables`: committed GPU measurements (benchmarks/paper_shape.py outputs) ->
   perf_gpu.csv                one row per measured run (measured=True; `emulated` where the link was slowed to
-                              a paper GPU's PCIe; `skeleton`: whether the decode attention ran as CUDA graphs;
+                              a paper GPU's PCIe; `skeleton`: what of the decode layers ran as CUDA graphs,
+                              `layer` (all but the routed experts), `attention` (every run before
+                              2026-12-01's block pieces) or `eager`;
                               `grouped`: how decode computed a layer's resident experts, `slots` (read in place
                               by the Triton kernel) or `gather` (gathered out of the slots first, every run
                               before 2026-12-01); `block_order`: `router-first` (Qwen2-MoE blocks ran their
@@ -26,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from smoe.costmodel import model_measured_runs, profiles_with
+from smoe.skeleton_graphs import mode as skeleton_mode
 
 sm = snakemake  # noqa: F821
 profiles = profiles_with([json.loads(Path(p).read_text()) for p in sm.input.machines])  # measured rates win
@@ -36,7 +39,7 @@ for path in map(Path, sm.input.runs):  # {stem}.jsonl with {stem}_env.json besid
         continue
     env = json.loads(path.with_name(f"{path.stem}_env.json").read_text())
     rows = pd.DataFrame([r["row"] for r in records])
-    skeleton = ["graphs" if r["env"].get("skeleton_graphs", 0) > 0 else "eager" for r in records]
+    skeleton = [skeleton_mode(r["env"]) for r in records]
     grouped = [r["env"].get("grouped_experts", "gather") for r in records]  # GPU runs gathered until 2026-12-01
     order = ["router-first" if r["env"].get("router_first", 0) > 0 else "hf" for r in records]  # hf until 2026-12-01
     measured.append(rows.assign(emulated=rows.link_gbps.notna(), skeleton=skeleton, grouped=grouped, block_order=order,
@@ -55,7 +58,8 @@ STEPS = ["lru", "smoe-ce", "smoe-ce-cr", "smoe-ce-cr-pre", "smoe"]
 runs = pd.concat(measured, ignore_index=True)
 runs["folder"] = runs.source.str.split("/").str[0]
 # the modes are the `skeleton` and `grouped` columns
-runs["policy"] = runs.policy.str.replace("@eager-skeleton|@gather-experts|@hf-block-order", "", regex=True)
+runs["policy"] = runs.policy.str.replace("@eager-skeleton|@attention-skeleton|@gather-experts|@hf-block-order", "",
+                                        regex=True)
 setting = ["folder", "model", "budget_gb", "batch", "workload", "skeleton", "grouped", "block_order"]
 # a setting run in several rounds (`paper_shape.py --repeats`) counts with its median
 floors = runs[runs.policy == "all-gpu"].groupby(["folder", "model", "batch", "workload", "skeleton", "grouped",
