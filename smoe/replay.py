@@ -68,7 +68,7 @@ class RoutingReplay:
     def install(self, runtime) -> None:
         """Route `runtime`'s MoE layers by the trace (forward hooks on its blocks and routers). Every forward's
         routing (the router's outputs made from the recorded scores) is made here, on the device, before the run:
-        a timed forward only hands it over, as a router's own few kernels would, instead of a dozen more."""
+        a timed forward only hands it over, as a router's own few kernels would, instead of about ten more."""
         family, config = runtime.ckpt.family, runtime.ckpt.config
         if family.scoring != "softmax":
             raise SmoeError(f"routing replay needs a softmax router; {family.model_type} scores by {family.scoring}")

@@ -24,10 +24,10 @@ norm, the routing replay and the logit capture on the router, the predictor's sh
   - the routed experts run through the engine as before (the plan needs the host);
   - the block's mix (Qwen2-MoE's gated shared expert added to the routed output: `router_first`) and the layer's
     residual add are pieces too.
-A piece fed by another's output reads it where it lies (`predict_graphs.Piece`), so a layer's chain costs about a
-dozen launches instead of about forty. The modules use their pieces only inside this wrapper's decode call of
-their own layer, never while a graph is being captured (the predictor's pieces call routers and norms of other
-layers inside their capture), so prefill and the predictor see the modules' own forward.
+A piece fed by another's output reads it where it lies (`predict_graphs.Piece`), so the chain adds no copies
+between its replays. The modules use their pieces only inside this wrapper's decode call of their own layer, never
+while a graph is being captured (the predictor's pieces call routers and norms of other layers inside their
+capture), so prefill and the predictor see the modules' own forward.
 """
 from __future__ import annotations
 
