@@ -214,3 +214,51 @@ def test_a_closed_runtime_with_skeleton_pieces_frees_its_model(tiny):
     rt.close()
     gc.collect()
     assert layer() is None
+
+
+def test_captured_pieces_read_another_pieces_output_in_place(monkeypatch):
+    """The bookkeeping of captured pieces (`predict_graphs.Piece`), with the CUDA graph API stood in for (this
+    machine has no GPU; the graphs themselves are checked on the H200 by benchmarks/skeleton_graphs.py): an input
+    from outside is cloned into a static input and copied in on every call; an input that is another captured
+    piece's output is read where it lies, with no copy, unless a call passes another tensor."""
+    from contextlib import nullcontext
+
+    import smoe.predict_graphs as pg
+
+    class Graph:  # a replay here changes nothing: only what is copied where is under test
+        def capture_begin(self, **kwargs):
+            pass
+
+        def capture_end(self):
+            pass
+
+        def replay(self):
+            pass
+
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    monkeypatch.setattr(pg.torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(pg.torch.cuda, "current_stream", Stream)
+    monkeypatch.setattr(pg.torch.cuda, "stream", lambda s: nullcontext())
+    monkeypatch.setattr(pg.torch.cuda, "graph_pool_handle", lambda: None)
+    monkeypatch.setattr(pg.torch.cuda, "CUDAGraph", Graph)
+    copies = []
+    own_copy = torch.Tensor.copy_
+    monkeypatch.setattr(torch.Tensor, "copy_", lambda dst, src, *a: copies.append(dst) or own_copy(dst, src, *a))
+
+    pieces = pg.Pieces(capture=True)
+    x = torch.arange(4.0)
+    first = pieces._piece(("first",), lambda t: t * 2, [x])
+    assert first.inputs[0] is not x and torch.equal(first.inputs[0], x)  # cloned
+    out = first(x)  # [0, 2, 4, 6], computed at capture
+    assert len(copies) == 1 and copies[0] is first.inputs[0]  # an outside input is copied in
+    second = pieces._piece(("second",), lambda t: t + 1, [out])
+    assert second.inputs[0] is out  # another piece's output: read in place
+    copies.clear()
+    second(out)
+    assert copies == []  # ... with no copy
+    other = torch.full((4,), 9.0)
+    second(other)
+    assert len(copies) == 1 and torch.equal(out, other)  # another tensor is copied to where the replay reads
