@@ -2,7 +2,7 @@
   perf_gpu.csv                one row per measured run (measured=True; `emulated` where the link was slowed to
                               a paper GPU's PCIe; `skeleton`: what of the decode layers ran as CUDA graphs,
                               `layer` (all but the routed experts), `attention` (every run before
-                              2026-12-01's block pieces) or `eager`;
+                              the block pieces, ea08add) or `eager`;
                               `grouped`: how decode computed a layer's resident experts, `slots` (read in place
                               by the Triton kernel) or `gather` (gathered out of the slots first, every run
                               before 2026-12-01); `block_order`: `router-first` (Qwen2-MoE blocks ran their
