@@ -166,8 +166,11 @@ class Engine:
         t0 = time.perf_counter()
         with span("smoe.plan"):
             plan = self.policy.plan(view)
+            t1 = time.perf_counter()
             ex = check_plan(plan, view, self.policy.name)
-        m.policy_time_s += time.perf_counter() - t0
+        t2 = time.perf_counter()
+        m.policy_time_s += t2 - t0
+        m.check_time_s += t2 - t1
 
         for key in ex.evict:
             self.pool.evict(key)

@@ -16,6 +16,8 @@ Definitions:
   prefetch_in_topk             prefetched experts that the router's top-k selected at their layer's next run
   policy_time_s the host time of the policy's decisions: plan (and the runtime's check of it), prefetch and
                 observe, without the predictor pass a prefetch asks for
+  check_time_s  of policy_time_s, the runtime's check of each plan (`plan.check_plan`): what every policy pays,
+                however simple its plan
   predict_time_s the host time of predictor passes (launching them and waiting for their scores)
 
 `span(name)` marks a stretch of the engine's work as a named range in a `torch.profiler` trace, only while
@@ -51,6 +53,7 @@ class Counters:
     prefetch_used: int = 0
     prefetch_in_topk: int = 0
     policy_time_s: float = 0.0
+    check_time_s: float = 0.0
     predict_time_s: float = 0.0
 
 
@@ -86,6 +89,7 @@ class Metrics:
             "prefetch_used": total["prefetch_used"],
             "prefetch_in_topk": total["prefetch_in_topk"],
             "policy_time_s": total["policy_time_s"],
+            "check_time_s": total["check_time_s"],
             "predict_time_s": total["predict_time_s"],
             "peak_device_bytes": self.peak_device_bytes,
             "preload_loads": self.preload_loads,

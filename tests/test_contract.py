@@ -113,6 +113,7 @@ def test_policy_contract(family, name, slots, tiny, lru_traces):
         assert c["loads"] * info.expert_bytes == c["bytes_h2d"]
         assert 0 <= c["hits"] <= c["uses"]
         assert 0 <= c["prefetch_used"] <= c["prefetches"] <= c["loads"]
+        assert 0 < c["check_time_s"] < c["policy_time_s"]  # every layer's plan is checked, inside the decision time
     for key in ("loads", "bytes_h2d", "cpu_experts", "substitutions", "skips", "prefetches", "prefetch_used"):
         assert m[key] == m["prefill"][key] + m["decode"][key], key
     # every (token, routed expert) of every MoE layer is either computed (possibly by a stand-in) or skipped

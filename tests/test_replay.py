@@ -166,7 +166,7 @@ def test_paper_shape_benchmark_runs_end_to_end_on_toy_widths(tmp_path):
     assert [(r["row"]["policy"], r["env"]["router_first"]) for r in order] == [
         ("all-gpu", 27), ("all-gpu@hf-block-order", 0), ("lru", 27), ("lru@hf-block-order", 0)]
     assert order[2]["metrics"]["decode"] == {**order[3]["metrics"]["decode"], **{k: order[2]["metrics"]["decode"][k]
-                                             for k in ("policy_time_s", "predict_time_s", "cpu_time_s")}}
+                                             for k in ("policy_time_s", "check_time_s", "predict_time_s", "cpu_time_s")}}
     assert order[2]["row"]["bound_s"] >= order[0]["row"]["tpot_s"] and order[3]["row"]["bound_s"] >= order[1]["row"]["tpot_s"]
     # --repeats: every setting again in a second round, the offloading ones in reverse order, each round's rows
     # bounded by that round's floor; the same decisions in every round
