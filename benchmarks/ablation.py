@@ -105,16 +105,16 @@ def main() -> int:
 
     if "moe-infinity" in args.groups:
         write_csv(out / "moe_infinity.csv", [{"lookahead": la, "history": h, **row(f"moe-infinity la={la} history={h}"),
-                                          **accuracy[f"moe-infinity la={la} history={h}"]}
-                                         for la in LOOKAHEADS for h in (False, True)])
+                                              **accuracy[f"moe-infinity la={la} history={h}"]}
+                                             for la in LOOKAHEADS for h in (False, True)])
     if "window" in args.groups:
         write_csv(out / "window.csv", [{"window": str(n), **row(f"smoe-ce n={n}")} for n in (1, 2, 4, 8, 16, 32, None)])
     if "policies" in args.groups:
         write_csv(out / "policies.csv", [row(label) for label, _, _ in configs if label in results
-                                     and not label.startswith(("smoe-ce n=", "moe-infinity la="))])
+                                         and not label.startswith(("smoe-ce n=", "moe-infinity la="))])
     if {"steps", "policies"} & set(args.groups):
         write_csv(out / "prefetch_accuracy.csv", [{"policy": p, **a} for p, a in accuracy.items()
-                                              if not p.startswith("moe-infinity la=")])
+                                                  if not p.startswith("moe-infinity la=")])
     if "steps" not in args.groups:
         return 0
     ablation = []

@@ -41,13 +41,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from smoe.costmodel import SKELETON_MODES  # noqa: E402
 from smoe.errors import SmoeError  # noqa: E402
 from smoe.files import write_csv  # noqa: E402
 from smoe.hardware import h2d_rate  # noqa: E402
 from smoe.policy import make_policy, parse_policy_spec, policy_names  # noqa: E402
 from smoe.replay import filled_host_store, run_replayed  # noqa: E402
 from smoe.shapes import SHAPES, RandomSource  # noqa: E402
-from smoe.skeleton_graphs import MODES as SKELETON_MODES  # noqa: E402
 
 COLUMNS = ["model", "gpu", "measured", "budget_gb", "policy", "batch", "workload", "ttft_s", "tpot_s", "tpot_p50_s",
            "tpot_p90_s", "hit_rate", "bytes_h2d", "cpu_experts", "cpu_time_s", "substitutions", "prefetches",

@@ -24,8 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .skeleton_graphs import mode as skeleton_mode
-
 
 @dataclass(frozen=True)
 class MachineProfile:
@@ -173,6 +171,18 @@ def calibrate(all_gpu_plans: list[list[int]], measured_tpot_s: float, profile: M
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if tpot(mid) < measured_tpot_s else (lo, mid)
     return (lo + hi) / 2
+
+
+SKELETON_MODES = ("layer", "attention", "eager")  # what a run's decode layers replayed as CUDA graphs
+
+
+def skeleton_mode(env: dict) -> str:
+    """What a run's decode layers replayed as CUDA graphs, from its record's `env` (`Runtime.environment()`):
+    `layer` (the attention and the rest of the layer but the routed experts), `attention` (the attention alone:
+    every run before the block pieces, ea08add) or `eager` (none)."""
+    if env.get("block_graphs", 0) > 0:
+        return "layer"
+    return "attention" if env.get("skeleton_graphs", 0) > 0 else "eager"
 
 
 @dataclass

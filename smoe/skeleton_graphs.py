@@ -40,18 +40,6 @@ from .predict_graphs import Pieces, attention_core, lean_attention, qkv_rotary
 LAYERS = ("Qwen2MoeDecoderLayer", "MixtralDecoderLayer")
 
 
-MODES = ("layer", "attention", "eager")  # what a run's decode layers replayed as graphs (`mode`)
-
-
-def mode(env: dict) -> str:
-    """What a run's decode layers replayed as graphs, from its `Runtime.environment()`: `layer` (the attention and
-    the rest of the layer but the routed experts), `attention` (the attention alone: every run before the block's
-    pieces) or `eager` (none)."""
-    if env.get("block_graphs", 0) > 0:
-        return "layer"
-    return "attention" if env.get("skeleton_graphs", 0) > 0 else "eager"
-
-
 class SkeletonGraphs(Pieces):
     def __init__(self, layers: nn.ModuleList, capture: bool, block: bool = False):
         super().__init__(capture)

@@ -27,8 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from smoe.costmodel import model_measured_runs, profiles_with
-from smoe.skeleton_graphs import mode as skeleton_mode
+from smoe.costmodel import model_measured_runs, profiles_with, skeleton_mode
 
 sm = snakemake  # noqa: F821
 profiles = profiles_with([json.loads(Path(p).read_text()) for p in sm.input.machines])  # measured rates win
@@ -57,7 +56,7 @@ BASELINES = ["on-demand", "lru", "lfu", "fifo", "cpu-assist", "hybrimoe", "moe-i
 STEPS = ["lru", "smoe-ce", "smoe-ce-cr", "smoe-ce-cr-pre", "smoe"]
 runs = pd.concat(measured, ignore_index=True)
 runs["folder"] = runs.source.str.split("/").str[0]
-# the modes are the `skeleton` and `grouped` columns
+# the modes are the `skeleton`, `grouped` and `block_order` columns
 runs["policy"] = runs.policy.str.replace("@eager-skeleton|@attention-skeleton|@gather-experts|@hf-block-order", "",
                                         regex=True)
 setting = ["folder", "model", "budget_gb", "batch", "workload", "skeleton", "grouped", "block_order"]
