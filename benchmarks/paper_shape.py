@@ -262,8 +262,39 @@ def profiled(run, path: Path, device: str) -> None:
         lines.append(f"{span}: {sum(c[0] for c in cells):.0f} us in all")
         lines += [f"    {us:12.0f} us {calls:8d}  {op}" for us, calls, op in cells[:12]]
     tables.append("\n".join(lines))
+    tables.append(device_idle(prof.events()))
     path.write_text(head + "\n\n".join(tables) + "\n")
     print(head, flush=True)
+
+
+def device_idle(events) -> str:
+    """Decode steps' device time: busy (any kernel or copy but the emulated link's spinner and host->device loads),
+    and idle stretches charged to the host's innermost engine span (`smoe.timeline`), or to the top-level op the
+    host was in outside spans. On a CPU run nothing is device time: the charge is then the host's whole step."""
+    from smoe import timeline
+
+    cpu = torch.autograd.DeviceType.CPU
+    steps = [ev for ev in events if ev.name == "smoe.decode_step" and ev.device_type == cpu]
+    if not steps:
+        return "device idle: no decode steps in the trace"
+    main = steps[0].thread
+    # the device's own events: not the spans' mirrors on its timeline (named as the spans)
+    busy = timeline.merge([(ev.time_range.start, ev.time_range.end) for ev in events if ev.device_type != cpu
+                           and not ev.name.startswith("smoe.") and "spin" not in ev.name and "HtoD" not in ev.name])
+    spans = [(ev.time_range.start, ev.time_range.end, ev.name if ev.name.startswith("smoe.") else f"op {ev.name}")
+             for ev in events if ev.device_type == cpu and ev.thread == main and ev.name != "smoe.decode_step"
+             and (ev.name.startswith("smoe.") or ev.cpu_parent is None or ev.cpu_parent.name == "smoe.decode_step")]
+    windows = [(ev.time_range.start, ev.time_range.end) for ev in steps]
+    wall = sum(b - a for a, b in windows)
+    idle = [g for w in windows for g in timeline.gaps(busy, w)]
+    charged = timeline.charge(idle, spans)
+    n = len(steps)
+    lines = ["(a CPU run: no device events, so every instant is idle and the charge is the host's time)"] if not busy else []
+    lines += [f"device idle in decode steps (under the profiler): {n} steps, {wall / n / 1e3:.2f} ms per step, "
+             f"device busy {(wall - sum(b - a for a, b in idle)) / n / 1e3:.2f} ms, idle "
+             f"{sum(b - a for a, b in idle) / n / 1e3:.2f} ms per step, charged to the host's innermost span:"]
+    lines += [f"    {us / n / 1e3:9.3f} ms/step  {name}" for name, us in sorted(charged.items(), key=lambda kv: -kv[1])[:25]]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from collections.abc import Callable
 import torch
 from transformers import DynamicCache
 
+from .metrics import span
+
 
 def _cache_kwarg(model) -> str:
     params = inspect.signature(model.forward).parameters
@@ -54,12 +56,13 @@ def greedy_decode(
         if stop is not None and stop(torch.stack(out_tokens, dim=1)):
             break
         t0 = time.perf_counter()
-        on_forward("decode", step)
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=-1)
-        last_pos = last_pos + 1
-        logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos, **kw).logits
-        nxt = logits[:, -1].argmax(-1)
-        out_tokens.append(nxt.cpu())
+        with span("smoe.decode_step"):
+            on_forward("decode", step)
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=-1)
+            last_pos = last_pos + 1
+            logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos, **kw).logits
+            nxt = logits[:, -1].argmax(-1)
+            out_tokens.append(nxt.cpu())
         steps.append(time.perf_counter() - t0)
         if on_logits is not None:
             on_logits(step, logits[:, -1])

@@ -103,7 +103,26 @@ class Pieces:
         self.capture_s = 0.0  # host time spent capturing pieces (on a piece's first use)
         self.stream = torch.cuda.Stream() if capture else None  # where pieces are captured
         self.pool = torch.cuda.graph_pool_handle() if capture else None
-        self.output_ptrs: frozenset = frozenset()  # data pointers of the captured pieces' outputs
+        self.output_ptrs: frozenset = frozenset()  # data pointers read in place: pieces' outputs, shared inputs
+        self._held: dict[tuple, tuple[torch.Tensor, torch.Tensor, int]] = {}  # key -> (buffer, last source, its version)
+
+    def shared_input(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        """With `capture`: `t` copied into one buffer per (name, shape, dtype) that every piece reads in place, and
+        copied only when a call brings another tensor (or `t` changed in place): a decode step's rotary cos/sin, the
+        same tensors for every layer, are copied once per step instead of once per layer. Without it, `t` itself."""
+        if not self.capture:
+            return t
+        key = (name, tuple(t.shape), t.dtype)
+        held = self._held.get(key)
+        if held is None:
+            buf = t.clone()
+            self.output_ptrs |= {buf.data_ptr()}
+        else:
+            buf, last, version = held
+            if last is not t or version != t._version:
+                buf.copy_(t)
+        self._held[key] = (buf, t, t._version)  # holds `t`: a later tensor cannot be mistaken for it
+        return buf
 
     def _piece(self, key: tuple, fn, inputs: list[torch.Tensor]) -> Piece:
         piece = self.pieces.get(key)
@@ -164,7 +183,8 @@ class PredictorPieces(Pieces):
         inputs, approx, own_shared = self._approx_inputs(layer, x, partial)
         dec = self.p.layers[nxt]
         attn = dec.self_attn
-        cos, sin = self.p.kwargs["position_embeddings"]  # [B,S,head_dim] each
+        cos, sin = (self.shared_input(n, t) for n, t in zip(("cos", "sin"), self.p.kwargs["position_embeddings"]))
+        # [B,S,head_dim] each
         B, S, H = inputs[0].shape
 
         def pre(cos, sin, *args):

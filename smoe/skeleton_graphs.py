@@ -34,6 +34,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .metrics import span
 from .predict_graphs import Pieces, attention_core, lean_attention, qkv_rotary
 
 # decoder layers whose forward is: residual + attn(input_norm(x)), then residual + mlp(post_attention_norm(h))
@@ -62,6 +63,7 @@ class SkeletonGraphs(Pieces):
                 for _, module in self._block_modules(layers[i]):
                     module.__dict__.pop("forward", None)
         self.pieces.clear()
+        self._held.clear()
         self.output_ptrs = frozenset()
 
     @staticmethod
@@ -113,12 +115,13 @@ class SkeletonGraphs(Pieces):
                 return own(hidden_states, *args, **kwargs)
             rest = {k: v for k, v in kwargs.items()
                     if k not in ("cache", "past_key_values", "position_embeddings", "attention_mask")}
-            cos, sin = rope
+            cos, sin = self.shared_input("cos", rope[0]), self.shared_input("sin", rope[1])
             shapes = (tuple(hidden_states.shape), tuple(cos.shape))
-            q, k, v = self._piece(("pre", i) + shapes, pre, [hidden_states, cos, sin])(hidden_states, cos, sin)
-            k, v = cache.update(k, v, attn.layer_idx, kwargs=rest)
-            core = attention_core(attn, q, k, v, kwargs.get("attention_mask"), **rest)
-            h = self._piece(("post", i) + shapes, post, [hidden_states, core])(hidden_states, core)
+            with span("smoe.attention"):
+                q, k, v = self._piece(("pre", i) + shapes, pre, [hidden_states, cos, sin])(hidden_states, cos, sin)
+                k, v = cache.update(k, v, attn.layer_idx, kwargs=rest)
+                core = attention_core(attn, q, k, v, kwargs.get("attention_mask"), **rest)
+                h = self._piece(("post", i) + shapes, post, [hidden_states, core])(hidden_states, core)
             if not self.block:
                 return h + layer.mlp(layer.post_attention_layernorm(h))
             self.active = i

@@ -79,3 +79,20 @@ def test_write_csv_replaces_a_file_whole_or_not_at_all(tmp_path):
         write_csv(out, [{"a": 5, "b": 6}, {"a": 7, "c": 8}])  # a key outside the columns: csv refuses the row
     assert out.read_text().splitlines() == ["b,a", "2,1", "4,3"]
     assert [p.name for p in out.parent.iterdir()] == ["t.csv"]
+
+
+def test_attention_backends_benchmark_times_each_backend_against_a_float64_reference(tmp_path):
+    """benchmarks/attention_backends.py on the CPU: a row per batch, KV length, mask and backend; the ones that
+    ran are close to the float64 reference (bf16 inputs), and a backend that cannot take a case says why."""
+    out = tmp_path / "ab.csv"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/attention_backends.py"), "--device", "cpu", "--batches",
+                    "1", "3", "--kv-lens", "16", "--calls", "2", "--backends", "default", "math", "cudnn",
+                    "--out", str(out)], check=True, cwd=ROOT)
+    rows = list(csv.DictReader(open(out)))
+    assert [(r["batch"], r["mask"], r["backend"]) for r in rows] == [
+        (b, m, k) for b in ("1", "3") for m in ("False", "True") for k in ("default", "math", "cudnn")]
+    ran = [r for r in rows if not r["error"]]
+    assert {r["backend"] for r in ran} == {"default", "math"}  # no cuDNN on a CPU
+    assert all(float(r["host_us"]) > 0 and float(r["wall_us"]) >= float(r["host_us"]) for r in ran)
+    assert all(0 < float(r["max_abs_diff"]) < 2e-2 for r in ran)
+    assert all(r["error"] for r in rows if r["backend"] == "cudnn")

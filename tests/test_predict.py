@@ -220,7 +220,8 @@ def test_captured_pieces_read_another_pieces_output_in_place(monkeypatch):
     """The bookkeeping of captured pieces (`predict_graphs.Piece`), with the CUDA graph API stood in for (this
     machine has no GPU; the graphs themselves are checked on the H200 by benchmarks/skeleton_graphs.py): an input
     from outside is cloned into a static input and copied in on every call; an input that is another captured
-    piece's output is read where it lies, with no copy, unless a call passes another tensor."""
+    piece's output is read where it lies, with no copy, unless a call passes another tensor; a shared input is one
+    buffer for all pieces, copied once per new tensor."""
     from contextlib import nullcontext
 
     import smoe.predict_graphs as pg
@@ -262,3 +263,22 @@ def test_captured_pieces_read_another_pieces_output_in_place(monkeypatch):
     other = torch.full((4,), 9.0)
     second(other)
     assert len(copies) == 1 and torch.equal(out, other)  # another tensor is copied to where the replay reads
+    # a shared input (a step's rotary cos/sin): one buffer, read in place by every piece, copied once per new tensor
+    cos = torch.linspace(0, 1, 4)
+    buf = pieces.shared_input("cos", cos)
+    assert buf is not cos and torch.equal(buf, cos)
+    third = pieces._piece(("third",), lambda t: t - 1, [buf])
+    fourth = pieces._piece(("fourth",), lambda t: t * 3, [pieces.shared_input("cos", cos)])
+    assert third.inputs[0] is buf and fourth.inputs[0] is buf  # read where it lies
+    copies.clear()
+    for piece in (third, fourth):  # the same tensor again (the next layer of a step): no copy
+        piece(pieces.shared_input("cos", cos))
+    assert copies == []
+    step2 = torch.linspace(1, 2, 4)  # the next step's tensor: copied once, then found there
+    for piece in (third, fourth):
+        piece(pieces.shared_input("cos", step2))
+    assert copies == [buf] and torch.equal(buf, step2)
+    step2.mul_(2)  # changed in place: copied again
+    assert pieces.shared_input("cos", step2) is buf and copies == [buf, buf] and torch.equal(buf, step2)
+    assert pieces.shared_input("cos", torch.ones(2)) is not buf  # another shape: another buffer
+    assert pg.Pieces(capture=False).shared_input("cos", cos) is cos  # without capture: the tensor itself

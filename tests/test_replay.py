@@ -191,6 +191,12 @@ def test_paper_shape_benchmark_runs_end_to_end_on_toy_widths(tmp_path):
     text = (prof / "deepseek-moe-16b-shape-tiny_profile_smoe_exam_b1.txt").read_text()
     for span in ("smoe.layer", "smoe.plan", "smoe.prefetch", "smoe.predict", "smoe.scores_to_host"):
         assert f"\n{span}: " in text, span  # the span's own section of ops
+    # the step's time charged by innermost span (all of it idle on a CPU): the engine's spans and ops outside them
+    idle = text[text.index("device idle in decode steps"):]
+    charged = {line.split("ms/step")[1].strip(): float(line.split()[0]) for line in idle.splitlines()[1:]}
+    assert {"smoe.plan", "smoe.predict", "smoe.layer"} <= set(charged) and all(v > 0 for v in charged.values())
+    per_step = float(idle.split(" ms per step")[0].rsplit(" ", 1)[1])
+    assert sum(charged.values()) == pytest.approx(per_step, rel=0.05)  # top 25 only: nearly all of it
     assert not (prof / "deepseek-moe-16b-shape-tiny.csv").exists()
     assert int(rows[2]["prefetches"]) > 0 and int(rows[3]["prefetches"]) == 0  # the variant runs with its parameter
     assert float(rows[2]["predict_time_s"]) > 0 and float(rows[3]["predict_time_s"]) == 0
