@@ -33,6 +33,7 @@ from smoe.cli import run_one  # noqa: E402
 from smoe.errors import SmoeError  # noqa: E402
 from smoe.files import write_csv  # noqa: E402
 from smoe.hardware import h2d_rate  # noqa: E402
+from smoe.timeline import merge, overlap  # noqa: E402
 from smoe.tiny import TINY, make_tiny  # noqa: E402
 
 CORE = ["on-demand", "lru", "cpu-assist", "all-gpu"]  # the core runtime's baselines; see ablation.py for the rest
@@ -101,30 +102,6 @@ def hf_eager(model: str, batch: int, tokens: int, repeats: int) -> dict:
             "tpot_min_s": min(tpots), "tpot_max_s": max(tpots), "hit_rate": 1.0}
 
 
-def _merge(intervals):
-    merged: list[list[float]] = []
-    for s, t in sorted(intervals):
-        if merged and s <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], t)
-        else:
-            merged.append([s, t])
-    return merged
-
-
-def _intersect(a, b) -> float:
-    """Total length of the intersection of two merged interval lists."""
-    i = j = 0
-    total = 0.0
-    while i < len(a) and j < len(b):
-        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
-        total += max(0.0, hi - lo)
-        if a[i][1] < b[j][1]:
-            i += 1
-        else:
-            j += 1
-    return total
-
-
 def overlap_from_profile(model: str, policy: str, slots: int) -> dict:
     """Profile decode steps; how much of the kernels' time runs while an expert copy is in flight."""
     from torch.profiler import ProfilerActivity, profile
@@ -139,12 +116,12 @@ def overlap_from_profile(model: str, policy: str, slots: int) -> dict:
     path = Path(tempfile.mkdtemp()) / "trace.json"
     prof.export_chrome_trace(str(path))
     events = json.loads(path.read_text())["traceEvents"]
-    copies = _merge([(e["ts"], e["ts"] + e["dur"]) for e in events
+    copies = merge([(e["ts"], e["ts"] + e["dur"]) for e in events
                      if e.get("cat") == "gpu_memcpy" and "HtoD" in e.get("name", "") and e["dur"] > 20])
-    kernels = _merge([(e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "kernel"])
+    kernels = merge([(e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "kernel"])
     copy_us = sum(t - s for s, t in copies)
     kernel_us = sum(t - s for s, t in kernels)
-    both = _intersect(copies, kernels)
+    both = overlap(copies, kernels)
     wall = max(c[1] for c in copies + kernels) - min(c[0] for c in copies + kernels)
     return {"policy": policy, "slots": slots, "expert_copies": len(copies), "copy_busy_us": copy_us,
             "kernel_busy_us": kernel_us, "both_busy_us": both, "gpu_wall_us": wall,

@@ -23,6 +23,19 @@ def merge(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return [(a, b) for a, b in out]
 
 
+def overlap(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
+    """The total length covered by both of two merged, sorted interval lists."""
+    i = j = 0
+    total = 0.0
+    while i < len(a) and j < len(b):
+        total += max(0.0, min(a[i][1], b[j][1]) - max(a[i][0], b[j][0]))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
 def gaps(busy: list[tuple[float, float]], window: tuple[float, float]) -> list[tuple[float, float]]:
     """The stretches of `window` that no interval of `busy` (merged, sorted) covers."""
     lo, hi = window

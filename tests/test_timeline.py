@@ -9,6 +9,12 @@ def test_merge_joins_overlapping_and_touching_intervals():
     assert timeline.merge([]) == []
 
 
+def test_overlap_is_the_length_both_lists_cover():
+    assert timeline.overlap([(0, 4), (5, 7), (9, 10)], [(2, 6), (6.5, 9.5)]) == pytest.approx(2 + 1 + 0.5 + 0.5)
+    assert timeline.overlap([(0, 1)], [(1, 2)]) == 0
+    assert timeline.overlap([], [(0, 1)]) == 0
+
+
 def test_gaps_are_the_uncovered_parts_of_the_window():
     busy = [(0, 4), (5, 7), (9, 10)]
     assert timeline.gaps(busy, (2, 12)) == [(4, 5), (7, 9), (10, 12)]
