@@ -183,8 +183,8 @@ class PredictorPieces(Pieces):
         inputs, approx, own_shared = self._approx_inputs(layer, x, partial)
         dec = self.p.layers[nxt]
         attn = dec.self_attn
+        # [B,S,head_dim] each, the same tensors for every layer of a step
         cos, sin = (self.shared_input(n, t) for n, t in zip(("cos", "sin"), self.p.kwargs["position_embeddings"]))
-        # [B,S,head_dim] each
         B, S, H = inputs[0].shape
 
         def pre(cos, sin, *args):

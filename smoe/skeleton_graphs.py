@@ -13,7 +13,8 @@ H200 for a few ms of GPU work (README, fifth campaign). For each decoder layer o
     router-logit capture, routing replay, the predictor's residual and shared-expert taps) fire as before.
 Prefill, and any call the wrapper does not recognise, runs the layer's own forward. The pieces are the
 predictor's (`predict_graphs.Piece`): captured on first use per (layer, shapes), static inputs copied in before
-a replay, outputs read before the layer's next replay. With `capture=False` the same pieces run eagerly (on a
+a replay (the rotary cos/sin, the same for every layer of a step, once per step: `Pieces.shared_input`), outputs
+read before the layer's next replay. With `capture=False` the same pieces run eagerly (on a
 CPU, where the tests compare them with the module path bit for bit). Capture time is counted in `capture_s`.
 
 With `block` on (`Runtime(block_graphs=...)`), the rest of such a layer's decode call runs as pieces too, module
