@@ -102,8 +102,9 @@ def main() -> int:
                     "a slow stretch of the host or a process's first runs weigh on both sides of an A/B; rows carry "
                     "`repeat` and their round's floor, and the tables take each setting's median")
     ap.add_argument("--profile", action="store_true", help="run each setting under torch.profiler and write its "
-                    "op and engine-span tables ({stem}_profile_{policy}_{workload}_b{batch}.txt) instead of rows: "
-                    "a profiled run's timing is not a measurement")
+                    "op and engine-span tables and the decode steps' device-idle time by host span "
+                    "({stem}_profile_{policy}_{workload}_b{batch}.txt) instead of rows: a profiled run's timing is "
+                    "not a measurement")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
