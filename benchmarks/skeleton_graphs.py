@@ -30,10 +30,11 @@ MODES = {"eager": dict(skeleton_graphs=False), "attention": dict(skeleton_graphs
          "layer": dict(skeleton_graphs=True, block_graphs=True)}
 
 
-def measure(source, label: str, batch: int, prompts, new_tokens: int, repeats: int, device: str) -> list[dict]:
+def measure(source, label: str, batch: int, prompts, new_tokens: int, repeats: int, device: str,
+            kv_cache: str = "dynamic") -> list[dict]:
     logits, steps, env = {}, {}, {}
     for mode, options in MODES.items():
-        rt = Runtime(source, "all-gpu", device=device, cache_experts=10**6, batch=batch, **options)
+        rt = Runtime(source, "all-gpu", device=device, cache_experts=10**6, batch=batch, kv_cache=kv_cache, **options)
         seen: list[torch.Tensor] = []
         try:
             rt.generate(prompts, new_tokens)  # warm-up; captures the graphs
@@ -48,7 +49,8 @@ def measure(source, label: str, batch: int, prompts, new_tokens: int, repeats: i
     rows = []
     for mode in ("attention", "layer"):
         eager, graphs = statistics.median(steps["eager"]), statistics.median(steps[mode])
-        row = {"model": label, "batch": batch, "graphs": mode, "new_tokens": new_tokens, "repeats": repeats,
+        row = {"model": label, "batch": batch, "graphs": mode, "kv_cache": kv_cache, "new_tokens": new_tokens,
+               "repeats": repeats,
                "layers_served": env[mode]["skeleton_graphs"], "block_layers_served": env[mode]["block_graphs"],
                "bit_equal": all(torch.equal(a, b) for a, b in zip(logits["eager"], logits[mode])),
                "max_abs_diff": max(float((a - b).abs().max()) for a, b in zip(logits["eager"], logits[mode])),
@@ -66,6 +68,9 @@ def main() -> int:
     ap.add_argument("--shape-layers", type=int, default=28, help="layers of the Qwen2-57B shape (0: skip it)")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 3])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--kv-cache", nargs="+", default=["dynamic"], choices=["dynamic", "static"],
+                    help="every mode over this KV cache (static: a layer's whole decode attention is one graph); "
+                         "both: one after the other, each mode against eager over the same cache")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                     help="cpu: the pieces run eagerly (a check of this script and of the pieces, not a measurement)")
     args = ap.parse_args()
@@ -75,13 +80,14 @@ def main() -> int:
     rows = []
     for batch in args.batches:
         prompts = [[1 + i, 7, 9, 11 + i][: 2 + i % 3] for i in range(batch)]  # different lengths: padding masks
-        for fam in args.families.split(","):
-            rows += measure(str(make_tiny(fam, tmp / fam)), fam, batch, prompts, 16, args.repeats, args.device)
-        if args.shape_layers:
-            source = RandomSource.named("qwen2-57b-a14b-shape", device=args.device, num_hidden_layers=args.shape_layers,
-                                        num_experts=8, num_experts_per_tok=8)
-            rows += measure(source, f"qwen2-57b-a14b-shape-{args.shape_layers}l-8e", batch, prompts, 32,
-                            args.repeats, args.device)
+        for kv in args.kv_cache:
+            for fam in args.families.split(","):
+                rows += measure(str(make_tiny(fam, tmp / fam)), fam, batch, prompts, 16, args.repeats, args.device, kv)
+            if args.shape_layers:
+                source = RandomSource.named("qwen2-57b-a14b-shape", device=args.device,
+                                            num_hidden_layers=args.shape_layers, num_experts=8, num_experts_per_tok=8)
+                rows += measure(source, f"qwen2-57b-a14b-shape-{args.shape_layers}l-8e", batch, prompts, 32,
+                                args.repeats, args.device, kv)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(args.out, index=False)
     return 0

@@ -31,11 +31,13 @@ def greedy_decode(
     on_forward: Callable[[str, int], None] = lambda phase, step: None,
     on_logits: Callable[[int, torch.Tensor], None] | None = None,
     stop: Callable[[torch.Tensor], bool] | None = None,
+    cache=None,
 ) -> tuple[torch.Tensor, float, list[float]]:
     """Returns (new tokens [B,N] on the CPU, TTFT seconds, per-decode-step seconds). `stop(tokens [B,n])`, if
     given, ends decoding early once it returns True (accuracy runs: every sequence has hit a stop string);
-    latency runs leave it out, so every policy decodes the same number of steps."""
-    cache = DynamicCache(config=model.config)
+    latency runs leave it out, so every policy decodes the same number of steps. `cache`: an empty KV cache to fill
+    (a transformers `StaticCache` of at least S + max_new_tokens positions), else a `DynamicCache`."""
+    cache = DynamicCache(config=model.config) if cache is None else cache
     kw = {_cache_kwarg(model): cache, "use_cache": True}
     mask = attention_mask
     pos = (mask.long().cumsum(-1) - 1).clamp(min=0)  # [B,S]

@@ -20,13 +20,43 @@ from torch import nn
 from .metrics import span
 
 
+def static_layer(cache, layer_idx: int, filled: bool = True):
+    """The cache's layer `layer_idx` if it is a transformers `StaticLayer` (fixed-size keys and values
+    [B,kv_heads,max_len,d], the next position in its device counter `cumulative_length`) and, with `filled`, has
+    had its first update; else None."""
+    layers = getattr(cache, "layers", None)
+    if layers is None or layer_idx >= len(layers):
+        return None
+    layer = layers[layer_idx]
+    if type(layer).__name__ != "StaticLayer" or (filled and not getattr(layer, "is_initialized", False)):
+        return None
+    return layer
+
+
+def write_kv(layer, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """New keys and values [B,kv_heads,n,d] into a static layer from position `pos` (a 0-dim device tensor) on, its
+    counter left as it is (what `StaticLayer.update` writes, without advancing)."""
+    n = k.shape[-2]
+    at = pos.view(1) if n == 1 else pos + torch.arange(n, device=pos.device)
+    layer.keys.index_copy_(2, at, k)
+    layer.values.index_copy_(2, at, v)
+
+
 class ReadOnlyCache:
-    """Looks like a transformers cache to one attention call: returns past + new, stores nothing."""
+    """Looks like a transformers cache to one attention call: returns past + new, and leaves the cache as the
+    layer's own call will find it. A dynamic layer stores nothing; a static layer gets the new keys and values at
+    its next positions, which the layer's own call overwrites before it reads them, and its counter is not moved."""
 
     def __init__(self, cache):
         self.cache = cache
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        static = static_layer(self.cache, layer_idx, filled=False)
+        if static is not None:
+            if not static.is_initialized:  # a prefill's prediction: allocated as the layer's own first update would
+                static.lazy_initialization(key_states, value_states)
+            write_kv(static, static.cumulative_length, key_states, value_states)
+            return static.keys, static.values
         layer = self.cache.layers[layer_idx]
         if not getattr(layer, "is_initialized", True) or layer.keys is None or layer.keys.numel() == 0:
             return key_states, value_states

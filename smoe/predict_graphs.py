@@ -26,7 +26,7 @@ import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .errors import SmoeError
-from .predict import ReadOnlyCache
+from .predict import ReadOnlyCache, static_layer, write_kv
 
 
 def lean_attention(attn) -> bool:
@@ -105,6 +105,24 @@ class Pieces:
         self.pool = torch.cuda.graph_pool_handle() if capture else None
         self.output_ptrs: frozenset = frozenset()  # data pointers read in place: pieces' outputs, shared inputs
         self._held: dict[tuple, tuple[torch.Tensor, torch.Tensor, int]] = {}  # key -> (buffer, last source, its version)
+        self._cache = None  # the static KV cache the "attn" pieces write into (held: never mistaken for a new one)
+        self._cache_ptrs: set[int] = set()  # data pointers of that cache's tensors that pieces read in place
+
+    def cache_tensor(self, cache, t: torch.Tensor) -> torch.Tensor:
+        """`t`, a tensor of the running generate call's static KV cache (its position counter), which stays where
+        it is: pieces made from now on read it there. Pieces made for an earlier cache write into buffers no longer
+        in use, so they are dropped, and its addresses are no longer read in place (a generate call makes a new
+        cache, and freed addresses are handed out again)."""
+        if cache is not self._cache:
+            for key in [k for k in self.pieces if k[0] == "attn"]:
+                del self.pieces[key]
+            self.output_ptrs -= self._cache_ptrs
+            self._cache_ptrs = set()
+            self._cache = cache
+        if self.capture:
+            self._cache_ptrs.add(t.data_ptr())
+            self.output_ptrs |= {t.data_ptr()}
+        return t
 
     def shared_input(self, name: str, t: torch.Tensor) -> torch.Tensor:
         """With `capture`: `t` copied into one buffer per (name, shape, dtype) that every piece reads in place, and
@@ -196,6 +214,20 @@ class PredictorPieces(Pieces):
             return self.p.family.scores(self.p.blocks[nxt].gate(dec.post_attention_layernorm(h).reshape(B * S, H))[0])
 
         shape = (tuple(inputs[0].shape), own_shared)
+        kw = self.p.kwargs
+        cache = kw.get("cache", kw.get("past_key_values"))
+        static = static_layer(cache, attn.layer_idx)
+        if static is not None:  # one piece: the new keys and values go where the layer's own call will put them
+            mask = self.shared_input("mask", kw["attention_mask"])
+            pos = self.cache_tensor(cache, static.cumulative_length)
+
+            def whole(cos, sin, mask, pos, *args):
+                h, q, k, v = pre(cos, sin, *args)
+                write_kv(static, pos, k, v)
+                return post(h, attention_core(attn, q, static.keys, static.values, mask))
+
+            ins = [cos, sin, mask, pos, *inputs]
+            return self._piece(("attn", layer) + shape + (tuple(mask.shape),), whole, ins)(*ins)
         h, q, k, v = self._piece(("pre", layer) + shape, pre, [cos, sin, *inputs])(cos, sin, *inputs)
         core = self._core(attn, q, k, v)
         return self._piece(("post", layer) + shape, post, [h, core])(h, core)

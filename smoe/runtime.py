@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 import transformers
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, StaticCache
 from transformers.activations import ACT2FN
 
 from . import grouped_kernel
@@ -49,6 +49,7 @@ class Result:
     metrics: dict
 
 
+KV_CACHES = ("dynamic", "static")  # the KV cache grows each step (transformers' DynamicCache), or is one buffer per layer
 GROUPED = ("off", "gather", "slots")  # decode's resident experts: one by one; gathered and batched; from their slots
 
 
@@ -93,7 +94,12 @@ class Runtime:
         block_graphs: bool | None = None,  # and the rest of those layers but the routed experts (default: with
         # the skeleton graphs; needs them)
         router_first: bool = True,  # Qwen2-MoE blocks run their router before their shared expert (`router_first`)
+        kv_cache: str = "dynamic",  # KV_CACHES: "static" sizes one buffer per layer for each generate call, so a
+        # decode layer's whole attention (and the predictor's) is one fixed-shape piece, a CUDA graph on a GPU
     ):
+        if kv_cache not in KV_CACHES:
+            raise OptionError(f"kv_cache={kv_cache!r}; accepted: {', '.join(KV_CACHES)}")
+        self.kv_cache = kv_cache
         self.device = torch.device(device)
         skeleton_on = self.device.type == "cuda" if skeleton_graphs is None else skeleton_graphs
         if block_graphs and not skeleton_on:
@@ -249,8 +255,10 @@ class Runtime:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         with gc_paused():
+            cache = self._static_cache(ids.shape[0], ids.shape[1] + max_new_tokens) if self.kv_cache == "static" else None
             tokens, ttft, steps = greedy_decode(
-                self.model, ids.to(self.device), mask.to(self.device), max_new_tokens, on_forward, on_logits, stop
+                self.model, ids.to(self.device), mask.to(self.device), max_new_tokens, on_forward, on_logits, stop,
+                cache=cache,
             )
         eng.metrics.ttft_list.append(ttft)
         eng.metrics.step_s.extend(steps)
@@ -258,10 +266,23 @@ class Runtime:
             peak = torch.cuda.max_memory_allocated(self.device)
         else:  # logical accounting: what the device would hold
             per_token = kv_bytes_per_token(self.ckpt.config.get_text_config(), self.dtype.itemsize)
-            kv = per_token * ids.shape[0] * (ids.shape[1] + max_new_tokens)
+            kv = per_token * ids.shape[0] * (self._static[1] if cache is not None else ids.shape[1] + max_new_tokens)
             peak = self.memory.skeleton_bytes + self.memory.pool_bytes + kv
         eng.metrics.peak_device_bytes = max(eng.metrics.peak_device_bytes, peak)
         return Result(tokens=tokens.tolist(), metrics=eng.metrics.summary())
+
+    STATIC_KV_STEP = 256  # a static cache's positions are a multiple of this, so calls of similar length share it
+
+    def _static_cache(self, batch: int, positions: int) -> StaticCache:
+        """An empty static KV cache for `batch` sequences of up to `positions` tokens: the last call's, reset, where
+        it fits (same batch, enough positions), so the graphs made over its buffers serve again; else a new one."""
+        held = getattr(self, "_static", None)  # (batch, positions, cache)
+        if held is not None and held[0] == batch and held[1] >= positions:
+            held[2].reset()
+            return held[2]
+        size = -(-positions // self.STATIC_KV_STEP) * self.STATIC_KV_STEP
+        self._static = (batch, size, StaticCache(config=self.model.config, max_cache_len=size))
+        return self._static[2]
 
     @torch.no_grad()
     def forward_logits(self, seqs: list[list[int]], accumulate: bool = False) -> torch.Tensor:
@@ -311,6 +332,7 @@ class Runtime:
             "block_graphs": len(self.skeleton.installed) if self.skeleton and self.skeleton.block else 0,
             "grouped_experts": self.engine.grouped,  # how decode computed a layer's resident experts (GROUPED)
             "router_first": len(self.router_first),  # MoE blocks that ran their router before their shared expert
+            "kv_cache": self.kv_cache,
             "skeleton_capture_s": self.skeleton.capture_s if self.skeleton else 0.0,
         }
         return env
@@ -330,7 +352,7 @@ class Runtime:
         self.engine.close()
         if self.skeleton is not None:
             self.skeleton.release(self.model.model.layers)
-        for name in ("engine", "pool", "model", "experts", "store"):
+        for name in ("engine", "pool", "model", "experts", "store", "_static"):
             self.__dict__.pop(name, None)
         gc.collect()
         if self.device.type == "cuda":

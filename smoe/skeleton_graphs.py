@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from .metrics import span
+from .predict import static_layer, write_kv
 from .predict_graphs import Pieces, attention_core, lean_attention, qkv_rotary
 
 # decoder layers whose forward is: residual + attn(input_norm(x)), then residual + mlp(post_attention_norm(h))
@@ -65,6 +66,7 @@ class SkeletonGraphs(Pieces):
                     module.__dict__.pop("forward", None)
         self.pieces.clear()
         self._held.clear()
+        self._cache, self._cache_ptrs = None, set()
         self.output_ptrs = frozenset()
 
     @staticmethod
@@ -109,6 +111,14 @@ class SkeletonGraphs(Pieces):
         def residual(h, out):  # h [B,S,H], the feed-forward half's output out [B,S,H] -> the layer's output
             return h + out
 
+        def attend(static):  # one piece for the whole attention over a static cache, written at its position
+            def fn(x, cos, sin, mask, pos):  # x [B,1,H]; mask [B,1,1,max_len] bool; pos 0-dim -> h [B,1,H]
+                q, k, v = pre(x, cos, sin)
+                write_kv(static, pos, k, v)
+                return post(x, attention_core(attn, q, static.keys, static.values, mask))
+
+            return fn
+
         def forward(hidden_states, *args, **kwargs):
             cache = kwargs.get("cache", kwargs.get("past_key_values"))
             rope = kwargs.get("position_embeddings")
@@ -118,11 +128,20 @@ class SkeletonGraphs(Pieces):
                     if k not in ("cache", "past_key_values", "position_embeddings", "attention_mask")}
             cos, sin = self.shared_input("cos", rope[0]), self.shared_input("sin", rope[1])
             shapes = (tuple(hidden_states.shape), tuple(cos.shape))
+            static = static_layer(cache, attn.layer_idx)
             with span("smoe.attention"):
-                q, k, v = self._piece(("pre", i) + shapes, pre, [hidden_states, cos, sin])(hidden_states, cos, sin)
-                k, v = cache.update(k, v, attn.layer_idx, kwargs=rest)
-                core = attention_core(attn, q, k, v, kwargs.get("attention_mask"), **rest)
-                h = self._piece(("post", i) + shapes, post, [hidden_states, core])(hidden_states, core)
+                if static is not None:
+                    assert kwargs.get("attention_mask") is not None, "a static cache's decode step has a mask"
+                    mask = self.shared_input("mask", kwargs["attention_mask"])
+                    pos = self.cache_tensor(cache, static.cumulative_length)
+                    inputs = [hidden_states, cos, sin, mask, pos]
+                    h = self._piece(("attn", i) + shapes + (tuple(mask.shape),), attend(static), inputs)(*inputs)
+                    static.cumulative_length.add_(1)  # what `update` counts; outside the piece, which may run twice
+                else:
+                    q, k, v = self._piece(("pre", i) + shapes, pre, [hidden_states, cos, sin])(hidden_states, cos, sin)
+                    k, v = cache.update(k, v, attn.layer_idx, kwargs=rest)
+                    core = attention_core(attn, q, k, v, kwargs.get("attention_mask"), **rest)
+                    h = self._piece(("post", i) + shapes, post, [hidden_states, core])(hidden_states, core)
             if not self.block:
                 return h + layer.mlp(layer.post_attention_layernorm(h))
             self.active = i

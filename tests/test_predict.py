@@ -35,9 +35,13 @@ class PredictProbe(ExpertPolicy):
         return None
 
 
+@pytest.mark.parametrize("kv_cache,pieces", [("dynamic", None), ("static", False), ("static", True)])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_prediction_is_exact_when_the_layer_is_fully_computed(family, tiny):
-    rt = Runtime(tiny(family), "test-predict-probe", device="cpu", cache_experts=1000, batch=len(PROMPTS))
+def test_prediction_is_exact_when_the_layer_is_fully_computed(family, kv_cache, pieces, tiny):
+    """Also over a static KV cache, where the prediction writes the next layer's new keys and values at the position
+    that layer then overwrites: op by op (`ReadOnlyCache`) and as one piece."""
+    rt = Runtime(tiny(family), "test-predict-probe", device="cpu", cache_experts=1000, batch=len(PROMPTS),
+                 kv_cache=kv_cache, predictor_graphs=pieces)
     try:
         rt.generate(PROMPTS, 6)
         pol, layers = rt.policy, rt.info.moe_layers
@@ -136,15 +140,16 @@ def test_prediction_reads_only_experts_resident_before_this_layers_prefetch(fami
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_decode_pieces_compute_what_the_module_path_does(family, tiny):
+@pytest.mark.parametrize("kv_cache", ["dynamic", "static"])
+def test_decode_pieces_compute_what_the_module_path_does(family, kv_cache, tiny):
     """The fixed-shape pieces a GPU captures as CUDA graphs (`predict_graphs`), run eagerly here, give the
     predictions of the op-by-op path through the HF modules, bit for bit: with attention (where the family's attention is
     the plain q/k/v/o + rotary kind), without, and a later layer's router. Two prompts of different lengths,
-    so the attention core also reads the padding mask."""
+    so the attention core also reads the padding mask. Over a static KV cache the attention is one piece."""
     runs = {}
     for pieces in (False, True):
         rt = Runtime(tiny(family), "test-predict-probe", device="cpu", cache_experts=1000, batch=len(PROMPTS),
-                     predictor_graphs=pieces)
+                     predictor_graphs=pieces, kv_cache=kv_cache)
         try:
             rt.generate(PROMPTS, 4)
             runs[pieces] = rt.policy.predicted
@@ -153,7 +158,8 @@ def test_decode_pieces_compute_what_the_module_path_does(family, tiny):
                 lean = rt.engine.predictor.pieces.lean_attention(rt.model.model.layers[-1].self_attn)
         finally:
             rt.close()
-    assert made == ({"gate", "pre", "post"} if lean else {"gate"}), made  # the pieces served the decode steps
+    attention = {"dynamic": {"pre", "post"}, "static": {"attn"}}[kv_cache]
+    assert made == ({"gate"} | attention if lean else {"gate"}), made  # the pieces served the decode steps
     assert runs[True].keys() == runs[False].keys()
     for key, ours in runs[True].items():
         assert all(torch.equal(a, b) for a, b in zip(ours, runs[False][key])), key  # the same ops, in order
@@ -168,7 +174,9 @@ def test_skeleton_pieces_decode_what_the_module_path_decodes(family, tiny):
     know keep their own forward; Qwen2-MoE and Mixtral are served."""
     runs, served = {}, {}
     modes = {"modules": dict(skeleton_graphs=False), "attention": dict(skeleton_graphs=True, block_graphs=False),
-             "layer": dict(skeleton_graphs=True)}
+             "layer": dict(skeleton_graphs=True),
+             "static-modules": dict(skeleton_graphs=False, kv_cache="static"),
+             "static-layer": dict(skeleton_graphs=True, kv_cache="static")}
     for mode, options in modes.items():
         rt = Runtime(tiny(family), "smoe", device="cpu", cache_experts=10, batch=len(PROMPTS), predictor_graphs=True,
                      **options)
@@ -179,7 +187,7 @@ def test_skeleton_pieces_decode_what_the_module_path_decodes(family, tiny):
             if rt.skeleton:
                 served[mode] = {key[:2] for key in rt.skeleton.pieces}
                 installed = rt.skeleton.installed
-                assert rt.environment()["block_graphs"] == (len(installed) if mode == "layer" else 0)
+                assert rt.environment()["block_graphs"] == (len(installed) if mode.endswith("layer") else 0)
         finally:
             rt.close()
     assert (len(installed) > 0) == (family in ("qwen2_moe", "mixtral")), (family, installed)
@@ -187,11 +195,56 @@ def test_skeleton_pieces_decode_what_the_module_path_decodes(family, tiny):
     block = {"qwen2_moe": ("norm", "gate", "shared_expert", "mix", "residual"),
              "mixtral": ("norm", "gate", "residual")}.get(family, ())
     assert served["layer"] == {(kind, i) for kind in ("pre", "post") + block for i in installed}
-    for mode in ("attention", "layer"):
-        ours, theirs = runs[mode], runs["modules"]
+    # over a static KV cache: the whole attention is one piece, the same ops as the module path over that cache
+    assert served["static-layer"] == {(kind, i) for kind in ("attn",) + block for i in installed}
+    for mode, base in (("attention", "modules"), ("layer", "modules"), ("static-layer", "static-modules")):
+        ours, theirs = runs[mode], runs[base]
         assert len(ours[0]) == len(theirs[0]) == 6
         assert all(torch.equal(a, b) for a, b in zip(ours[0], theirs[0])), mode
         assert ours[1:] == theirs[1:], mode
+    # a static cache against the growing one: the attention runs over the whole buffer under a mask, so the float
+    # sums may differ in the last bits; the tokens and every decision are the same here
+    static, dynamic = runs["static-modules"], runs["modules"]
+    assert all(torch.allclose(a, b, atol=1e-5, rtol=0) for a, b in zip(static[0], dynamic[0]))
+    assert static[1:] == dynamic[1:]
+
+
+def test_static_cache_serves_calls_that_fit_and_its_pieces_follow_a_new_one(tiny):
+    """A static KV cache serves the next generate call again, reset, where it fits (the same batch, enough
+    positions), so the attention pieces made over its buffers serve again; a call that does not fit gets a new
+    cache, and the pieces made over the old one are dropped (they write into buffers no longer in use). Every call
+    decodes as the module path over its cache does, bit for bit."""
+    calls = [PROMPTS, [[3, 4], [20, 21, 22, 23]], [[7, 8, 9]]]  # the third: batch 1, a new cache
+    runs, kept = {}, []
+    for pieces in (False, True):
+        rt = Runtime(tiny("qwen2_moe"), "smoe", device="cpu", cache_experts=10, batch=2, kv_cache="static",
+                     skeleton_graphs=pieces, predictor_graphs=pieces)
+        logits, _, cb = collect_logits()
+        try:
+            tokens, caches, made = [], [], []
+            for p in calls:
+                tokens.append(rt.generate(p, 4, on_logits=cb).tokens)
+                caches.append(rt._static[2])
+                if pieces:
+                    made.append({k: v for k, v in rt.skeleton.pieces.items() if k[0] == "attn"})
+                    assert rt.skeleton._cache is rt.engine.predictor.pieces._cache is caches[-1]
+                    assert {k[0] for k in rt.engine.predictor.pieces.pieces} <= {"attn", "gate"}
+            runs[pieces] = (logits, tokens)
+            assert caches[0] is caches[1] and caches[2] is not caches[1]
+            if pieces:
+                assert len(made[0]) == len(rt.skeleton.installed) > 0
+                assert made[1] == made[0]  # the same piece objects: made over the same buffers
+                assert not set(made[2].values()) & set(made[1].values())  # the old cache's pieces dropped
+        finally:
+            rt.close()
+    assert len(runs[True][0]) == len(runs[False][0]) == 3 * 4
+    assert all(torch.equal(a, b) for a, b in zip(runs[True][0], runs[False][0]))
+    assert runs[True][1] == runs[False][1]
+
+
+def test_kv_cache_option_names_the_accepted_values(tiny):
+    with pytest.raises(OptionError, match="kv_cache='paged'; accepted: dynamic, static"):
+        Runtime(tiny("qwen2_moe"), "lru", device="cpu", cache_experts=10, kv_cache="paged")
 
 
 def test_block_graphs_need_the_skeleton_graphs(tiny):
