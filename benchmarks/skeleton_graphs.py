@@ -7,7 +7,9 @@ For tiny models of several families, and for the Qwen2-57B shape with every expe
 first, warm-up call (which captures the graphs): op by op (`eager`), the attention as graphs (`attention`), and
 every part of the layer but the routed experts as graphs (`layer`, the runtime's default on a GPU). Written per
 model, batch and graph mode: whether every forward's logits are bit-equal to the eager mode's, the largest
-difference, the layers the graphs serve, the median decode step (TPOT) of both modes and the speed-up.
+difference, the layers the graphs serve, the median decode step (TPOT) of both modes and the speed-up. With
+`--kv-cache static` every mode runs over a static KV cache (a layer's whole decode attention one graph), against
+eager over the same cache.
 """
 from __future__ import annotations
 

@@ -29,14 +29,15 @@ def test_skeleton_graphs_benchmark_compares_each_graph_mode_with_eager(tmp_path)
     the `layer` mode) and OLMoE's not (q/k norms)."""
     out = tmp_path / "sk.csv"
     subprocess.run([sys.executable, str(ROOT / "benchmarks/skeleton_graphs.py"), "--device", "cpu", "--families",
-                    "qwen2_moe,olmoe", "--shape-layers", "0", "--batches", "1", "3", "--repeats", "1", "--out",
-                    str(out)], check=True, cwd=ROOT)
+                    "qwen2_moe,olmoe", "--shape-layers", "0", "--batches", "1", "3", "--repeats", "1", "--kv-cache",
+                    "dynamic", "static", "--out", str(out)], check=True, cwd=ROOT)
     rows = list(csv.DictReader(open(out)))
-    assert [(r["model"], r["batch"], r["graphs"]) for r in rows] == [
-        (m, b, g) for b in ("1", "3") for m in ("qwen2_moe", "olmoe") for g in ("attention", "layer")]
+    assert [(r["model"], r["batch"], r["kv_cache"], r["graphs"]) for r in rows] == [
+        (m, b, kv, g) for b in ("1", "3") for kv in ("dynamic", "static") for m in ("qwen2_moe", "olmoe")
+        for g in ("attention", "layer")]
     assert all(r["bit_equal"] == "True" and float(r["max_abs_diff"]) == 0 for r in rows)
-    assert [int(r["layers_served"]) > 0 for r in rows] == [True, True, False, False] * 2
-    assert [int(r["block_layers_served"]) > 0 for r in rows] == [False, True, False, False] * 2
+    assert [int(r["layers_served"]) > 0 for r in rows] == [True, True, False, False] * 4
+    assert [int(r["block_layers_served"]) > 0 for r in rows] == [False, True, False, False] * 4
 
 
 def test_decisions_vs_commit_finds_the_same_decisions_at_head(tmp_path):

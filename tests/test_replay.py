@@ -168,6 +168,17 @@ def test_paper_shape_benchmark_runs_end_to_end_on_toy_widths(tmp_path):
     assert order[2]["metrics"]["decode"] == {**order[3]["metrics"]["decode"], **{k: order[2]["metrics"]["decode"][k]
                                              for k in ("policy_time_s", "check_time_s", "predict_time_s", "cpu_time_s")}}
     assert order[2]["row"]["bound_s"] >= order[0]["row"]["tpot_s"] and order[3]["row"]["bound_s"] >= order[1]["row"]["tpot_s"]
+    # --kv-cache both ways: the static cache's rows labelled, the same decisions, each against its own floor
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/paper_shape.py"), "--shape", "deepseek-moe-16b-shape",
+                    "--tiny", "--device", "cpu", "--traces", str(tmp_path / "traces"), "--workloads", "exam",
+                    "--batches", "1", "--budgets-gb", "0.267", "--policies", "lru", "--kv-cache", "dynamic",
+                    "static", "--out", str(tmp_path / "kv")], check=True, cwd=ROOT)
+    kv = [json.loads(line) for line in (tmp_path / "kv/deepseek-moe-16b-shape-tiny.jsonl").read_text().splitlines()]
+    assert [(r["row"]["policy"], r["env"]["kv_cache"]) for r in kv] == [
+        ("all-gpu", "dynamic"), ("all-gpu@static-kv", "static"), ("lru", "dynamic"), ("lru@static-kv", "static")]
+    assert kv[2]["metrics"]["decode"]["hits"] == kv[3]["metrics"]["decode"]["hits"]
+    assert kv[2]["metrics"]["decode"]["loads"] == kv[3]["metrics"]["decode"]["loads"]
+    assert kv[2]["row"]["bound_s"] >= kv[0]["row"]["tpot_s"] and kv[3]["row"]["bound_s"] >= kv[1]["row"]["tpot_s"]
     # --repeats: every setting again in a second round, the offloading ones in reverse order, each round's rows
     # bounded by that round's floor; the same decisions in every round
     subprocess.run([sys.executable, str(ROOT / "benchmarks/paper_shape.py"), "--shape", "deepseek-moe-16b-shape",
