@@ -110,9 +110,9 @@ class Pieces:
 
     def cache_tensor(self, cache, t: torch.Tensor) -> torch.Tensor:
         """`t`, a tensor of the running generate call's static KV cache (its position counter), which stays where
-        it is: pieces made from now on read it there. Pieces made for an earlier cache write into buffers no longer
-        in use, so they are dropped, and its addresses are no longer read in place (a generate call makes a new
-        cache, and freed addresses are handed out again)."""
+        it is: pieces made from now on read it there. When the runtime has replaced the cache (a call it did not
+        fit), the pieces made over the old one write into buffers no longer in use, so they are dropped, and its
+        addresses are no longer read in place (freed addresses are handed out again)."""
         if cache is not self._cache:
             for key in [k for k in self.pieces if k[0] == "attn"]:
                 del self.pieces[key]

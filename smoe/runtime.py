@@ -94,8 +94,8 @@ class Runtime:
         block_graphs: bool | None = None,  # and the rest of those layers but the routed experts (default: with
         # the skeleton graphs; needs them)
         router_first: bool = True,  # Qwen2-MoE blocks run their router before their shared expert (`router_first`)
-        kv_cache: str = "dynamic",  # KV_CACHES: "static" sizes one buffer per layer for each generate call, so a
-        # decode layer's whole attention (and the predictor's) is one fixed-shape piece, a CUDA graph on a GPU
+        kv_cache: str = "dynamic",  # KV_CACHES: "static" keeps one buffer per layer (reused by the generate calls it
+        # fits), so a decode layer's whole attention (and the predictor's) is one fixed-shape piece, a graph on a GPU
     ):
         if kv_cache not in KV_CACHES:
             raise OptionError(f"kv_cache={kv_cache!r}; accepted: {', '.join(KV_CACHES)}")
@@ -255,7 +255,9 @@ class Runtime:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         with gc_paused():
-            cache = self._static_cache(ids.shape[0], ids.shape[1] + max_new_tokens) if self.kv_cache == "static" else None
+            cache = None
+            if self.kv_cache == "static":
+                cache = self._static_cache(ids.shape[0], ids.shape[1] + max_new_tokens)
             tokens, ttft, steps = greedy_decode(
                 self.model, ids.to(self.device), mask.to(self.device), max_new_tokens, on_forward, on_logits, stop,
                 cache=cache,
@@ -332,7 +334,7 @@ class Runtime:
             "block_graphs": len(self.skeleton.installed) if self.skeleton and self.skeleton.block else 0,
             "grouped_experts": self.engine.grouped,  # how decode computed a layer's resident experts (GROUPED)
             "router_first": len(self.router_first),  # MoE blocks that ran their router before their shared expert
-            "kv_cache": self.kv_cache,
+            "kv_cache": self.kv_cache,  # KV_CACHES
             "skeleton_capture_s": self.skeleton.capture_s if self.skeleton else 0.0,
         }
         return env
