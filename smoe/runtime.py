@@ -100,6 +100,7 @@ class Runtime:
         if kv_cache not in KV_CACHES:
             raise OptionError(f"kv_cache={kv_cache!r}; accepted: {', '.join(KV_CACHES)}")
         self.kv_cache = kv_cache
+        self.kv_tokens = kv_tokens  # the KV positions the memory plan reserves, over the batch
         self.device = torch.device(device)
         skeleton_on = self.device.type == "cuda" if skeleton_graphs is None else skeleton_graphs
         if block_graphs and not skeleton_on:
@@ -282,7 +283,8 @@ class Runtime:
         if held is not None and held[0] == batch and held[1] >= positions:
             held[2].reset()
             return held[2]
-        size = -(-positions // self.STATIC_KV_STEP) * self.STATIC_KV_STEP
+        # rounded up, but not past what the memory plan reserves for the batch unless the call itself needs more
+        size = max(positions, min(-(-positions // self.STATIC_KV_STEP) * self.STATIC_KV_STEP, self.kv_tokens // batch))
         self._static = (batch, size, StaticCache(config=self.model.config, max_cache_len=size))
         return self._static[2]
 

@@ -242,6 +242,17 @@ def test_static_cache_serves_calls_that_fit_and_its_pieces_follow_a_new_one(tiny
     assert runs[True][1] == runs[False][1]
 
 
+def test_static_cache_size_rounds_up_within_the_memory_plans_reserve(tiny):
+    """Positions rounded up to a step of 256, so calls of similar length share a cache, but not past the KV tokens
+    the memory plan reserved for the batch, unless the call itself needs more."""
+    rt = Runtime(tiny("qwen2_moe"), "lru", device="cpu", cache_experts=10, batch=2, kv_cache="static", kv_tokens=1000)
+    try:
+        sizes = [(rt._static_cache(b, n), rt._static[1])[1] for b, n in ((2, 10), (2, 300), (2, 600), (1, 300))]
+    finally:
+        rt.close()
+    assert sizes == [256, 500, 600, 512]
+
+
 def test_kv_cache_option_names_the_accepted_values(tiny):
     with pytest.raises(OptionError, match="kv_cache='paged'; accepted: dynamic, static"):
         Runtime(tiny("qwen2_moe"), "lru", device="cpu", cache_experts=10, kv_cache="paged")
