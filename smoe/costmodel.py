@@ -221,7 +221,8 @@ class MeasuredRun:
         graphs = skeleton_mode(rec.get("env", {}))
         grouped = rec.get("env", {}).get("grouped_experts", "gather")  # records before the slot kernel gathered
         first = rec.get("env", {}).get("router_first", 0) > 0  # records before 2026-12-01 ran HF's block order
-        return cls(group=(p["batch"], Path(p["replay"]).parent.name, graphs, grouped, first), policy=label,
+        kv = rec.get("env", {}).get("kv_cache", "dynamic")  # records before the static cache grew theirs
+        return cls(group=(p["batch"], Path(p["replay"]).parent.name, graphs, grouped, first, kv), policy=label,
                    floor=p["policy"] == "all-gpu", plans=rec["plans"],
                    costs=ModelCosts(**rec["costs"]), tpot_s=m["tpot_s"],
                    link_gbps=p.get("link_gbps") or native_gbps,

@@ -176,6 +176,10 @@ def test_paper_shape_benchmark_runs_end_to_end_on_toy_widths(tmp_path):
     timed = ("policy_time_s", "check_time_s", "predict_time_s", "cpu_time_s")
     assert kv[2]["metrics"]["decode"] == {**kv[3]["metrics"]["decode"], **{k: kv[2]["metrics"]["decode"][k] for k in timed}}
     assert kv[2]["row"]["bound_s"] >= kv[0]["row"]["tpot_s"] and kv[3]["row"]["bound_s"] >= kv[1]["row"]["tpot_s"]
+    from smoe.costmodel import MeasuredRun  # the cost model, too, fits each cache's runs against their own floor
+
+    groups = [MeasuredRun.from_record(r, 55.0).group for r in kv]
+    assert groups[0] == groups[2] != groups[1] == groups[3] and groups[1][-1] == "static"
     # --repeats: every setting again in a second round, the offloading ones in reverse order, each round's rows
     # bounded by that round's floor; the same decisions in every round
     paper_shape(tmp_path / "rep", "--budgets-gb", "0.267", "--policies", "lru", "smoe", "--repeats", "2")

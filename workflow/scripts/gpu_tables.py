@@ -6,7 +6,8 @@
                               `grouped`: how decode computed a layer's resident experts, `slots` (read in place
                               by the Triton kernel) or `gather` (gathered out of the slots first, every run
                               before 2026-12-01); `block_order`: `router-first` (Qwen2-MoE blocks ran their
-                              router before their shared expert) or `hf`),
+                              router before their shared expert) or `hf`; `kv_cache`: `dynamic` (grown each step,
+                              every run before the static cache) or `static`),
                               then the cost model's rows for every profile (measured=False), modelled from
                               the native runs' executed plans: the paper's GPUs, and the machines measured by
                               the `machine_profile` rule (config `machine_profiles:`, and the machine this
@@ -14,8 +15,8 @@
   costmodel_validation.csv    per offloading run, the cost model's TPOT against the measured one on the machine
                               it ran on, at the run's own link rate; host costs are fitted on the native-link
                               runs, so the emulated-link runs (`held_out`) check it
-  smoe_vs_best_gpu.csv        per measured setting (folder, shape, batch, workload, skeleton, grouped and block
-                              order modes, link): the
+  smoe_vs_best_gpu.csv        per measured setting (folder, shape, batch, workload, skeleton, grouped, block
+                              order and KV cache modes, link): the
                               all-GPU floor, the best offloading baseline and every SMoE variant's TPOT as a
                               multiple of it (a setting run in several rounds: each policy's median)
   ablation_gpu.csv            the paper's Fig. 14 steps (lru, +CE, +CR, +Pre, +BA) where a setting ran them all:
@@ -41,8 +42,9 @@ for path in map(Path, sm.input.runs):  # {stem}.jsonl with {stem}_env.json besid
     skeleton = [skeleton_mode(r["env"]) for r in records]
     grouped = [r["env"].get("grouped_experts", "gather") for r in records]  # GPU runs gathered until 2026-12-01
     order = ["router-first" if r["env"].get("router_first", 0) > 0 else "hf" for r in records]  # hf until 2026-12-01
+    kv = [r["env"].get("kv_cache", "dynamic") for r in records]
     measured.append(rows.assign(emulated=rows.link_gbps.notna(), skeleton=skeleton, grouped=grouped, block_order=order,
-                                source=f"{path.parent.name}/{path.name}"))
+                                kv_cache=kv, source=f"{path.parent.name}/{path.name}"))
     # records older than `policy_resolved` ran with the defaults of their day: the env file states any that changed
     check, model = model_measured_runs(records, env["copy_Bps"] / 1e9, records[0]["row"]["gpu"], profiles,
                                        policy_defaults=env.get("policy_defaults"))
@@ -56,13 +58,14 @@ BASELINES = ["on-demand", "lru", "lfu", "fifo", "cpu-assist", "hybrimoe", "moe-i
 STEPS = ["lru", "smoe-ce", "smoe-ce-cr", "smoe-ce-cr-pre", "smoe"]
 runs = pd.concat(measured, ignore_index=True)
 runs["folder"] = runs.source.str.split("/").str[0]
-# the modes are the `skeleton`, `grouped` and `block_order` columns
-runs["policy"] = runs.policy.str.replace("@eager-skeleton|@attention-skeleton|@gather-experts|@hf-block-order", "",
-                                        regex=True)
-setting = ["folder", "model", "budget_gb", "batch", "workload", "skeleton", "grouped", "block_order"]
+# the modes are the `skeleton`, `grouped`, `block_order` and `kv_cache` columns
+runs["policy"] = runs.policy.str.replace(
+    "@eager-skeleton|@attention-skeleton|@gather-experts|@hf-block-order|@static-kv", "", regex=True)
+modes = ["skeleton", "grouped", "block_order", "kv_cache"]
+setting = ["folder", "model", "budget_gb", "batch", "workload", *modes]
 # a setting run in several rounds (`paper_shape.py --repeats`) counts with its median
-floors = runs[runs.policy == "all-gpu"].groupby(["folder", "model", "batch", "workload", "skeleton", "grouped",
-                                                 "block_order"], dropna=False).tpot_s.median()
+floors = runs[runs.policy == "all-gpu"].groupby(["folder", "model", "batch", "workload", *modes],
+                                                dropna=False).tpot_s.median()
 summary, steps = [], []
 for key, group in runs[runs.policy != "all-gpu"].groupby(setting, dropna=False, sort=False):
     floor = floors.get((key[0], key[1], *key[3:]))
