@@ -119,7 +119,7 @@ class Pieces:
             self.output_ptrs -= self._cache_ptrs
             self._cache_ptrs = set()
             self._cache = cache
-        if self.capture:
+        if self.capture and t.data_ptr() not in self._cache_ptrs:  # once per tensor, not per layer and step
             self._cache_ptrs.add(t.data_ptr())
             self.output_ptrs |= {t.data_ptr()}
         return t

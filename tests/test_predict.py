@@ -346,3 +346,13 @@ def test_captured_pieces_read_another_pieces_output_in_place(monkeypatch):
     assert pieces.shared_input("cos", step2) is buf and copies == [buf, buf] and torch.equal(buf, step2)
     assert pieces.shared_input("cos", torch.ones(2)) is not buf  # another shape: another buffer
     assert pg.Pieces(capture=False).shared_input("cos", cos) is cos  # without capture: the tensor itself
+    # a static cache's counter: read in place by the pieces made over that cache; a new cache drops them
+    old, new = object(), object()
+    counter = torch.zeros((), dtype=torch.long)
+    attn = pieces._piece(("attn", 0), lambda t: t + 1, [pieces.cache_tensor(old, counter)])
+    assert attn.inputs[0] is counter and counter.data_ptr() in pieces.output_ptrs
+    assert pieces.cache_tensor(old, counter) is counter and ("attn", 0) in pieces.pieces  # the same cache: kept
+    fresh = torch.zeros((), dtype=torch.long)
+    pieces.cache_tensor(new, fresh)
+    assert ("attn", 0) not in pieces.pieces and ("third",) in pieces.pieces  # only the old cache's pieces go
+    assert counter.data_ptr() not in pieces.output_ptrs and fresh.data_ptr() in pieces.output_ptrs
