@@ -47,6 +47,7 @@ from smoe.files import write_csv  # noqa: E402
 from smoe.hardware import h2d_rate  # noqa: E402
 from smoe.policy import make_policy, parse_policy_spec, policy_names  # noqa: E402
 from smoe.replay import filled_host_store, run_replayed  # noqa: E402
+from smoe.runtime import KV_CACHES, default_kv_cache  # noqa: E402
 from smoe.shapes import SHAPES, RandomSource  # noqa: E402
 
 COLUMNS = ["model", "gpu", "measured", "budget_gb", "policy", "batch", "workload", "ttft_s", "tpot_s", "tpot_p50_s",
@@ -94,10 +95,12 @@ def main() -> int:
                     help="Qwen2-MoE blocks: router before the shared expert, so the device runs the shared expert "
                          "while the host plans (the runtime's default), and/or HF's order (rows labelled "
                          "{policy}@hf-block-order, against a floor of their own); both: side by side")
-    ap.add_argument("--kv-cache", nargs="+", default=["dynamic"], choices=["dynamic", "static"],
-                    help="the KV cache: grown each step (the runtime's default) and/or one buffer per layer per "
-                         "generate call, so a decode layer's whole attention and the predictor's are one CUDA graph "
-                         "each (rows labelled {policy}@static-kv, against a floor of their own); both: side by side")
+    ap.add_argument("--kv-cache", nargs="+", choices=KV_CACHES,
+                    help="the KV cache: one buffer per layer per generate call, so a decode layer's whole attention "
+                         "and the predictor's are one CUDA graph each (the runtime's default on a GPU), and/or grown "
+                         "each step (its default on a CPU); rows whose cache is not the device's default are "
+                         "labelled {policy}@static-kv or {policy}@dynamic-kv, against a floor of their own; both: "
+                         "side by side")
     ap.add_argument("--cpu-threads", type=int, nargs="+", default=[None],
                     help="threads of the CPU-expert worker (default: the runtime's, half the cores); several: every "
                          "policy is run with each, rows labelled {policy}@cpu{N}")
@@ -124,6 +127,8 @@ def main() -> int:
     except SmoeError as e:
         ap.error(str(e))
     links = [g or None for g in args.link_gbps]  # None: the machine's own link
+    default_kv = default_kv_cache(torch.device(args.device))
+    args.kv_cache = args.kv_cache or [default_kv]
     if any(links) and args.device != "cuda":
         ap.error("--link-gbps emulates a PCIe link on a GPU; it needs --device cuda")
     if args.grouped != ["slots"] and args.device != "cuda":
@@ -190,8 +195,8 @@ def main() -> int:
                         label += "@gather-experts"
                     if order == "hf":
                         label += "@hf-block-order"
-                    if kv == "static":
-                        label += "@static-kv"
+                    if kv != default_kv:
+                        label += f"@{kv}-kv"
                     if len(args.cpu_threads) > 1 and policy != "all-gpu":
                         label += f"@cpu{threads or 'default'}"
                     policy = label

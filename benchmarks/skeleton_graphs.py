@@ -7,9 +7,9 @@ For tiny models of several families, and for the Qwen2-57B shape with every expe
 first, warm-up call (which captures the graphs): op by op (`eager`), the attention as graphs (`attention`), and
 every part of the layer but the routed experts as graphs (`layer`, the runtime's default on a GPU). Written per
 model, batch and graph mode: whether every forward's logits are bit-equal to the eager mode's, the largest
-difference, the layers the graphs serve, the median decode step (TPOT) of both modes and the speed-up. With
-`--kv-cache static` every mode runs over a static KV cache (a layer's whole decode attention one graph), against
-eager over the same cache.
+difference, the layers the graphs serve, the median decode step (TPOT) of both modes and the speed-up. Every
+mode runs over the KV cache `--kv-cache` names (by default the runtime's: on a GPU a static one, so a layer's
+whole decode attention is one graph), against eager over the same cache.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from smoe.runtime import Runtime  # noqa: E402
+from smoe.runtime import KV_CACHES, Runtime, default_kv_cache  # noqa: E402
 from smoe.shapes import RandomSource  # noqa: E402
 from smoe.tiny import make_tiny  # noqa: E402
 
@@ -33,7 +33,7 @@ MODES = {"eager": dict(skeleton_graphs=False), "attention": dict(skeleton_graphs
 
 
 def measure(source, label: str, batch: int, prompts, new_tokens: int, repeats: int, device: str,
-            kv_cache: str = "dynamic") -> list[dict]:
+            kv_cache: str) -> list[dict]:
     logits, steps, env = {}, {}, {}
     for mode, options in MODES.items():
         rt = Runtime(source, "all-gpu", device=device, cache_experts=10**6, batch=batch, kv_cache=kv_cache, **options)
@@ -70,14 +70,16 @@ def main() -> int:
     ap.add_argument("--shape-layers", type=int, default=28, help="layers of the Qwen2-57B shape (0: skip it)")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 3])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--kv-cache", nargs="+", default=["dynamic"], choices=["dynamic", "static"],
-                    help="every mode over this KV cache (static: a layer's whole decode attention is one graph); "
-                         "both: one after the other, each mode against eager over the same cache")
+    ap.add_argument("--kv-cache", nargs="+", choices=KV_CACHES,
+                    help="every mode over this KV cache (static, the runtime's default on a GPU: a layer's whole "
+                         "decode attention is one graph; dynamic: grown each step, its default on a CPU); both: one "
+                         "after the other, each mode against eager over the same cache")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                     help="cpu: the pieces run eagerly (a check of this script and of the pieces, not a measurement)")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("needs a CUDA device (or --device cpu)")
+    args.kv_cache = args.kv_cache or [default_kv_cache(torch.device(args.device))]
     tmp = Path(tempfile.mkdtemp())
     rows = []
     for batch in args.batches:

@@ -73,6 +73,7 @@ def run_one(
     trace_predictions: bool = False,
     seed: int = 0,
     cpu_threads: int | None = None,
+    kv_cache: str | None = None,
 ) -> dict:
     """Load, generate, and return the run record (what `run --out` writes)."""
     import torch
@@ -84,6 +85,7 @@ def run_one(
     rt = Runtime(
         model, policy, device=device, budget_gb=budget_gb, cache_experts=cache_experts, batch=batch,
         policy_params=params, trace=trace is not None, trace_predictions=trace_predictions, cpu_threads=cpu_threads,
+        kv_cache=kv_cache,
         # KV reserve: a prompt has at most as many tokens as characters (plus a few special tokens)
         kv_tokens=batch * (max(len(p) for p in prompts) + 8 + max_new_tokens),
     )
@@ -100,7 +102,8 @@ def run_one(
                 "model": str(model), "policy": policy, "policy_params": dict(params or {}),
                 "policy_resolved": resolved_params(rt.policy), "device": device,
                 "batch": batch, "max_new_tokens": max_new_tokens, "budget_gb": budget_gb,
-                "cache_experts": cache_experts, "seed": seed, "cpu_threads": cpu_threads, "prompts": prompts,
+                "cache_experts": cache_experts, "seed": seed, "cpu_threads": cpu_threads, "kv_cache": kv_cache,
+                "prompts": prompts,
             },
             "memory": rt.memory.asdict(),
             "metrics": result.metrics,
@@ -116,7 +119,7 @@ def cmd_run(args) -> int:
         model=args.model, policy=args.policy, device=args.device, batch=args.batch,
         max_new_tokens=args.max_new_tokens, prompts=_prompts(args), budget_gb=args.budget_gb,
         cache_experts=args.cache_experts, params=_parse_set(args.set), trace=args.trace, seed=args.seed,
-        cpu_threads=args.cpu_threads,
+        cpu_threads=args.cpu_threads, kv_cache=args.kv_cache,
     )
     m = record["metrics"]
     log.info(
@@ -200,7 +203,7 @@ def cmd_tune_alpha(args) -> int:
         rec = run_one(model=args.model, policy=args.policy, device=args.device, batch=args.batch,
                       max_new_tokens=args.max_new_tokens, prompts=prompts, budget_gb=args.budget_gb,
                       cache_experts=args.cache_experts, params={**params, "alpha": str(alpha)},
-                      cpu_threads=args.cpu_threads)
+                      cpu_threads=args.cpu_threads, kv_cache=args.kv_cache)
         log.info("alpha %.2f: tpot %.5fs, hit rate %s, substitutions %d", alpha, rec["metrics"]["tpot_s"],
                  _fmt(rec["metrics"]["hit_rate"]), rec["metrics"]["substitutions"])
         return rec["metrics"]["tpot_s"]
@@ -358,6 +361,9 @@ def _add_run_args(r: argparse.ArgumentParser) -> None:
                    "metrics over all of them (fewer than a batch are cycled to fill it)")
     r.add_argument("--prompt-file", help="prompts: JSONL (.jsonl, one JSON string a line) or one prompt per line")
     r.add_argument("--cpu-threads", type=int, help="threads of the CPU expert worker (default: half the cores)")
+    r.add_argument("--kv-cache", help="the KV cache: static (one buffer per layer, a decode "
+                   "layer's whole attention one CUDA graph; the default on a GPU) or dynamic (grown each step; the "
+                   "default on a CPU)")
     r.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a policy parameter")
 
 

@@ -163,7 +163,7 @@ def run_replayed(source, policy: str, trace: str | Path, batch: int, *, device: 
                  link_gbps: float | None = None, max_segments: int | None = None,
                  predictor_graphs: bool | None = None, skeleton_graphs: bool | None = None,
                  block_graphs: bool | None = None, cpu_threads: int | None = None, grouped_experts: str | None = None,
-                 router_first: bool = True, kv_cache: str = "dynamic") -> dict:
+                 router_first: bool = True, kv_cache: str | None = None) -> dict:
     """One run of `source` (e.g. a `shapes.RandomSource`) routed by `trace`: every generate call of the trace
     again, with random prompt ids of the recorded lengths. Returns a record shaped like `cli.run_one`'s (plus
     `prefetch_accuracy`); `record_trace` also saves this run's own trace (what belady reads); `max_segments` replays

@@ -37,6 +37,8 @@ def test_run_writes_record_and_trace(tiny, tmp_path, capsys):
     assert p["prompts"] == [PROMPT_A, PROMPT_B]
     # the CPU worker's threads are recorded with the run (in params or, as the effective value, in env)
     assert p.get("cpu_threads", rec["env"].get("cpu_threads")) == 1
+    # no --kv-cache: the device's default (a CPU's cache grows each step), named in env
+    assert p["kv_cache"] is None and rec["env"]["kv_cache"] == "dynamic"
 
     m = rec["metrics"]
     assert METRIC_KEYS <= set(m)
@@ -77,10 +79,12 @@ def test_run_with_policy_parameters_and_prompt_file(tiny, tmp_path):
     prompts.write_text("first prompt\n\nsecond prompt\n")
     out = tmp_path / "run.json"
     argv = ["run", "--model", str(tiny(FAMILY)), "--policy", "cpu-assist", "--cache-experts", "6", "--batch", "3",
-            "--max-new-tokens", "3", "--prompt-file", str(prompts), "--set", "calibration=none", "--out", str(out)]
+            "--max-new-tokens", "3", "--prompt-file", str(prompts), "--set", "calibration=none", "--kv-cache", "static",
+            "--out", str(out)]
     assert main(argv) == 0
     rec = json.loads(out.read_text())
     assert rec["params"]["policy_params"] == {"calibration": "none"}
+    assert rec["params"]["kv_cache"] == "static" and rec["env"]["kv_cache"] == "static"
     assert rec["params"]["prompts"] == ["first prompt", "second prompt", "first prompt"]  # cycled to the batch
     assert len(rec["tokens"]) == 3
     assert rec["metrics"]["cpu_experts"] > 0

@@ -196,6 +196,7 @@ def test_cli_missing_model(capsys, tmp_path):
         (["--policy", "lru", "--cache-experts", "4", "--set", "bogus"], "NAME=VALUE"),
         (["--policy", "lru", "--budget-gb", "0.0001"], "minimum is"),
         (["--policy", "all-gpu", "--cache-experts", "4"], "all-gpu needs all"),
+        (["--policy", "lru", "--cache-experts", "4", "--kv-cache", "paged"], "kv_cache='paged'; accepted: dynamic, static"),
     ],
 )
 def test_cli_user_errors(capsys, tiny, extra, expected):

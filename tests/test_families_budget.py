@@ -109,6 +109,20 @@ def test_budget_buys_the_slots_it_can_hold(tiny):
     assert rt.memory.capacity == len(rt.info.moe_layers) * rt.info.num_experts
 
 
+def test_default_kv_cache(tiny):
+    """The KV cache: static on a GPU (a decode layer's whole attention one graph), grown each step on a CPU, which
+    is what a runtime there gets when it names none."""
+    from smoe.runtime import default_kv_cache
+
+    assert default_kv_cache(torch.device("cuda")) == "static"
+    assert default_kv_cache(torch.device("cpu")) == "dynamic"
+    rt = Runtime(tiny("qwen2_moe"), "lru", device="cpu", cache_experts=6)
+    try:
+        assert rt.kv_cache == "dynamic" and rt.environment()["kv_cache"] == "dynamic"
+    finally:
+        rt.close()
+
+
 def test_default_grouped_mode(monkeypatch):
     """Decode's resident experts: one by one on a CPU; on a GPU read in place by the slot kernel where Triton is
     installed, else gathered first (which the budget then reserves room for)."""

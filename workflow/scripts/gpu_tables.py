@@ -7,7 +7,8 @@
                               by the Triton kernel) or `gather` (gathered out of the slots first, every run
                               before 2026-12-01); `block_order`: `router-first` (Qwen2-MoE blocks ran their
                               router before their shared expert) or `hf`; `kv_cache`: `dynamic` (grown each step,
-                              every run before the static cache) or `static`),
+                              every run before 2026-12-01's fourteenth campaign) or `static` (the GPU
+                              default since)),
                               then the cost model's rows for every profile (measured=False), modelled from
                               the native runs' executed plans: the paper's GPUs, and the machines measured by
                               the `machine_profile` rule (config `machine_profiles:`, and the machine this
@@ -60,7 +61,7 @@ runs = pd.concat(measured, ignore_index=True)
 runs["folder"] = runs.source.str.split("/").str[0]
 # the modes are the `skeleton`, `grouped`, `block_order` and `kv_cache` columns
 runs["policy"] = runs.policy.str.replace(
-    "@eager-skeleton|@attention-skeleton|@gather-experts|@hf-block-order|@static-kv", "", regex=True)
+    "@eager-skeleton|@attention-skeleton|@gather-experts|@hf-block-order|@static-kv|@dynamic-kv", "", regex=True)
 modes = ["skeleton", "grouped", "block_order", "kv_cache"]
 setting = ["folder", "model", "budget_gb", "batch", "workload", *modes]
 # a setting run in several rounds (`paper_shape.py --repeats`) counts with its median
