@@ -6,8 +6,9 @@ measured rows only (perf_gpu.csv, and ablation_gpu.csv for Fig. 14):
   fig13_ttft_gpu      TTFT per policy, the same panels
   fig14_ablation_gpu  the ablation steps lru -> smoe (paper Fig. 14/17): TPOT bars and hit rate, one panel per
                       setting that ran every step
-Each policy at the runtime's defaults: the op-by-op, gathered, HF-block-order and in-layer-prefetch variants of an
-A/B run (`@eager-...`, `@gather-experts`, `@hf-block-order`, `@in-layer-prefetch`) are left to the tables.
+Each policy at the runtime's defaults: the op-by-op, attention-graphs-only, gathered, HF-block-order,
+in-layer-prefetch and other-KV-cache variants of an A/B run (`@eager-...`, `@attention-skeleton`, `@gather-experts`,
+`@hf-block-order`, `@in-layer-prefetch`, `@static-kv`, `@dynamic-kv`) are left to the tables.
 A setting measured in more than one folder of `gpu_results` is drawn from the folder listed first.
 """
 from pathlib import Path
@@ -60,7 +61,8 @@ if fig == "fig14_ablation_gpu":
     out = f
 else:
     df = pd.read_csv(sm.input.perf)
-    df = df[df.measured.astype(bool) & ~df.policy.str.contains("@eager-|@gather-|@hf-|@in-layer-", regex=True)].copy()
+    variant = df.policy.str.contains("@eager-|@attention-|@gather-|@hf-|@in-layer-|@static-kv|@dynamic-kv", regex=True)
+    df = df[df.measured.astype(bool) & ~variant].copy()
     df["folder"] = df.source.str.split("/").str[0]
     first = {f: i for i, f in enumerate(df.folder.drop_duplicates())}  # the table keeps the config's folder order
     run = ["model", "budget_gb", "batch", "workload", "policy", "link_gbps"]
