@@ -5,7 +5,7 @@ replayed exactly on a CPU, TPOT modelled with the cost model fitted on that shap
         --policies lru smoe-ce smoe-ce-cr smoe-ce-cr-pre smoe hybrimoe moe-infinity --workloads exam reasoning \\
         --batches 1 3 --segments 1 --traces traces --out results/paper_shape_ablation
     python benchmarks/shape_ablation.py --replayed results/paper_shape_ablation/qwen2-57b-a14b-shape-tiny.jsonl \\
-        --measured results/gpu/paper_shape_h200/qwen2-57b-a14b-shape_link24.jsonl --out results/paper_shape_ablation
+        --measured results/gpu/paper_shape_h200/qwen2-57b-a14b-shape_link24.jsonl.gz --out results/paper_shape_ablation
 
 Why this is exact for the decisions: every policy here decides from router scores, recorded predictions and
 fixed cost ratios, never from timings, so the same traces at the same number of slots give the same decisions at
@@ -13,7 +13,8 @@ toy widths on a CPU as at full width on the GPU (the H200 runs' hit rates are pr
 TPOT is modelled (`smoe.costmodel`): host costs fitted on the measured native-link runs, the shape's real byte
 counts, the planning time the GPU host measured where the policy ran there, else this CPU's scaled to the GPU host
 by the ratio measured on the policies run on both (so a contended CPU inflates those). Writes {shape}_ablation.csv: per batch, workload and policy the replayed hit rate, the H200's where
-measured, and modelled TPOT at the native and the emulated link (measured TPOT beside where measured).
+measured, and modelled TPOT at the native and the emulated link (measured TPOT beside where measured). Records
+read plain (`.jsonl`, as written) or gzipped (`.jsonl.gz`, as committed).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from smoe.costmodel import PROFILES, MeasuredRun, ModelCosts, fit_host_costs  # noqa: E402
+from smoe.files import env_file, read_jsonl  # noqa: E402
 
 STEPS = ["lru", "smoe-ce", "smoe-ce-cr", "smoe-ce-cr-pre", "smoe"]
 
@@ -40,10 +42,10 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     measured_path = Path(args.measured)
-    env = json.loads(measured_path.with_name(f"{measured_path.stem}_env.json").read_text())
+    env = json.loads(env_file(measured_path).read_text())
     native = env["copy_Bps"] / 1e9
-    measured = [json.loads(line) for line in measured_path.read_text().splitlines()]
-    replayed = [json.loads(line) for line in Path(args.replayed).read_text().splitlines()]
+    measured = read_jsonl(measured_path)
+    replayed = read_jsonl(args.replayed)
     gpu = measured[0]["row"]["gpu"]
     links = sorted({r["row"]["link_gbps"] for r in measured if r["row"]["link_gbps"]})
     costs = ModelCosts(**measured[0]["costs"])  # the real shape's bytes (the replay ran at toy widths)
@@ -52,7 +54,7 @@ def main() -> int:
     here = replace(PROFILES[gpu], pcie_gbps=native)
     per_layer, fitted = fit_host_costs([r for r in runs if r.link_gbps == native], here)
     on_gpu = {(r.group, r.policy, r.link_gbps): (r, rec) for r, rec in zip(runs, measured)}
-    replayed_env = Path(args.replayed).with_name(f"{Path(args.replayed).stem}_env.json")
+    replayed_env = env_file(args.replayed)
     old = json.loads(replayed_env.read_text()).get("policy_defaults") if replayed_env.exists() else None
     cpu = [MeasuredRun.from_record(r, native, old) for r in replayed]
     # planning time: this CPU's, scaled to the GPU host by the ratio on the policies both ran

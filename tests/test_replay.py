@@ -1,5 +1,6 @@
 """Paper shapes with random weights (smoe.shapes) and routing replay (smoe.replay), on the CPU."""
 import csv
+import gzip
 import json
 import subprocess
 import sys
@@ -244,15 +245,31 @@ def test_paper_shape_benchmark_runs_end_to_end_on_toy_widths(tmp_path):
     paper_shape(tmp_path / "cpu", "--slots", slots, "--policies", "lru", "smoe-ce", "smoe")
     env = json.loads((out / "deepseek-moe-16b-shape-tiny_env.json").read_text())
     (out / "deepseek-moe-16b-shape-tiny_env.json").write_text(json.dumps(env | {"copy_Bps": 55e9}))
+    measured = out / "deepseek-moe-16b-shape-tiny.jsonl.gz"  # gzipped, as the GPU records are committed
+    measured.write_bytes(gzip.compress((out / "deepseek-moe-16b-shape-tiny.jsonl").read_bytes()))
     subprocess.run([sys.executable, str(ROOT / "benchmarks/shape_ablation.py"), "--replayed",
                     str(tmp_path / "cpu/deepseek-moe-16b-shape-tiny.jsonl"), "--measured",
-                    str(out / "deepseek-moe-16b-shape-tiny.jsonl"), "--out", str(tmp_path / "abl")], check=True, cwd=ROOT)
+                    str(measured), "--out", str(tmp_path / "abl")], check=True, cwd=ROOT)
     abl = list(csv.DictReader(open(tmp_path / "abl/deepseek-moe-16b-shape-tiny_ablation.csv")))
     assert [r["policy"] for r in abl] == ["lru", "smoe-ce", "smoe"]
     for r in abl:  # decisions do not depend on the run: the same slots and trace give the same hit rate
         assert float(r["modelled_tpot_s_native"]) > 0
         if r["policy"] in ("lru", "smoe"):
             assert r["hit_rate"] == r["measured_hit_rate"]
+
+
+def test_run_records_read_plain_or_gzipped(tmp_path):
+    """Run records as paper_shape.py appends them (`.jsonl`) and as they are committed (`.jsonl.gz`) read the same,
+    blank lines skipped, and both find the environment file written beside them."""
+    from smoe.files import env_file, read_jsonl
+
+    records = [{"row": {"policy": "lru", "tpot_s": 0.1}}, {"row": {"policy": "smoe", "tpot_s": 0.05}}]
+    plain = tmp_path / "shape_link24.jsonl"
+    plain.write_text("".join(json.dumps(r) + "\n" for r in records) + "\n")
+    packed = tmp_path / "shape_link24.jsonl.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    assert read_jsonl(plain) == read_jsonl(packed) == records
+    assert env_file(plain) == env_file(packed) == tmp_path / "shape_link24_env.json"
 
 
 def test_slim_traces_keep_what_replay_reads(recorded, tmp_path):

@@ -13,7 +13,8 @@ rule perf_table:
 
 rule gpu_tables:
     input:
-        runs=[f for d in GPU_RESULTS for f in sorted(glob.glob(f"{d}/*.jsonl"))],
+        # run records, committed gzipped (`*.jsonl.gz`) or as paper_shape.py writes them (`*.jsonl`)
+        runs=[f for d in GPU_RESULTS for f in sorted(glob.glob(f"{d}/*.jsonl") + glob.glob(f"{d}/*.jsonl.gz"))],
         machines=list(dict.fromkeys(config.get("machine_profiles", []) + [MACHINE])),  # committed ones, and this one
     output:
         perf=f"{TABLES}/perf_gpu.csv",

@@ -30,15 +30,16 @@ from pathlib import Path
 import pandas as pd
 
 from smoe.costmodel import model_measured_runs, profiles_with, skeleton_mode
+from smoe.files import env_file, read_jsonl
 
 sm = snakemake  # noqa: F821
 profiles = profiles_with([json.loads(Path(p).read_text()) for p in sm.input.machines])  # measured rates win
 measured, modelled, validation = [], [], []
-for path in map(Path, sm.input.runs):  # {stem}.jsonl with {stem}_env.json beside it
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+for path in map(Path, sm.input.runs):  # {stem}.jsonl or {stem}.jsonl.gz, with {stem}_env.json beside it
+    records = read_jsonl(path)
     if not records:
         continue
-    env = json.loads(path.with_name(f"{path.stem}_env.json").read_text())
+    env = json.loads(env_file(path).read_text())
     rows = pd.DataFrame([r["row"] for r in records])
     skeleton = [skeleton_mode(r["env"]) for r in records]
     grouped = [r["env"].get("grouped_experts", "gather") for r in records]  # GPU runs gathered until 2026-12-01
