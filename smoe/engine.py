@@ -34,7 +34,7 @@ from .metrics import Metrics, span
 from .plan import Action, CacheView, LayerView, ModelInfo, check_plan
 from .policy import ExpertPolicy
 from .pool import SlotPool
-from .predict import NextLayerPredictor, PrefetchContext
+from .predict import EARLY_KEY, NextLayerPredictor, PrefetchContext, prediction_key
 from .grouped_kernel import slot_grouped_forward
 from .store import expert_forward, grouped_forward
 from .errors import PolicyError
@@ -48,7 +48,7 @@ class OffloadedExperts(nn.Module):
         self.engine: Engine | None = None  # attached once the slot pool exists
         self.layer = layer
         self.logits: torch.Tensor | None = None  # [T,E], set by the gate's forward hook
-        self.staged: list | None = None  # the scores', top-k's and weights' copy to the host under way (`stage`)
+        self.staged: tuple | None = None  # the scores', top-k's and weights' copy to the host under way (`stage`)
 
     def stage(self, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> None:
         """Start copying this layer's router scores, top-k and weights [T,K] to the host now, before the block queues
@@ -100,6 +100,7 @@ class Engine:
         self.predictor = predictor
         self.awaiting: set = set()  # prefetched experts whose layer has not run since
         self.wants_prefetch = type(policy).prefetch is not ExpertPolicy.prefetch
+        self.early_predicts = policy.early_prediction and predictor is not None  # `NextLayerPredictor.early`
         # decode: a layer's resident experts as one batched product (a few kernels, not a few per expert; the
         # runtime's default on a GPU, where launches dominate a decode step), their weights read in place from the
         # slots ("slots", `grouped_kernel`) or gathered out of them first ("gather"); "off": expert by expert, as
@@ -129,7 +130,7 @@ class Engine:
         return outs, time.perf_counter() - t0
 
     @torch.no_grad()
-    def stage_scores(self, logits: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor) -> list:
+    def stage_scores(self, logits: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor) -> tuple:
         """logits [T,E], the router's top-k and its weights [T,K] -> the copy to the host of the scores [T,E]
         float32, the top-k and the weights, queued on the compute stream now."""
         return self.pool.staging.start_to_host(self.family.scores(logits), topk_idx, topk_w)
@@ -142,6 +143,12 @@ class Engine:
     def _run_layer(self, layer, x, staged):
         # x [T,H]  staged: `stage_scores`' host copy under way
         m = self.metrics[self.phase]
+        early_read, early_s = None, 0.0  # the next layer's early prediction: queued now, read with no wait of its own
+        if self.early_predicts and self.phase == "decode" and self.predictor.next_layer(layer) is not None:
+            t0 = time.perf_counter()
+            with span("smoe.predict"):
+                early_read = self.pool.staging.start_to_host(self.predictor.early(layer, x), channel="early")
+            early_s = time.perf_counter() - t0
         with span("smoe.scores_to_host"):  # waits for the compute stream up to the router (and what came before it)
             host_scores, host_topk, host_topk_w = self.pool.staging.finish_to_host(staged)
         view = LayerView(
@@ -256,12 +263,12 @@ class Engine:
             # and decides. Not in a layer that discards experts: that frees slots, which the prefetch must not see yet.
             rest_queued = not ex.discard
             ctx = PrefetchContext(layer, x, partial, self.predictor, self.pool.staging,
-                                  then=queue_rest if rest_queued else None)
+                                  then=queue_rest if rest_queued else None, early=early_read)
             t0 = time.perf_counter()
             with span("smoe.prefetch"):
                 nxt = self.policy.prefetch(view, ctx)
             m.policy_time_s += time.perf_counter() - t0 - ctx.predict_s - ctx.then_s
-            m.predict_time_s += ctx.predict_s
+            m.predict_time_s += ctx.predict_s + early_s
             if nxt is not None:
                 prefetched = self._prefetch(nxt, layer)
             ctx.finish_layer()
@@ -348,15 +355,17 @@ class Engine:
 
     def _predictions(self, layer: int, x: torch.Tensor, partial: torch.Tensor) -> dict[str, torch.Tensor]:
         """The predictor's view from this point of a decode step, kept in the trace for routing replay:
-        `attn1` the next MoE layer with its attention, `noattn{d}` the MoE layer d ahead without; each [T,E]."""
+        `attn1` the next MoE layer with its attention, `noattn{d}` the MoE layer d ahead without, `early1` the next
+        MoE layer without this layer's routed experts (`NextLayerPredictor.early`); each [T,E]."""
         layers = self.info.moe_layers
         i = layers.index(layer)
         out = {}
         if self.predictor.next_layer(layer) is not None:
-            out["attn1"] = self.predictor.predict(layer, x, partial, True).half().cpu()
+            out[prediction_key(True, 1)] = self.predictor.predict(layer, x, partial, True).half().cpu()
+            out[EARLY_KEY] = self.predictor.early(layer, x).half().cpu()
         for d in range(1, self.LOOKAHEAD + 1):
             if i + d < len(layers):
-                out[f"noattn{d}"] = self.predictor.gate_scores(layer, x, partial, layers[i + d]).half().cpu()
+                out[prediction_key(False, d)] = self.predictor.gate_scores(layer, x, partial, layers[i + d]).half().cpu()
         return out
 
     def _prefetch(self, nxt, layer: int) -> list:

@@ -53,6 +53,12 @@ class ExpertPolicy:
         """Predictor passes `prefetch` runs per decode layer (what a cost model charges it)."""
         return 0
 
+    @property
+    def early_prediction(self) -> bool:
+        """Whether `prefetch` reads `ctx.early()`: the engine then queues that prediction before it reads the
+        layer's router scores (decode layers followed by a MoE layer)."""
+        return False
+
 
 _REGISTRY: dict[str, tuple[type[ExpertPolicy], dict]] = {}
 _DISCOVERED = False

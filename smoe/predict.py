@@ -66,6 +66,15 @@ class ReadOnlyCache:
         return getattr(self.cache, name)
 
 
+EARLY_KEY = "early1"  # what a trace records `NextLayerPredictor.early` under
+
+
+def prediction_key(attention: bool, distance: int) -> str:
+    """What a trace records a prediction under: `attn1` (the next MoE layer, its attention run), `noattn{d}` (the MoE
+    layer `distance` ahead, no layer in between run)."""
+    return f"{'attn' if attention else 'noattn'}{distance}"
+
+
 def shared_output(block: nn.Module, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor | None:
     """The always-on shared experts' contribution of a MoE block, as its family computes it. x [T,H]; `out`
     [T,H]: the ungated shared expert's output on x where the block has computed it already."""
@@ -125,16 +134,18 @@ class NextLayerPredictor:
         seen = self.shared.get(layer)
         return seen[1] if seen is not None and seen[0] is x else None
 
-    def approx_output(self, layer: int, x: torch.Tensor, partial: torch.Tensor) -> torch.Tensor:
-        """Layer's output hidden state [B,S,H] ~ residual + shared experts + routed experts so far."""
+    def approx_output(self, layer: int, x: torch.Tensor, partial: torch.Tensor | None) -> torch.Tensor:
+        """Layer's output hidden state [B,S,H] ~ residual + shared experts + routed experts so far (None: none)."""
         return self.approx_hidden(self.blocks[layer], self.residual[layer], x, partial, self.seen_shared(layer, x))
 
     @staticmethod
     def approx_hidden(block, residual, x, partial, shared=None) -> torch.Tensor:
-        """residual [B,S,H] + partial [T,H] + the block's shared experts on x [T,H] (`shared` [T,H]: the ungated
-        shared expert output the block computed, if any) -> [B,S,H]."""
+        """residual [B,S,H] + partial [T,H] (None: no routed expert counted) + the block's shared experts on x [T,H]
+        (`shared` [T,H]: the ungated shared expert output the block computed, if any) -> [B,S,H]."""
         B, S, H = residual.shape
-        h = residual.reshape(-1, H) + partial.to(residual.dtype)
+        h = residual.reshape(-1, H)
+        if partial is not None:
+            h = h + partial.to(residual.dtype)
         shared = shared_output(block, x, shared)
         if shared is not None:
             h = h + shared.to(h.dtype)
@@ -154,9 +165,10 @@ class NextLayerPredictor:
         return self.pieces
 
     @torch.no_grad()
-    def gate_scores(self, layer: int, x: torch.Tensor, partial: torch.Tensor, target: int) -> torch.Tensor:
+    def gate_scores(self, layer: int, x: torch.Tensor, partial: torch.Tensor | None, target: int) -> torch.Tensor:
         """Scores [T,E] on the device of a later MoE layer's router applied to this layer's approximate output,
-        with no layer in between run (HybriMoE's multi-layer look-ahead)."""
+        with no layer in between run (HybriMoE's multi-layer look-ahead). `partial` None: the output without any
+        routed expert (`early`)."""
         pieces = self._pieces_for(layer)
         if pieces is not None:
             return pieces.gate_scores(layer, x, partial, target)
@@ -164,13 +176,23 @@ class NextLayerPredictor:
         dec = self.layers[target]
         return self.family.scores(self.blocks[target].gate(dec.post_attention_layernorm(h).flatten(0, 1))[0])
 
-    def replayed(self, scores: torch.Tensor, layer: int, attention: bool, distance: int) -> torch.Tensor:
+    def replayed(self, scores: torch.Tensor, layer: int, key: str) -> torch.Tensor:
         """A prediction read back to the host [T,E] -> what the policy gets: under routing replay the one recorded
-        with the trace, which matches the replayed routing (the prediction was still computed and waited for: its
-        cost is paid); else the prediction itself."""
+        with the trace under `key` (`prediction_key`), which matches the replayed routing (the prediction was still
+        computed and waited for: its cost is paid); else the prediction itself."""
         if self.replay is None:
             return scores
-        return self.replay.predicted(layer, attention, distance)
+        return self.replay.predicted(layer, key)
+
+    @torch.no_grad()
+    def early(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """x [T,H]: layer's normed input -> the next MoE layer's scores [T,E] on the device, predicted from the
+        layer's output without its routed experts (residual + shared experts: the public SMoE code's approximation)
+        and without the next layer's attention. It needs no routed expert, so the engine queues it right behind
+        the layer's router and shared expert and reads it back with no wait of its own."""
+        nxt = self.next_layer(layer)
+        assert nxt is not None
+        return self.gate_scores(layer, x, None, nxt)
 
     @torch.no_grad()
     def predict(self, layer: int, x: torch.Tensor, partial: torch.Tensor, attention: bool) -> torch.Tensor:
@@ -211,10 +233,12 @@ class PrefetchContext:
     A prediction is queued on the compute stream and its copy to the host started; before the host waits for it,
     `then` queues the rest of the layer's device work (its experts prefetched for it and its loads), once, so the
     device computes them while the host waits and then decides the prefetch. The prediction reads the layer's
-    output as `partial` gave it at the first request (the experts resident before this layer's prefetches)."""
+    output as `partial` gave it at the first request (the experts resident before this layer's prefetches).
+    The `early` prediction (a policy's `early_prediction`) was queued by the engine before it read the layer's
+    router scores; its copy has usually landed by the time `early()` reads it."""
 
     def __init__(self, layer: int, hidden: torch.Tensor, partial, predictor: NextLayerPredictor | None,
-                 staging, then=None):
+                 staging, then=None, early=None):
         self.layer = layer
         self.hidden = hidden  # [T,H] the layer's normed input, on the device
         self._partial = partial  # () -> [T,H] this layer's routed output so far (its resident experts)
@@ -222,6 +246,7 @@ class PrefetchContext:
         self._predictor = predictor
         self._staging = staging  # the pool's `PinnedStaging`: the read back to the host
         self._then = then  # () -> None: queues the rest of the layer (run at most once)
+        self._early = early  # the early prediction's copy to the host under way, if the engine queued it
         self.predict_s = 0.0  # host time spent in predictor passes (the runtime's, not the policy's)
         self.then_s = 0.0  # host time spent queueing the rest of the layer (the engine's)
 
@@ -243,12 +268,22 @@ class PrefetchContext:
             self._partial_out = self._partial()
         return self._partial_out
 
-    def _read(self, scores: list[torch.Tensor], attention: bool, distances: list[int]) -> list[torch.Tensor]:
-        """Device predictions [T,E] each -> on the host (one wait, after the rest of the layer is queued)."""
-        started = self._staging.start_to_host(*scores)
+    def _read(self, started, keys: list[str]) -> list[torch.Tensor]:
+        """Device predictions [T,E] each, their copy to the host started -> on the host (one wait, after the rest of
+        the layer is queued)."""
         self.finish_layer()
         host = self._staging.finish_to_host(started)
-        return [self._predictor.replayed(h, self.layer, attention, d) for h, d in zip(host, distances)]
+        return [self._predictor.replayed(h, self.layer, key) for h, key in zip(host, keys)]
+
+    def early(self) -> torch.Tensor:
+        """The next MoE layer's scores [T,E] predicted without this layer's routed experts (`NextLayerPredictor.
+        early`), on the CPU; the engine queued the prediction before planning the layer."""
+        assert self._early is not None, "the engine queues an early prediction only for a policy that asks for it"
+        t0, then_s = time.perf_counter(), self.then_s
+        with span("smoe.predict"):
+            out, = self._read(self._early, [EARLY_KEY])
+        self.predict_s += time.perf_counter() - t0 - (self.then_s - then_s)
+        return out
 
     def predict(self, attention: bool = True) -> torch.Tensor:
         """Predicted scores [T,E] of the next MoE layer, on the CPU."""
@@ -256,7 +291,7 @@ class PrefetchContext:
         t0, then_s = time.perf_counter(), self.then_s
         with span("smoe.predict"):
             scores = self._predictor.predict(self.layer, self.hidden, self.partial(), attention)
-            out, = self._read([scores], attention, [1])
+            out, = self._read(self._staging.start_to_host(scores, channel="predict"), [prediction_key(attention, 1)])
         self.predict_s += time.perf_counter() - t0 - (self.then_s - then_s)
         return out
 
@@ -269,6 +304,7 @@ class PrefetchContext:
         with span("smoe.predict"):
             partial = self.partial()
             scores = [self._predictor.gate_scores(self.layer, self.hidden, partial, t) for t in targets]
-            out = self._read(scores, False, [self._predictor.distance(self.layer, t) for t in targets])
+            keys = [prediction_key(False, self._predictor.distance(self.layer, t)) for t in targets]
+            out = self._read(self._staging.start_to_host(*scores, channel="predict"), keys)
         self.predict_s += time.perf_counter() - t0 - (self.then_s - then_s)
         return out

@@ -5,8 +5,8 @@ Where it sits: `NextLayerPredictor` hands its decode predictions (one new token 
 the host's launch work, and a prediction launched op by op through the HF modules cost about 1.2 ms of host
 time per layer for 0.12 ms of GPU time (README, the fourth campaign's profile). Here a prediction is split
 into pieces of fixed shapes, each captured once per (layer, tokens) and then replayed:
-  - `gate` (the prediction without attention, and HybriMoE's look-ahead): the layer's approximate output ->
-    the target layer's post-attention norm -> its router -> scores [T,E];
+  - `gate` (the prediction without attention, the early one, and HybriMoE's look-ahead): the layer's approximate
+    output -> the target layer's post-attention norm -> its router -> scores [T,E];
   - with attention, `pre`: approximate output -> next layer's input norm -> q/k/v projections -> rotary;
     then the attention core runs eagerly (the KV cache grows every step) through the model's own attention
     function over the cache read but not written; then `post`: o_proj -> residual -> post-attention norm ->
@@ -171,34 +171,38 @@ class PredictorPieces(Pieces):
             lean = self._lean[id(attn)] = lean_attention(attn)
         return lean
 
-    def _approx_inputs(self, layer: int, x: torch.Tensor, partial: torch.Tensor):
-        """The tensors the layer's approximate output is made of, and a function of them -> h [B,S,H]."""
+    def _approx_inputs(self, layer: int, x: torch.Tensor, partial: torch.Tensor | None):
+        """The tensors the layer's approximate output is made of, a function of them -> h [B,S,H], and which of the
+        optional ones there are (part of a piece's key)."""
         residual = self.p.residual[layer]  # [B,S,H]
         shared = self.p.seen_shared(layer, x)  # [T,H] or None
         block = self.p.blocks[layer]
-        inputs = [residual, x, partial] + ([] if shared is None else [shared])
+        has = (partial is not None, shared is not None)
+        inputs = [residual, x] + [t for t in (partial, shared) if t is not None]
 
-        def approx(residual, x, partial, shared=None):
-            return self.p.approx_hidden(block, residual, x, partial, shared)
+        def approx(residual, x, *rest):
+            rest = iter(rest)
+            part, seen = (next(rest) if present else None for present in has)
+            return self.p.approx_hidden(block, residual, x, part, seen)
 
-        return inputs, approx, shared is None
+        return inputs, approx, has
 
-    def gate_scores(self, layer: int, x: torch.Tensor, partial: torch.Tensor, target: int) -> torch.Tensor:
+    def gate_scores(self, layer: int, x: torch.Tensor, partial: torch.Tensor | None, target: int) -> torch.Tensor:
         """Scores [T,E] of `target`'s router on this layer's approximate output (no layer in between)."""
-        inputs, approx, own_shared = self._approx_inputs(layer, x, partial)
+        inputs, approx, has = self._approx_inputs(layer, x, partial)
         dec, gate = self.p.layers[target], self.p.blocks[target].gate
 
         def fn(*args):
             h = approx(*args)
             return self.p.family.scores(gate(dec.post_attention_layernorm(h).flatten(0, 1))[0])
 
-        key = ("gate", layer, target, tuple(inputs[0].shape), own_shared)
+        key = ("gate", layer, target, tuple(inputs[0].shape), has)
         return self._piece(key, fn, inputs)(*inputs)
 
     def predict_attention(self, layer: int, x: torch.Tensor, partial: torch.Tensor) -> torch.Tensor:
         """Scores [T,E] of the next MoE layer with its attention over the KV cache read but not written."""
         nxt = self.p.next_layer(layer)
-        inputs, approx, own_shared = self._approx_inputs(layer, x, partial)
+        inputs, approx, has = self._approx_inputs(layer, x, partial)
         dec = self.p.layers[nxt]
         attn = dec.self_attn
         # [B,S,head_dim] each, the same tensors for every layer of a step
@@ -213,7 +217,7 @@ class PredictorPieces(Pieces):
             h = h + attn.o_proj(core.reshape(B, S, -1).contiguous())
             return self.p.family.scores(self.p.blocks[nxt].gate(dec.post_attention_layernorm(h).reshape(B * S, H))[0])
 
-        shape = (tuple(inputs[0].shape), own_shared)
+        shape = (tuple(inputs[0].shape), has)
         kw = self.p.kwargs
         cache = kw.get("cache", kw.get("past_key_values"))
         static = static_layer(cache, attn.layer_idx)

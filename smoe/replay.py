@@ -125,11 +125,10 @@ class RoutingReplay:
 
         return hook
 
-    def predicted(self, layer: int, attention: bool, distance: int) -> torch.Tensor:
-        """The recorded prediction [T,E], made at `layer`'s current forward, of the scores `distance` MoE
-        layers later (with the next layer's attention, or without)."""
+    def predicted(self, layer: int, key: str) -> torch.Tensor:
+        """The recorded prediction [T,E], made at `layer`'s current forward, recorded under `key`
+        (`predict.prediction_key`, `predict.EARLY_KEY`)."""
         rec = self.current[layer]
-        key = f"{'attn' if attention else 'noattn'}{distance}"
         pred = (rec.get("predicted") or {}).get(key)
         if pred is None:
             raise SmoeError(f"{self.name} has no recorded prediction {key!r} at layer {self.layer_map[layer]} "

@@ -10,8 +10,9 @@ in the H200 profiles, several per layer). Here:
   - `start_to_host` / `finish_to_host` read several device tensors back with one wait: each is copied into a
     pinned buffer of its shape and dtype on the current stream and an event is recorded after the copies; the
     finish waits for that event only (work queued after the copies runs on), and the caller gets clones, so
-    nothing it keeps is overwritten by a later read. One read is in flight at a time (the engine's, of a layer's
-    router scores): a start abandons a read left unfinished.
+    nothing it keeps is overwritten by a later read. Reads on different channels have their own buffers and
+    events, so they can be in flight together (a layer's router scores, and a prediction queued after them);
+    one read per channel is in flight at a time: a start abandons the channel's read left unfinished.
 On a CPU device both are the identity (the tensors are already where they are needed).
 """
 from __future__ import annotations
@@ -58,8 +59,8 @@ class PinnedStaging:
         self.cuda = device.type == "cuda"
         self.ring = Ring(nbytes, torch.cuda.Event)
         self.buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True) if self.cuda else None
-        self.back: dict[tuple, torch.Tensor] = {}  # (position, shape, dtype) -> pinned host tensor of a read
-        self.read = torch.cuda.Event() if self.cuda else None  # recorded after a read's copies (one event, reused)
+        self.back: dict[tuple, torch.Tensor] = {}  # (channel, position, shape, dtype) -> pinned host tensor of a read
+        self.reads: dict[str, torch.cuda.Event] = {}  # channel -> recorded after its read's copies (reused)
 
     def to_device(self, a: np.ndarray | torch.Tensor) -> torch.Tensor:
         """A host array or tensor -> the same values on the device (asynchronous on the current stream)."""
@@ -74,25 +75,29 @@ class PinnedStaging:
         staged.copy_(t)
         return staged.to(self.device, non_blocking=True)
 
-    def start_to_host(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    def start_to_host(self, *tensors: torch.Tensor, channel: str = "scores") -> tuple[str, list[torch.Tensor]]:
         """Queue the copies of device tensors to the host on the current stream; `finish_to_host(result)` waits
         for them. Work queued after this call does not delay the finish."""
         if not self.cuda:
-            return list(tensors)  # already on the host: `finish_to_host` hands them over
+            return channel, list(tensors)  # already on the host: `finish_to_host` hands them over
         out = []
         for i, t in enumerate(tensors):
-            key = (i, tuple(t.shape), t.dtype)
+            key = (channel, i, tuple(t.shape), t.dtype)
             host = self.back.get(key)
             if host is None:
                 host = self.back[key] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
             host.copy_(t, non_blocking=True)
             out.append(host)
-        self.read.record()
-        return out
+        event = self.reads.get(channel)
+        if event is None:
+            event = self.reads[channel] = torch.cuda.Event()
+        event.record()
+        return channel, out
 
-    def finish_to_host(self, started: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The host copies `start_to_host` queued, once they have landed (a wait on its event only)."""
+    def finish_to_host(self, started: tuple[str, list[torch.Tensor]]) -> list[torch.Tensor]:
+        """The host copies `start_to_host` queued, once they have landed (a wait on their channel's event only)."""
+        channel, tensors = started
         if not self.cuda:
-            return [t.cpu() for t in started]
-        self.read.synchronize()
-        return [h.clone() for h in started]
+            return [t.cpu() for t in tensors]
+        self.reads[channel].synchronize()
+        return [h.clone() for h in tensors]

@@ -27,10 +27,15 @@ class PredictProbe(ExpertPolicy):
         self.actual[(view.step, view.layer)] = view.scores.clone()
         return Plan.per_expert(view, {e: Action.HIT for e in view.needed()})
 
+    @property
+    def early_prediction(self) -> bool:
+        return True
+
     def prefetch(self, view, ctx):
         if ctx.next_layer is not None:
             self.predicted[(view.step, ctx.next_layer)] = (
                 ctx.predict(attention=True), ctx.predict(attention=False), ctx.gate_scores([ctx.next_layer])[0],
+                *([ctx.early()] if view.phase == "decode" else []),  # the engine queues it in decode steps only
             )
         return None
 
@@ -50,13 +55,52 @@ def test_prediction_is_exact_when_the_layer_is_fully_computed(family, kv_cache, 
     expected = {(s, l) for s in range(6) for l in layers[1:]}  # every MoE layer that follows another directly
     assert set(pol.predicted) == expected
     worst_no_attention = 0.0
-    for key, (with_attn, without, gate) in pol.predicted.items():
+    for key, (with_attn, without, gate, *early) in pol.predicted.items():
         actual = pol.actual[key]
         assert with_attn.shape == actual.shape
         torch.testing.assert_close(with_attn, actual, atol=2e-5, rtol=1e-4, msg=lambda m: f"{key}: {m}")
         torch.testing.assert_close(gate, without, atol=1e-6, rtol=0)  # the same router on the same state
         worst_no_attention = max(worst_no_attention, float((without - actual).abs().max()))
+        assert len(early) == (key[0] > 0)  # decode steps only
     assert worst_no_attention > 1e-3, "skipping the attention should be an approximation"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_early_prediction_is_the_next_router_on_the_layer_output_without_routed_experts(family, tiny):
+    """`NextLayerPredictor.early` (queued before the layer is planned): the next MoE layer's post-attention norm and
+    router applied to the layer's true output minus its routed experts' part (residual + shared experts), taken
+    here from the model's own tensors by hooks."""
+    rt = Runtime(tiny(family), "test-predict-probe", device="cpu", cache_experts=1000, batch=len(PROMPTS))
+    engine, layers = rt.engine, rt.info.moe_layers
+    decs, blocks = rt.model.model.layers, engine.predictor.blocks
+    seen: dict = {}  # (step, layer) -> {name: tensor}
+
+    def keep(layer, name, pre=False):
+        def hook(module, args, output=None):
+            seen.setdefault((engine.step, layer), {})[name] = (args[0] if pre else output).detach().clone()
+        return hook
+
+    for l in layers:
+        decs[l].post_attention_layernorm.register_forward_pre_hook(keep(l, "residual", pre=True))
+        blocks[l].register_forward_hook(keep(l, "block"))
+        blocks[l].experts.register_forward_hook(keep(l, "routed"))
+    try:
+        rt.generate(PROMPTS, 4)
+        predicted = rt.policy.predicted
+        checked = 0
+        for (step, nxt), (*_, early) in ((k, v) for k, v in predicted.items() if k[0] > 0):
+            got = seen[(step, nxt - 1)]
+            block_out = got["block"][0] if isinstance(got["block"], tuple) else got["block"]  # [B,S,H]
+            H = block_out.shape[-1]
+            h = got["residual"] + (block_out.reshape(-1, H) - got["routed"]).view_as(block_out)
+            # `.forward`: the hooks above (and the runtime's) stay out of the reference
+            logits = blocks[nxt].gate.forward(decs[nxt].post_attention_layernorm.forward(h).reshape(-1, H))[0]
+            torch.testing.assert_close(early, rt.ckpt.family.scores(logits), atol=2e-5, rtol=1e-4)
+            assert float((early - rt.policy.actual[(step, nxt)]).abs().max()) > 1e-4  # an approximation
+            checked += 1
+    finally:
+        rt.close()
+    assert checked == 3 * (len(layers) - 1)
 
 
 def test_prediction_reuses_the_shared_expert_the_block_computed(tiny):

@@ -249,9 +249,21 @@ def test_prefetch_runs_through_the_runtime_and_is_used(ckpt):
 
 def test_prefetch_does_not_change_the_tokens_at_alpha_zero(ckpt):
     ref, _ = run(ckpt, "all-gpu", slots=1000)
-    for mode in ("attention", "no-attention"):
+    for mode in ("attention", "no-attention", "early"):
         res, _ = run(ckpt, "smoe-ce-cr-pre", slots=8, alpha=0.0, prefetch_mode=mode)
         assert res.tokens == ref.tokens
+
+
+def test_early_prefetch_runs_through_the_runtime_and_decides_by_its_own_prediction(ckpt):
+    """smoe-early reads the prediction the engine queued before planning (`ctx.early`, no predictor pass of its
+    own): it prefetches, its prefetches are used, and it decides otherwise than the attention predictor."""
+    early, trace = run(ckpt, "smoe-early", slots=8)
+    paper, paper_trace = run(ckpt, "smoe", slots=8)
+    m = early.metrics
+    assert m["prefetches"] > 0 and 0 < m["prefetch_used"] <= m["prefetches"]
+    assert m["decode"]["predict_time_s"] > 0
+    assert [r["prefetch"] for r in trace] != [r["prefetch"] for r in paper_trace]
+    assert make_policy("smoe-early").early_prediction and not make_policy("smoe").early_prediction
 
 
 def test_prefetch_accuracy_from_a_trace(ckpt):

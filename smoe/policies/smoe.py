@@ -7,6 +7,10 @@ One class composes the paper's mechanisms; each registered name switches some on
                   attention over the read-only KV cache and its router, on an approximate hidden state)
                   and its predicted top-score experts that are not resident are loaded
   smoe          + CPU/PCIe balancing (Alg. 2) of the experts still missing: the full system
+  smoe-early    the full system with the public code's predictor: layer i+1's scores predicted from layer i's
+                output without its routed experts (residual + shared expert) and without attention, queued
+                right behind layer i's router, so the host reads it with layer i's plan instead of waiting for
+                it after the resident experts (one wait per layer instead of two)
   smoe-ce-cr-ba   the router and balancing without prefetch (an extra step for the ablation)
   skip          the experts SMoE would substitute are dropped instead (Lu et al. 2024, arXiv 2402.14800;
                 paper Table V)
@@ -25,7 +29,9 @@ factor): see `smoe.families.Family.weights`. The public code weights substitutes
 without renormalisation, which is the same for its models (norm_topk_prob false).
 
 Prefetch: `prefetch_mode="attention"` runs layer i+1's attention in the prediction (the paper's predictor);
-`"no-attention"` skips it (the public code's cheaper variant); `"none"` turns prefetch off. Predicted
+`"no-attention"` skips it; `"early"` also leaves out layer i's routed experts, as the public code's predictor does
+(MoE output ~ identity + shared experts), which lets the engine queue it before planning layer i
+(`NextLayerPredictor.early`); `"none"` turns prefetch off. Predicted
 top-score experts are those of the predicted top-k with score >= (1+alpha) * S_{k+1}. Prefetched experts that
 are not yet used may take at most `prefetch_share` of the slots (the public code caps them at half), and a
 prefetch never evicts an expert of the layer being computed, nor another prefetched one.
@@ -48,11 +54,12 @@ from smoe.router import best_first, by_score, route_rows
 
 REPLACE_MODES = ("none", "substitute", "skip", "lower")
 COST_MODES = ("fixed", "measured")
-PREFETCH_MODES = ("none", "attention", "no-attention")
+PREFETCH_MODES = ("none", "attention", "no-attention", "early")
 
 
 @register_policy("score-lower", replace="lower")
 @register_policy("skip", replace="skip")
+@register_policy("smoe-early", replace="substitute", prefetch_mode="early", balance=True)
 @register_policy("smoe", replace="substitute", prefetch_mode="attention", balance=True)
 @register_policy("smoe-ce-cr-pre", replace="substitute", prefetch_mode="attention")
 @register_policy("smoe-ce-cr-ba", replace="substitute", balance=True)
@@ -64,7 +71,7 @@ class SMoE(CachingPolicy):
     replace: str = "substitute"  # what happens to low-score experts: none | substitute | skip | lower
     lower: float = 0.5  # score factor of low-score experts for replace=lower
     balance: bool = False  # split missing experts between PCIe loads and the CPU (Alg. 2)
-    prefetch_mode: str = "none"  # none | attention | no-attention
+    prefetch_mode: str = "none"  # none | attention | no-attention | early
     prefetch_share: float = 0.5  # most of the slots that prefetched, not yet used experts may hold
     costs: str = "fixed"  # fixed | measured
     pcie_gbps: float = 25.0  # fixed cost model: host->device rate (the paper's S3 A6000 on PCIe 4.0)
@@ -196,13 +203,20 @@ class SMoE(CachingPolicy):
     def predictor_passes(self) -> int:
         return 0 if self.prefetch_mode == "none" else 1
 
+    @property
+    def early_prediction(self) -> bool:
+        return self.prefetch_mode == "early"
+
     def prefetch(self, view: LayerView, ctx) -> PrefetchPlan | None:  # type: ignore[override]
         if self.prefetch_mode == "none" or view.phase != "decode":
             return None
         nxt = ctx.next_layer
         if nxt is None:
             return None
-        scores = ctx.predict(attention=self.prefetch_mode == "attention").numpy()  # [T,E] predicted
+        if self.prefetch_mode == "early":
+            scores = ctx.early().numpy()  # [T,E] predicted
+        else:
+            scores = ctx.predict(attention=self.prefetch_mode == "attention").numpy()
         rows = scores.tolist()
         real = scores.dtype.type  # the threshold is computed in the scores' precision, as an array op would
         factor, k = real(1 + self.alpha), view.model.top_k

@@ -23,7 +23,7 @@ import seaborn as sns  # noqa: E402
 sm = snakemake  # noqa: F821
 fig = f"{sm.wildcards.fig}_gpu"  # e.g. fig12_hit_rate_gpu
 ORDER = ["on-demand", "lru", "lfu", "fifo", "cpu-assist", "hybrimoe", "moe-infinity", "smoe-ce", "smoe-ce-cr", "smoe-ce-cr-pre",
-         "smoe"]  # baselines, then SMoE's ablation steps; other variants after them
+         "smoe", "smoe-early"]  # baselines, then SMoE's ablation steps and the early predictor; other variants after them
 STEPS = ["lru", "smoe-ce", "smoe-ce-cr", "smoe-ce-cr-pre", "smoe"]
 sns.set_theme(style="whitegrid", context="paper")
 
