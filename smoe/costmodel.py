@@ -99,10 +99,11 @@ class HostCosts:
 
 
 def step_times(plans: list[list[int]], profile: MachineProfile, costs: ModelCosts,
-               host: HostCosts = HostCosts(), predictions: int = 0) -> list[float]:
+               host: HostCosts = HostCosts(), predictions: int = 0, early: bool = False) -> list[float]:
     """Modelled seconds of each decode step. plans: [step, layer, tokens, device, loads, cpu, prefetches]
     rows in execution order (`trace_stats.plan_summary`); `predictions`: predictor passes the policy runs per
-    layer (`ExpertPolicy.predictor_passes`).
+    layer (`ExpertPolicy.predictor_passes`); `early`: they are queued behind the layer's skeleton and read with
+    no wait of their own (`ExpertPolicy.early_prediction`).
 
     Three clocks: the host (launches, planning, waits), the device's compute stream and the copy engine. The
     host launches a layer's skeleton, then waits for its router scores (the device must have run it), plans,
@@ -135,7 +136,10 @@ def step_times(plans: list[list[int]], profile: MachineProfile, costs: ModelCost
             current, start = step, h
         h += host.per_layer
         g = max(g, h) + t_skel
-        h = max(h, g) + host.policy_per_layer  # router scores read, then the plan
+        h = max(h, g)  # router scores read
+        if predictions and early:  # queued behind the router: the device runs them while the host plans
+            g += predictions * t_skel
+        h += host.policy_per_layer  # the plan
         cpu_done = h + cpu * t_cpu
         landed = []
         for _ in range(loads):
@@ -145,8 +149,9 @@ def step_times(plans: list[list[int]], profile: MachineProfile, costs: ModelCost
         g = max(g, h) + (device - loads) * t_gpu  # resident experts while the copies run
         if predictions:
             h += predictions * host.per_prediction
-            g = max(g, h) + predictions * t_skel  # the predictor's attention and router
-            h = max(h, g)
+            if not early:
+                g = max(g, h) + predictions * t_skel  # the predictor's attention and router
+                h = max(h, g)  # its scores read
         c = max(c, h) + prefetches * t_copy  # later layers' experts, behind this layer's loads
         for landed_at in landed:
             g = max(g, landed_at) + t_gpu
@@ -199,6 +204,7 @@ class MeasuredRun:
     host: HostCosts  # its own measured planning time per layer and CPU expert time
     predictions: int  # predictor passes per layer
     own_prediction: float | None = None  # its measured host seconds per predictor pass (None: not recorded)
+    early: bool = False  # its predictions are queued behind the router and read with no wait (`step_times`)
 
     @classmethod
     def from_record(cls, rec: dict, native_gbps: float, defaults: dict | None = None) -> "MeasuredRun":
@@ -227,7 +233,7 @@ class MeasuredRun:
                    costs=ModelCosts(**rec["costs"]), tpot_s=m["tpot_s"],
                    link_gbps=p.get("link_gbps") or native_gbps,
                    host=HostCosts(policy_per_layer=dec["policy_time_s"] / layers, cpu_per_expert=cpu),
-                   predictions=passes, own_prediction=own)
+                   predictions=passes, own_prediction=own, early=policy.early_prediction)
 
     def prediction_cost(self, host: HostCosts) -> float:
         """Host seconds per predictor pass: this run's own measurement where recorded, else `host`'s."""
@@ -240,7 +246,7 @@ class MeasuredRun:
         h = replace(host, policy_per_layer=self.host.policy_per_layer,
                     cpu_per_expert=self.host.cpu_per_expert if own_cpu else None)
         h = replace(h, per_prediction=self.prediction_cost(host))
-        steps = step_times(self.plans, profile, self.costs, h, self.predictions)
+        steps = step_times(self.plans, profile, self.costs, h, self.predictions, self.early)
         return sum(steps) / max(len(steps), 1)
 
 

@@ -46,6 +46,13 @@ def test_host_costs_planning_predictions_and_cpu_experts_add_where_the_host_wait
     assert step_times(plan, UNIT, COSTS, HostCosts(policy_per_layer=0.5)) == [2.5]  # planning before launching
     # two predictor passes of 1.5 s each on the host: they overlap the experts (2 s) and outlast them
     assert step_times(plan, UNIT, COSTS, HostCosts(per_prediction=1.5), predictions=2) == [3.0]
+    assert step_times(plan, UNIT, COSTS, HostCosts(per_prediction=1.5), predictions=2, early=True) == [3.0]
+    # a pass that costs the device 1 s (a skeleton's bytes), with 1 s of planning: the waiting predictor's pass
+    # runs after the experts and the host waits for it (skeleton 1, plan 1, experts 2, pass 1); the early one is
+    # queued behind the router, so the device runs it while the host plans (skeleton 1, pass 1, experts 2)
+    costs = ModelCosts(expert_bytes=10**9, layer_skeleton_bytes=10**9, head_bytes=0)
+    assert step_times(plan, UNIT, costs, HostCosts(policy_per_layer=1.0), predictions=1) == [5.0]
+    assert step_times(plan, UNIT, costs, HostCosts(policy_per_layer=1.0), predictions=1, early=True) == [4.0]
     # a CPU expert at the host's measured 4 s instead of the profile's 1 s
     assert step_times([[1, 0, 1, 0, 0, 1, 0]], UNIT, COSTS, HostCosts(cpu_per_expert=4.0)) == [4.0]
     # a copy is hidden behind host work that follows it: 3 s of launches after issuing it, 1 s copy
@@ -114,6 +121,8 @@ def test_records_give_the_predictor_time_per_pass_when_they_have_it():
     assert run.host.policy_per_layer == pytest.approx(0.6 / 12)
     del record["metrics"]["decode"]["predict_time_s"]  # a first-campaign record
     assert MeasuredRun.from_record(record, 55.0).own_prediction is None
+    assert not run.early and MeasuredRun.from_record({**record, "params": {**record["params"], "policy": "smoe-early"}},
+                                                     55.0).early
     record["params"]["policy"] = "lru"  # no predictor: nothing to charge
     record["metrics"]["decode"]["predict_time_s"] = 0.0
     assert MeasuredRun.from_record(record, 55.0).own_prediction is None
