@@ -268,43 +268,44 @@ class PrefetchContext:
             self._partial_out = self._partial()
         return self._partial_out
 
-    def _read(self, started, keys: list[str]) -> list[torch.Tensor]:
-        """Device predictions [T,E] each, their copy to the host started -> on the host (one wait, after the rest of
-        the layer is queued)."""
-        self.finish_layer()
-        host = self._staging.finish_to_host(started)
-        return [self._predictor.replayed(h, self.layer, key) for h, key in zip(host, keys)]
+    def _predicted(self, queue, keys: list[str]) -> list[torch.Tensor]:
+        """queue() -> the copy to the host of device predictions [T,E] each, started -> on the host, under replay the
+        ones recorded under `keys`; one wait, after the rest of the layer is queued. The host time, less that rest's,
+        is the runtime's predictor time (`predict_s`)."""
+        t0, then_s = time.perf_counter(), self.then_s
+        with span("smoe.predict"):
+            started = queue()
+            self.finish_layer()
+            host = self._staging.finish_to_host(started)
+            out = [self._predictor.replayed(h, self.layer, key) for h, key in zip(host, keys)]
+        self.predict_s += time.perf_counter() - t0 - (self.then_s - then_s)
+        return out
 
     def early(self) -> torch.Tensor:
         """The next MoE layer's scores [T,E] predicted without this layer's routed experts (`NextLayerPredictor.
         early`), on the CPU; the engine queued the prediction before planning the layer."""
         assert self._early is not None, "the engine queues an early prediction only for a policy that asks for it"
-        t0, then_s = time.perf_counter(), self.then_s
-        with span("smoe.predict"):
-            out, = self._read(self._early, [EARLY_KEY])
-        self.predict_s += time.perf_counter() - t0 - (self.then_s - then_s)
-        return out
+        return self._predicted(lambda: self._early, [EARLY_KEY])[0]
 
     def predict(self, attention: bool = True) -> torch.Tensor:
         """Predicted scores [T,E] of the next MoE layer, on the CPU."""
         assert self.next_layer is not None, "no MoE layer follows directly"
-        t0, then_s = time.perf_counter(), self.then_s
-        with span("smoe.predict"):
+
+        def queue():
             scores = self._predictor.predict(self.layer, self.hidden, self.partial(), attention)
-            out, = self._read(self._staging.start_to_host(scores, channel="predict"), [prediction_key(attention, 1)])
-        self.predict_s += time.perf_counter() - t0 - (self.then_s - then_s)
-        return out
+            return self._staging.start_to_host(scores, channel="predict")
+
+        return self._predicted(queue, [prediction_key(attention, 1)])[0]
 
     def gate_scores(self, targets: list[int]) -> list[torch.Tensor]:
         """For each later MoE layer in `targets`: its router on this layer's approximate output [T,E], on the CPU
         (no layers in between run); one wait for all of them."""
         if not targets:
             return []
-        t0, then_s = time.perf_counter(), self.then_s
-        with span("smoe.predict"):
+
+        def queue():
             partial = self.partial()
             scores = [self._predictor.gate_scores(self.layer, self.hidden, partial, t) for t in targets]
-            keys = [prediction_key(False, self._predictor.distance(self.layer, t)) for t in targets]
-            out = self._read(self._staging.start_to_host(*scores, channel="predict"), keys)
-        self.predict_s += time.perf_counter() - t0 - (self.then_s - then_s)
-        return out
+            return self._staging.start_to_host(*scores, channel="predict")
+
+        return self._predicted(queue, [prediction_key(False, self._predictor.distance(self.layer, t)) for t in targets])
