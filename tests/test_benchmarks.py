@@ -97,3 +97,48 @@ def test_attention_backends_benchmark_times_each_backend_against_a_float64_refer
     assert all(float(r["host_us"]) > 0 and float(r["wall_us"]) >= float(r["host_us"]) for r in ran)
     assert all(0 < float(r["max_abs_diff"]) < 2e-2 for r in ran)
     assert all(r["error"] for r in rows if r["backend"] == "cudnn")
+
+
+def _load_benchmark(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_decision_time_times_every_piece_without_changing_what_runs(tmp_path):
+    """benchmarks/decision_time.py: an instrumented replay decides exactly as a plain one; the policy, engine and
+    predictor classes are as they were afterwards (lru, which does not prefetch, is not made to); each decode
+    layer charges one plan, one check and its repeat; prefetch decisions are timed for smoe only."""
+    from smoe.engine import Engine
+    from smoe.policy import ExpertPolicy, make_policy
+    from smoe.predict import PrefetchContext
+    from smoe.replay import run_replayed
+    from smoe.shapes import RandomSource
+
+    dt = _load_benchmark("decision_time")
+    traces = record_replay_traces(tmp_path)
+    source = RandomSource.named("qwen2-57b-a14b-shape", **dt.TOY)
+    trace = traces / "exam" / "b1.pt"
+    before = {c: dict(vars(c)) for c in (Engine, PrefetchContext, type(make_policy("lru")), type(make_policy("smoe")))}
+    for policy in ("lru", "smoe"):
+        plain = run_replayed(source, policy, trace, 1, cache_experts=600)["metrics"]
+        clock, policy_us, timed = dt.one_run(source, policy, trace, 1, 600)
+        for phase in ("prefill", "decode"):
+            counts = lambda m: {k: v for k, v in m[phase].items() if not k.endswith("_s")}  # noqa: E731
+            assert counts(plain) == counts(timed)
+        assert clock.layers == plain["decode_steps"] * 28
+        assert clock.calls["plan"] == clock.calls["check"] == clock.calls["check (again)"] == clock.layers
+        assert clock.calls["prefetch"] == (clock.layers if policy == "smoe" else 0)
+        assert all(clock.seconds[p] > 0 for p in ("plan", "check", "check (again)", "gate_weights")) and policy_us > 0
+    assert {c: dict(vars(c)) for c in before} == before
+    assert type(make_policy("lru")).prefetch is ExpertPolicy.prefetch
+
+    out = tmp_path / "dt.csv"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/decision_time.py"), "--traces", str(traces), "--slots",
+                    "600", "--policies", "lru", "smoe", "--repeats", "1", "--out", str(out)], check=True, cwd=ROOT)
+    rows = list(csv.DictReader(open(out)))
+    assert {(r["policy"], r["piece"]) for r in rows} == {
+        (p, piece) for p in ("lru", "smoe") for piece in dt.PIECES if piece != "prefetch" or p == "smoe"}
