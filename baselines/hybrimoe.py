@@ -61,8 +61,8 @@ class HybriMoE(CachingPolicy):
         if not missing:
             self.pcie_idle = 0.0
             return self.plan_placement(view, placement)
-        tokens = np.bincount(view.topk.numpy().ravel(), minlength=view.model.num_experts).tolist()  # [E]
-        best = view.scores.numpy().max(axis=0).tolist()  # [E] best score over the batch
+        tokens = np.bincount(view.topk_np.ravel(), minlength=view.model.num_experts).tolist()  # [E]
+        best = view.scores_np.max(axis=0).tolist()  # [E] best score over the batch
         missing.sort(key=lambda e: (-tokens[e], -best[e], e))
         c_load = view.model.expert_bytes / (self.pcie_gbps * 1e9)
         c_cpu = view.model.expert_bytes / (self.cpu_gbps * 1e9)

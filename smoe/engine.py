@@ -83,6 +83,8 @@ class Engine:
         self.pool = pool
         self.family = family
         self.config = config
+        self.weight_rule = family.rule(config)  # the family's gate weights for a changed expert set
+        self._rows: dict[int, np.ndarray] = {}  # T -> [T,1] row indices (the gate weights' scatter)
         self.info = info
         self.shape: ExpertShape = pool.store.shape
         self.act = act
@@ -337,14 +339,18 @@ class Engine:
     def _gate_weights(self, view: LayerView, topk_w: torch.Tensor, ex) -> np.ndarray:
         """[T,E] float32 gate weights, on the host: the router's own (topk_w [T,K], exact in float32) where a token's
         set is unchanged, the family rule where the plan changed it (`ExecPlan.changed`)."""
+        topk = view.topk_np  # [T,K]
+        T = len(topk)
         w = np.zeros(view.scores.shape, dtype=np.float32)  # [T,E]
-        np.put_along_axis(w, view.topk.numpy(), topk_w.float().numpy(), axis=1)
+        rows = self._rows.get(T)
+        if rows is None:
+            rows = self._rows[T] = np.arange(T)[:, None]  # [T,1]
+        w[rows, topk] = topk_w.numpy() if topk_w.dtype == torch.float32 else topk_w.float().numpy()
         if ex.changed:
-            changed_scores = view.scores.numpy()[ex.changed]  # [n,E]
+            changed_scores = view.scores_np[ex.changed]  # [n,E]
             if ex.scale is not None:
                 changed_scores = changed_scores * ex.scale[ex.changed]
-            w[ex.changed] = self.family.weights(torch.from_numpy(changed_scores), torch.from_numpy(ex.changed_mask),
-                                                self.config).numpy()
+            w[ex.changed] = self.weight_rule(torch.from_numpy(changed_scores), torch.from_numpy(ex.changed_mask)).numpy()
         return w
 
     def _to_device(self, a) -> torch.Tensor:

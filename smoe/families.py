@@ -55,10 +55,11 @@ class Family:
         multiplied by the routed scaling factor (DeepSeek). This is the rule the SMoE paper's code applies
         to a substitute (its own probability, `routing_weights.gather(1, topk_idx)`).
         """
-        w = scores * computed
-        if self.renormalises(config):
-            w = w / (w.sum(dim=-1, keepdim=True) + 1e-20)
-        return w * self.scaling(config)
+        return self.rule(config)(scores, computed)
+
+    def rule(self, config) -> "WeightRule":
+        """`weights` with the config's settings read once (a decode layer applies the rule without them)."""
+        return WeightRule(self.renormalises(config), self.scaling(config))
 
     # ---- checkpoint naming --------------------------------------------------------------------------
     def expert_keys(self, layer: int, expert: int) -> tuple[str, str, str]:
@@ -78,6 +79,21 @@ class Family:
         for pattern, repl in self.skeleton_renames:
             key = re.sub(pattern, repl, key)
         return key
+
+
+@dataclass(frozen=True)
+class WeightRule:
+    """A family's gate-weight rule for one config (`Family.weights`): scores [T,E] float32, computed [T,E] bool ->
+    weights [T,E] float32, renormalised over the computed set when `renorm`, times `scale`."""
+
+    renorm: bool
+    scale: float
+
+    def __call__(self, scores: torch.Tensor, computed: torch.Tensor) -> torch.Tensor:
+        w = scores * computed
+        if self.renorm:
+            w = w / (w.sum(dim=-1, keepdim=True) + 1e-20)
+        return w if self.scale == 1.0 else w * self.scale  # x * 1.0 is x: one op fewer where nothing scales
 
 
 FAMILIES: dict[str, Family] = {

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 from enum import IntEnum
 
 import numpy as np
@@ -78,6 +77,21 @@ class CacheView:
         return frozenset(self._pool.prefetched)
 
 
+class _once:
+    """A property computed on first read and then kept in the instance (functools.cached_property without its
+    lock, which Python 3.11 takes on every first read: a decode layer reads several of these once each)."""
+
+    def __init__(self, fn):
+        self.fn, self.name = fn, fn.__name__
+        self.__doc__ = fn.__doc__
+
+    def __get__(self, obj, cls=None):
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.fn(obj)
+        return value
+
+
 @dataclass
 class LayerView:
     """What a policy sees when it plans one MoE layer of one forward pass."""
@@ -91,16 +105,26 @@ class LayerView:
     model: ModelInfo
     costs: dict | None = None  # "load"/"cpu" -> recent measured seconds per expert (newest last), GPU runs only
 
-    @cached_property
+    @_once
     def routed(self) -> list[list[int]]:
         """[T][K] the router's choice as Python ints: converted once per layer, shared by the policy and the
         runtime's check of its plan."""
         return self.topk.tolist()
 
-    @cached_property
+    @_once
     def score_rows(self) -> list[list[float]]:
         """[T][E] the scores as Python floats (converted once per layer)."""
         return self.scores.tolist()
+
+    @_once
+    def scores_np(self) -> np.ndarray:
+        """[T,E] float32: the scores as a numpy array sharing their memory (read-only by convention)."""
+        return self.scores.numpy()
+
+    @_once
+    def topk_np(self) -> np.ndarray:
+        """[T,K] int64: the router's choice as a numpy array sharing its memory (read-only by convention)."""
+        return self.topk.numpy()
 
     def needed(self) -> list[int]:
         """Distinct routed experts of this layer, ascending."""
@@ -109,7 +133,7 @@ class LayerView:
     def mean_scores(self) -> np.ndarray:
         """[E] float32: each expert's router score averaged over this forward's tokens (as np.mean, without its
         per-call cost); read-only (at batch 1 it is the scores' own row)."""
-        scores = self.scores.numpy()  # [T,E]
+        scores = self.scores_np  # [T,E]
         if len(scores) == 1:  # a batch-1 decode step: the row is its own mean
             return scores[0]
         return np.add.reduce(scores, axis=0) / len(scores)
@@ -135,7 +159,7 @@ class Plan:
         lut = np.full(view.model.num_experts, -1, dtype=np.int8)
         for e, a in placement.items():
             lut[e] = int(a)
-        actions = lut[view.topk.numpy()]
+        actions = lut[view.topk_np]
         return cls(actions=actions, evict=list(evict), discard=set(discard))
 
 
@@ -204,7 +228,7 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
         if factors.shape != (T, K) or not (factors >= 0).all():
             raise _fail(policy, layer, f"scale must be non-negative factors of shape {(T, K)}")
         scale = np.ones((T, E), dtype=np.float32)
-        np.put_along_axis(scale, view.topk.numpy(), factors, axis=1)
+        np.put_along_axis(scale, view.topk_np, factors, axis=1)
     if subs or skips or scale is not None:
         changed = [
             t for t in range(T)
