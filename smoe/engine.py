@@ -34,7 +34,7 @@ from .metrics import Metrics, span
 from .plan import Action, CacheView, LayerView, ModelInfo, check_plan
 from .policy import ExpertPolicy
 from .pool import SlotPool
-from .predict import EARLY_KEY, NextLayerPredictor, PrefetchContext, prediction_key
+from .predict import NextLayerPredictor, PrefetchContext, early_key, prediction_key
 from .grouped_kernel import slot_grouped_forward
 from .store import expert_forward, grouped_forward
 from .errors import PolicyError
@@ -103,6 +103,7 @@ class Engine:
         self.awaiting: set = set()  # prefetched experts whose layer has not run since
         self.wants_prefetch = type(policy).prefetch is not ExpertPolicy.prefetch
         self.early_predicts = policy.early_prediction and predictor is not None  # `NextLayerPredictor.early`
+        self.early_attention = policy.early_attention  # ... with the next layer's attention
         # decode: a layer's resident experts as one batched product (a few kernels, not a few per expert; the
         # runtime's default on a GPU, where launches dominate a decode step), their weights read in place from the
         # slots ("slots", `grouped_kernel`) or gathered out of them first ("gather"); "off": expert by expert, as
@@ -149,7 +150,8 @@ class Engine:
         if self.early_predicts and self.phase == "decode" and self.predictor.next_layer(layer) is not None:
             t0 = time.perf_counter()
             with span("smoe.predict"):
-                early_read = self.pool.staging.start_to_host(self.predictor.early(layer, x), channel="early")
+                early_read = self.pool.staging.start_to_host(self.predictor.early(layer, x, self.early_attention),
+                                                             channel="early")
             early_s = time.perf_counter() - t0
         with span("smoe.scores_to_host"):  # waits for the compute stream up to the router (and what came before it)
             host_scores, host_topk, host_topk_w = self.pool.staging.finish_to_host(staged)
@@ -265,7 +267,8 @@ class Engine:
             # and decides. Not in a layer that discards experts: that frees slots, which the prefetch must not see yet.
             rest_queued = not ex.discard
             ctx = PrefetchContext(layer, x, partial, self.predictor, self.pool.staging,
-                                  then=queue_rest if rest_queued else None, early=early_read)
+                                  then=queue_rest if rest_queued else None, early=early_read,
+                                  early_key=early_key(self.early_attention))
             t0 = time.perf_counter()
             with span("smoe.prefetch"):
                 nxt = self.policy.prefetch(view, ctx)
@@ -362,13 +365,15 @@ class Engine:
     def _predictions(self, layer: int, x: torch.Tensor, partial: torch.Tensor) -> dict[str, torch.Tensor]:
         """The predictor's view from this point of a decode step, kept in the trace for routing replay:
         `attn1` the next MoE layer with its attention, `noattn{d}` the MoE layer d ahead without, `early1` the next
-        MoE layer without this layer's routed experts (`NextLayerPredictor.early`); each [T,E]."""
+        MoE layer without this layer's routed experts (`NextLayerPredictor.early`), `earlyattn1` the same with the next
+        layer's attention; each [T,E]."""
         layers = self.info.moe_layers
         i = layers.index(layer)
         out = {}
         if self.predictor.next_layer(layer) is not None:
             out[prediction_key(True, 1)] = self.predictor.predict(layer, x, partial, True).half().cpu()
-            out[EARLY_KEY] = self.predictor.early(layer, x).half().cpu()
+            for attention in (False, True):
+                out[early_key(attention)] = self.predictor.early(layer, x, attention).half().cpu()
         for d in range(1, self.LOOKAHEAD + 1):
             if i + d < len(layers):
                 out[prediction_key(False, d)] = self.predictor.gate_scores(layer, x, partial, layers[i + d]).half().cpu()

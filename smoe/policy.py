@@ -59,6 +59,11 @@ class ExpertPolicy:
         layer's router scores (decode layers followed by a MoE layer)."""
         return False
 
+    @property
+    def early_attention(self) -> bool:
+        """Whether that early prediction runs the next layer's attention (else its router alone)."""
+        return False
+
 
 _REGISTRY: dict[str, tuple[type[ExpertPolicy], dict]] = {}
 _DISCOVERED = False

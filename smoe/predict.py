@@ -67,6 +67,12 @@ class ReadOnlyCache:
 
 
 EARLY_KEY = "early1"  # what a trace records `NextLayerPredictor.early` under
+EARLY_ATTENTION_KEY = "earlyattn1"  # ... and `NextLayerPredictor.early(..., attention=True)`
+
+
+def early_key(attention: bool) -> str:
+    """What a trace records an early prediction under, with or without the next layer's attention."""
+    return EARLY_ATTENTION_KEY if attention else EARLY_KEY
 
 
 def prediction_key(attention: bool, distance: int) -> str:
@@ -185,19 +191,22 @@ class NextLayerPredictor:
         return self.replay.predicted(layer, key)
 
     @torch.no_grad()
-    def early(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+    def early(self, layer: int, x: torch.Tensor, attention: bool = False) -> torch.Tensor:
         """x [T,H]: layer's normed input -> the next MoE layer's scores [T,E] on the device, predicted from the
-        layer's output without its routed experts (residual + shared experts: the public SMoE code's approximation)
-        and without the next layer's attention. It needs no routed expert, so the engine queues it right behind
-        the layer's router and shared expert and reads it back with no wait of its own."""
+        layer's output without its routed experts (residual + shared experts: the public SMoE code's approximation),
+        without the next layer's attention (the public code) or with it (`attention`: the paper's predictor on that
+        approximation). It needs no routed expert, so the engine queues it right behind the layer's router and
+        shared expert and reads it back with no wait of its own."""
         nxt = self.next_layer(layer)
         assert nxt is not None
+        if attention:
+            return self.predict(layer, x, None, True)
         return self.gate_scores(layer, x, None, nxt)
 
     @torch.no_grad()
-    def predict(self, layer: int, x: torch.Tensor, partial: torch.Tensor, attention: bool) -> torch.Tensor:
-        """x [T,H]: layer's normed input; partial [T,H]: its routed output so far -> next layer's scores [T,E], on
-        the device."""
+    def predict(self, layer: int, x: torch.Tensor, partial: torch.Tensor | None, attention: bool) -> torch.Tensor:
+        """x [T,H]: layer's normed input; partial [T,H]: its routed output so far (None: none counted) -> next
+        layer's scores [T,E], on the device."""
         nxt = self.next_layer(layer)
         assert nxt is not None
         pieces = self._pieces_for(layer)
@@ -238,7 +247,7 @@ class PrefetchContext:
     router scores; its copy has usually landed by the time `early()` reads it."""
 
     def __init__(self, layer: int, hidden: torch.Tensor, partial, predictor: NextLayerPredictor | None,
-                 staging, then=None, early=None):
+                 staging, then=None, early=None, early_key: str = EARLY_KEY):
         self.layer = layer
         self.hidden = hidden  # [T,H] the layer's normed input, on the device
         self._partial = partial  # () -> [T,H] this layer's routed output so far (its resident experts)
@@ -247,6 +256,7 @@ class PrefetchContext:
         self._staging = staging  # the pool's `PinnedStaging`: the read back to the host
         self._then = then  # () -> None: queues the rest of the layer (run at most once)
         self._early = early  # the early prediction's copy to the host under way, if the engine queued it
+        self._early_key = early_key  # what a trace records it under (`early_key`)
         self.predict_s = 0.0  # host time spent in predictor passes (the runtime's, not the policy's)
         self.then_s = 0.0  # host time spent queueing the rest of the layer (the engine's)
 
@@ -285,7 +295,7 @@ class PrefetchContext:
         """The next MoE layer's scores [T,E] predicted without this layer's routed experts (`NextLayerPredictor.
         early`), on the CPU; the engine queued the prediction before planning the layer."""
         assert self._early is not None, "the engine queues an early prediction only for a policy that asks for it"
-        return self._predicted(lambda: self._early, [EARLY_KEY])[0]
+        return self._predicted(lambda: self._early, [self._early_key])[0]
 
     def predict(self, attention: bool = True) -> torch.Tensor:
         """Predicted scores [T,E] of the next MoE layer, on the CPU."""

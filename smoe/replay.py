@@ -127,7 +127,7 @@ class RoutingReplay:
 
     def predicted(self, layer: int, key: str) -> torch.Tensor:
         """The recorded prediction [T,E], made at `layer`'s current forward, recorded under `key`
-        (`predict.prediction_key`, `predict.EARLY_KEY`)."""
+        (`predict.prediction_key`, `predict.early_key`)."""
         rec = self.current[layer]
         pred = (rec.get("predicted") or {}).get(key)
         if pred is None:

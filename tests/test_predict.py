@@ -103,6 +103,51 @@ def test_early_prediction_is_the_next_router_on_the_layer_output_without_routed_
     assert checked == 3 * (len(layers) - 1)
 
 
+@register_policy("test-early-attention-probe")
+class EarlyAttentionProbe(ExpertPolicy):
+    """Nothing resident, every routed expert on the CPU; the early prediction with the next layer's attention, and
+    the attention predictor's, recorded in each decode step."""
+
+    def setup(self, model, capacity):
+        self.pairs: dict = {}  # (step, next layer) -> (early with attention, attention predictor)
+        return []
+
+    def plan(self, view):
+        return Plan.per_expert(view, {e: Action.CPU for e in view.needed()})
+
+    @property
+    def early_prediction(self) -> bool:
+        return True
+
+    @property
+    def early_attention(self) -> bool:
+        return True
+
+    def prefetch(self, view, ctx):
+        if view.phase == "decode" and ctx.next_layer is not None:
+            self.pairs[(view.step, ctx.next_layer)] = (ctx.early(), ctx.predict(attention=True))
+        return None
+
+
+@pytest.mark.parametrize("kv_cache,pieces", [("dynamic", None), ("static", False)])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_early_prediction_with_attention_is_the_attention_predictor_without_routed_experts(family, kv_cache, pieces,
+                                                                                        tiny):
+    """`NextLayerPredictor.early(..., attention=True)`, queued before the layer is planned, computes what the attention
+    predictor computes after the layer's resident experts when none is resident (its routed part then zero): the
+    next layer's attention and router on residual + shared experts. Op by op and as pieces, over both caches."""
+    rt = Runtime(tiny(family), "test-early-attention-probe", device="cpu", cache_experts=4, batch=len(PROMPTS),
+                 kv_cache=kv_cache, predictor_graphs=pieces)
+    try:
+        rt.generate(PROMPTS, 4)
+        pairs, layers = rt.policy.pairs, rt.info.moe_layers
+    finally:
+        rt.close()
+    assert set(pairs) == {(s, l) for s in range(1, 4) for l in layers[1:]}
+    for key, (early, attention) in pairs.items():
+        torch.testing.assert_close(early, attention, atol=1e-6, rtol=0, msg=lambda m: f"{key}: {m}")
+
+
 def test_prediction_reuses_the_shared_expert_the_block_computed(tiny):
     """A Qwen2-MoE block computes its shared expert before its routed experts; the prediction takes that output
     instead of running the shared expert again (and stays exact: the test above)."""

@@ -64,7 +64,7 @@ def recorded(tmp_path_factory):
 
 def test_a_trace_records_the_predictors_view_of_later_layers(recorded):
     decode = [r for r in recorded if r["phase"] == "decode"]
-    assert set(decode[0]["predicted"]) == {"attn1", "early1", "noattn1", "noattn2", "noattn3"}  # layer 0 of 4
+    assert set(decode[0]["predicted"]) == {"attn1", "early1", "earlyattn1", "noattn1", "noattn2", "noattn3"}  # layer 0 of 4
     assert set(decode[3]["predicted"]) == set()  # the last MoE layer predicts nothing
     assert decode[0]["predicted"]["attn1"].shape == decode[0]["scores"].shape
     assert all(r["predicted"] is None for r in recorded if r["phase"] == "prefill")
@@ -77,11 +77,12 @@ def test_timed_runs_do_not_pay_for_predictions(tiny):
     rt.close()
 
 
-def replayed_run(recorded, policy: str, layers: int = 3, before=None):
-    """`policy` on a toy Qwen2-57B shape replaying `recorded`; `before(runtime)` runs once replay is installed."""
+def replayed_run(recorded, policy: str, layers: int = 3, before=None, **params):
+    """`policy` (with `params`) on a toy Qwen2-57B shape replaying `recorded`; `before(runtime)` runs once replay is
+    installed."""
     src = RandomSource.named("qwen2-57b-a14b-shape", num_hidden_layers=layers, num_experts=8, num_experts_per_tok=2,
                              **TOY)
-    rt = Runtime(src, policy, cache_experts=6, batch=2, trace=True)
+    rt = Runtime(src, policy, cache_experts=6, batch=2, trace=True, policy_params=params)
     replay = RoutingReplay(recorded, rt.info.moe_layers)
     replay.install(rt)
     if before is not None:
@@ -123,9 +124,11 @@ def test_predicting_policies_get_the_recorded_predictions(recorded):
     rt.close()
 
 
-def test_the_early_predictor_gets_its_recorded_prediction(recorded):
-    """smoe-early under replay: the engine queues the early prediction (its cost is paid) and the policy gets the
-    trace's `early1`, which differs from the attention predictor's `attn1`."""
+@pytest.mark.parametrize("mode,key", [("early", "early1"), ("early-attention", "earlyattn1")])
+def test_the_early_predictor_gets_its_recorded_prediction(recorded, mode, key):
+    """An early predictor under replay (smoe-early, and with the next layer's attention): the engine queues the early
+    prediction (its cost is paid) and the policy gets the trace's record of it, which differs from the attention
+    predictor's `attn1` (a layer's routed experts are resident when the recording run predicts)."""
     got = []  # (layer, the key it asked for, what it got)
 
     def spy(rt):
@@ -139,10 +142,10 @@ def test_the_early_predictor_gets_its_recorded_prediction(recorded):
 
         predictor.replayed = replayed
 
-    rt, _ = replayed_run(recorded, "smoe-early", before=spy)
-    assert got and {key for _, key, _, _ in got} == {"early1"}
-    assert all(torch.equal(out, rec["early1"].float()) for _, _, out, rec in got)
-    assert any(not torch.equal(rec["early1"], rec["attn1"]) for _, _, _, rec in got)
+    rt, _ = replayed_run(recorded, "smoe-early", before=spy, prefetch_mode=mode)
+    assert got and {k for _, k, _, _ in got} == {key}
+    assert all(torch.equal(out, rec[key].float()) for _, _, out, rec in got)
+    assert any(not torch.equal(rec[key], rec["attn1"]) for _, _, _, rec in got)
     assert rt.engine.metrics.summary()["prefetches"] > 0
     rt.close()
 

@@ -249,7 +249,7 @@ def test_prefetch_runs_through_the_runtime_and_is_used(ckpt):
 
 def test_prefetch_does_not_change_the_tokens_at_alpha_zero(ckpt):
     ref, _ = run(ckpt, "all-gpu", slots=1000)
-    for mode in ("attention", "no-attention", "early"):
+    for mode in ("attention", "no-attention", "early", "early-attention"):
         res, _ = run(ckpt, "smoe-ce-cr-pre", slots=8, alpha=0.0, prefetch_mode=mode)
         assert res.tokens == ref.tokens
 
@@ -264,6 +264,9 @@ def test_early_prefetch_runs_through_the_runtime_and_decides_by_its_own_predicti
     assert m["decode"]["predict_time_s"] > 0
     assert [r["prefetch"] for r in trace] != [r["prefetch"] for r in paper_trace]
     assert make_policy("smoe-early").early_prediction and not make_policy("smoe").early_prediction
+    with_attention = make_policy("smoe", prefetch_mode="early-attention")
+    assert with_attention.early_prediction and with_attention.early_attention
+    assert not make_policy("smoe-early").early_attention
 
 
 def test_prefetch_accuracy_from_a_trace(ckpt):

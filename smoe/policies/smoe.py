@@ -31,7 +31,8 @@ without renormalisation, which is the same for its models (norm_topk_prob false)
 Prefetch: `prefetch_mode="attention"` runs layer i+1's attention in the prediction (the paper's predictor);
 `"no-attention"` skips it; `"early"` also leaves out layer i's routed experts, as the public code's predictor does
 (MoE output ~ identity + shared experts), which lets the engine queue it before planning layer i
-(`NextLayerPredictor.early`); `"none"` turns prefetch off. Predicted
+(`NextLayerPredictor.early`); `"early-attention"` is the paper's predictor (attention included) on that same
+approximation, queued as early; `"none"` turns prefetch off. Predicted
 top-score experts are those of the predicted top-k with score >= (1+alpha) * S_{k+1}. Prefetched experts that
 are not yet used may take at most `prefetch_share` of the slots (the public code caps them at half), and a
 prefetch never evicts an expert of the layer being computed, nor another prefetched one.
@@ -54,7 +55,7 @@ from smoe.router import best_first, by_score, route_rows
 
 REPLACE_MODES = ("none", "substitute", "skip", "lower")
 COST_MODES = ("fixed", "measured")
-PREFETCH_MODES = ("none", "attention", "no-attention", "early")
+PREFETCH_MODES = ("none", "attention", "no-attention", "early", "early-attention")
 
 
 @register_policy("score-lower", replace="lower")
@@ -71,7 +72,7 @@ class SMoE(CachingPolicy):
     replace: str = "substitute"  # what happens to low-score experts: none | substitute | skip | lower
     lower: float = 0.5  # score factor of low-score experts for replace=lower
     balance: bool = False  # split missing experts between PCIe loads and the CPU (Alg. 2)
-    prefetch_mode: str = "none"  # none | attention | no-attention | early
+    prefetch_mode: str = "none"  # none | attention | no-attention | early | early-attention
     prefetch_share: float = 0.5  # most of the slots that prefetched, not yet used experts may hold
     costs: str = "fixed"  # fixed | measured
     pcie_gbps: float = 25.0  # fixed cost model: host->device rate (the paper's S3 A6000 on PCIe 4.0)
@@ -205,7 +206,11 @@ class SMoE(CachingPolicy):
 
     @property
     def early_prediction(self) -> bool:
-        return self.prefetch_mode == "early"
+        return self.prefetch_mode in ("early", "early-attention")
+
+    @property
+    def early_attention(self) -> bool:
+        return self.prefetch_mode == "early-attention"
 
     def prefetch(self, view: LayerView, ctx) -> PrefetchPlan | None:  # type: ignore[override]
         if self.prefetch_mode == "none" or view.phase != "decode":
@@ -213,7 +218,7 @@ class SMoE(CachingPolicy):
         nxt = ctx.next_layer
         if nxt is None:
             return None
-        if self.prefetch_mode == "early":
+        if self.early_prediction:
             scores = ctx.early().numpy()  # [T,E] predicted
         else:
             scores = ctx.predict(attention=self.prefetch_mode == "attention").numpy()
