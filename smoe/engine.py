@@ -84,7 +84,6 @@ class Engine:
         self.family = family
         self.config = config
         self.weight_rule = family.rule(config)  # the family's gate weights for a changed expert set
-        self._rows: dict[int, np.ndarray] = {}  # T -> [T,1] row indices (the gate weights' scatter)
         self.info = info
         self.shape: ExpertShape = pool.store.shape
         self.act = act
@@ -104,6 +103,7 @@ class Engine:
         self.wants_prefetch = type(policy).prefetch is not ExpertPolicy.prefetch
         self.early_predicts = policy.early_prediction and predictor is not None  # `NextLayerPredictor.early`
         self.early_attention = policy.early_attention  # ... with the next layer's attention
+        self.early_key = early_key(self.early_attention)  # what a trace records that prediction under
         # decode: a layer's resident experts as one batched product (a few kernels, not a few per expert; the
         # runtime's default on a GPU, where launches dominate a decode step), their weights read in place from the
         # slots ("slots", `grouped_kernel`) or gathered out of them first ("gather"); "off": expert by expert, as
@@ -268,7 +268,7 @@ class Engine:
             rest_queued = not ex.discard
             ctx = PrefetchContext(layer, x, partial, self.predictor, self.pool.staging,
                                   then=queue_rest if rest_queued else None, early=early_read,
-                                  early_key=early_key(self.early_attention))
+                                  early_key=self.early_key)
             t0 = time.perf_counter()
             with span("smoe.prefetch"):
                 nxt = self.policy.prefetch(view, ctx)
@@ -343,12 +343,8 @@ class Engine:
         """[T,E] float32 gate weights, on the host: the router's own (topk_w [T,K], exact in float32) where a token's
         set is unchanged, the family rule where the plan changed it (`ExecPlan.changed`)."""
         topk = view.topk_np  # [T,K]
-        T = len(topk)
         w = np.zeros(view.scores.shape, dtype=np.float32)  # [T,E]
-        rows = self._rows.get(T)
-        if rows is None:
-            rows = self._rows[T] = np.arange(T)[:, None]  # [T,1]
-        w[rows, topk] = topk_w.numpy() if topk_w.dtype == torch.float32 else topk_w.float().numpy()
+        w[np.arange(len(topk))[:, None], topk] = topk_w.numpy() if topk_w.dtype == torch.float32 else topk_w.float().numpy()
         if ex.changed:
             changed_scores = view.scores_np[ex.changed]  # [n,E]
             if ex.scale is not None:
