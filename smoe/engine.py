@@ -84,6 +84,7 @@ class Engine:
         self.family = family
         self.config = config
         self.weight_rule = family.rule(config)  # the family's gate weights for a changed expert set
+        self._rows: dict[int, np.ndarray] = {}  # T -> [T,1] row indices (the gate weights' scatter)
         self.info = info
         self.shape: ExpertShape = pool.store.shape
         self.act = act
@@ -343,8 +344,12 @@ class Engine:
         """[T,E] float32 gate weights, on the host: the router's own (topk_w [T,K], exact in float32) where a token's
         set is unchanged, the family rule where the plan changed it (`ExecPlan.changed`)."""
         topk = view.topk_np  # [T,K]
+        T = len(topk)
         w = np.zeros(view.scores.shape, dtype=np.float32)  # [T,E]
-        w[np.arange(len(topk))[:, None], topk] = topk_w.numpy() if topk_w.dtype == torch.float32 else topk_w.float().numpy()
+        rows = self._rows.get(T)
+        if rows is None:  # kept per batch size: one arange less in every layer
+            rows = self._rows[T] = np.arange(T)[:, None]  # [T,1]
+        w[rows, topk] = topk_w.numpy() if topk_w.dtype == torch.float32 else topk_w.float().numpy()
         if ex.changed:
             changed_scores = view.scores_np[ex.changed]  # [n,E]
             if ex.scale is not None:
