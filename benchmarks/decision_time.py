@@ -14,6 +14,11 @@ timed as `check (again)` and `gate_weights (again)`. The gap between a piece and
 run around it costs the same Python (caches and branch predictors cooled by the model's work in between), not
 the piece's own logic.
 
+With `--probe`, each policy also replays once more with nothing timed but three fixed operations at the start of
+every decode layer, where the policy's plan would start, each done twice in a row: a numpy call (`np.zeros(4)`), a
+sort of 64 Python floats (a score row) and a [1,64] tensor's `tolist()`. Each first call against its repeat is the
+cooled run's price for one operation the policy's code would make, apart from any logic.
+
     python benchmarks/decision_time.py --traces traces --out results/cpu/decision_time.csv
 
 Writes one row per (policy, piece): calls, microseconds per call and per decode layer (median over --repeats
@@ -29,7 +34,9 @@ import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import torch
 from tqdm import tqdm
 
 import smoe.engine as engine_mod
@@ -42,6 +49,8 @@ TOY = dict(hidden_size=64, intermediate_size=128, moe_intermediate_size=16, voca
            shared_expert_intermediate_size=32, num_attention_heads=4, num_key_value_heads=2)  # paper_shape --tiny
 POLICIES = ["all-gpu", "lru", "hybrimoe", "smoe-ce-cr", "smoe", "smoe-early"]
 PIECES = ["plan", "check", "check (again)", "prefetch", "observe", "gate_weights", "gate_weights (again)"]
+PROBES = ["probe: np.zeros(4)", "probe: sort 64 floats", "probe: tensor [1,64] tolist"]
+AGAIN = " (again)"
 
 
 class Clock:
@@ -50,8 +59,9 @@ class Clock:
     def __init__(self):
         self.decode = False
         self.layers = 0
-        self.seconds = {p: 0.0 for p in PIECES}
-        self.calls = {p: 0 for p in PIECES}
+        every = PIECES + [p + a for p in PROBES for a in ("", AGAIN)]
+        self.seconds = {p: 0.0 for p in every}
+        self.calls = {p: 0 for p in every}
 
     def add(self, piece: str, seconds: float) -> None:
         if self.decode:
@@ -141,6 +151,34 @@ def instrumented(clock: Clock, policy_cls):
         yield
 
 
+@contextmanager
+def probed(clock: Clock):
+    """The engine with `PROBES` timed, each twice in a row, at the start of every decode layer, for the length of the
+    block; nothing else is timed."""
+    Engine = engine_mod.Engine
+    run_layer = Engine._run_layer
+    row = torch.rand(1, 64)  # [1,64] a score row
+    floats = row[0].tolist()
+    work = {PROBES[0]: functools.partial(np.zeros, 4), PROBES[1]: functools.partial(sorted, floats),
+            PROBES[2]: row.tolist}
+
+    def layer(self, *args, **kwargs):
+        clock.decode = self.phase == "decode"
+        clock.layers += clock.decode
+        for name, fn in work.items():
+            for label in (name, name + AGAIN):
+                t0 = time.perf_counter()
+                fn()
+                clock.add(label, time.perf_counter() - t0)
+        try:
+            return run_layer(self, *args, **kwargs)
+        finally:
+            clock.decode = False
+
+    with _patched(Engine, "_run_layer", layer):
+        yield
+
+
 def one_run(source, policy: str, trace: Path, batch: int, slots: int) -> tuple[Clock, float, dict]:
     """One replayed run of `policy` -> (its clock, `policy_time_s` per decode layer as the engine counted it, the
     run's metrics)."""
@@ -163,6 +201,7 @@ def main() -> None:
                     "48 GB); all-gpu gets every expert")
     ap.add_argument("--policies", nargs="+", default=POLICIES)
     ap.add_argument("--repeats", type=int, default=2, help="runs per policy, in alternating order; rows give medians")
+    ap.add_argument("--probe", action="store_true", help="also one run per policy timing `PROBES` only (see above)")
     ap.add_argument("--out", required=True, help="CSV to write")
     args = ap.parse_args()
     trace = Path(args.traces) / args.workload / f"b{args.batch}.pt"
@@ -181,21 +220,29 @@ def main() -> None:
                 bar.set_postfix_str(p)
                 runs[p].append(one_run(source, p, trace, args.batch, every if p == "all-gpu" else args.slots)[:2])
                 bar.update()
+    probes: dict[str, Clock] = {}
+    for p in order if args.probe else []:
+        probes[p] = Clock()
+        with probed(probes[p]):
+            run_replayed(source, p, trace, args.batch, cache_experts=every if p == "all-gpu" else args.slots)
 
     rows = []
     for p, done in runs.items():
-        for piece in PIECES:
-            calls = done[0][0].calls[piece]
+        pieces = [(piece, done) for piece in PIECES]
+        if p in probes:  # one run, timing the probes only
+            pieces += [(piece, [(probes[p], None)]) for piece in probes[p].seconds if piece.startswith("probe")]
+        for piece, clocks in pieces:
+            calls = clocks[0][0].calls[piece]
             if not calls:
                 continue
             rows.append({
                 "policy": p, "piece": piece, "workload": args.workload, "batch": args.batch,
-                "slots": every if p == "all-gpu" else args.slots, "decode_layers": done[0][0].layers,
+                "slots": every if p == "all-gpu" else args.slots, "decode_layers": clocks[0][0].layers,
                 "calls": calls,
-                "us_per_call": statistics.median(c.seconds[piece] / c.calls[piece] for c, _ in done) * 1e6,
-                "us_per_layer": statistics.median(c.seconds[piece] / c.layers for c, _ in done) * 1e6,
+                "us_per_call": statistics.median(c.seconds[piece] / c.calls[piece] for c, _ in clocks) * 1e6,
+                "us_per_layer": statistics.median(c.seconds[piece] / c.layers for c, _ in clocks) * 1e6,
                 "policy_us_per_layer": statistics.median(t for _, t in done) * 1e6,
-                "runs": len(done),
+                "runs": len(clocks),
             })
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -203,7 +250,9 @@ def main() -> None:
     tmp = out.with_name(f".{out.name}.tmp")
     table.to_csv(tmp, index=False)
     tmp.replace(out)
-    print(table.pivot(index="piece", columns="policy", values="us_per_layer").round(1).reindex(PIECES).to_string())
+    shown = [p for p in PIECES + list(dict.fromkeys(table.piece)) if p in set(table.piece)]
+    print(table.pivot(index="piece", columns="policy", values="us_per_layer").round(1).reindex(
+        list(dict.fromkeys(shown))).to_string())
     print("policy_time_s per decode layer (us):",
           {p: round(t, 1) for p, t in table.groupby("policy").policy_us_per_layer.first().items()})
 

@@ -111,7 +111,8 @@ def _load_benchmark(name: str):
 def test_decision_time_times_every_piece_without_changing_what_runs(tmp_path):
     """benchmarks/decision_time.py: an instrumented replay decides exactly as a plain one; the policy, engine and
     predictor classes are as they were afterwards (lru, which does not prefetch, is not made to); each decode
-    layer charges one plan, one check and its repeat; prefetch decisions are timed for smoe only."""
+    layer charges one plan, one check and its repeat; prefetch decisions are timed for smoe only; the probes run twice
+    at every decode layer and change nothing either."""
     from smoe.engine import Engine
     from smoe.policy import ExpertPolicy, make_policy
     from smoe.predict import PrefetchContext
@@ -123,22 +124,34 @@ def test_decision_time_times_every_piece_without_changing_what_runs(tmp_path):
     source = RandomSource.named("qwen2-57b-a14b-shape", **dt.TOY)
     trace = traces / "exam" / "b1.pt"
     before = {c: dict(vars(c)) for c in (Engine, PrefetchContext, type(make_policy("lru")), type(make_policy("smoe")))}
+
+    def counts(m, phase="decode"):
+        return {k: v for k, v in m[phase].items() if not k.endswith("_s")}
+
     for policy in ("lru", "smoe"):
         plain = run_replayed(source, policy, trace, 1, cache_experts=600)["metrics"]
         clock, policy_us, timed = dt.one_run(source, policy, trace, 1, 600)
         for phase in ("prefill", "decode"):
-            counts = lambda m: {k: v for k, v in m[phase].items() if not k.endswith("_s")}  # noqa: E731
-            assert counts(plain) == counts(timed)
+            assert counts(plain, phase) == counts(timed, phase)
         assert clock.layers == plain["decode_steps"] * 28
         assert clock.calls["plan"] == clock.calls["check"] == clock.calls["check (again)"] == clock.layers
         assert clock.calls["prefetch"] == (clock.layers if policy == "smoe" else 0)
         assert all(clock.seconds[p] > 0 for p in ("plan", "check", "check (again)", "gate_weights")) and policy_us > 0
+    probe = dt.Clock()
+    with dt.probed(probe):  # the probes run at every decode layer, twice each, and change nothing the run decides
+        probed = run_replayed(source, "smoe", trace, 1, cache_experts=600)["metrics"]
+    assert counts(probed) == counts(run_replayed(source, "smoe", trace, 1, cache_experts=600)["metrics"])
+    assert probe.layers == probed["decode_steps"] * 28
+    assert {k: v for k, v in probe.calls.items() if v} == {
+        p + again: probe.layers for p in dt.PROBES for again in ("", dt.AGAIN)}
     assert {c: dict(vars(c)) for c in before} == before
     assert type(make_policy("lru")).prefetch is ExpertPolicy.prefetch
 
     out = tmp_path / "dt.csv"
     subprocess.run([sys.executable, str(ROOT / "benchmarks/decision_time.py"), "--traces", str(traces), "--slots",
-                    "600", "--policies", "lru", "smoe", "--repeats", "1", "--out", str(out)], check=True, cwd=ROOT)
+                    "600", "--policies", "lru", "smoe", "--repeats", "1", "--probe", "--out", str(out)],
+                   check=True, cwd=ROOT)
     rows = list(csv.DictReader(open(out)))
     assert {(r["policy"], r["piece"]) for r in rows} == {
-        (p, piece) for p in ("lru", "smoe") for piece in dt.PIECES if piece != "prefetch" or p == "smoe"}
+        (p, piece) for p in ("lru", "smoe") for piece in dt.PIECES if piece != "prefetch" or p == "smoe"} | {
+        (p, probe + again) for p in ("lru", "smoe") for probe in dt.PROBES for again in ("", dt.AGAIN)}
