@@ -214,17 +214,19 @@ def main() -> None:
 
     runs: dict[str, list[tuple[Clock, float]]] = {p: [] for p in args.policies}
     order = list(args.policies)
-    with tqdm(total=len(order) * args.repeats, desc="decision time", unit="run") as bar:
+    probes: dict[str, Clock] = {}
+    with tqdm(total=len(order) * (args.repeats + args.probe), desc="decision time", unit="run") as bar:
         for r in range(args.repeats):
             for p in order if r % 2 == 0 else order[::-1]:
                 bar.set_postfix_str(p)
                 runs[p].append(one_run(source, p, trace, args.batch, every if p == "all-gpu" else args.slots)[:2])
                 bar.update()
-    probes: dict[str, Clock] = {}
-    for p in order if args.probe else []:
-        probes[p] = Clock()
-        with probed(probes[p]):
-            run_replayed(source, p, trace, args.batch, cache_experts=every if p == "all-gpu" else args.slots)
+        for p in order if args.probe else []:
+            bar.set_postfix_str(f"{p}, probes")
+            probes[p] = Clock()
+            with probed(probes[p]):
+                run_replayed(source, p, trace, args.batch, cache_experts=every if p == "all-gpu" else args.slots)
+            bar.update()
 
     rows = []
     for p, done in runs.items():
@@ -250,9 +252,8 @@ def main() -> None:
     tmp = out.with_name(f".{out.name}.tmp")
     table.to_csv(tmp, index=False)
     tmp.replace(out)
-    shown = [p for p in PIECES + list(dict.fromkeys(table.piece)) if p in set(table.piece)]
-    print(table.pivot(index="piece", columns="policy", values="us_per_layer").round(1).reindex(
-        list(dict.fromkeys(shown))).to_string())
+    shown = [p for p in PIECES if p in set(table.piece)] + [p for p in dict.fromkeys(table.piece) if p not in PIECES]
+    print(table.pivot(index="piece", columns="policy", values="us_per_layer").round(1).reindex(shown).to_string())
     print("policy_time_s per decode layer (us):",
           {p: round(t, 1) for p, t in table.groupby("policy").policy_us_per_layer.first().items()})
 
