@@ -103,19 +103,30 @@ def _patched(obj, name: str, value):
 
 
 @contextmanager
-def instrumented(clock: Clock, policy_cls):
-    """The engine and `policy_cls` with every piece timed into `clock`, for the length of the block."""
-    Engine = engine_mod.Engine
-    run_layer = Engine._run_layer
-    predicted = PrefetchContext._predicted
+def counted_layers(clock: Clock, first=None):
+    """The engine with `clock` counting decode layers and timing only while one runs, for the length of the block;
+    `first()`, if given, runs at the start of every layer, before the engine's own work."""
+    run_layer = engine_mod.Engine._run_layer
 
     def layer(self, *args, **kwargs):
         clock.decode = self.phase == "decode"
         clock.layers += clock.decode
+        if first is not None:
+            first()
         try:
             return run_layer(self, *args, **kwargs)
         finally:
             clock.decode = False
+
+    with _patched(engine_mod.Engine, "_run_layer", layer):
+        yield
+
+
+@contextmanager
+def instrumented(clock: Clock, policy_cls):
+    """The engine and `policy_cls` with every piece timed into `clock`, for the length of the block."""
+    Engine = engine_mod.Engine
+    predicted = PrefetchContext._predicted
 
     waited = [0.0]  # time inside the predictions a prefetch decision read (the runtime's, not the decision's)
 
@@ -139,7 +150,7 @@ def instrumented(clock: Clock, policy_cls):
 
     with ExitStack() as stack:
         enter = stack.enter_context
-        enter(_patched(Engine, "_run_layer", layer))
+        enter(counted_layers(clock))
         enter(_patched(engine_mod, "check_plan", _timed(clock, "check", engine_mod.check_plan, "check (again)")))
         enter(_patched(Engine, "_gate_weights",
                        _timed(clock, "gate_weights", Engine._gate_weights, "gate_weights (again)")))
@@ -155,27 +166,19 @@ def instrumented(clock: Clock, policy_cls):
 def probed(clock: Clock):
     """The engine with `PROBES` timed, each twice in a row, at the start of every decode layer, for the length of the
     block; nothing else is timed."""
-    Engine = engine_mod.Engine
-    run_layer = Engine._run_layer
     row = torch.rand(1, 64)  # [1,64] a score row
     floats = row[0].tolist()
     work = {PROBES[0]: functools.partial(np.zeros, 4), PROBES[1]: functools.partial(sorted, floats),
             PROBES[2]: row.tolist}
 
-    def layer(self, *args, **kwargs):
-        clock.decode = self.phase == "decode"
-        clock.layers += clock.decode
+    def probes():
         for name, fn in work.items():
             for label in (name, name + AGAIN):
                 t0 = time.perf_counter()
                 fn()
                 clock.add(label, time.perf_counter() - t0)
-        try:
-            return run_layer(self, *args, **kwargs)
-        finally:
-            clock.decode = False
 
-    with _patched(Engine, "_run_layer", layer):
+    with counted_layers(clock, probes):
         yield
 
 
