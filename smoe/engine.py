@@ -309,7 +309,8 @@ class Engine:
                     "layer": layer,
                     "scores": view.scores.half(),
                     "topk": view.topk.to(torch.int16),
-                    "actions": torch.as_tensor(np.asarray(plan.actions, dtype=np.int8)),
+                    "actions": torch.zeros(view.topk.shape, dtype=torch.int8) if plan.actions is None  # HIT
+                    else torch.as_tensor(np.asarray(plan.actions, dtype=np.int8)),
                     "standins": None if plan.standins is None else torch.as_tensor(plan.standins),
                     "loads": ex.loads,
                     "cpu": cpu_experts,

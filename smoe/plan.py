@@ -141,11 +141,17 @@ class LayerView:
 
 @dataclass
 class Plan:
-    actions: np.ndarray  # [T,K] Action codes, one per (token, routed expert)
+    actions: np.ndarray | None  # [T,K] Action codes, one per (token, routed expert); None: HIT everywhere (`hits`)
     standins: np.ndarray | None = None  # [T,K] stand-in expert where SUBSTITUTE, else -1
     evict: list[ExpertKey] = field(default_factory=list)
     discard: set[int] = field(default_factory=set)
     scale: np.ndarray | None = None  # [T,K] factors on the router scores of routed experts (1 = unchanged)
+
+    @classmethod
+    def hits(cls, evict: Iterable[ExpertKey] = (), discard: Iterable[int] = ()) -> "Plan":
+        """A plan where every (token, routed expert) is a HIT: a decode layer's usual case, which `check_plan` checks
+        without building the [T,K] codes (`actions` None)."""
+        return cls(actions=None, evict=list(evict), discard=set(discard))
 
     @classmethod
     def per_expert(
@@ -156,6 +162,8 @@ class Plan:
         discard: Iterable[int] = (),
     ) -> "Plan":
         """A plan where every token that routes to expert e gets `placement[e]` (no substitution)."""
+        if all(a == _HIT for a in placement.values()) and all(e in placement for row in view.routed for e in row):
+            return cls.hits(evict, discard)
         lut = np.full(view.model.num_experts, -1, dtype=np.int8)
         for e, a in placement.items():
             lut[e] = int(a)
@@ -178,7 +186,7 @@ class ExecPlan:
     where: dict[int, Action]  # expert -> HIT (resident), LOAD or CPU
     tokens: dict[int, list[int]]  # expert -> token rows that compute it, in HF's (rank, token) order
     changed: list[int]  # tokens whose computed set or scores differ from the router's: family weight rule
-    changed_mask: np.ndarray  # [len(changed),E] bool: the experts each changed token computes
+    changed_mask: np.ndarray | None  # [len(changed),E] bool: the experts each changed token computes (None: none changed)
     scale: np.ndarray | None  # [T,E] score factors, or None
     loads: list[int]  # experts copied this layer, ascending
     evict: list[ExpertKey]
@@ -202,11 +210,16 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
     Runs for every MoE layer of every forward: plain Python lists and int codes throughout, and no numpy
     call whose fixed cost would dominate a decode layer's few (token, expert) pairs."""
     experts = view.routed  # [T][K]
-    T, K = view.topk.shape
-    E = view.model.num_experts
     layer = view.layer
     resident = view.cache.resident(layer)
-    actions = plan.actions if isinstance(plan.actions, np.ndarray) else np.asarray(plan.actions)
+    if plan.actions is None and plan.scale is None and plan.standins is None:
+        return _check_hits(plan, view, policy, experts, resident)
+    T, K = view.topk.shape
+    E = view.model.num_experts
+    if plan.actions is None:
+        actions = np.zeros((T, K), dtype=np.int8)  # HIT everywhere
+    else:
+        actions = plan.actions if isinstance(plan.actions, np.ndarray) else np.asarray(plan.actions)
     if actions.shape != (T, K):
         raise _fail(policy, layer, f"actions have shape {actions.shape}, expected {(T, K)} (tokens, top-k)")
     if actions.dtype.kind not in "iu":
@@ -236,9 +249,11 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
         ]
     else:
         changed = []  # every token computes exactly its routed experts
-    changed_mask = np.zeros((len(changed), E), dtype=bool)
-    for i, t in enumerate(changed):
-        changed_mask[i, list(computed[t])] = True
+    changed_mask = None
+    if changed:
+        changed_mask = np.zeros((len(changed), E), dtype=bool)
+        for i, t in enumerate(changed):
+            changed_mask[i, list(computed[t])] = True
 
     evict: list[ExpertKey] = []
     discard: set[int] = set()
@@ -261,6 +276,28 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
         substitutions=subs,
         skips=skips,
     )
+
+
+def _check_hits(plan: Plan, view: LayerView, policy: str, experts: list[list[int]], resident) -> ExecPlan:
+    """`check_plan` of a plan that makes every routed expert a HIT (`Plan.hits`): each must be resident. The token
+    rows go in HF's order (by top-k rank, then token); a router's top-k names distinct experts, so no token computes
+    one twice."""
+    if len(experts) == 1:  # a batch-1 decode step
+        tokens = {e: [0] for e in experts[0]}
+    else:
+        tokens = {}
+        for j in range(len(experts[0])):
+            for t, row in enumerate(experts):
+                tokens.setdefault(row[j], []).append(t)
+    if not resident.issuperset(tokens):
+        e = min(tokens.keys() - resident)
+        raise _fail(policy, view.layer, f"HIT for expert {e}, which is not resident")
+    evict: list[ExpertKey] = []
+    discard: set[int] = set()
+    if plan.evict or plan.discard:
+        evict, discard = _checked_frees(plan, view, policy, set(tokens))
+    return ExecPlan(where=dict.fromkeys(tokens, Action.HIT), tokens=tokens, changed=[], changed_mask=None, scale=None,
+                    loads=[], evict=evict, discard=discard, substitutions=0, skips=0)
 
 
 def _walk(acts, stands, experts, resident, T: int, K: int, E: int, policy: str, layer: int):

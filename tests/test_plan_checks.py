@@ -175,6 +175,28 @@ def test_check_plan_rules():
         check_plan(Plan(actions=np.array([[0, 2], [2, 2]]), scale=-np.ones((2, 2))), view, "p")
 
 
+def test_an_all_hit_plan_is_checked_as_its_codes_would_be():
+    """`Plan.hits()` (no [T,K] codes: what `Plan.per_expert` makes when every routed expert is a HIT) gives the same
+    checked plan as the explicit codes, and the same errors."""
+    pool = FakePool(5, resident=[(0, 0), (0, 1), (0, 2), (1, 3)])
+    for topk in ([[2, 0]], [[0, 1], [1, 2]], [[1, 0], [2, 1], [0, 2]]):
+        view = make_view(pool, topk)
+        codes = Plan(actions=np.zeros((len(topk), 2), dtype=np.int8), evict=[(1, 3)])
+        fast = Plan.per_expert(view, dict.fromkeys(view.needed(), Action.HIT), evict=[(1, 3)])
+        assert fast.actions is None and Plan.hits().actions is None
+        assert check_plan(fast, view, "p") == check_plan(codes, view, "p")
+        assert list(check_plan(fast, view, "p").tokens) == list(check_plan(codes, view, "p").tokens)  # HF's order
+    view = make_view(pool, [[0, 3], [1, 0]])  # expert 3 of layer 0 is not resident
+    for plan in (Plan.hits(), Plan(actions=np.zeros((2, 2), dtype=np.int8))):
+        with pytest.raises(PolicyError, match="HIT for expert 3, which is not resident"):
+            check_plan(plan, view, "p")
+    with pytest.raises(PolicyError, match="evicts expert 0, which this layer computes"):
+        check_plan(Plan.hits(evict=[(0, 0)]), make_view(pool, [[0, 1]]), "p")
+    # a placement that leaves a routed expert out is not an all-hit plan: the codes name the gap
+    with pytest.raises(PolicyError, match="every routed expert needs an action"):
+        check_plan(Plan.per_expert(make_view(pool, [[0, 1]]), {0: Action.HIT}), make_view(pool, [[0, 1]]), "p")
+
+
 def test_check_plan_slot_feasibility():
     # two free slots, three loads: refused without eviction, admitted with one eviction or one discard reuse
     view = make_view(FakePool(3, resident=[(1, 0)]), [[1, 2], [2, 3]])

@@ -149,13 +149,13 @@ class SMoE(CachingPolicy):
         self._bind(view.model)
         layer = view.layer
         routed_rows = view.routed  # [T][K]
-        T, K = view.topk.shape
         resident = view.cache.resident(layer)
         routed = set().union(*routed_rows)
         if self.replace != "lower" and routed <= resident:
-            # every routed expert is resident: nothing to replace, nothing to load (a decode layer's usual case)
+            # every routed expert is resident: nothing to replace, nothing to load
             self._touch_layer(layer, sorted(routed))  # what cache_plan does with hits only: no room to make
-            return Plan(actions=np.zeros((T, K), dtype=np.int8))  # HIT everywhere
+            return Plan.hits()
+        T, K = view.topk.shape
         computed = routed_rows
         if self.replace in ("substitute", "skip") and self.alpha > 0:
             computed = route_rows(view.score_rows, routed_rows, self.alpha, resident)
