@@ -346,6 +346,9 @@ class Engine:
         set is unchanged, the family rule where the plan changed it (`ExecPlan.changed`)."""
         topk = view.topk_np  # [T,K]
         T = len(topk)
+        if len(ex.changed) == T:  # every token's set changed (a batch-1 step that substitutes): the rule gives all
+            scores = view.scores if ex.scale is None else torch.from_numpy(view.scores_np * ex.scale)  # [T,E]
+            return self.weight_rule(scores, torch.from_numpy(ex.changed_mask)).numpy()
         w = np.zeros(view.scores.shape, dtype=np.float32)  # [T,E]
         rows = self._rows.get(T)
         if rows is None:  # kept per batch size: one arange less in every layer
