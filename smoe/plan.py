@@ -149,8 +149,8 @@ class Plan:
 
     @classmethod
     def hits(cls, evict: Iterable[ExpertKey] = (), discard: Iterable[int] = ()) -> "Plan":
-        """A plan where every (token, routed expert) is a HIT: a decode layer's usual case, which `check_plan` checks
-        without building the [T,K] codes (`actions` None)."""
+        """A plan where every (token, routed expert) is a HIT (every layer of the floor; a caching policy's layers whose
+        routed experts are all resident), which `check_plan` checks without building the [T,K] codes (`actions` None)."""
         return cls(actions=None, evict=list(evict), discard=set(discard))
 
     @classmethod
