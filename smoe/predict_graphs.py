@@ -3,8 +3,8 @@
 Where it sits: `NextLayerPredictor` hands its decode predictions (one new token per sequence, S = 1) here once
 `NextLayerPredictor.compile` is called (the runtime does so on a GPU). A decode step at batch 1 is bound by
 the host's launch work, and a prediction launched op by op through the HF modules cost about 1.2 ms of host
-time per layer for 0.12 ms of GPU time (README, the fourth campaign's profile). Here a prediction is split
-into pieces of fixed shapes, each captured once per (layer, tokens) and then replayed:
+time per layer for 0.12 ms of GPU time (docs/h200-campaigns.md, the fourth campaign's profile). Here a prediction
+is split into pieces of fixed shapes, each captured once per (layer, tokens) and then replayed:
   - `gate` (the prediction without attention, the early one, and HybriMoE's look-ahead): the layer's approximate
     output -> the target layer's post-attention norm -> its router -> scores [T,E];
   - with attention, `pre`: approximate output -> next layer's input norm -> q/k/v projections -> rotary;

@@ -65,8 +65,9 @@ def default_grouped(device: torch.device) -> str:
 def default_kv_cache(device: torch.device) -> str:
     """The KV cache by default: on a GPU one static buffer per layer, so a decode layer's whole attention (and the
     predictor's) is one CUDA graph. On the H200 (Qwen2-57B shape, 48 GB, exam, batch 1, 2 rounds ABBA) the all-GPU
-    step took 28-39 ms against 46-76 over the growing cache, and SMoE's 67-70 against 89-97 (README, fourteenth
-    campaign). On a CPU the cache grows each step, as before: the pieces run eagerly there, with no graphs to gain."""
+    step took 28-39 ms against 46-76 over the growing cache, and SMoE's 67-70 against 89-97
+    (docs/h200-campaigns.md, fourteenth campaign). On a CPU the cache grows each step, as before: the pieces run
+    eagerly there, with no graphs to gain."""
     return "static" if device.type == "cuda" else "dynamic"
 
 
@@ -74,7 +75,7 @@ def default_cpu_threads() -> int:
     """Threads of the CPU-expert worker: half the logical cores (about the physical ones, where two hyperthreads
     share a core), so the driver thread, whose host work paces a decode step, is not starved. On the H200 host (16
     logical cores) SMoE decoded at 122 ms per token with 8 threads and 206 ms with 15, HybriMoE 187 and 185 ms, and
-    a CPU expert step took 43 against 38 ms (README, fifth campaign)."""
+    a CPU expert step took 43 against 38 ms (docs/h200-campaigns.md, fifth campaign)."""
     return max(1, (os.cpu_count() or 2) // 2)
 
 

@@ -2,7 +2,7 @@
 
 Where it sits: the runtime calls `install` on a GPU (`Runtime(skeleton_graphs=...)`). A decode step at batch 1
 is bound by the host's launch work: the all-GPU floor of the Qwen2-57B shape took 65-135 ms per token on the
-H200 for a few ms of GPU work (README, fifth campaign). For each decoder layer of a known pre-norm kind
+H200 for a few ms of GPU work (docs/h200-campaigns.md, fifth campaign). For each decoder layer of a known pre-norm kind
 (`LAYERS`) whose attention is the plain q/k/v/o + rotary kind (`PredictorPieces.lean_attention`), the layer's
 `forward` is replaced, for decode calls only (one new token per sequence), by:
   - `pre`, a graph: input norm -> q/k/v projections -> rotary;
