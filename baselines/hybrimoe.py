@@ -27,7 +27,6 @@ import numpy as np
 from smoe.caching import CachingPolicy
 from smoe.plan import Action, ExpertKey, LayerView, ModelInfo, Plan, PrefetchPlan
 from smoe.policy import register_policy
-from smoe.predict import Ask
 
 
 @register_policy("hybrimoe")
@@ -82,21 +81,14 @@ class HybriMoE(CachingPolicy):
     def predictor_passes(self) -> int:
         return self.depth  # one router pass per look-ahead layer
 
-    def _targets(self, view: LayerView) -> tuple[int, ...]:
-        """The MoE layers whose experts this layer's prefetch predicts."""
-        layers = self.model.moe_layers
-        i = layers.index(view.layer)
-        return layers[i + 1:i + 1 + self.depth]
-
-    def prefetch_asks(self, view: LayerView) -> tuple[Ask, ...]:
-        return () if view.phase != "decode" else (Ask("gate_scores", targets=tuple(self._targets(view))),)
-
     def prefetch(self, view: LayerView, ctx) -> PrefetchPlan | None:  # type: ignore[override]
         if view.phase != "decode":
             return None
+        layers = self.model.moe_layers
+        i = layers.index(view.layer)
         c_cpu = view.model.expert_bytes / (self.cpu_gbps * 1e9)
         impact: list[tuple[float, ExpertKey]] = []
-        targets = self._targets(view)
+        targets = layers[i + 1:i + 1 + self.depth]
         for d, (target, predicted) in enumerate(zip(targets, ctx.gate_scores(targets)), 1):
             scores = predicted.max(dim=0).values  # [E] best predicted score over the batch
             top, best = scores.topk(self.model.top_k).indices.tolist(), scores.tolist()

@@ -91,9 +91,6 @@ class MoEInfinity(CachingPolicy):
                 self.current[self.index[view.layer], row] += 1
         return self.plan_placement(view, hit_or_load(view))
 
-    def prefetch_asks(self, view: LayerView) -> tuple:
-        return ()  # its prefetch reads its own activation statistics, no prediction
-
     def prefetch(self, view: LayerView, ctx) -> PrefetchPlan | None:  # type: ignore[override]
         if view.phase != "decode":
             return None

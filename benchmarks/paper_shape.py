@@ -45,8 +45,7 @@ from smoe.costmodel import SKELETON_MODES  # noqa: E402
 from smoe.errors import SmoeError  # noqa: E402
 from smoe.files import write_csv  # noqa: E402
 from smoe.hardware import h2d_rate  # noqa: E402
-from smoe.engine import PREFETCH_AT  # noqa: E402
-from smoe.policy import ExpertPolicy, make_policy, parse_policy_spec, policy_names  # noqa: E402
+from smoe.policy import make_policy, parse_policy_spec, policy_names  # noqa: E402
 from smoe.replay import filled_host_store, run_replayed  # noqa: E402
 from smoe.runtime import KV_CACHES, default_kv_cache  # noqa: E402
 from smoe.shapes import SHAPES, RandomSource  # noqa: E402
@@ -102,11 +101,6 @@ def main() -> int:
                          "each step (its default on a CPU); rows whose cache is not the device's default are "
                          "labelled {policy}@static-kv or {policy}@dynamic-kv, against a floor of their own; both: "
                          "side by side")
-    ap.add_argument("--prefetch-at", nargs="+", default=["next-layer"], choices=list(PREFETCH_AT),
-                    help="where a prefetching policy's decode-layer prefetch decision runs: at the next MoE layer's "
-                         "start, its predictions queued within the layer without a wait (the runtime's default), "
-                         "and/or within the layer after waiting for them (rows labelled {policy}@in-layer-prefetch); "
-                         "the decisions are the same; both: side by side")
     ap.add_argument("--cpu-threads", type=int, nargs="+", default=[None],
                     help="threads of the CPU-expert worker (default: the runtime's, half the cores); several: every "
                          "policy is run with each, rows labelled {policy}@cpu{N}")
@@ -129,10 +123,7 @@ def main() -> int:
     params = dict(s.split("=", 1) for s in args.set)
     try:
         specs = {p: parse_policy_spec(p) for p in policies}
-        made = {p: make_policy(base, **{**params, **own}) for p, (base, own) in specs.items()}
-        predicts = {p: pol.predictor_passes > 0 for p, pol in made.items()}
-        # policies whose prefetch decision can be left for the next layer (`ExpertPolicy.prefetch_asks`)
-        defers = {p: type(pol).prefetch_asks is not ExpertPolicy.prefetch_asks for p, pol in made.items()}
+        predicts = {p: make_policy(base, **{**params, **own}).predictor_passes > 0 for p, (base, own) in specs.items()}
     except SmoeError as e:
         ap.error(str(e))
     links = [g or None for g in args.link_gbps]  # None: the machine's own link
@@ -177,13 +168,12 @@ def main() -> int:
                 [{"cache_experts": n} for n in args.slots]
             modes = [(sk, gr, bo, kv) for sk in args.skeleton for gr in args.grouped for bo in args.block_order
                      for kv in args.kv_cache]
-            floors = [("all-gpu", None, None, "graphs", args.cpu_threads[0], args.prefetch_at[0], *m) for m in modes]
-            offload = [(p, b, g, mode, threads, at, *m) for g in links for b in sizes for p in policies if p != "all-gpu"
+            floors = [("all-gpu", None, None, "graphs", args.cpu_threads[0], *m) for m in modes]
+            offload = [(p, b, g, mode, threads, *m) for g in links for b in sizes for p in policies if p != "all-gpu"
                        for mode in (args.predictor if predicts[p] else args.predictor[:1])
-                       for threads in args.cpu_threads for at in (args.prefetch_at if defers[p] else args.prefetch_at[:1])
-                       for m in modes]
+                       for threads in args.cpu_threads for m in modes]
             rounds = [(r, s) for r in range(args.repeats) for s in floors + (offload[::-1] if r % 2 else offload)]
-            for repeat, (policy, budget, link, mode, threads, at, skeleton, grouped, order, kv) in rounds:
+            for repeat, (policy, budget, link, mode, threads, skeleton, grouped, order, kv) in rounds:
                 try:
                     size = {"cache_experts": every_expert} if budget is None else budget
                     base, own = specs.get(policy, (policy, {}))
@@ -195,7 +185,7 @@ def main() -> int:
                                   block_graphs=None if skeleton == "layer" else False,
                                   cpu_threads=threads,
                                   grouped_experts=None if args.device == "cpu" else grouped,
-                                  router_first=order == "router-first", kv_cache=kv, prefetch_at=at, **size)
+                                  router_first=order == "router-first", kv_cache=kv, **size)
                     label = policy
                     if mode == "eager" and predicts[policy]:
                         label += "@eager-predictor"
@@ -207,8 +197,6 @@ def main() -> int:
                         label += "@hf-block-order"
                     if kv != default_kv:
                         label += f"@{kv}-kv"
-                    if at == "layer" and defers.get(policy, False):
-                        label += "@in-layer-prefetch"
                     if len(args.cpu_threads) > 1 and policy != "all-gpu":
                         label += f"@cpu{threads or 'default'}"
                     policy = label

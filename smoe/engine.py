@@ -13,9 +13,7 @@ router, shared experts and dense layers run unchanged; for the routed experts th
      each loaded expert is computed as soon as its copy lands (event wait, no device synchronize);
   4. lets the policy prefetch later layers (the prediction reads the experts resident before this layer's
      prefetched ones, which are computed after it: queued before the host waits for the prediction, so the device
-     runs them while the host decides; for a policy that declares the predictions it reads, the decision and
-     `observe` wait for the next MoE layer's start instead: `prefetch_at`, `settle`), collects the CPU results, and
-     combines every expert's output
+     runs them while the host decides), collects the CPU results, and combines every expert's output
      with the family's gate weights, in ascending expert order as the HF module does (so a plan that
      changes nothing reproduces the HF output bit for bit on the same device);
   5. counts every metric and, if asked, appends the layer's scores and executed plan to the trace.
@@ -25,7 +23,6 @@ from __future__ import annotations
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -81,7 +78,6 @@ class Engine:
         trace_predictions: bool = False,
         predictor: NextLayerPredictor | None = None,
         grouped: str = "off",
-        prefetch_at: str = "next-layer",
     ):
         self.policy = policy
         self.pool = pool
@@ -114,12 +110,6 @@ class Engine:
         # slots ("slots", `grouped_kernel`) or gathered out of them first ("gather"); "off": expert by expert, as
         # HF orders.
         self.grouped = grouped
-        # a decode layer's prefetch decision, for a policy that declares the predictions it reads (`prefetch_asks`):
-        # "next-layer" queues them and the rest of the layer, and decides at the next MoE layer's start, while the
-        # device runs that layer's attention (`_Later`); "layer" waits for them and decides within the layer
-        assert prefetch_at in PREFETCH_AT, prefetch_at
-        self.prefetch_at = prefetch_at
-        self.later: _Later | None = None  # a layer's prefetch decision (and observe) left for the next MoE layer
 
     # ---- whole-run hooks ----------------------------------------------------------------------------
     def preload_keys(self, keys: list) -> None:
@@ -156,7 +146,6 @@ class Engine:
 
     def _run_layer(self, layer, x, staged):
         # x [T,H]  staged: `stage_scores`' host copy under way
-        self.settle()  # the previous MoE layer's prefetch decision, if left for now: before anything reads the cache
         m = self.metrics[self.phase]
         early_read, early_s = None, 0.0  # the next layer's early prediction: queued now, read with no wait of its own
         if self.early_predicts and self.phase == "decode" and self.predictor.next_layer(layer) is not None:
@@ -274,7 +263,6 @@ class Engine:
                 and self.predictor is not None and self.predictor.replay is None:
             predicted = self._predictions(layer, x, partial())
         rest_queued = False
-        later = None
         if self.wants_prefetch and not pending:
             # A prediction queues the rest of the layer before it waits, so the device computes it while the host waits
             # and decides. Not in a layer that discards experts: that frees slots, which the prefetch must not see yet.
@@ -282,22 +270,17 @@ class Engine:
             ctx = PrefetchContext(layer, x, partial, self.predictor, self.pool.staging,
                                   then=queue_rest if rest_queued else None, early=early_read,
                                   early_key=self.early_key)
-            asks = None
-            if self.prefetch_at == "next-layer" and rest_queued and self.phase == "decode" \
-                    and layer != self.info.moe_layers[-1]:
-                asks = self.policy.prefetch_asks(view)
-            if asks is None:
-                prefetched = self._decide_prefetch(view, ctx, early_s)
-                self.pool.mark_used((layer, e) for e in late)  # after the prefetch, which counts them as not yet used
-            else:  # the predictions and the rest of the layer queued now, the decision at the next MoE layer
-                ctx.queue_ahead(asks)
-                m.predict_time_s += ctx.predict_s + early_s
-                ctx.predict_s = 0.0
-                later = _Later(view, ctx, plan, late)
-        else:
-            self.pool.mark_used((layer, e) for e in late)
+            t0 = time.perf_counter()
+            with span("smoe.prefetch"):
+                nxt = self.policy.prefetch(view, ctx)
+            m.policy_time_s += time.perf_counter() - t0 - ctx.predict_s - ctx.then_s
+            m.predict_time_s += ctx.predict_s + early_s
+            if nxt is not None:
+                prefetched = self._prefetch(nxt, layer)
+            ctx.finish_layer()
         if not rest_queued:
             queue_rest()
+        self.pool.mark_used((layer, e) for e in late)  # after the prefetch, which counts them as not yet used
         assert not pending, "check_plan admitted loads without slots"
 
         if cpu_future is not None:
@@ -315,10 +298,9 @@ class Engine:
         m.uses += sum(len(t) for t in ex.tokens.values())
         m.substitutions += ex.substitutions
         m.skips += ex.skips
-        if later is None:
-            t0 = time.perf_counter()
-            self.policy.observe(view, plan)
-            m.policy_time_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.policy.observe(view, plan)
+        m.policy_time_s += time.perf_counter() - t0
         if self.trace is not None:
             self.trace.append(
                 {
@@ -337,38 +319,7 @@ class Engine:
                     "predicted": predicted,
                 }
             )
-            if later is not None:
-                later.entry = self.trace[-1]  # its "prefetch", once decided
-        self.later = later
         return final
-
-    def _decide_prefetch(self, view: LayerView, ctx: PrefetchContext, early_s: float = 0.0) -> list:
-        """The policy's prefetch decision for `view`'s layer, and its loads issued -> the experts prefetched."""
-        m = self.metrics[self.phase]
-        t0, predict_s, then_s = time.perf_counter(), ctx.predict_s, ctx.then_s
-        with span("smoe.prefetch"):
-            nxt = self.policy.prefetch(view, ctx)
-        waited = ctx.predict_s - predict_s
-        m.policy_time_s += time.perf_counter() - t0 - waited - (ctx.then_s - then_s)
-        m.predict_time_s += waited + early_s
-        prefetched = [] if nxt is None else self._prefetch(nxt, view.layer)
-        ctx.finish_layer()
-        return prefetched
-
-    def settle(self) -> None:
-        """Run the prefetch decision and `observe` left by the last MoE layer (`prefetch_at="next-layer"`), if any:
-        at the next MoE layer's start, and before a new forward pass."""
-        later, self.later = self.later, None
-        if later is None:
-            return
-        view = later.view
-        prefetched = self._decide_prefetch(view, later.ctx)
-        self.pool.mark_used((view.layer, e) for e in later.late)  # after the prefetch, which counts them as not yet used
-        t0 = time.perf_counter()
-        self.policy.observe(view, later.plan)
-        self.metrics[self.phase].policy_time_s += time.perf_counter() - t0
-        if later.entry is not None:
-            later.entry["prefetch"] = prefetched
 
     def _grouped(self, layer: int, x: torch.Tensor, experts: list[int], w: "_GateWeights") -> torch.Tensor:
         """Sum over resident `experts` of gate weight x expert output, every token through every expert (a
@@ -451,22 +402,6 @@ class Engine:
             done.append(key)
             self.awaiting.add(key)
         return done
-
-
-PREFETCH_AT = ("next-layer", "layer")  # where a decode layer's prefetch decision runs (`Engine.prefetch_at`)
-
-
-@dataclass
-class _Later:
-    """A decode layer's prefetch decision and `observe`, left for the next MoE layer's start: its view, the context
-    whose predictions are queued (`PrefetchContext.queue_ahead`), its plan, its experts prefetched for it and computed
-    after the prediction (marked used once the decision has seen them as not yet used), its trace entry."""
-
-    view: LayerView
-    ctx: PrefetchContext
-    plan: object
-    late: list[int]
-    entry: dict | None = None
 
 
 class _GateWeights:

@@ -45,13 +45,6 @@ class ExpertPolicy:
         layer's input and the next MoE layer's predicted scores. Return experts of later layers to load now."""
         return None
 
-    def prefetch_asks(self, view: LayerView) -> tuple | None:
-        """The predictions `prefetch` will read for this layer (`predict.Ask`s; empty: none), declared so the engine
-        may queue them within the layer and call `prefetch` (then `observe`) at the start of the next MoE layer, while
-        the device runs that layer's attention, instead of waiting for them mid-layer. Nothing else may change in
-        between, so the decisions are the same. None (the default): `prefetch` runs within the layer."""
-        return None
-
     def observe(self, view: LayerView, plan: Plan) -> None:
         """Called after the layer executed `plan`."""
 

@@ -13,12 +13,10 @@ public SMoE code uses: the attention is skipped. Returns scores [T,E] on the dev
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .errors import PolicyError
 from .metrics import span
 
 
@@ -237,21 +235,6 @@ class NextLayerPredictor:
         return self.family.scores(logits)
 
 
-@dataclass(frozen=True)
-class Ask:
-    """A prediction a policy's `prefetch` will read, declared before it runs (`ExpertPolicy.prefetch_asks`) so the
-    engine can queue it within the layer and run the decision later: `Ask("predict", attention=...)` is
-    `ctx.predict(attention)`, `Ask("gate_scores", targets=(...))` is `ctx.gate_scores(targets)`. (`ctx.early()` needs
-    none: the engine queues that prediction anyway.)"""
-
-    kind: str  # "predict" | "gate_scores"
-    attention: bool = True
-    targets: tuple[int, ...] = ()
-
-    def __post_init__(self):
-        assert self.kind in ("predict", "gate_scores"), f"unknown prediction {self.kind!r}"
-
-
 class PrefetchContext:
     """What a policy's `prefetch` hook gets besides the layer view: the layer's input and, on demand, the
     predicted router scores of the next MoE layer (or of later ones).
@@ -261,11 +244,7 @@ class PrefetchContext:
     device computes them while the host waits and then decides the prefetch. The prediction reads the layer's
     output as `partial` gave it at the first request (the experts resident before this layer's prefetches).
     The `early` prediction (a policy's `early_prediction`) was queued by the engine before it read the layer's
-    router scores; its copy has usually landed by the time `early()` reads it.
-
-    Asked ahead (`queue_ahead`): the declared predictions are queued and their copies started, and the rest of the
-    layer queued, with no wait; the policy's `prefetch` runs later (the engine calls it at the next MoE layer's
-    start) and reads them then, by then usually landed. A read it did not declare is an error of the policy."""
+    router scores; its copy has usually landed by the time `early()` reads it."""
 
     def __init__(self, layer: int, hidden: torch.Tensor, partial, predictor: NextLayerPredictor | None,
                  staging, then=None, early=None, early_key: str = EARLY_KEY):
@@ -278,7 +257,6 @@ class PrefetchContext:
         self._then = then  # () -> None: queues the rest of the layer (run at most once)
         self._early = early  # the early prediction's copy to the host under way, if the engine queued it
         self._early_key = early_key  # what a trace records it under (`early_key`)
-        self._ahead: dict[Ask, tuple] | None = None  # declared predictions, queued by `queue_ahead`
         self.predict_s = 0.0  # host time spent in predictor passes (the runtime's, not the policy's)
         self.then_s = 0.0  # host time spent queueing the rest of the layer (the engine's)
 
@@ -300,43 +278,13 @@ class PrefetchContext:
             self._partial_out = self._partial()
         return self._partial_out
 
-    def queue_ahead(self, asks) -> None:
-        """Queue the predictions `asks` (`Ask`s) and start their copies to the host, then the rest of the layer; no
-        wait. The host time, less that rest's, is the runtime's predictor time (`predict_s`)."""
-        t0 = time.perf_counter()
-        with span("smoe.predict"):
-            self._ahead = {ask: self._queue(ask, f"predict{i or ''}") for i, ask in enumerate(dict.fromkeys(asks))}
-        if self._ahead:  # no prediction asked: no predictor time
-            self.predict_s += time.perf_counter() - t0
-        self.finish_layer()
-
-    def _queue(self, ask: Ask, channel: str = "predict") -> tuple:
-        """Queue one prediction and start its copy to the host -> what `finish_to_host` takes."""
-        if ask.kind == "predict":
-            assert self.next_layer is not None, "no MoE layer follows directly"
-            scores = [self._predictor.predict(self.layer, self.hidden, self.partial(), ask.attention)]
-        else:
-            partial = self.partial()
-            scores = [self._predictor.gate_scores(self.layer, self.hidden, partial, t) for t in ask.targets]
-        return self._staging.start_to_host(*scores, channel=channel)
-
-    def _take(self, ask: Ask) -> tuple:
-        """The copy to the host of the predictions `ask` names: queued ahead, or queued now."""
-        if self._ahead is None:
-            return self._queue(ask)
-        if ask not in self._ahead:
-            raise PolicyError(f"prefetch read {ask}, which its policy's prefetch_asks did not declare (declared: "
-                              f"{list(self._ahead) or 'none'}); a decision left for the next layer can only read "
-                              f"predictions queued within this one")
-        return self._ahead.pop(ask)
-
-    def _predicted(self, take, keys: list[str]) -> list[torch.Tensor]:
-        """take() -> the copy to the host of device predictions [T,E] each, started -> on the host, under replay the
+    def _predicted(self, queue, keys: list[str]) -> list[torch.Tensor]:
+        """queue() -> the copy to the host of device predictions [T,E] each, started -> on the host, under replay the
         ones recorded under `keys`; one wait, after the rest of the layer is queued. The host time, less that rest's,
         is the runtime's predictor time (`predict_s`)."""
         t0, then_s = time.perf_counter(), self.then_s
         with span("smoe.predict"):
-            started = take()
+            started = queue()
             self.finish_layer()
             host = self._staging.finish_to_host(started)
             out = [self._predictor.replayed(h, self.layer, key) for h, key in zip(host, keys)]
@@ -351,14 +299,23 @@ class PrefetchContext:
 
     def predict(self, attention: bool = True) -> torch.Tensor:
         """Predicted scores [T,E] of the next MoE layer, on the CPU."""
-        ask = Ask("predict", attention=attention)
-        return self._predicted(lambda: self._take(ask), [prediction_key(attention, 1)])[0]
+        assert self.next_layer is not None, "no MoE layer follows directly"
+
+        def queue():
+            scores = self._predictor.predict(self.layer, self.hidden, self.partial(), attention)
+            return self._staging.start_to_host(scores, channel="predict")
+
+        return self._predicted(queue, [prediction_key(attention, 1)])[0]
 
     def gate_scores(self, targets: list[int]) -> list[torch.Tensor]:
         """For each later MoE layer in `targets`: its router on this layer's approximate output [T,E], on the CPU
         (no layers in between run); one wait for all of them."""
         if not targets:
             return []
-        ask = Ask("gate_scores", targets=tuple(targets))
-        return self._predicted(lambda: self._take(ask),
-                               [prediction_key(False, self._predictor.distance(self.layer, t)) for t in targets])
+
+        def queue():
+            partial = self.partial()
+            scores = [self._predictor.gate_scores(self.layer, self.hidden, partial, t) for t in targets]
+            return self._staging.start_to_host(*scores, channel="predict")
+
+        return self._predicted(queue, [prediction_key(False, self._predictor.distance(self.layer, t)) for t in targets])

@@ -27,7 +27,7 @@ from . import grouped_kernel
 from . import router_first as router_order
 from .budget import kv_bytes_per_token, plan_memory
 from .checkpoint import Checkpoint
-from .engine import PREFETCH_AT, Engine, OffloadedExperts
+from .engine import Engine, OffloadedExperts
 from .errors import BudgetError, CheckpointError, OptionError, PromptError, SmoeError
 from .generate import greedy_decode
 from .hardware import EmulatedLink
@@ -106,14 +106,9 @@ class Runtime:
         kv_cache: str | None = None,  # KV_CACHES: "static" keeps one buffer per layer (reused by the generate calls
         # it fits), so a decode layer's whole attention (and the predictor's) is one fixed-shape piece, a graph on a
         # GPU (default: `default_kv_cache`)
-        prefetch_at: str = "next-layer",  # PREFETCH_AT: a decode layer's prefetch decision at the next MoE layer's start,
-        # its predictions queued without a wait (for policies that declare them: `ExpertPolicy.prefetch_asks`), or
-        # within the layer, after waiting for them
     ):
         if kv_cache is not None and kv_cache not in KV_CACHES:
             raise OptionError(f"kv_cache={kv_cache!r}; accepted: {', '.join(KV_CACHES)}")
-        if prefetch_at not in PREFETCH_AT:
-            raise OptionError(f"prefetch_at={prefetch_at!r}; accepted: {', '.join(PREFETCH_AT)}")
         self.kv_tokens = kv_tokens  # the KV positions the memory plan reserves, over the batch
         self.device = torch.device(device)
         self.kv_cache = default_kv_cache(self.device) if kv_cache is None else kv_cache
@@ -193,7 +188,6 @@ class Runtime:
             self.policy, self.pool, self.ckpt.family, config, self.info, act,
             cpu_threads=cpu_threads or default_cpu_threads(), trace=trace, trace_predictions=trace_predictions,
             predictor=NextLayerPredictor(self.model, blocks, self.ckpt.family), grouped=grouped,
-            prefetch_at=prefetch_at,
         )
         self.predictor_graphs = self.device.type == "cuda" if predictor_graphs is None else predictor_graphs
         if self.predictor_graphs:
@@ -267,7 +261,6 @@ class Runtime:
                 eng.trace = []
 
         def on_forward(phase: str, step: int) -> None:
-            eng.settle()  # nothing the last pass left may cross into this one (the last MoE layer leaves none)
             eng.phase, eng.step = phase, step
 
         if self.device.type == "cuda":
@@ -313,7 +306,6 @@ class Runtime:
             raise PromptError(f"{len(seqs)} sequences exceed the batch size {self.batch} the runtime was sized for")
         ids, mask = pad_left(seqs, pad_id=self.pad_id)
         eng = self.engine
-        eng.settle()
         if not accumulate:
             eng.metrics = Metrics(preload_loads=eng.metrics.preload_loads)
         eng.phase, eng.step = "prefill", 0
@@ -355,7 +347,6 @@ class Runtime:
             "grouped_experts": self.engine.grouped,  # how decode computed a layer's resident experts (GROUPED)
             "router_first": len(self.router_first),  # MoE blocks that ran their router before their shared expert
             "kv_cache": self.kv_cache,  # KV_CACHES
-            "prefetch_at": self.engine.prefetch_at,  # PREFETCH_AT
             "skeleton_capture_s": self.skeleton.capture_s if self.skeleton else 0.0,
         }
         return env

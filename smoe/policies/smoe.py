@@ -51,7 +51,6 @@ from smoe.caching import CachingPolicy
 from smoe.errors import PolicyParamError
 from smoe.plan import _CPU, _HIT, _LOAD, _SKIP, _SUB, ExpertKey, LayerView, Plan, PrefetchPlan
 from smoe.policy import register_policy
-from smoe.predict import Ask
 from smoe.router import best_first, by_score, route_rows
 
 REPLACE_MODES = ("none", "substitute", "skip", "lower")
@@ -212,11 +211,6 @@ class SMoE(CachingPolicy):
     @property
     def early_attention(self) -> bool:
         return self.prefetch_mode == "early-attention"
-
-    def prefetch_asks(self, view: LayerView) -> tuple[Ask, ...] | None:
-        if self.prefetch_mode == "none" or view.phase != "decode" or self.early_prediction:
-            return ()  # no prediction, or the early one (queued by the engine anyway)
-        return (Ask("predict", attention=self.prefetch_mode == "attention"),)
 
     def prefetch(self, view: LayerView, ctx) -> PrefetchPlan | None:  # type: ignore[override]
         if self.prefetch_mode == "none" or view.phase != "decode":
