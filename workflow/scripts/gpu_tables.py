@@ -8,7 +8,10 @@
                               before 2026-12-01); `block_order`: `router-first` (Qwen2-MoE blocks ran their
                               router before their shared expert) or `hf`; `kv_cache`: `dynamic` (grown each step,
                               every run before 2026-12-01's fourteenth campaign) or `static` (the GPU
-                              default since)),
+                              default since); `prefetch_at`: where a prefetching policy's decode-layer prefetch
+                              decision ran, `layer` (within the layer: every run but the nineteenth campaign's
+                              A/B, and its rows labelled `@in-layer-prefetch`) or `next-layer` (that A/B's other
+                              rows, at 488bbaf)),
                               then the cost model's rows for every profile (measured=False), modelled from
                               the native runs' executed plans: the paper's GPUs, and the machines measured by
                               the `machine_profile` rule (config `machine_profiles:`, and the machine this
@@ -45,8 +48,9 @@ for path in map(Path, sm.input.runs):  # {stem}.jsonl or {stem}.jsonl.gz, with {
     grouped = [r["env"].get("grouped_experts", "gather") for r in records]  # GPU runs gathered until 2026-12-01
     order = ["router-first" if r["env"].get("router_first", 0) > 0 else "hf" for r in records]  # hf until 2026-12-01
     kv = [r["env"].get("kv_cache", "dynamic") for r in records]
+    at = [r["env"].get("prefetch_at", "layer") for r in records]  # within the layer until 2026-12-02
     measured.append(rows.assign(emulated=rows.link_gbps.notna(), skeleton=skeleton, grouped=grouped, block_order=order,
-                                kv_cache=kv, source=f"{path.parent.name}/{path.name}"))
+                                kv_cache=kv, prefetch_at=at, source=f"{path.parent.name}/{path.name}"))
     # records older than `policy_resolved` ran with the defaults of their day: the env file states any that changed
     check, model = model_measured_runs(records, env["copy_Bps"] / 1e9, records[0]["row"]["gpu"], profiles,
                                        policy_defaults=env.get("policy_defaults"))
@@ -60,17 +64,19 @@ BASELINES = ["on-demand", "lru", "lfu", "fifo", "cpu-assist", "hybrimoe", "moe-i
 STEPS = ["lru", "smoe-ce", "smoe-ce-cr", "smoe-ce-cr-pre", "smoe"]
 runs = pd.concat(measured, ignore_index=True)
 runs["folder"] = runs.source.str.split("/").str[0]
-# the modes are the `skeleton`, `grouped`, `block_order` and `kv_cache` columns
+# the modes are the `skeleton`, `grouped`, `block_order`, `kv_cache` and `prefetch_at` columns; the floor, which
+# prefetches nothing, is shared by both `prefetch_at` settings
 runs["policy"] = runs.policy.str.replace(
-    "@eager-skeleton|@attention-skeleton|@gather-experts|@hf-block-order|@static-kv|@dynamic-kv", "", regex=True)
+    "@eager-skeleton|@attention-skeleton|@gather-experts|@hf-block-order|@static-kv|@dynamic-kv|@in-layer-prefetch", "",
+    regex=True)
 modes = ["skeleton", "grouped", "block_order", "kv_cache"]
-setting = ["folder", "model", "budget_gb", "batch", "workload", *modes]
+setting = ["folder", "model", "budget_gb", "batch", "workload", *modes, "prefetch_at"]
 # a setting run in several rounds (`paper_shape.py --repeats`) counts with its median
 floors = runs[runs.policy == "all-gpu"].groupby(["folder", "model", "batch", "workload", *modes],
                                                 dropna=False).tpot_s.median()
 summary, steps = [], []
 for key, group in runs[runs.policy != "all-gpu"].groupby(setting, dropna=False, sort=False):
-    floor = floors.get((key[0], key[1], *key[3:]))
+    floor = floors.get((key[0], key[1], *key[3:-1]))
     for link, g in group.groupby(group.link_gbps.fillna(0), sort=False):
         t = g.groupby("policy", sort=False)[["tpot_s", "hit_rate"]].median()
         base = t.tpot_s[t.index.isin(BASELINES)]
