@@ -70,13 +70,14 @@ runs["policy"] = runs.policy.str.replace(
     "@eager-skeleton|@attention-skeleton|@gather-experts|@hf-block-order|@static-kv|@dynamic-kv|@in-layer-prefetch", "",
     regex=True)
 modes = ["skeleton", "grouped", "block_order", "kv_cache"]
+floor_key = ["folder", "model", "batch", "workload", *modes]  # the floor has no budget and prefetches nothing
 setting = ["folder", "model", "budget_gb", "batch", "workload", *modes, "prefetch_at"]
 # a setting run in several rounds (`paper_shape.py --repeats`) counts with its median
-floors = runs[runs.policy == "all-gpu"].groupby(["folder", "model", "batch", "workload", *modes],
-                                                dropna=False).tpot_s.median()
+floors = runs[runs.policy == "all-gpu"].groupby(floor_key, dropna=False).tpot_s.median()
 summary, steps = [], []
 for key, group in runs[runs.policy != "all-gpu"].groupby(setting, dropna=False, sort=False):
-    floor = floors.get((key[0], key[1], *key[3:-1]))
+    named = dict(zip(setting, key))
+    floor = floors.get(tuple(named[c] for c in floor_key))
     for link, g in group.groupby(group.link_gbps.fillna(0), sort=False):
         t = g.groupby("policy", sort=False)[["tpot_s", "hit_rate"]].median()
         base = t.tpot_s[t.index.isin(BASELINES)]
