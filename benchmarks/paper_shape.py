@@ -101,11 +101,6 @@ def main() -> int:
                          "each step (its default on a CPU); rows whose cache is not the device's default are "
                          "labelled {policy}@static-kv or {policy}@dynamic-kv, against a floor of their own; both: "
                          "side by side")
-    ap.add_argument("--hits-before-plan", nargs="+", default=["on"], choices=["on", "off"],
-                    help="decode, grouped: a layer's routed, resident experts computed before the policy plans, so "
-                         "the device computes them while the host plans (the runtime's default), and/or after the "
-                         "plan (rows labelled {policy}@hits-after-plan, against a floor of their own); both: side by "
-                         "side")
     ap.add_argument("--cpu-threads", type=int, nargs="+", default=[None],
                     help="threads of the CPU-expert worker (default: the runtime's, half the cores); several: every "
                          "policy is run with each, rows labelled {policy}@cpu{N}")
@@ -171,14 +166,14 @@ def main() -> int:
             trace = Path(args.traces) / workload / f"b{batch}.pt"
             sizes = [{"budget_gb": b} for b in args.budgets_gb] if args.budgets_gb else \
                 [{"cache_experts": n} for n in args.slots]
-            modes = [(sk, gr, bo, kv, hb) for sk in args.skeleton for gr in args.grouped for bo in args.block_order
-                     for kv in args.kv_cache for hb in args.hits_before_plan]
+            modes = [(sk, gr, bo, kv) for sk in args.skeleton for gr in args.grouped for bo in args.block_order
+                     for kv in args.kv_cache]
             floors = [("all-gpu", None, None, "graphs", args.cpu_threads[0], *m) for m in modes]
             offload = [(p, b, g, mode, threads, *m) for g in links for b in sizes for p in policies if p != "all-gpu"
                        for mode in (args.predictor if predicts[p] else args.predictor[:1])
                        for threads in args.cpu_threads for m in modes]
             rounds = [(r, s) for r in range(args.repeats) for s in floors + (offload[::-1] if r % 2 else offload)]
-            for repeat, (policy, budget, link, mode, threads, skeleton, grouped, order, kv, hb) in rounds:
+            for repeat, (policy, budget, link, mode, threads, skeleton, grouped, order, kv) in rounds:
                 try:
                     size = {"cache_experts": every_expert} if budget is None else budget
                     base, own = specs.get(policy, (policy, {}))
@@ -190,8 +185,7 @@ def main() -> int:
                                   block_graphs=None if skeleton == "layer" else False,
                                   cpu_threads=threads,
                                   grouped_experts=None if args.device == "cpu" else grouped,
-                                  router_first=order == "router-first", kv_cache=kv,
-                                  hits_before_plan=hb == "on", **size)
+                                  router_first=order == "router-first", kv_cache=kv, **size)
                     label = policy
                     if mode == "eager" and predicts[policy]:
                         label += "@eager-predictor"
@@ -203,8 +197,6 @@ def main() -> int:
                         label += "@hf-block-order"
                     if kv != default_kv:
                         label += f"@{kv}-kv"
-                    if hb == "off":
-                        label += "@hits-after-plan"
                     if len(args.cpu_threads) > 1 and policy != "all-gpu":
                         label += f"@cpu{threads or 'default'}"
                     policy = label
@@ -218,10 +210,10 @@ def main() -> int:
                     continue
                 m, acc = rec["metrics"], rec["prefetch_accuracy"]
                 if policy.split("@")[0] == "all-gpu":
-                    floor[(batch, workload, skeleton, grouped, order, kv, hb, repeat)] = m["tpot_s"]
+                    floor[(batch, workload, skeleton, grouped, order, kv, repeat)] = m["tpot_s"]
                 steps = max(m["decode_steps"], 1)
                 link_Bps = rec["env"]["link_gbps"] * 1e9 if rec["env"]["link_gbps"] else env["copy_Bps"]
-                bound = max(floor.get((batch, workload, skeleton, grouped, order, kv, hb, repeat), 0.0),
+                bound = max(floor.get((batch, workload, skeleton, grouped, order, kv, repeat), 0.0),
                             m["decode"]["bytes_h2d"] / steps / link_Bps if link_Bps else 0.0)
                 row = {"model": name, "gpu": args.gpu, "measured": args.device == "cuda",
                        "budget_gb": (budget or {}).get("budget_gb"), "policy": policy, "batch": batch,

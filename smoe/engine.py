@@ -6,8 +6,6 @@ router, shared experts and dense layers run unchanged; for the routed experts th
   1. turns the router logits (captured by a hook on the block's gate) into scores [T,E] and asks the
      policy for a plan (scores, top-k and the router's weights copied to the host: a wait on the compute stream
      only, up to the router; a Qwen2-MoE block starts the copy before queueing its shared expert: `router_first.py`);
-     in a grouped decode layer the routed experts that are long resident are queued first, before the policy plans,
-     so the device computes them while the host plans (`hits_before_plan`; the plan's weights are applied after);
   2. checks the plan, evicts, makes the layer's gate weights on the host (the router's own where a token's set is
      unchanged, the family rule elsewhere; sent to the device as the experts need them), and sends CPU experts to
      the CPU worker thread;
@@ -80,7 +78,6 @@ class Engine:
         trace_predictions: bool = False,
         predictor: NextLayerPredictor | None = None,
         grouped: str = "off",
-        hits_before_plan: bool = True,
     ):
         self.policy = policy
         self.pool = pool
@@ -113,11 +110,6 @@ class Engine:
         # slots ("slots", `grouped_kernel`) or gathered out of them first ("gather"); "off": expert by expert, as
         # HF orders.
         self.grouped = grouped
-        # decode, grouped: a layer's routed experts that are long resident computed (every token through each) as soon
-        # as the router's choice is on the host, before the policy plans, so the device computes them while the host
-        # plans; the plan's weights are applied after it (`_grouped`'s `ahead`). Every policy computes a routed
-        # resident expert as a HIT, so it is rarely wasted; one the plan does not compute is dropped.
-        self.hits_before_plan = hits_before_plan
 
     # ---- whole-run hooks ----------------------------------------------------------------------------
     def preload_keys(self, keys: list) -> None:
@@ -183,13 +175,6 @@ class Engine:
             routed = set().union(*view.routed)
             m.prefetch_in_topk += sum(1 for key in judged if key[1] in routed)
             self.awaiting.difference_update(judged)
-        group = self.grouped != "off" and self.phase == "decode"
-        ahead = None  # (experts, their outputs [n,T,H]): the routed, long-resident ones, computed before the plan
-        if group and self.hits_before_plan:
-            resident = self.pool.by_layer.get(layer, ())
-            first = sorted(e for e in set().union(*view.routed) if e in resident and e not in in_flight)
-            if len(first) > 1:  # a single hit is computed on its own rows (`compute`), not grouped
-                ahead = (first, self._expert_outputs(layer, x, first))
         t0 = time.perf_counter()
         with span("smoe.plan"):
             plan = self.policy.plan(view)
@@ -243,20 +228,21 @@ class Engine:
         # output, so it never waits for a copy and the next prefetches queue behind the ones in flight.
         early = [e for e in hits if e not in in_flight]
         late = [e for e in hits if e in in_flight]
+        group = self.grouped != "off" and self.phase == "decode"
         summed: set[int] = set()  # experts whose weighted output hit_sum holds
         hit_sum = None  # [T,H]
 
-        def add_hits(experts: list[int], ahead=None) -> None:
+        def add_hits(experts: list[int]) -> None:
             nonlocal hit_sum
             if group and len(experts) > 1:
-                part = self._grouped(layer, x, experts, w, ahead)  # [T,H]
+                part = self._grouped(layer, x, experts, w)  # [T,H]
                 hit_sum = part if hit_sum is None else hit_sum + part
                 summed.update(experts)
             else:
                 for e in experts:
                     compute(e)
 
-        add_hits(early, ahead)
+        add_hits(early)
         self.pool.mark_used((layer, e) for e in early)
         # Prefetch for later layers while this layer's loads are still copying.
         prefetched: list = []
@@ -335,35 +321,18 @@ class Engine:
             )
         return final
 
-    def _grouped(self, layer: int, x: torch.Tensor, experts: list[int], w: "_GateWeights", ahead=None) -> torch.Tensor:
+    def _grouped(self, layer: int, x: torch.Tensor, experts: list[int], w: "_GateWeights") -> torch.Tensor:
         """Sum over resident `experts` of gate weight x expert output, every token through every expert (a
         token that does not use one has weight 0 there): x [T,H], w [T,E] -> [T,H]. For decode, where T is the
-        batch: the weights are read once either way, and the layer is a handful of kernels. `ahead`: (experts, their
-        outputs [m,T,H]) computed already; the outputs are stacked in `experts`' order either way, so the sum is the
-        same to the bit."""
-        if ahead is None:
-            y = self._expert_outputs(layer, x, experts)  # [n,T,H]
-        elif ahead[0] == experts:
-            y = ahead[1]
-        else:
-            done, y = ahead
-            rest = [e for e in experts if e not in done]
-            if rest:
-                y = torch.cat([y, self._expert_outputs(layer, x, rest)])  # [m+r,T,H]
-            at = {e: i for i, e in enumerate([*done, *rest])}
-            y = y.index_select(0, self._to_device(np.asarray([at[e] for e in experts], dtype=np.int64)))  # [n,T,H]
-        gate = w.columns(experts)  # [n,T]
-        return (y * gate[..., None].to(y.dtype)).sum(0)
-
-    def _expert_outputs(self, layer: int, x: torch.Tensor, experts: list[int]) -> torch.Tensor:
-        """Every token through each of these resident experts: x [T,H] -> [n,T,H]; their slots' reads end here."""
+        batch: the weights are read once either way, and the layer is a handful of kernels."""
         keys = [(layer, e) for e in experts]
         if self.grouped == "slots":
             y = slot_grouped_forward(x, self.pool.data, self.pool.slot_index(keys), self.shape, self.act)  # [n,T,H]
         else:
             y = grouped_forward(x, self.pool.gather(keys), self.shape, self.act)  # [n,T,H]
         self.pool.release_all(keys)
-        return y
+        gate = w.columns(experts)  # [n,T]
+        return (y * gate[..., None].to(y.dtype)).sum(0)
 
     @staticmethod
     def _combine(final, experts, outs, tok, w: "_GateWeights"):

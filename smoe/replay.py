@@ -162,7 +162,7 @@ def run_replayed(source, policy: str, trace: str | Path, batch: int, *, device: 
                  link_gbps: float | None = None, max_segments: int | None = None,
                  predictor_graphs: bool | None = None, skeleton_graphs: bool | None = None,
                  block_graphs: bool | None = None, cpu_threads: int | None = None, grouped_experts: str | None = None,
-                 router_first: bool = True, kv_cache: str | None = None, hits_before_plan: bool = True) -> dict:
+                 router_first: bool = True, kv_cache: str | None = None) -> dict:
     """One run of `source` (e.g. a `shapes.RandomSource`) routed by `trace`: every generate call of the trace
     again, with random prompt ids of the recorded lengths. Returns a record shaped like `cli.run_one`'s (plus
     `prefetch_accuracy`); `record_trace` also saves this run's own trace (what belady reads); `max_segments` replays
@@ -177,8 +177,7 @@ def run_replayed(source, policy: str, trace: str | Path, batch: int, *, device: 
                  policy_params=params, host_store=host_store, trace=True, kv_tokens=4096, link_gbps=link_gbps,
                  predictor_graphs=predictor_graphs, skeleton_graphs=skeleton_graphs, block_graphs=block_graphs,
                  cpu_threads=cpu_threads,
-                 grouped_experts=grouped_experts, router_first=router_first, kv_cache=kv_cache,
-                 hits_before_plan=hits_before_plan)
+                 grouped_experts=grouped_experts, router_first=router_first, kv_cache=kv_cache)
     try:
         replay = RoutingReplay.load(trace, rt.info.moe_layers)
         replay.install(rt)

@@ -106,8 +106,6 @@ class Runtime:
         kv_cache: str | None = None,  # KV_CACHES: "static" keeps one buffer per layer (reused by the generate calls
         # it fits), so a decode layer's whole attention (and the predictor's) is one fixed-shape piece, a graph on a
         # GPU (default: `default_kv_cache`)
-        hits_before_plan: bool = True,  # decode, grouped: a layer's routed, resident experts computed before the policy
-        # plans (`Engine.hits_before_plan`)
     ):
         if kv_cache is not None and kv_cache not in KV_CACHES:
             raise OptionError(f"kv_cache={kv_cache!r}; accepted: {', '.join(KV_CACHES)}")
@@ -190,7 +188,6 @@ class Runtime:
             self.policy, self.pool, self.ckpt.family, config, self.info, act,
             cpu_threads=cpu_threads or default_cpu_threads(), trace=trace, trace_predictions=trace_predictions,
             predictor=NextLayerPredictor(self.model, blocks, self.ckpt.family), grouped=grouped,
-            hits_before_plan=hits_before_plan,
         )
         self.predictor_graphs = self.device.type == "cuda" if predictor_graphs is None else predictor_graphs
         if self.predictor_graphs:
@@ -350,7 +347,6 @@ class Runtime:
             "grouped_experts": self.engine.grouped,  # how decode computed a layer's resident experts (GROUPED)
             "router_first": len(self.router_first),  # MoE blocks that ran their router before their shared expert
             "kv_cache": self.kv_cache,  # KV_CACHES
-            "hits_before_plan": self.engine.hits_before_plan,
             "skeleton_capture_s": self.skeleton.capture_s if self.skeleton else 0.0,
         }
         return env
