@@ -11,7 +11,10 @@
                               default since); `prefetch_at`: where a prefetching policy's decode-layer prefetch
                               decision ran, `layer` (within the layer: every run but the nineteenth campaign's
                               A/B, and its rows labelled `@in-layer-prefetch`) or `next-layer` (that A/B's other
-                              rows, at 488bbaf)),
+                              rows, at 488bbaf); `hits`: when a grouped decode layer's routed, resident
+                              experts were queued, `after-plan` (every run but the twentieth campaign's A/B, and
+                              its rows labelled `@hits-after-plan`) or `before-plan` (that A/B's other rows, at
+                              8eaecbd)),
                               then the cost model's rows for every profile (measured=False), modelled from
                               the native runs' executed plans: the paper's GPUs, and the machines measured by
                               the `machine_profile` rule (config `machine_profiles:`, and the machine this
@@ -20,7 +23,7 @@
                               it ran on, at the run's own link rate; host costs are fitted on the native-link
                               runs, so the emulated-link runs (`held_out`) check it
   smoe_vs_best_gpu.csv        per measured setting (folder, shape, batch, workload, skeleton, grouped, block
-                              order and KV cache modes, link): the
+                              order, KV cache, hits and prefetch modes, link): the
                               all-GPU floor, the best offloading baseline and every SMoE variant's TPOT as a
                               multiple of it (a setting run in several rounds: each policy's median)
   ablation_gpu.csv            the paper's Fig. 14 steps (lru, +CE, +CR, +Pre, +BA) where a setting ran them all:
@@ -49,8 +52,10 @@ for path in map(Path, sm.input.runs):  # {stem}.jsonl or {stem}.jsonl.gz, with {
     order = ["router-first" if r["env"].get("router_first", 0) > 0 else "hf" for r in records]  # hf until 2026-12-01
     kv = [r["env"].get("kv_cache", "dynamic") for r in records]
     at = [r["env"].get("prefetch_at", "layer") for r in records]  # within the layer until 2026-12-02
+    hits = ["before-plan" if r["env"].get("hits_before_plan") else "after-plan" for r in records]  # 8eaecbd's A/B only
     measured.append(rows.assign(emulated=rows.link_gbps.notna(), skeleton=skeleton, grouped=grouped, block_order=order,
-                                kv_cache=kv, prefetch_at=at, source=f"{path.parent.name}/{path.name}"))
+                                kv_cache=kv, prefetch_at=at, hits=hits,
+                                source=f"{path.parent.name}/{path.name}"))
     # records older than `policy_resolved` ran with the defaults of their day: the env file states any that changed
     check, model = model_measured_runs(records, env["copy_Bps"] / 1e9, records[0]["row"]["gpu"], profiles,
                                        policy_defaults=env.get("policy_defaults"))
@@ -64,12 +69,12 @@ BASELINES = ["on-demand", "lru", "lfu", "fifo", "cpu-assist", "hybrimoe", "moe-i
 STEPS = ["lru", "smoe-ce", "smoe-ce-cr", "smoe-ce-cr-pre", "smoe"]
 runs = pd.concat(measured, ignore_index=True)
 runs["folder"] = runs.source.str.split("/").str[0]
-# the modes are the `skeleton`, `grouped`, `block_order`, `kv_cache` and `prefetch_at` columns; the floor, which
-# prefetches nothing, is shared by both `prefetch_at` settings
+# the modes are the `skeleton`, `grouped`, `block_order`, `kv_cache`, `hits` and `prefetch_at` columns; the floor,
+# which prefetches nothing, is shared by both `prefetch_at` settings
 runs["policy"] = runs.policy.str.replace(
-    "@eager-skeleton|@attention-skeleton|@gather-experts|@hf-block-order|@static-kv|@dynamic-kv|@in-layer-prefetch", "",
-    regex=True)
-modes = ["skeleton", "grouped", "block_order", "kv_cache"]
+    "@eager-skeleton|@attention-skeleton|@gather-experts|@hf-block-order|@static-kv|@dynamic-kv|@in-layer-prefetch"
+    "|@hits-after-plan", "", regex=True)
+modes = ["skeleton", "grouped", "block_order", "kv_cache", "hits"]
 floor_key = ["folder", "model", "batch", "workload", *modes]  # the floor has no budget and prefetches nothing
 setting = ["folder", "model", "budget_gb", "batch", "workload", *modes, "prefetch_at"]
 # a setting run in several rounds (`paper_shape.py --repeats`) counts with its median
