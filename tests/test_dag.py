@@ -118,6 +118,13 @@ def test_ci_grid_end_to_end(tmp_path):
     assert here["name"] == "cpu" and here["pcie_gbps"] is None and here["cpu_mem_gbps"] > 0
     check = pd.read_csv(work / "results/tables/costmodel_validation.csv")
     assert len(check) and check.error.notna().all() and set(check.policy) >= {"lru", "smoe"}
+    # the A/Bs of options measured and taken out again: a row per option; the hits A/B ran its floor both ways, so
+    # each option has its own, while the prefetch A/B's floor, which prefetches nothing, is shared
+    best = pd.read_csv(work / "results/tables/smoe_vs_best_gpu.csv")
+    ab = best[best.folder == "paper_shape_h200_s24_hits_before_plan_b1"]
+    assert sorted(ab.hits) == ["after-plan", "before-plan"] and ab.floor_s.nunique() == 2
+    ab = best[best.folder == "paper_shape_h200_s23_prefetch_at_b1"]
+    assert sorted(ab.prefetch_at) == ["layer", "next-layer"] and ab.floor_s.nunique() == 1
     for fig in ("fig11_tpot", "fig12_hit_rate", "fig13_ttft", "fig14_ablation"):  # the GPU runs' analogues
         assert (work / f"figures/{fig}_gpu.pdf").stat().st_size > 1000, fig
     acc = pd.read_csv(work / "results/tables/accuracy.csv")  # all-gpu, smoe at 0.25 and 0.5, skip at 0.25
