@@ -46,7 +46,7 @@ from smoe.errors import SmoeError  # noqa: E402
 from smoe.files import write_csv  # noqa: E402
 from smoe.hardware import h2d_rate  # noqa: E402
 from smoe.policy import make_policy, parse_policy_spec, policy_names  # noqa: E402
-from smoe.replay import filled_host_store, run_replayed  # noqa: E402
+from smoe.replay import filled_host_store, run_replayed, trace_provenance  # noqa: E402
 from smoe.runtime import KV_CACHES, default_kv_cache  # noqa: E402
 from smoe.shapes import SHAPES, RandomSource  # noqa: E402
 
@@ -151,7 +151,9 @@ def main() -> int:
     env = {"shape": args.shape, "model": name, "host_store_fill_s": time.perf_counter() - t0,
            "expert_bytes": expert_bytes, "argv": sys.argv,
            "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-           "copy_Bps": h2d_rate(expert_bytes) if args.device == "cuda" else None}
+           "copy_Bps": h2d_rate(expert_bytes) if args.device == "cuda" else None,
+           "traces": trace_provenance({f"{w}/b{b}.pt": Path(args.traces) / w / f"b{b}.pt"
+                                       for w in args.workloads for b in args.batches})}  # whose routing replays
     (out / f"{stem}_env.json").write_text(json.dumps(env, indent=1))
     print(json.dumps(env), flush=True)
 

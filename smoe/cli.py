@@ -92,11 +92,9 @@ def run_one(
     try:
         result = rt.generate_all(prompts, max_new_tokens)
         if trace is not None:
-            path = Path(trace)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            torch.save({"model": model, "policy": policy, "records": rt.engine.trace}, tmp)
-            tmp.replace(path)
+            from .replay import save_trace
+
+            save_trace(trace, model, policy, rt)
         return {
             "params": {
                 "model": str(model), "policy": policy, "policy_params": dict(params or {}),

@@ -12,6 +12,7 @@ new tokens), and a mismatch is an error, never a silent misalignment.
 """
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
@@ -139,6 +140,29 @@ class RoutingReplay:
 REPLAY_KEYS = ("layer", "phase", "step", "scores", "predicted")
 
 
+def save_trace(path: str | Path, model: str, policy: str, runtime) -> None:
+    """Write `runtime`'s engine trace to `path` (whole or not at all), with what routed it: the model, the policy and
+    the router's expert count and top-k (`router`), so a replayed run can say whose routing it replayed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = runtime.info
+    router = {"model_type": info.model_type, "num_experts": info.num_experts, "top_k": info.top_k}
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"model": model, "policy": policy, "router": router, "records": runtime.engine.trace}, tmp)
+    tmp.replace(path)
+
+
+def trace_provenance(paths: dict[str, Path]) -> dict[str, dict]:
+    """name -> trace file: each file's sha256, and the model, policy and router that recorded it (`save_trace`;
+    None where a trace predates the router field)."""
+    out = {}
+    for name, path in paths.items():
+        data = torch.load(path, weights_only=False, mmap=True)
+        out[name] = {"sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(), "model": data.get("model"),
+                     "policy": data.get("policy"), "router": data.get("router")}
+    return out
+
+
 def slim_traces(src: str | Path, dst: str | Path) -> list[Path]:
     """Copy every `*.pt` trace under `src` to the same place under `dst`, keeping only what replay reads
     (router scores and recorded predictions: about 70% of a trace), e.g. to carry them to a GPU machine."""
@@ -190,11 +214,7 @@ def run_replayed(source, policy: str, trace: str | Path, batch: int, *, device: 
             prompts += ids
             res = rt.generate(ids, N, accumulate=i > 0)
         if record_trace is not None:
-            path = Path(record_trace)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            torch.save({"model": str(source.path), "policy": policy, "records": rt.engine.trace}, tmp)
-            tmp.replace(path)
+            save_trace(record_trace, str(source.path), policy, rt)
         return {
             "params": {"model": str(source.path), "policy": policy, "policy_params": dict(params or {}),
                        "policy_resolved": resolved_params(rt.policy),

@@ -76,6 +76,7 @@ def record_replay_traces(root, workload: str = "exam") -> "Path":
     `benchmarks/paper_shape.py --traces` looks: root/traces/{workload}/b1.pt. Returns root/traces."""
     from pathlib import Path
 
+    from smoe.replay import save_trace
     from smoe.runtime import Runtime
     from smoe.tiny import make_tiny
 
@@ -84,7 +85,6 @@ def record_replay_traces(root, workload: str = "exam") -> "Path":
                      moe_intermediate_size=4, shared_expert_intermediate_size=16)
     rt = Runtime(ckpt, "lru", cache_experts=28 * 64, batch=1, trace=True, trace_predictions=True)
     rt.generate(["the sea"], max_new_tokens=3)
-    (root / "traces" / workload).mkdir(parents=True)
-    torch.save({"model": str(ckpt), "policy": "lru", "records": rt.engine.trace}, root / "traces" / workload / "b1.pt")
+    save_trace(root / "traces" / workload / "b1.pt", str(ckpt), "lru", rt)
     rt.close()
     return root / "traces"

@@ -1,6 +1,7 @@
 """Paper shapes with random weights (smoe.shapes) and routing replay (smoe.replay), on the CPU."""
 import csv
 import gzip
+import hashlib
 import json
 import subprocess
 import sys
@@ -175,6 +176,11 @@ def test_paper_shape_benchmark_runs_end_to_end_on_toy_widths(tmp_path):
     paper_shape(out, "--budgets-gb", "0.267", "--policies", "lru", "smoe", "smoe:prefetch_mode=none", "--predictor",
                 "graphs", "eager")
     rows = list(csv.DictReader(open(out / "deepseek-moe-16b-shape-tiny.csv")))
+    # the env names whose routing was replayed: the trace file's hash and the router that recorded it
+    traced = json.loads((out / "deepseek-moe-16b-shape-tiny_env.json").read_text())["traces"]
+    trace = tmp_path / "traces/exam/b1.pt"
+    assert traced == {"exam/b1.pt": {"sha256": hashlib.sha256(trace.read_bytes()).hexdigest(), "model": str(tmp_path / "sm"),
+                                     "policy": "lru", "router": {"model_type": "smolmoe", "num_experts": 64, "top_k": 8}}}
     # both predictor modes for the policy that predicts, one row for those that do not
     assert [r["policy"] for r in rows] == ["all-gpu", "lru", "smoe", "smoe@eager-predictor", "smoe:prefetch_mode=none"]
     assert rows[2]["hit_rate"] == rows[3]["hit_rate"] and rows[2]["prefetches"] == rows[3]["prefetches"]
@@ -306,10 +312,11 @@ def test_slim_traces_keep_what_replay_reads(recorded, tmp_path):
     from smoe.cli import main
 
     (tmp_path / "t/exam").mkdir(parents=True)
-    torch.save({"model": "m", "policy": "lru", "records": recorded}, tmp_path / "t/exam/b1.pt")
+    router = {"model_type": "smolmoe", "num_experts": 64, "top_k": 32}
+    torch.save({"model": "m", "policy": "lru", "router": router, "records": recorded}, tmp_path / "t/exam/b1.pt")
     assert main(["slim-traces", str(tmp_path / "t"), "--out", str(tmp_path / "slim")]) == 0
     slim = torch.load(tmp_path / "slim/exam/b1.pt", weights_only=False)
-    assert slim["model"] == "m" and len(slim["records"]) == len(recorded)
+    assert slim["model"] == "m" and slim["router"] == router and len(slim["records"]) == len(recorded)
     assert set(slim["records"][-1]) == {"layer", "phase", "step", "scores", "predicted"}
     a, b = RoutingReplay(recorded, (0, 1, 2)), RoutingReplay(slim["records"], (0, 1, 2))
     assert a.segments() == b.segments()
