@@ -18,7 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+import accelerate
 import torch
+import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -88,6 +90,8 @@ def main() -> int:
     on_gpu = sorted(k for k, v in device_map.items() if v not in ("cpu", "disk"))
     record = {"shape": args.shape, "model": name, "budget_gb": args.budget_gb, "device": args.device,
               "device_name": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+              "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                           "accelerate": accelerate.__version__},
               "build_s": built_s, "modules_on_gpu": len(on_gpu), "modules_on_host": len(device_map) - len(on_gpu),
               "gpu_bytes": torch.cuda.memory_allocated() if args.device == "cuda" else None, "runs": []}
     g = torch.Generator().manual_seed(0)

@@ -24,9 +24,11 @@ FIGDIR = config.get("figures_dir", "figures")
 ACC_TABLES = [f"{TABLES}/accuracy.csv"] if ACC_RECORDS else []
 FIGURES = [f"{FIGDIR}/{f}.pdf" for f in ("fig11_tpot", "fig12_hit_rate", "fig13_ttft", "fig14_ablation")]
 GPU_RESULTS = config.get("gpu_results", [])  # committed GPU measurements (benchmarks/paper_shape.py outputs)
+ACCELERATE_RESULTS = config.get("accelerate_results", [])  # ... and of benchmarks/accelerate_offload.py
 GPU_TABLES = [f"{TABLES}/{t}.csv" for t in ("perf_gpu", "costmodel_validation", "smoe_vs_best_gpu", "ablation_gpu")] \
     + [f"{FIGDIR}/{f}_gpu.pdf" for f in ("fig11_tpot", "fig12_hit_rate", "fig13_ttft", "fig14_ablation")] \
     if GPU_RESULTS else []
+GPU_TABLES += [f"{TABLES}/accelerate_gpu.csv"] if GPU_RESULTS and ACCELERATE_RESULTS else []
 
 
 wildcard_constraints:

@@ -25,6 +25,16 @@ rule gpu_tables:
         "../scripts/gpu_tables.py"
 
 
+rule accelerate_table:
+    input:
+        perf=f"{TABLES}/perf_gpu.csv",
+        records=[f for d in ACCELERATE_RESULTS for f in sorted(glob.glob(f"{d}/*gib.json"))],
+    output:
+        f"{TABLES}/accelerate_gpu.csv",
+    script:
+        "../scripts/accelerate_table.py"
+
+
 rule machine_profile:
     """The rates of the machine this config runs on (`gpu:`), for the cost model: pinned copies to the device,
     the device's memory, a CPU expert. On a GPU machine its output is committed and listed under
