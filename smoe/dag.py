@@ -25,6 +25,8 @@ from .errors import SmoeError
 
 RUN = "{results}/runs/{gpu}/{model}/{budget}/{policy}/{workload}/b{batch}.json"
 ACCURACY = "{dir}/{model}/{budget}/{policy}/a{alpha}.json"
+# config keys listing folders of committed GPU measurements -> the records each folder must hold
+COMMITTED = {"gpu_results": ("*.jsonl", "*.jsonl.gz"), "accelerate_results": ("*gib.json",)}
 
 
 class ConfigError(SmoeError):
@@ -93,6 +95,11 @@ def check_config(config: dict) -> None:
             raise ConfigError(f"model {name!r}: unknown family {fam!r}; accepted: {', '.join(sorted(FAMILIES))}")
         for b in spec.get("budgets", config["budgets"]) + [spec["all_gpu_budget"]]:
             budget_args(b)
+    for key, patterns in COMMITTED.items():  # a folder listed with no records in it would table as nothing, silently
+        for folder in config.get(key, []):
+            if not any(next(Path(folder).glob(p), None) for p in patterns):
+                raise ConfigError(f"{key}: {folder!r} holds no {' or '.join(patterns)} records (a folder of "
+                                  "committed GPU measurements, relative to the project root)")
 
 
 def runs(config: dict) -> list[dict]:

@@ -42,6 +42,15 @@ def test_check_config_names_accepted_values(key, value, message):
         check_config(config)
 
 
+@pytest.mark.parametrize("key,folder", [("gpu_results", "results/gpu/no_such_campaign"),
+                                        ("accelerate_results", "results/gpu/paper_shape_h200")])
+def test_a_committed_results_folder_without_records_is_refused(key, folder):
+    config = load("test.yaml")
+    config[key] = [*config[key], folder]
+    with pytest.raises(ConfigError, match=f"{key}: '{folder}' holds no"):
+        check_config(config)
+
+
 def test_unknown_family_is_refused():
     config = load("test.yaml")
     config["models"][0]["tiny"]["family"] = "llama"
