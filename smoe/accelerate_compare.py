@@ -5,17 +5,21 @@ Where it sits: reads what two benchmarks wrote on the GPU machine and touches no
 records accelerate's TTFT and TPOT per shape, GPU budget (GiB) and batch; `paper_shape.py`'s runs, tabled as
 `perf_gpu.csv`, give every policy's TPOT. A runtime budget matches an accelerate budget within `BUDGET_TOLERANCE`
 of it (Qwen2-57B's accelerate run had 44 GiB, the runtime 40 and 48). Only runs at the runtime's current defaults
-count (static KV cache, every A/B option at its default) and only on the emulated link, the paper's PCIe, slower
-than the H200's own link that accelerate copied over. The floor (all-gpu) counts in the folders where a matched run
+count (`DEFAULTS`: layer graphs, the slot kernel, the static KV cache, every A/B option at its default) and only on
+the emulated link, the paper's PCIe, slower than the H200's own link that accelerate copied over. The floor (all-gpu) counts in the folders where a matched run
 was measured: it has no budget of its own.
 """
 from __future__ import annotations
 
 import pandas as pd
 
+from .policy import OFFLOADING_BASELINES
+
 BUDGET_TOLERANCE = 0.10  # a runtime budget within 10% of accelerate's is "the same budget"
-POLICIES = ["all-gpu", "smoe", "on-demand", "lru", "lfu", "fifo", "cpu-assist", "hybrimoe", "moe-infinity"]
-DEFAULTS = {"kv_cache": "static", "hits": "after-plan", "prefetch_at": "layer"}  # the runtime's current defaults
+POLICIES = ["all-gpu", "smoe", *OFFLOADING_BASELINES]
+# the runtime's current defaults on the GPU, as perf_gpu.csv's mode columns name them (A/B rows differ in one)
+DEFAULTS = {"skeleton": "layer", "grouped": "slots", "kv_cache": "static", "hits": "after-plan",
+            "prefetch_at": "layer"}
 LABELS = r"@[a-z-]+$"  # an A/B's label on a policy name (`smoe@hits-after-plan`); its modes are in the columns
 
 
@@ -59,5 +63,5 @@ def compare(records: list[dict], perf: pd.DataFrame) -> pd.DataFrame:
                "accelerate_steps", "accelerate_modules_on_gpu"]
     table = pd.DataFrame(out, columns=columns)
     order = {p: i for i, p in enumerate(POLICIES)}
-    return table.sort_values(["model", "budget_gb", "batch", "policy"], key=lambda c: c.map(order) if c.name == "policy"
-                             else c, ignore_index=True)
+    return table.sort_values(["model", "budget_gb", "batch", "policy"],
+                             key=lambda c: c.map(order) if c.name == "policy" else c, ignore_index=True)

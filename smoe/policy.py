@@ -65,6 +65,9 @@ class ExpertPolicy:
         return False
 
 
+# the lossless offloading baselines SMoE's TPOT is compared with in the GPU tables (its best is "the best baseline");
+# a new offloading baseline joins here too
+OFFLOADING_BASELINES = ("on-demand", "lru", "lfu", "fifo", "cpu-assist", "hybrimoe", "moe-infinity")
 _REGISTRY: dict[str, tuple[type[ExpertPolicy], dict]] = {}
 _DISCOVERED = False
 

@@ -4,8 +4,8 @@ import pytest
 
 from smoe.accelerate_compare import compare
 
-DEFAULTS = dict(measured=True, kv_cache="static", hits="after-plan", prefetch_at="layer", emulated=True, batch=1,
-                model="s", workload="exam")
+DEFAULTS = dict(measured=True, skeleton="layer", grouped="slots", kv_cache="static", hits="after-plan",
+                prefetch_at="layer", emulated=True, batch=1, model="s", workload="exam")
 
 
 def run(policy, tpot, folder="f1", budget=12.0, **kw):
@@ -27,6 +27,7 @@ def test_each_policy_against_accelerate_at_the_same_budget():
         run("smoe", 0.01, budget=16.0),  # another budget, beyond the tolerance
         run("smoe", 0.01, batch=3),  # another batch
         run("smoe", 0.01, kv_cache="dynamic"),  # an earlier default
+        run("smoe", 0.01, skeleton="eager"),  # an A/B's other side
         run("smoe@hits-after-plan", 0.05),  # an A/B's label: the runtime's order, counted under its policy
         run("smoe", 0.01, hits="before-plan"),  # an option measured and taken out again
         run("smoe", 0.01, emulated=False),  # the H200's own link

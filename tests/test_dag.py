@@ -145,9 +145,9 @@ def test_ci_grid_end_to_end(tmp_path):
     # accelerate at each shape's budgets, against the committed runs at the same budget (Qwen2-57B: 44 GiB, 40 and 48)
     hf = pd.read_csv(work / "results/tables/accelerate_gpu.csv")
     smoe = hf[hf.policy == "smoe"]
-    assert set(smoe.model) == {"qwen2-57b-a14b-shape", "deepseek-moe-16b-shape", "xverse-moe-a4.2b-shape"}
-    assert sorted(smoe[smoe.model == "qwen2-57b-a14b-shape"].budget_gb.unique()) == [40, 48]
-    assert (smoe.speedup_min <= smoe.speedup_median).all() and hf.policy.eq("all-gpu").any()
+    assert sorted({(m[:3], b) for m, b in zip(smoe.model, smoe.budget_gb)}) == [
+        ("dee", 8), ("dee", 12), ("dee", 16), ("qwe", 40), ("qwe", 48), ("xve", 12), ("xve", 16)]
+    assert hf.policy.eq("all-gpu").any() and hf.policy.eq("hybrimoe").any()
     for fig in ("fig11_tpot", "fig12_hit_rate", "fig13_ttft", "fig14_ablation"):  # the GPU runs' analogues
         assert (work / f"figures/{fig}_gpu.pdf").stat().st_size > 1000, fig
     acc = pd.read_csv(work / "results/tables/accuracy.csv")  # all-gpu, smoe at 0.25 and 0.5, skip at 0.25

@@ -37,6 +37,7 @@ import pandas as pd
 
 from smoe.costmodel import model_measured_runs, profiles_with, skeleton_mode
 from smoe.files import env_file, read_jsonl
+from smoe.policy import OFFLOADING_BASELINES
 
 sm = snakemake  # noqa: F821
 profiles = profiles_with([json.loads(Path(p).read_text()) for p in sm.input.machines])  # measured rates win
@@ -65,7 +66,6 @@ table = pd.concat([*measured, pd.DataFrame(modelled).assign(emulated=False)], ig
 table.to_csv(sm.output.perf, index=False)
 pd.DataFrame(validation).to_csv(sm.output.validation, index=False)
 
-BASELINES = ["on-demand", "lru", "lfu", "fifo", "cpu-assist", "hybrimoe", "moe-infinity"]  # lossless offloading
 STEPS = ["lru", "smoe-ce", "smoe-ce-cr", "smoe-ce-cr-pre", "smoe"]
 runs = pd.concat(measured, ignore_index=True)
 runs["folder"] = runs.source.str.split("/").str[0]
@@ -85,7 +85,7 @@ for key, group in runs[runs.policy != "all-gpu"].groupby(setting, dropna=False, 
     floor = floors.get(tuple(named[c] for c in floor_key))
     for link, g in group.groupby(group.link_gbps.fillna(0), sort=False):
         t = g.groupby("policy", sort=False)[["tpot_s", "hit_rate"]].median()
-        base = t.tpot_s[t.index.isin(BASELINES)]
+        base = t.tpot_s[t.index.isin(OFFLOADING_BASELINES)]
         row = dict(zip(setting, key), link_gbps=link or None, floor_s=floor)
         if len(base):
             row |= {"best_baseline": base.idxmin(), "best_baseline_tpot_s": base.min()}
