@@ -99,10 +99,10 @@ class HostCosts:
 
 
 def step_times(plans: list[list[int]], profile: MachineProfile, costs: ModelCosts,
-               host: HostCosts = HostCosts(), predictions: int = 0, early: bool = False) -> list[float]:
+               host: HostCosts = HostCosts(), predictions: float = 0, early: bool = False) -> list[float]:
     """Modelled seconds of each decode step. plans: [step, layer, tokens, device, loads, cpu, prefetches]
     rows in execution order (`trace_stats.plan_summary`); `predictions`: predictor passes the policy runs per
-    layer (`ExpertPolicy.predictor_passes`); `early`: they are queued behind the layer's skeleton and read with
+    layer (`ExpertPolicy.predictor_passes`; a mean where it predicts some layers only); `early`: they are queued behind the layer's skeleton and read with
     no wait of their own (`ExpertPolicy.early_prediction`).
 
     Three clocks: the host (launches, planning, waits), the device's compute stream and the copy engine. The
@@ -202,7 +202,7 @@ class MeasuredRun:
     tpot_s: float
     link_gbps: float  # the host->device rate it ran at (measured or emulated)
     host: HostCosts  # its own measured planning time per layer and CPU expert time
-    predictions: int  # predictor passes per layer
+    predictions: float  # predictor passes per layer (a mean over the run's decode layers where recorded)
     own_prediction: float | None = None  # its measured host seconds per predictor pass (None: not recorded)
     early: bool = False  # its predictions are queued behind the router and read with no wait (`step_times`)
 
@@ -222,6 +222,8 @@ class MeasuredRun:
         policy = make_policy(p["policy"], **params)
         label = rec.get("row", {}).get("policy", p["policy"])  # a benchmark's spec, e.g. smoe:prefetch_mode=none
         passes = policy.predictor_passes
+        if passes and "predictions" in dec:  # records since the prefetch gate count the predictions read
+            passes = passes * dec["predictions"] / layers  # each read covers `predictor_passes` layers' passes
         # records since the second GPU campaign time the predictor apart from planning (`predict_time_s`)
         own = dec["predict_time_s"] / (layers * passes) if passes and "predict_time_s" in dec else None
         graphs = skeleton_mode(rec.get("env", {}))

@@ -275,6 +275,7 @@ class Engine:
                 nxt = self.policy.prefetch(view, ctx)
             m.policy_time_s += time.perf_counter() - t0 - ctx.predict_s - ctx.then_s
             m.predict_time_s += ctx.predict_s + early_s
+            m.predictions += ctx.predictions
             if nxt is not None:
                 prefetched = self._prefetch(nxt, layer)
             ctx.finish_layer()

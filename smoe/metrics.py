@@ -19,6 +19,8 @@ Definitions:
   check_time_s  of policy_time_s, the runtime's check of each plan (`plan.check_plan`): what every policy pays,
                 however simple its plan
   predict_time_s the host time of predictor passes (launching them and waiting for their scores)
+  predictions   predictions a policy's prefetch read (each one wait for the device; several layers' scores read
+                together count once)
 
 `span(name)` marks a stretch of the engine's work as a named range in a `torch.profiler` trace, only while
 `SPANS` is set (`benchmarks/paper_shape.py --profile` sets it); timed runs pay nothing for it.
@@ -55,6 +57,7 @@ class Counters:
     policy_time_s: float = 0.0
     check_time_s: float = 0.0
     predict_time_s: float = 0.0
+    predictions: int = 0
 
 
 class Metrics:
@@ -91,6 +94,7 @@ class Metrics:
             "policy_time_s": total["policy_time_s"],
             "check_time_s": total["check_time_s"],
             "predict_time_s": total["predict_time_s"],
+            "predictions": total["predictions"],
             "peak_device_bytes": self.peak_device_bytes,
             "preload_loads": self.preload_loads,
             "decode_steps": int(steps.size),

@@ -258,6 +258,7 @@ class PrefetchContext:
         self._early = early  # the early prediction's copy to the host under way, if the engine queued it
         self._early_key = early_key  # what a trace records it under (`early_key`)
         self.predict_s = 0.0  # host time spent in predictor passes (the runtime's, not the policy's)
+        self.predictions = 0  # predictions read (each one wait; `gate_scores` reads several layers' in one)
         self.then_s = 0.0  # host time spent queueing the rest of the layer (the engine's)
 
     @property
@@ -283,6 +284,7 @@ class PrefetchContext:
         ones recorded under `keys`; one wait, after the rest of the layer is queued. The host time, less that rest's,
         is the runtime's predictor time (`predict_s`)."""
         t0, then_s = time.perf_counter(), self.then_s
+        self.predictions += 1
         with span("smoe.predict"):
             started = queue()
             self.finish_layer()

@@ -205,6 +205,8 @@ def test_bad_parameters_are_refused(ckpt):
         make_policy("smoe-ce-cr", costs="guessed")
     with pytest.raises(PolicyParamError):
         make_policy("smoe-ce-cr", window=0)
+    with pytest.raises(PolicyParamError, match="prefetch_gate=0"):
+        make_policy("smoe", prefetch_gate=0)
 
 
 def test_score_lower_changes_weights_not_experts(ckpt):
@@ -234,6 +236,61 @@ def test_prefetch_loads_predicted_top_score_and_never_evicts_shielded():
     pf = pol.prefetch(v, FakeCtx(0, 1, [[0.05, 0.05, 0.8, 0.1]]))
     assert pf.loads == [(1, 2)]
     assert pf.evict == [(1, 1)]  # the only unshielded victim; (0,0) belongs to the layer being computed
+
+
+class CountingCtx(FakeCtx):
+    """A prefetch context that counts the predictions a policy reads."""
+
+    def __init__(self, layer, nxt, scores):
+        super().__init__(layer, nxt, scores)
+        self.predictions = 0
+
+    def predict(self, attention=True):
+        self.predictions += 1
+        return super().predict(attention)
+
+
+def test_prefetch_gate_predicts_a_layer_only_after_it_needed_the_link():
+    pol = make_policy("smoe-ce-cr-pre", window=2, prefetch_share=1.0, prefetch_gate=2, alpha=0.0)
+    pool = FakePool(capacity=4, resident=[(0, 0), (1, 1)])
+    predicted = [[0.05, 0.05, 0.8, 0.1]]  # layer 1's expert 2 predicted top-score
+
+    def gate_after(layer1_expert):
+        """Layer 1 routes to `layer1_expert`, then layer 0 runs: did its prefetch read a prediction of layer 1?"""
+        scores = [0.1] * 4
+        scores[layer1_expert] = 0.7
+        step(pol, pool, 1, [scores], [[layer1_expert]])
+        v = view(pool, 0, [[0.7, 0.1, 0.1, 0.1]], [[0]])
+        pol.plan(v)
+        ctx = CountingCtx(0, 1, predicted)
+        pf = pol.prefetch(v, ctx)
+        if pf is not None:  # what the engine does with a prefetch: the keys become resident, not yet used
+            for key in pf.evict:
+                pool.slot_of.pop(key), pool.by_layer[key[0]].discard(key[1])
+            for key in pf.loads:
+                pool.add(key, prefetched=True)
+        return ctx.predictions
+
+    v = view(pool, 0, [[0.7, 0.1, 0.1, 0.1]], [[0]])
+    pol.plan(v)
+    before = CountingCtx(0, 1, predicted)
+    pol.prefetch(v, before)
+    assert before.predictions == 1  # before layer 1 has any history, the gate is open
+    assert gate_after(1) == 0  # its only pass a hit on a long-resident expert: no need, no prediction
+    assert gate_after(3) == 1  # expert 3 missing: loaded, and the layer needs the link again
+    assert gate_after(1) == 1  # the miss is one of its last two passes
+    assert gate_after(2) == 1  # a hit on expert 2, which the last prefetch brought: what that prefetch saved it
+    pool.prefetched.clear()
+    assert gate_after(1) == 1 and gate_after(1) == 0  # two passes of long-resident hits close it again
+    assert make_policy("smoe").prefetch_gate is None  # the paper's SMoE predicts every layer
+
+
+def test_prefetch_gate_reads_fewer_predictions_through_the_runtime(ckpt):
+    every, _ = run(ckpt, "smoe", slots=14, alpha=0.0)  # slots where some layers hit for a step or more
+    gated, _ = run(ckpt, "smoe", slots=14, alpha=0.0, prefetch_gate=1)
+    assert every.tokens == gated.tokens  # prefetching never changes what is computed at alpha 0
+    assert 0 < gated.metrics["predictions"] < every.metrics["predictions"]
+    assert every.metrics["decode"]["predictions"] == every.metrics["predictions"]  # the prefill never predicts
 
 
 def test_prefetch_runs_through_the_runtime_and_is_used(ckpt):

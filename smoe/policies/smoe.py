@@ -37,6 +37,13 @@ top-score experts are those of the predicted top-k with score >= (1+alpha) * S_{
 are not yet used may take at most `prefetch_share` of the slots (the public code caps them at half), and a
 prefetch never evicts an expert of the layer being computed, nor another prefetched one.
 
+Prefetch gate (`prefetch_gate`, ours, not the paper's): a prediction costs the host a wait for the device in every
+layer, which buys nothing where the next layer's experts are resident anyway. With `prefetch_gate=n`, layer i+1 is
+predicted only if it needed the link in one of its last n forward passes: an expert it computed (after
+substitution) was missing, or had been brought by a prefetch and not used yet (what the prefetch saved it). The
+gate reads only the plans' history, so it decides the same on any machine. `None`: every layer is predicted (the
+paper).
+
 Balancing costs: `costs="fixed"` (default) models a load as expert_bytes / `pcie_gbps` and a CPU expert
 as expert_bytes / `cpu_gbps` (a memory-bound expert at low batch), so decisions never depend on timing;
 `costs="measured"` uses the runtime's rolling mean of the last `p` measured copies and CPU experts instead
@@ -74,6 +81,7 @@ class SMoE(CachingPolicy):
     balance: bool = False  # split missing experts between PCIe loads and the CPU (Alg. 2)
     prefetch_mode: str = "none"  # none | attention | no-attention | early | early-attention
     prefetch_share: float = 0.5  # most of the slots that prefetched, not yet used experts may hold
+    prefetch_gate: int | None = None  # predict a layer only if it needed the link in its last n passes; None: always
     costs: str = "fixed"  # fixed | measured
     pcie_gbps: float = 25.0  # fixed cost model: host->device rate (the paper's S3 A6000 on PCIe 4.0)
     cpu_gbps: float = 20.0  # fixed cost model: rate at which the CPU streams an expert's weights
@@ -89,6 +97,8 @@ class SMoE(CachingPolicy):
             raise PolicyParamError(f"costs={self.costs!r}; accepted: {', '.join(COST_MODES)}")
         if self.alpha < 0 or (self.window is not None and self.window < 1) or self.p < 1:
             raise PolicyParamError(f"need alpha >= 0, window >= 1 or None, p >= 1; got {self.alpha}, {self.window}, {self.p}")
+        if self.prefetch_gate is not None and self.prefetch_gate < 1:
+            raise PolicyParamError(f"prefetch_gate={self.prefetch_gate!r}; accepted: an int >= 1 or None")
         # Eq. 3's window: each layer's last `window` per-pass mean scores in a ring; the means are brought up to
         # date only when a victim is chosen (a decode step with every expert resident never needs them)
         self.ring = np.zeros((0, 0, 0), dtype=np.float32)  # [L,window,E]
@@ -96,6 +106,8 @@ class SMoE(CachingPolicy):
         self.stale: set[int] = set()  # rows whose means lag their ring
         self.means = np.zeros((0, 0))  # [L,E] windowed mean score of each expert (0 before any pass)
         self._unprefetched = np.zeros((0, 0), dtype=bool)  # [L,E] all false: the rank key when nothing is prefetched
+        self.planned: dict[int, int] = {}  # layer -> forward passes planned (the prefetch gate's clock)
+        self.needed_link: dict[int, int] = {}  # layer -> the last of them that needed the link (`_clock`)
 
     def _bind(self, model) -> None:
         if not self.layers:
@@ -153,6 +165,8 @@ class SMoE(CachingPolicy):
         routed = set().union(*routed_rows)
         if self.replace != "lower" and routed <= resident:
             # every routed expert is resident: nothing to replace, nothing to load
+            if self.prefetch_gate is not None:
+                self._clock(view, routed, resident)
             self._touch_layer(layer, sorted(routed))  # what cache_plan does with hits only: no room to make
             return Plan.hits()
         T, K = view.topk.shape
@@ -161,6 +175,8 @@ class SMoE(CachingPolicy):
             computed = route_rows(view.score_rows, routed_rows, self.alpha, resident)
         # Where each computed expert runs: resident -> HIT; missing -> LOAD, or the CPU when balancing.
         needed = set().union(*computed)
+        if self.prefetch_gate is not None:
+            self._clock(view, needed, resident)
         placement = dict.fromkeys(needed.intersection(resident), _HIT)
         missing = needed.difference(resident)
         if missing:
@@ -212,11 +228,31 @@ class SMoE(CachingPolicy):
     def early_attention(self) -> bool:
         return self.prefetch_mode == "early-attention"
 
+    def _clock(self, view: LayerView, computed: set[int], resident: frozenset[int]) -> None:
+        """The prefetch gate's history: count this pass of the layer, and note it if the layer needs the link: an
+        expert it computes (after substitution) missing, or resident only through a prefetch that nothing has used
+        yet (what the prefetch saved it)."""
+        layer = view.layer
+        n = self.planned[layer] = self.planned.get(layer, 0) + 1
+        if not computed <= resident:
+            self.needed_link[layer] = n
+            return
+        prefetched = view.cache.prefetched()
+        if prefetched and any((layer, e) in prefetched for e in computed):
+            self.needed_link[layer] = n
+
+    def gate_open(self, layer: int) -> bool:
+        """Whether `prefetch` predicts `layer`: always without a gate, else if it needed the link in one of its
+        last `prefetch_gate` passes (before its first pass: yes)."""
+        if self.prefetch_gate is None or layer not in self.planned:
+            return True
+        return self.planned[layer] - self.needed_link.get(layer, -self.prefetch_gate) < self.prefetch_gate
+
     def prefetch(self, view: LayerView, ctx) -> PrefetchPlan | None:  # type: ignore[override]
         if self.prefetch_mode == "none" or view.phase != "decode":
             return None
         nxt = ctx.next_layer
-        if nxt is None:
+        if nxt is None or not self.gate_open(nxt):
             return None
         if self.early_prediction:
             scores = ctx.early().numpy()  # [T,E] predicted
