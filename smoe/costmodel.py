@@ -102,8 +102,8 @@ def step_times(plans: list[list[int]], profile: MachineProfile, costs: ModelCost
                host: HostCosts = HostCosts(), predictions: float = 0, early: bool = False) -> list[float]:
     """Modelled seconds of each decode step. plans: [step, layer, tokens, device, loads, cpu, prefetches]
     rows in execution order (`trace_stats.plan_summary`); `predictions`: predictor passes the policy runs per
-    layer (`ExpertPolicy.predictor_passes`; a mean where it predicts some layers only); `early`: they are queued behind the layer's skeleton and read with
-    no wait of their own (`ExpertPolicy.early_prediction`).
+    layer (`ExpertPolicy.predictor_passes`; a mean where it predicts some layers only); `early`: they are queued
+    behind the layer's skeleton and read with no wait of their own (`ExpertPolicy.early_prediction`).
 
     Three clocks: the host (launches, planning, waits), the device's compute stream and the copy engine. The
     host launches a layer's skeleton, then waits for its router scores (the device must have run it), plans,
