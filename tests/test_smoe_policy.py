@@ -255,11 +255,8 @@ def test_prefetch_gate_predicts_a_layer_only_after_it_needed_the_link():
     pool = FakePool(capacity=4, resident=[(0, 0), (1, 1)])
     predicted = [[0.05, 0.05, 0.8, 0.1]]  # layer 1's expert 2 predicted top-score
 
-    def gate_after(layer1_expert):
-        """Layer 1 routes to `layer1_expert`, then layer 0 runs: did its prefetch read a prediction of layer 1?"""
-        scores = [0.1] * 4
-        scores[layer1_expert] = 0.7
-        step(pol, pool, 1, [scores], [[layer1_expert]])
+    def layer0():
+        """Layer 0 runs: how many predictions of layer 1 did its prefetch read?"""
         v = view(pool, 0, [[0.7, 0.1, 0.1, 0.1]], [[0]])
         pol.plan(v)
         ctx = CountingCtx(0, 1, predicted)
@@ -271,17 +268,20 @@ def test_prefetch_gate_predicts_a_layer_only_after_it_needed_the_link():
                 pool.add(key, prefetched=True)
         return ctx.predictions
 
-    v = view(pool, 0, [[0.7, 0.1, 0.1, 0.1]], [[0]])
-    pol.plan(v)
-    before = CountingCtx(0, 1, predicted)
-    pol.prefetch(v, before)
-    assert before.predictions == 1  # before layer 1 has any history, the gate is open
+    def gate_after(layer1_expert):
+        """Layer 1 routes to `layer1_expert`, then layer 0 runs."""
+        scores = [0.1] * 4
+        scores[layer1_expert] = 0.7
+        step(pol, pool, 1, [scores], [[layer1_expert]])
+        return layer0()
+
+    assert layer0() == 1  # before layer 1 has any history the gate is open: (1, 2) is prefetched
     assert gate_after(1) == 0  # its only pass a hit on a long-resident expert: no need, no prediction
+    assert gate_after(2) == 1  # a hit on (1, 2), which the prefetch brought and nothing had used: what it saved
+    pool.prefetched.clear()  # the engine marks it used
+    assert gate_after(1) == 1  # that need is one of its last two passes
+    assert gate_after(1) == 0  # two passes of long-resident hits close it again
     assert gate_after(3) == 1  # expert 3 missing: loaded, and the layer needs the link again
-    assert gate_after(1) == 1  # the miss is one of its last two passes
-    assert gate_after(2) == 1  # a hit on expert 2, which the last prefetch brought: what that prefetch saved it
-    pool.prefetched.clear()
-    assert gate_after(1) == 1 and gate_after(1) == 0  # two passes of long-resident hits close it again
     assert make_policy("smoe").prefetch_gate is None  # the paper's SMoE predicts every layer
 
 
