@@ -222,8 +222,10 @@ class MeasuredRun:
         policy = make_policy(p["policy"], **params)
         label = rec.get("row", {}).get("policy", p["policy"])  # a benchmark's spec, e.g. smoe:prefetch_mode=none
         passes = policy.predictor_passes
-        if passes and "predictions" in dec:  # records since the prefetch gate count the predictions read
-            passes = passes * dec["predictions"] / layers  # each read covers `predictor_passes` layers' passes
+        if passes and "predictions" in dec and not policy.early_prediction:
+            # records since the prefetch gate count the predictions read, each covering `predictor_passes` layers'
+            # passes; an early prediction is queued by the engine in every layer, read or not
+            passes = passes * dec["predictions"] / layers
         # records since the second GPU campaign time the predictor apart from planning (`predict_time_s`)
         own = dec["predict_time_s"] / (layers * passes) if passes and "predict_time_s" in dec else None
         graphs = skeleton_mode(rec.get("env", {}))

@@ -126,6 +126,8 @@ def test_records_give_the_predictor_time_per_pass_when_they_have_it():
     record["metrics"]["decode"].update(predict_time_s=1.2, predictions=3)  # a gated run predicted 3 of 12 layers
     gated = MeasuredRun.from_record(record, 55.0)
     assert gated.predictions == pytest.approx(0.25) and gated.own_prediction == pytest.approx(1.2 / 3)
+    early = {**record, "params": {**record["params"], "policy": "smoe-early"}}  # queued in every layer, read or not
+    assert MeasuredRun.from_record(early, 55.0).predictions == 1
     record["params"]["policy"] = "lru"  # no predictor: nothing to charge
     record["metrics"]["decode"].update(predict_time_s=0.0, predictions=0)
     assert MeasuredRun.from_record(record, 55.0).own_prediction is None

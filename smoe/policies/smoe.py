@@ -42,7 +42,8 @@ layer, which buys nothing where the next layer's experts are resident anyway. Wi
 predicted only if it needed the link in one of its last n forward passes: an expert it computed (after
 substitution) was missing, or had been brought by a prefetch and not used yet (what the prefetch saved it). The
 gate reads only the plans' history, so it decides the same on any machine. `None`: every layer is predicted (the
-paper).
+paper). With an early prediction (`early`, `early-attention`) the engine still queues it in every layer; the gate
+saves only its read and the prefetch.
 
 Balancing costs: `costs="fixed"` (default) models a load as expert_bytes / `pcie_gbps` and a CPU expert
 as expert_bytes / `cpu_gbps` (a memory-bound expert at low batch), so decisions never depend on timing;
