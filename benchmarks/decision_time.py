@@ -40,7 +40,7 @@ import torch
 from tqdm import tqdm
 
 import smoe.engine as engine_mod
-from smoe.policy import ExpertPolicy, make_policy
+from smoe.policy import ExpertPolicy, make_policy, parse_policy_spec
 from smoe.predict import PrefetchContext
 from smoe.replay import run_replayed
 from smoe.shapes import RandomSource
@@ -186,8 +186,9 @@ def one_run(source, policy: str, trace: Path, batch: int, slots: int) -> tuple[C
     """One replayed run of `policy` -> (its clock, `policy_time_s` per decode layer as the engine counted it, the
     run's metrics)."""
     clock = Clock()
-    with instrumented(clock, type(make_policy(policy))):
-        rec = run_replayed(source, policy, trace, batch, cache_experts=slots)
+    base, params = parse_policy_spec(policy)  # "smoe:prefetch_gate=2": a registered policy with parameters set
+    with instrumented(clock, type(make_policy(base, **params))):
+        rec = run_replayed(source, base, trace, batch, params=params, cache_experts=slots)
     assert clock.layers, "no decode layer ran"
     # the engine's count holds the repeated check too (it runs inside the engine's timed span): taken out again
     m = rec["metrics"]
@@ -202,7 +203,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--slots", type=int, default=633, help="expert slots (633: the H200 runs' Qwen2-57B shape at "
                     "48 GB); all-gpu gets every expert")
-    ap.add_argument("--policies", nargs="+", default=POLICIES)
+    ap.add_argument("--policies", nargs="+", default=POLICIES, help="registered names, or specs with parameters set "
+                    "(smoe:prefetch_gate=2)")
     ap.add_argument("--repeats", type=int, default=2, help="runs per policy, in alternating order; rows give medians")
     ap.add_argument("--probe", action="store_true", help="also one run per policy timing `PROBES` only (see above)")
     ap.add_argument("--out", required=True, help="CSV to write")
@@ -211,7 +213,8 @@ def main() -> None:
     if not trace.is_file():
         ap.error(f"--traces {args.traces}: no {trace} (make one with `python -m smoe slim-traces`)")
     for p in args.policies:
-        make_policy(p)  # an unknown name fails here, naming the registered ones
+        base, params = parse_policy_spec(p)
+        make_policy(base, **params)  # an unknown name or parameter fails here, naming the accepted ones
     source = RandomSource.named(args.shape, **TOY)
     every = source.config.num_hidden_layers * source.config.num_experts
 
@@ -227,8 +230,10 @@ def main() -> None:
         for p in order if args.probe else []:
             bar.set_postfix_str(f"{p}, probes")
             probes[p] = Clock()
+            base, params = parse_policy_spec(p)
             with probed(probes[p]):
-                run_replayed(source, p, trace, args.batch, cache_experts=every if p == "all-gpu" else args.slots)
+                run_replayed(source, base, trace, args.batch, params=params,
+                             cache_experts=every if p == "all-gpu" else args.slots)
             bar.update()
 
     rows = []

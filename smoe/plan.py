@@ -76,6 +76,11 @@ class CacheView:
         """Experts brought in by a prefetch and not used since."""
         return frozenset(self._pool.prefetched)
 
+    def any_prefetched(self, layer: int, experts) -> bool:
+        """Whether any of `experts` of `layer` was brought in by a prefetch and not used since (no copy of the set)."""
+        pool = self._pool.prefetched
+        return bool(pool) and any((layer, e) in pool for e in experts)
+
 
 class _once:
     """A property computed on first read and then kept in the instance (functools.cached_property without its

@@ -128,9 +128,10 @@ def test_decision_time_times_every_piece_without_changing_what_runs(tmp_path):
     def counts(m, phase="decode"):
         return {k: v for k, v in m[phase].items() if not k.endswith("_s")}
 
-    for policy in ("lru", "smoe"):
-        plain = run_replayed(source, policy, trace, 1, cache_experts=600)["metrics"]
-        clock, policy_us, timed = dt.one_run(source, policy, trace, 1, 600)
+    for policy, params in (("lru", {}), ("smoe", {}), ("smoe", {"prefetch_gate": 1})):
+        plain = run_replayed(source, policy, trace, 1, params=params, cache_experts=600)["metrics"]
+        spec = policy + "".join(f":{k}={v}" for k, v in params.items())  # a policy spec, as on the command line
+        clock, policy_us, timed = dt.one_run(source, spec, trace, 1, 600)
         for phase in ("prefill", "decode"):
             assert counts(plain, phase) == counts(timed, phase)
         assert clock.layers == plain["decode_steps"] * 28

@@ -235,11 +235,7 @@ class SMoE(CachingPolicy):
         yet (what the prefetch saved it)."""
         layer = view.layer
         n = self.planned[layer] = self.planned.get(layer, 0) + 1
-        if not computed <= resident:
-            self.needed_link[layer] = n
-            return
-        prefetched = view.cache.prefetched()
-        if prefetched and any((layer, e) in prefetched for e in computed):
+        if not computed <= resident or view.cache.any_prefetched(layer, computed):
             self.needed_link[layer] = n
 
     def gate_open(self, layer: int) -> bool:
