@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from snakemake.utils import update_config
 
 from smoe.dag import ConfigError, accuracy_runs, budget_args, check_config, run_paths
 
@@ -17,6 +18,14 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 def load(name):
     return yaml.safe_load((ROOT / "config" / name).read_text())
+
+
+def config_of(name):
+    """The config a run with `--configfile config/<name>` sees: the Snakefile's config/config.yaml, with `name` laid
+    over it key by key (dicts merged, the rest replaced), as Snakemake does."""
+    config = load("config.yaml")
+    update_config(config, load(name))
+    return config
 
 
 def snake(*args, cwd=ROOT, timeout=900):
@@ -45,21 +54,21 @@ def test_check_config_names_accepted_values(key, value, message):
 @pytest.mark.parametrize("key,folder", [("gpu_results", "results/gpu/no_such_campaign"),
                                         ("accelerate_results", "results/gpu/paper_shape_h200")])
 def test_a_committed_results_folder_without_records_is_refused(key, folder):
-    config = load("test.yaml")
+    config = config_of("test.yaml")
     config[key] = [*config[key], folder]
     with pytest.raises(ConfigError, match=f"{key}: '{folder}' holds no"):
         check_config(config)
 
 
 def test_unknown_family_is_refused():
-    config = load("test.yaml")
+    config = config_of("test.yaml")
     config["models"][0]["tiny"]["family"] = "llama"
     with pytest.raises(ConfigError, match="unknown family 'llama'.*accepted: deepseek_v2"):
         check_config(config)
 
 
 def test_schema_rejects_a_bad_config(tmp_path):
-    bad = load("test.yaml")
+    bad = config_of("test.yaml")
     bad["batches"] = [0]
     bad["surprise"] = 1
     path = tmp_path / "bad.yaml"
@@ -94,7 +103,7 @@ def test_ci_grid_end_to_end(tmp_path):
     (ROOT / "resources").mkdir(exist_ok=True)
     done = snake("--cores", "2", "--configfile", "config/test.yaml", cwd=work)
     assert done.returncode == 0, done.stderr[-3000:]
-    config = load("test.yaml")
+    config = config_of("test.yaml")
     for path in run_paths(config):
         assert (work / path).is_file(), path
     import pandas as pd
@@ -224,7 +233,7 @@ def test_slurm_localhost_runs_the_ci_grid(tmp_path):
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-3000:]
     # one sbatch job per benchmark job (a policy's runs at one budget), each with its SLURM log
-    bench_jobs = {"_".join(Path(p).parts[2:6]) for p in run_paths(load("test.yaml"))}  # gpu_model_budget_policy
+    bench_jobs = {"_".join(Path(p).parts[2:6]) for p in run_paths(config_of("test.yaml"))}  # gpu_model_budget_policy
     logs = work / ".snakemake/slurm_logs"
     logged = {d.name for rule in ("rule_bench", "rule_bench_belady") for d in (logs / rule).iterdir()
               if any(d.glob("*.log"))}
