@@ -10,8 +10,8 @@ without quantization, as the SMoE paper ran it. Rules:
     least one and at most `prefetch_size`;
   - MRS cache: every expert keeps a decayed score S <- decay*S + (1-decay)*(router score this pass); the
     cached expert with the lowest S is evicted (ties: least recently used).
-Costs follow the same fixed model as SMoE's balancing (expert bytes over a PCIe rate and over a CPU
-streaming rate), so decisions do not depend on timing.
+Costs follow the same fixed model as SMoE's balancing (expert bytes over a PCIe rate, by default the link the run
+emulates, and over a CPU streaming rate), so decisions do not depend on timing.
 
 Parameters: `depth` 1 (the next MoE layer, as its source describes impact-driven prefetch). Swept at the
 Qwen2-57B shape (48 GB, batch 1 and 3, exam and reasoning; decisions replayed on the CPU, TPOT modelled by the
@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from smoe.balance import load_seconds
 from smoe.caching import CachingPolicy
+from smoe.errors import PolicyParamError
 from smoe.plan import Action, ExpertKey, LayerView, ModelInfo, Plan, PrefetchPlan
 from smoe.policy import register_policy
 
@@ -34,8 +36,16 @@ class HybriMoE(CachingPolicy):
     decay: float = 0.5  # MRS: weight of the old score
     depth: int = 1  # MoE layers of look-ahead for prefetch
     prefetch_size: int = 4  # experts prefetched per layer at most
-    pcie_gbps: float = 25.0
+    pcie_gbps: float | None = None  # None: the run's emulated link, else 25 GB/s (`smoe.balance.load_seconds`)
     cpu_gbps: float = 20.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if (self.pcie_gbps is not None and not self.pcie_gbps > 0) or not self.cpu_gbps > 0 or self.depth < 1 \
+                or self.prefetch_size < 1 or not 0 <= self.decay < 1:
+            raise PolicyParamError(f"need pcie_gbps > 0 or None, cpu_gbps > 0, depth >= 1, prefetch_size >= 1 and "
+                                   f"0 <= decay < 1; got {self.pcie_gbps}, {self.cpu_gbps}, {self.depth}, "
+                                   f"{self.prefetch_size}, {self.decay}")
 
     def setup(self, model: ModelInfo, capacity: int) -> list[ExpertKey]:
         self.model = model
@@ -64,7 +74,7 @@ class HybriMoE(CachingPolicy):
         tokens = np.bincount(view.topk_np.ravel(), minlength=view.model.num_experts).tolist()  # [E]
         best = view.scores_np.max(axis=0).tolist()  # [E] best score over the batch
         missing.sort(key=lambda e: (-tokens[e], -best[e], e))
-        c_load = view.model.expert_bytes / (self.pcie_gbps * 1e9)
+        c_load = load_seconds(view.model, self.pcie_gbps)
         c_cpu = view.model.expert_bytes / (self.cpu_gbps * 1e9)
         t_gpu = t_cpu = 0.0
         for e in missing:
@@ -94,6 +104,6 @@ class HybriMoE(CachingPolicy):
             top, best = scores.topk(self.model.top_k).indices.tolist(), scores.tolist()
             impact += [(best[e] * c_cpu / d, (target, e)) for e in top if (target, e) not in self.cached]
         impact.sort(key=lambda x: (-x[0], x[1]))
-        c_load = view.model.expert_bytes / (self.pcie_gbps * 1e9)
+        c_load = load_seconds(view.model, self.pcie_gbps)
         n = min(self.prefetch_size, max(1, int(self.pcie_idle / c_load)))
         return self.prefetch_plan(view, [key for _, key in impact[:n]])

@@ -7,6 +7,19 @@ likely reused), low-score ones to the CPU.
 """
 from __future__ import annotations
 
+from .plan import ModelInfo
+
+PCIE_GBPS = 25.0  # the fixed cost model's host->device rate on the machine's own link: the paper's S3 (A6000, PCIe 4.0)
+
+
+def load_seconds(model: ModelInfo, pcie_gbps: float | None) -> float:
+    """The fixed cost model's time to copy one expert to the device: over `pcie_gbps` where a policy sets it, else
+    over the link the run emulates (`ModelInfo.link_gbps`), else over `PCIE_GBPS`. A policy planning for an
+    emulated 6 GB/s link prices a load as a machine with that link would, not as its default 25 GB/s."""
+    rate = pcie_gbps if pcie_gbps is not None else model.link_gbps or PCIE_GBPS
+    return model.expert_bytes / (rate * 1e9)
+
+
 
 def split_load_cpu(expert_ids: list[int], c_load: float, c_cpu: float) -> tuple[list[int], list[int]]:
     """expert_ids: missing experts sorted by score, highest first -> (load_ids, cpu_ids).

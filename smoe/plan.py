@@ -39,13 +39,15 @@ class Action(IntEnum):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Static facts about the MoE model a policy may use."""
+    """Static facts about the MoE model, and the run's host->device link, a policy may use."""
 
     moe_layers: tuple[int, ...]  # decoder layer indices that hold routed experts
     num_experts: int  # E, routed experts per MoE layer
     top_k: int  # K, the family router's experts per token
     expert_bytes: int  # bytes of one routed expert (gate+up+down)
     model_type: str
+    link_gbps: float | None = None  # the host->device rate the run emulates (GB/s), a fact of the setting like the
+    # budget, not a timing; None: the machine's own link, which cost-modelling policies take from their parameter
 
 
 class CacheView:

@@ -75,7 +75,9 @@ def default_cpu_threads() -> int:
     """Threads of the CPU-expert worker: half the logical cores (about the physical ones, where two hyperthreads
     share a core), so the driver thread, whose host work paces a decode step, is not starved. On the H200 host (16
     logical cores) SMoE decoded at 122 ms per token with 8 threads and 206 ms with 15, HybriMoE 187 and 185 ms, and
-    a CPU expert step took 43 against 38 ms (docs/h200-campaigns.md, fifth campaign)."""
+    a CPU expert step took 43 against 38 ms (docs/h200-campaigns.md, fifth campaign); on another (16 cores, one thread
+    each; Qwen2-57B shape, 48 GB, batch 3, 2 rounds) SMoE took 80/92 ms with 8, 83/92 with 12 and 88/104 with 15,
+    HybriMoE 280-285 with each (twenty-ninth campaign)."""
     return max(1, (os.cpu_count() or 2) // 2)
 
 
@@ -148,6 +150,7 @@ class Runtime:
             top_k=top_k,
             expert_bytes=expert_bytes,
             model_type=config.model_type,
+            link_gbps=link_gbps,
         )
         grouped = default_grouped(self.device) if grouped_experts is None else grouped_experts
         if grouped not in GROUPED:

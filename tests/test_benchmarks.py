@@ -156,3 +156,19 @@ def test_decision_time_times_every_piece_without_changing_what_runs(tmp_path):
     assert {(r["policy"], r["piece"]) for r in rows} == {
         (p, piece) for p in ("lru", "smoe") for piece in dt.PIECES if piece != "prefetch" or p == "smoe"} | {
         (p, probe + again) for p in ("lru", "smoe") for probe in dt.PROBES for again in ("", dt.AGAIN)}
+
+
+def test_cpu_experts_benchmark_times_the_runtime_expert_against_a_plain_read(tmp_path):
+    """benchmarks/cpu_experts.py: a row per (shape, op, tokens, threads), the read rows the reference of their
+    thread count, and every time positive; a bad count is refused by name."""
+    out = tmp_path / "cpu.csv"
+    cmd = [sys.executable, str(ROOT / "benchmarks/cpu_experts.py"), "--shapes", "deepseek-moe-16b-shape",
+           "--tokens", "1", "3", "--threads", "1", "2", "--reps", "2", "--pool-mb", "1", "--out", str(out)]
+    subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
+    rows = list(csv.DictReader(open(out)))
+    assert sorted((r["op"], r["tokens"], r["threads"]) for r in rows) == sorted(
+        [("read", "0", t) for t in ("1", "2")] + [("expert", n, t) for n in ("1", "3") for t in ("1", "2")])
+    assert all(float(r["ms"]) > 0 and float(r["gbps"]) > 0 for r in rows)
+    assert all(float(r["of_read"]) == 1.0 for r in rows if r["op"] == "read")
+    bad = subprocess.run(cmd[:-2] + ["--threads", "0", "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--threads [0]" in bad.stderr

@@ -195,3 +195,36 @@ def test_router_decides_as_its_literal_statement():
             assert expert_cache_router(scores, k, alpha, resident) == want  # the router's own top-k
         substituted += want != [sorted(row) for row in topk.tolist()]
     assert substituted > 500  # substitution was exercised, not only the unchanged case
+
+
+def test_balancing_prices_a_load_at_the_link_the_run_emulates():
+    """SMoE's balancing and HybriMoE's scheduling price a load over the run's emulated link unless `pcie_gbps` is
+    set: four missing experts split 2/2 at the default 25 GB/s (a load 4e-8 s, a CPU expert 5e-8), 1 load and 3 on
+    the CPU over a 5 GB/s link (a load 2e-7 s); an explicit pcie_gbps=25 decides as on the machine's own link."""
+    from smoe.balance import PCIE_GBPS, load_seconds
+    from smoe.plan import Action, CacheView, LayerView, ModelInfo, check_plan
+    from smoe.policy import make_policy
+    from smoe_test_support import FakePool
+
+    own = ModelInfo(moe_layers=(0,), num_experts=8, top_k=4, expert_bytes=1000, model_type="test")
+    slow = ModelInfo(**{**own.__dict__, "link_gbps": 5.0})
+    assert load_seconds(own, None) == 1000 / (PCIE_GBPS * 1e9)
+    assert load_seconds(slow, None) == 1000 / 5e9 and load_seconds(slow, 50.0) == 1000 / 50e9
+
+    def split(name, info, **params):
+        scores = torch.tensor([[0.4, 0.3, 0.2, 0.1, 0, 0, 0, 0]])
+        v = LayerView(layer=0, phase="decode", step=1, scores=scores, topk=torch.tensor([[0, 1, 2, 3]]),
+                      cache=CacheView(FakePool(capacity=8)), model=info)
+        policy = make_policy(name, **params)
+        policy.setup(info, 8)
+        ex = check_plan(policy.plan(v), v, name)
+        return sorted(ex.loads), sorted(e for e, a in ex.where.items() if a == Action.CPU)
+
+    for name in ("smoe-ce-cr-ba", "hybrimoe"):
+        assert [len(s) for s in split(name, own)] == [2, 2], name
+        assert [len(s) for s in split(name, slow)] == [1, 3], name
+        assert split(name, slow, pcie_gbps=25.0) == split(name, own), name
+    for bad in (dict(pcie_gbps=0.0), dict(cpu_gbps=-1.0)):
+        for name in ("smoe", "hybrimoe"):
+            with pytest.raises(Exception, match="pcie_gbps > 0 or None"):
+                make_policy(name, **bad)

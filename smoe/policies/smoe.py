@@ -45,8 +45,9 @@ gate reads only the plans' history, so it decides the same on any machine. `None
 paper). With an early prediction (`early`, `early-attention`) the engine still queues it in every layer; the gate
 saves only its read and the prefetch.
 
-Balancing costs: `costs="fixed"` (default) models a load as expert_bytes / `pcie_gbps` and a CPU expert
-as expert_bytes / `cpu_gbps` (a memory-bound expert at low batch), so decisions never depend on timing;
+Balancing costs: `costs="fixed"` (default) models a load as expert_bytes / `pcie_gbps` (by default the link the
+run emulates, else 25 GB/s) and a CPU expert as expert_bytes / `cpu_gbps` (a memory-bound expert at low batch), so
+decisions never depend on timing;
 `costs="measured"` uses the runtime's rolling mean of the last `p` measured copies and CPU experts instead
 (on a GPU run; the fixed values stand in until there are samples).
 """
@@ -54,7 +55,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from smoe.balance import split_load_cpu
+from smoe.balance import load_seconds, split_load_cpu
 from smoe.caching import CachingPolicy
 from smoe.errors import PolicyParamError
 from smoe.plan import _CPU, _HIT, _LOAD, _SKIP, _SUB, ExpertKey, LayerView, Plan, PrefetchPlan
@@ -84,7 +85,8 @@ class SMoE(CachingPolicy):
     prefetch_share: float = 0.5  # most of the slots that prefetched, not yet used experts may hold
     prefetch_gate: int | None = None  # predict a layer only if it needed the link in its last n passes; None: always
     costs: str = "fixed"  # fixed | measured
-    pcie_gbps: float = 25.0  # fixed cost model: host->device rate (the paper's S3 A6000 on PCIe 4.0)
+    pcie_gbps: float | None = None  # fixed cost model: host->device rate; None: the run's emulated link, else 25 GB/s
+    # (the paper's S3 A6000 on PCIe 4.0; `smoe.balance.load_seconds`)
     cpu_gbps: float = 20.0  # fixed cost model: rate at which the CPU streams an expert's weights
     p: int = 10  # measured costs: samples in the rolling mean
 
@@ -98,6 +100,8 @@ class SMoE(CachingPolicy):
             raise PolicyParamError(f"costs={self.costs!r}; accepted: {', '.join(COST_MODES)}")
         if self.alpha < 0 or (self.window is not None and self.window < 1) or self.p < 1:
             raise PolicyParamError(f"need alpha >= 0, window >= 1 or None, p >= 1; got {self.alpha}, {self.window}, {self.p}")
+        if (self.pcie_gbps is not None and not self.pcie_gbps > 0) or not self.cpu_gbps > 0:
+            raise PolicyParamError(f"need pcie_gbps > 0 or None and cpu_gbps > 0; got {self.pcie_gbps}, {self.cpu_gbps}")
         if self.prefetch_gate is not None and self.prefetch_gate < 1:
             raise PolicyParamError(f"prefetch_gate={self.prefetch_gate!r}; accepted: an int >= 1 or None")
         # Eq. 3's window: each layer's last `window` per-pass mean scores in a ring; the means are brought up to
@@ -150,7 +154,7 @@ class SMoE(CachingPolicy):
 
     # ---- planning --------------------------------------------------------------------------------------
     def _costs(self, view: LayerView) -> tuple[float, float]:
-        c_load = view.model.expert_bytes / (self.pcie_gbps * 1e9)
+        c_load = load_seconds(view.model, self.pcie_gbps)
         c_cpu = view.model.expert_bytes / (self.cpu_gbps * 1e9)
         if self.costs == "measured" and view.costs is not None:
             loads, cpus = list(view.costs["load"])[-self.p:], list(view.costs["cpu"])[-self.p:]

@@ -14,7 +14,10 @@
                               rows, at 488bbaf); `hits`: when a grouped decode layer's routed, resident
                               experts were queued, `after-plan` (every run but the twentieth campaign's A/B, and
                               its rows labelled `@hits-after-plan`) or `before-plan` (that A/B's other rows, at
-                              8eaecbd)),
+                              8eaecbd); `load_priced_gbps`: the link rate a cost-modelling policy (SMoE's
+                              balancing, HybriMoE's scheduling) priced a load at, empty for the others: 25 in
+                              every run before 2026-12-03's twenty-ninth campaign, since then the run's emulated
+                              link unless the policy set `pcie_gbps`),
                               then the cost model's rows for every profile (measured=False), modelled from
                               the native runs' executed plans: the paper's GPUs, and the machines measured by
                               the `machine_profile` rule (config `machine_profiles:`, and the machine this
@@ -25,7 +28,11 @@
   smoe_vs_best_gpu.csv        per measured setting (folder, shape, batch, workload, skeleton, grouped, block
                               order, KV cache, hits and prefetch modes, link): the
                               all-GPU floor, the best offloading baseline and every SMoE variant's TPOT as a
-                              multiple of it (a setting run in several rounds: each policy's median)
+                              multiple of it (a setting run in several rounds: each policy's median);
+                              `baselines_priced_at_link`: whether every cost-modelling offloading baseline there
+                              priced a load within 10% of the link the run had (emulated, else the measured copy
+                              rate): where not, the baseline split its misses between the link and the CPU for
+                              another machine, and the ratio flatters SMoE
   ablation_gpu.csv            the paper's Fig. 14 steps (lru, +CE, +CR, +Pre, +BA) where a setting ran them all:
                               TPOT and hit rate per step and the change from the step before
 A setting measured in two folders appears twice, told apart by `source`.
@@ -35,11 +42,25 @@ from pathlib import Path
 
 import pandas as pd
 
+from smoe.balance import PCIE_GBPS
 from smoe.costmodel import model_measured_runs, profiles_with, skeleton_mode
 from smoe.files import env_file, read_jsonl
-from smoe.policy import OFFLOADING_BASELINES
+from smoe.policy import OFFLOADING_BASELINES, policy_params
 
 sm = snakemake  # noqa: F821
+
+
+def load_priced_gbps(rec: dict) -> float | None:
+    """The host->device rate a policy's fixed cost model priced one load at in a run record (None: the policy has
+    no such model). Records before resolved parameters (the first two campaigns) ran with the 25 GB/s default."""
+    p = rec["params"]
+    if "pcie_gbps" not in policy_params(p["policy"]):
+        return None
+    given = p.get("policy_resolved", {"pcie_gbps": p.get("policy_params", {}).get("pcie_gbps", PCIE_GBPS)})
+    rate = given.get("pcie_gbps")
+    return float(rate) if rate is not None else p.get("link_gbps") or PCIE_GBPS
+
+
 profiles = profiles_with([json.loads(Path(p).read_text()) for p in sm.input.machines])  # measured rates win
 measured, modelled, validation = [], [], []
 for path in map(Path, sm.input.runs):  # {stem}.jsonl or {stem}.jsonl.gz, with {stem}_env.json beside it
@@ -56,6 +77,8 @@ for path in map(Path, sm.input.runs):  # {stem}.jsonl or {stem}.jsonl.gz, with {
     hits = ["before-plan" if r["env"].get("hits_before_plan") else "after-plan" for r in records]  # 8eaecbd's A/B only
     measured.append(rows.assign(emulated=rows.link_gbps.notna(), skeleton=skeleton, grouped=grouped, block_order=order,
                                 kv_cache=kv, prefetch_at=at, hits=hits,
+                                load_priced_gbps=[load_priced_gbps(r) for r in records],
+                                link_had_gbps=rows.link_gbps.fillna(env["copy_Bps"] / 1e9),
                                 source=f"{path.parent.name}/{path.name}"))
     # records older than `policy_resolved` ran with the defaults of their day: the env file states any that changed
     check, model = model_measured_runs(records, env["copy_Bps"] / 1e9, records[0]["row"]["gpu"], profiles,
@@ -88,7 +111,10 @@ for key, group in runs[runs.policy != "all-gpu"].groupby(setting, dropna=False, 
         base = t.tpot_s[t.index.isin(OFFLOADING_BASELINES)]
         row = dict(zip(setting, key), link_gbps=link or None, floor_s=floor)
         if len(base):
-            row |= {"best_baseline": base.idxmin(), "best_baseline_tpot_s": base.min()}
+            priced = g[g.policy.isin(OFFLOADING_BASELINES) & g.load_priced_gbps.notna()]
+            row |= {"best_baseline": base.idxmin(), "best_baseline_tpot_s": base.min(),
+                    "baselines_priced_at_link": bool(((priced.load_priced_gbps / priced.link_had_gbps - 1).abs()
+                                                      <= 0.1).all())}
             for p in t.index[t.index.str.startswith("smoe")]:
                 row[f"{p} / best"] = t.tpot_s[p] / base.min()
         summary.append(row)
