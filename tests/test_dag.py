@@ -151,6 +151,14 @@ def test_ci_grid_end_to_end(tmp_path):
     cut = best[(best.folder == "paper_shape_h200_s26_xverse16_b1") & (best.workload == "knowledge")]
     assert len(cut) == 1 and cut.floor_s.notna().all() and cut.best_baseline.isna().all()
     assert cut["smoe / best"].isna().all()
+    # the load price: a cost-modelling policy prices a load at the emulated link unless pcie_gbps is set (twenty-ninth
+    # campaign); before it, at 25 GB/s everywhere, so the XVERSE shape's HybriMoE (6 GB/s) planned for another link
+    ab = measured[measured.source.str.startswith("paper_shape_h200_s33_xverse16_link_b1/")].set_index("policy")
+    assert ab.load_priced_gbps[["smoe", "hybrimoe"]].eq(6.0).all() and ab.load_priced_gbps[["all-gpu"]].isna().all()
+    assert ab.load_priced_gbps[["smoe:pcie_gbps=25", "hybrimoe:pcie_gbps=25"]].eq(25.0).all()
+    priced = best.set_index("folder").baselines_priced_at_link
+    assert priced[["paper_shape_h200_s33_xverse16_link_b1"]].all()
+    assert not priced[["paper_shape_h200_s32_xverse16_b3_r"]].any()
     # accelerate at each shape's budgets, against the committed runs at the same budget (Qwen2-57B: 44 GiB, 40 and 48)
     hf = pd.read_csv(work / "results/tables/accelerate_gpu.csv")
     smoe = hf[hf.policy == "smoe"]
