@@ -12,13 +12,16 @@ from .plan import ModelInfo
 PCIE_GBPS = 25.0  # the fixed cost model's host->device rate on the machine's own link: the paper's S3 (A6000, PCIe 4.0)
 
 
-def load_seconds(model: ModelInfo, pcie_gbps: float | None) -> float:
-    """The fixed cost model's time to copy one expert to the device: over `pcie_gbps` where a policy sets it, else
-    over the link the run emulates (`ModelInfo.link_gbps`), else over `PCIE_GBPS`. A policy planning for an
-    emulated 6 GB/s link prices a load as a machine with that link would, not as its default 25 GB/s."""
-    rate = pcie_gbps if pcie_gbps is not None else model.link_gbps or PCIE_GBPS
-    return model.expert_bytes / (rate * 1e9)
+def load_gbps(pcie_gbps: float | None, link_gbps: float | None) -> float:
+    """The host->device rate the fixed cost model prices a load at: a policy's `pcie_gbps` where it sets one, else
+    the link the run emulates, else `PCIE_GBPS`. A policy planning for an emulated 6 GB/s link prices a load as a
+    machine with that link would, not as its default 25 GB/s."""
+    return pcie_gbps if pcie_gbps is not None else link_gbps or PCIE_GBPS
 
+
+def load_seconds(model: ModelInfo, pcie_gbps: float | None) -> float:
+    """The fixed cost model's time to copy one expert of `model` to the device (`load_gbps`)."""
+    return model.expert_bytes / (load_gbps(pcie_gbps, model.link_gbps) * 1e9)
 
 
 def split_load_cpu(expert_ids: list[int], c_load: float, c_cpu: float) -> tuple[list[int], list[int]]:

@@ -38,28 +38,45 @@ def device_copy_rate(nbytes: int, device: str, reps: int = 20) -> float:
     return 2 * nbytes * _copies_per_second(torch.empty_like(src), src, reps)
 
 
-def cpu_expert_rate(hidden: int, intermediate: int, threads: int, reps: int = 20) -> float:
-    """Bytes/s at which the CPU streams one bfloat16 SwiGLU expert's weights for one token (the CPU-expert
-    path's own `expert_forward`, on `threads` threads): the expert's bytes over the median time per call."""
+def _median_seconds(fn, n: int, threads: int, reps: int) -> float:
+    """fn(i) on `threads` intra-op threads, i cycling over n items (each read from memory, not cache): the median
+    seconds of `reps` calls after one warm-up call; the thread count is restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fn(0)  # warm-up
+        times = []
+        for i in range(reps):
+            t0 = time.perf_counter()
+            fn((i + 1) % n)
+            times.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
+    return statistics.median(times)
+
+
+def cpu_expert_rate(hidden: int, intermediate: int, threads: int, reps: int = 20, tokens: int = 1,
+                    pool_bytes: int = 128 << 20) -> float:
+    """Bytes/s at which the CPU streams one bfloat16 SwiGLU expert's weights for `tokens` tokens (the CPU-expert
+    path's own `expert_forward`, on `threads` threads): the expert's bytes over the median time per call, cycling
+    over `pool_bytes` of experts (by default more than a last-level cache)."""
     from .checkpoint import ExpertShape
     from .store import expert_forward
 
     shape = ExpertShape(hidden=hidden, intermediate=intermediate)
-    n = max(2, -(-(128 << 20) // (shape.numel * 2)))  # experts cycled through: 128 MiB, more than a last-level cache
+    n = max(2, -(-pool_bytes // (shape.numel * 2)))  # experts cycled through
     w = torch.empty(n, shape.numel, dtype=torch.bfloat16).normal_(std=0.02)  # [n, 3*I*H]
-    x = torch.randn(1, hidden, dtype=torch.bfloat16)  # [1,H]
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        expert_forward(x, w[0], shape, torch.nn.functional.silu)  # warm-up
-        times = []
-        for i in range(reps):
-            t0 = time.perf_counter()
-            expert_forward(x, w[(i + 1) % n], shape, torch.nn.functional.silu)
-            times.append(time.perf_counter() - t0)
-    finally:
-        torch.set_num_threads(before)
-    return shape.numel * 2 / statistics.median(times)
+    x = torch.randn(tokens, hidden, dtype=torch.bfloat16)  # [tokens,H]
+    seconds = _median_seconds(lambda i: expert_forward(x, w[i], shape, torch.nn.functional.silu), n, threads, reps)
+    return shape.numel * 2 / seconds
+
+
+def cpu_read_rate(nbytes: int, threads: int, reps: int = 20, pool_bytes: int = 128 << 20) -> float:
+    """Bytes/s at which the CPU reads a buffer of `nbytes` on `threads` threads (a `max` over it as int16, which
+    only reads): the ceiling of an expert of that size at decode batch sizes, cycling as `cpu_expert_rate` does."""
+    n = max(2, -(-pool_bytes // nbytes))
+    bufs = torch.zeros(n, nbytes // 2, dtype=torch.int16)  # [n, nbytes/2], every page written
+    return nbytes / _median_seconds(lambda i: bufs[i].max(), n, threads, reps)
 
 
 def measure_machine(device: str, name: str, hidden: int = 2048, intermediate: int = 1408,

@@ -202,6 +202,7 @@ def test_balancing_prices_a_load_at_the_link_the_run_emulates():
     set: four missing experts split 2/2 at the default 25 GB/s (a load 4e-8 s, a CPU expert 5e-8), 1 load and 3 on
     the CPU over a 5 GB/s link (a load 2e-7 s); an explicit pcie_gbps=25 decides as on the machine's own link."""
     from smoe.balance import PCIE_GBPS, load_seconds
+    from smoe.errors import PolicyParamError
     from smoe.plan import Action, CacheView, LayerView, ModelInfo, check_plan
     from smoe.policy import make_policy
     from smoe_test_support import FakePool
@@ -226,5 +227,5 @@ def test_balancing_prices_a_load_at_the_link_the_run_emulates():
         assert split(name, slow, pcie_gbps=25.0) == split(name, own), name
     for bad in (dict(pcie_gbps=0.0), dict(cpu_gbps=-1.0)):
         for name in ("smoe", "hybrimoe"):
-            with pytest.raises(Exception, match="pcie_gbps > 0 or None"):
+            with pytest.raises(PolicyParamError, match="pcie_gbps > 0 or None"):
                 make_policy(name, **bad)

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from smoe.balance import PCIE_GBPS
+from smoe.balance import PCIE_GBPS, load_gbps
 from smoe.costmodel import model_measured_runs, profiles_with, skeleton_mode
 from smoe.files import env_file, read_jsonl
 from smoe.policy import OFFLOADING_BASELINES, policy_params
@@ -52,13 +52,13 @@ sm = snakemake  # noqa: F821
 
 def load_priced_gbps(rec: dict) -> float | None:
     """The host->device rate a policy's fixed cost model priced one load at in a run record (None: the policy has
-    no such model). Records before resolved parameters (the first two campaigns) ran with the 25 GB/s default."""
+    no such model). Records before resolved parameters (the first three campaigns) ran with the 25 GB/s default."""
     p = rec["params"]
     if "pcie_gbps" not in policy_params(p["policy"]):
         return None
     given = p.get("policy_resolved", {"pcie_gbps": p.get("policy_params", {}).get("pcie_gbps", PCIE_GBPS)})
     rate = given.get("pcie_gbps")
-    return float(rate) if rate is not None else p.get("link_gbps") or PCIE_GBPS
+    return load_gbps(None if rate is None else float(rate), p.get("link_gbps"))
 
 
 profiles = profiles_with([json.loads(Path(p).read_text()) for p in sm.input.machines])  # measured rates win
