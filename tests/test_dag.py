@@ -159,6 +159,15 @@ def test_ci_grid_end_to_end(tmp_path):
     priced = best.set_index("folder").baselines_priced_at_link
     assert priced[["paper_shape_h200_s33_xverse16_link_b1"]].all()
     assert not priced[["paper_shape_h200_s32_xverse16_b3_r"]].any()
+    # every deepseek 12 GB and XVERSE 16 GB cell of Fig. 11 has SMoE beside a HybriMoE priced at the run's link, in
+    # one process (twenty-ninth and thirtieth campaigns), which the README's ratios for those shapes quote
+    key = ["source", "batch", "workload"]
+    hyb = measured[(measured.policy == "hybrimoe") & measured.load_priced_gbps.eq(measured.link_had_gbps)][key]
+    both = measured[measured.policy == "smoe"].merge(hyb, on=key)
+    cells = set(zip(both.model.str[:3], both.budget_gb, both.batch, both.workload))
+    grid = {(m, gb, b, w) for m, gb in (("dee", 12.0), ("xve", 16.0)) for b in (1, 3)
+            for w in ("exam", "language", "knowledge", "understanding", "reasoning")}
+    assert grid <= cells, sorted(grid - cells)
     # accelerate at each shape's budgets, against the committed runs at the same budget (Qwen2-57B: 44 GiB, 40 and 48)
     hf = pd.read_csv(work / "results/tables/accelerate_gpu.csv")
     smoe = hf[hf.policy == "smoe"]
