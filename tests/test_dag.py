@@ -165,9 +165,18 @@ def test_ci_grid_end_to_end(tmp_path):
     hyb = measured[(measured.policy == "hybrimoe") & measured.load_priced_gbps.eq(measured.link_had_gbps)][key]
     both = measured[measured.policy == "smoe"].merge(hyb, on=key)
     cells = set(zip(both.model.str[:3], both.budget_gb, both.batch, both.workload))
-    grid = {(m, gb, b, w) for m, gb in (("dee", 12.0), ("xve", 16.0)) for b in (1, 3)
-            for w in ("exam", "language", "knowledge", "understanding", "reasoning")}
+    workloads = ("exam", "language", "knowledge", "understanding", "reasoning")
+    grid = {(m, gb, b, w) for m, gb in (("dee", 12.0), ("xve", 16.0)) for b in (1, 3) for w in workloads}
     assert grid <= cells, sorted(grid - cells)
+    # ... and so has every other deepseek and XVERSE setting the README lists (thirtieth and thirty-first campaigns)
+    others = {(m, gb, 1, w) for m, gb in (("dee", 16.0), ("xve", 12.0)) for w in workloads}
+    others |= {("dee", 16.0, 3, "exam"), ("xve", 12.0, 3, "exam"), ("dee", 8.0, 1, "exam")}
+    assert others <= cells, sorted(others - cells)
+    # a baseline run with parameters set counts as that baseline: on the H200's own link, HybriMoE priced at the
+    # measured copy rate (55 GB/s) beside its default 25 is the best baseline, and the setting is priced at the link
+    own = best[best.folder == "paper_shape_h200_s35_qwen48_own"]
+    assert len(own) == 2 and own.best_baseline.eq("hybrimoe:pcie_gbps=55").all()
+    assert own.baselines_priced_at_link.all()
     # accelerate at each shape's budgets, against the committed runs at the same budget (Qwen2-57B: 44 GiB, 40 and 48)
     hf = pd.read_csv(work / "results/tables/accelerate_gpu.csv")
     smoe = hf[hf.policy == "smoe"]
