@@ -68,6 +68,10 @@ class CacheView:
     def resident(self, layer: int) -> frozenset[int]:
         return frozenset(self._pool.by_layer.get(layer, ()))
 
+    def resident_mask(self, layer: int) -> np.ndarray:
+        """[E] bool: `resident(layer)` as an array (the pool's own, kept up to date: read-only)."""
+        return self._pool.layer_mask(layer)
+
     def is_resident(self, key: ExpertKey) -> bool:
         return key in self._pool.slot_of
 

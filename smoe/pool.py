@@ -28,6 +28,7 @@ class SlotPool:
         self.link = link
         self.slot_of: dict[ExpertKey, int] = {}
         self.by_layer: dict[int, set[int]] = {}
+        self.masks: dict[int, np.ndarray] = {}  # layer -> [E] bool: by_layer as an array (compiled decisions read it)
         self.prefetched: set[ExpertKey] = set()
         self._free = list(range(capacity - 1, -1, -1))  # pop() hands out slot 0 first
         if self.cuda:
@@ -44,12 +45,20 @@ class SlotPool:
     def free_slots(self) -> int:
         return len(self._free)
 
+    def layer_mask(self, layer: int) -> np.ndarray:
+        """[E] bool: which experts of `layer` are resident (the pool's own array, kept up to date: read-only)."""
+        mask = self.masks.get(layer)
+        if mask is None:
+            mask = self.masks[layer] = np.zeros(self.store.num_experts, dtype=bool)
+        return mask
+
     def __contains__(self, key: ExpertKey) -> bool:
         return key in self.slot_of
 
     def evict(self, key: ExpertKey) -> None:
         slot = self.slot_of.pop(key)
         self.by_layer[key[0]].discard(key[1])
+        self.masks[key[0]][key[1]] = False
         self.prefetched.discard(key)
         self._free.append(slot)
 
@@ -59,6 +68,7 @@ class SlotPool:
         slot = self._free.pop()
         self.slot_of[key] = slot
         self.by_layer.setdefault(key[0], set()).add(key[1])
+        self.layer_mask(key[0])[key[1]] = True
         if prefetch:
             self.prefetched.add(key)
         if self.cuda:

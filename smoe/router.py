@@ -1,8 +1,9 @@
 """SMoE's expert-cache router (paper Alg. 1, Eq. 1-2): substitute low-score experts that are not on the
 device with resident experts of similar score.
 
-Where it sits: a pure function the SMoE policies call from `plan`; it sees scores and a resident set, never a
-device or a clock.
+Where it sits: the rules of `smoe.smoe_kernels.route_and_place`, which SMoE's `plan` calls (with the placement of
+what the router computes) and `expert_cache_router` wraps for one layer's scores and a resident set; it sees neither a
+device nor a clock.
 
 Semantics (per token t of one layer; scores [T,E] are the family router's probabilities):
   topk_t   the k highest scores (ties: lower id first), or the family router's own selection;
@@ -20,11 +21,12 @@ scans a Python set), and a low-score expert is one below (1+alpha)*L_t (v3's cor
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import numpy as np
 import torch
+
+from .smoe_kernels import route_and_place
 
 
 def expert_cache_router(
@@ -46,48 +48,11 @@ def expert_cache_router(
     values = scores.detach().float().cpu().numpy()  # [T,E]
     if topk is None:  # the k highest scores, ties to the lower id
         topk = torch.from_numpy(np.argsort(-values, axis=1, kind="stable")[:, :k])
-    return route_rows(values.tolist(), topk.tolist(), alpha, resident)
-
-
-def route_rows(rows: list[list[float]], sel: list[list[int]], alpha: float, resident: Iterable[int]) -> list[list[int]]:
-    """`expert_cache_router` on rows already converted to Python lists (scores [T][E], selection [T][k]), for a
-    caller that holds them anyway: plain Python per token, as numpy's per-call cost would dominate a decode batch.
-
-    Runs for every decode layer, so the per-token work is kept to C-level list, set and sort calls: sorts take
-    `row.__getitem__` as key with reverse=True (stable, so ties keep the ascending ids they were given), which
-    is the order (-score, id) without a Python call per comparison."""
-    if alpha == 0:
-        return [sorted(chosen) for chosen in sel]
-    high, low = 1 + alpha, 1 - alpha
-    bounds = [_best_outside(row, chosen) for row, chosen in zip(rows, sel)]  # [T] L_t = S_{k+1}
-    available = set(resident)  # resident, or top-score for some token of the batch (C)
-    for row, chosen, L in zip(rows, sel, bounds):
-        top = high * L
-        available.update([e for e in chosen if row[e] >= top])
-    out = []
-    for row, chosen, L in zip(rows, sel, bounds):
-        # top-score experts are in `available`, so what is missing is exactly the low-score experts to replace
-        need = [e for e in chosen if e not in available]
-        if not need:
-            out.append(sorted(chosen))
-            continue
-        floor = low * L
-        # candidates: resident or top-score elsewhere in the batch, outside the selection, above (1-alpha)*L
-        # (never above L: L is the best score outside the selection)
-        cands = [e for e in available if row[e] > floor and e not in chosen]
-        cands = by_score(row, cands)[: len(need)]
-        fill = by_score(row, need)[: len(need) - len(cands)]  # the highest-scoring needed experts keep their places
-        kept = [e for e in chosen if e in available]  # top-score ones, and low-score ones resident or in C
-        out.append(sorted(kept + cands + fill))
-    return out
-
-
-def _best_outside(row: list[float], chosen: list[int]) -> float:
-    """The best score outside the selection: S_{k+1} where `chosen` is the k best."""
-    rest = row.copy()
-    for e in chosen:
-        rest[e] = -math.inf
-    return max(rest)
+    mask = np.zeros(E, dtype=bool)  # [E]
+    mask[list(resident)] = True
+    sel = np.ascontiguousarray(topk.numpy(), dtype=np.int64)  # [T,k]
+    _, standins, _, _, _ = route_and_place(values, sel, mask, float(alpha), True)  # [T,k] stand-in or -1
+    return [sorted(np.where(standins[t] >= 0, standins[t], sel[t]).tolist()) for t in range(T)]
 
 
 def by_score(row: list[float] | dict[int, float], experts: Iterable[int]) -> list[int]:

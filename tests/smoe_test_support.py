@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from smoe.tiny import TINY
@@ -45,8 +46,9 @@ def collect_logits():
 class FakePool:
     """The slot pool's bookkeeping only (what CacheView reads), for planning tests without a model."""
 
-    def __init__(self, capacity, resident=()):
+    def __init__(self, capacity, resident=(), num_experts=256):
         self.capacity = capacity
+        self.num_experts = num_experts  # at least any test's E: the compiled decisions read masks up to E
         self.slot_of, self.by_layer, self.prefetched = {}, {}, set()
         for key in resident:
             self.add(key)
@@ -54,6 +56,12 @@ class FakePool:
     @property
     def free_slots(self):
         return self.capacity - len(self.slot_of)
+
+    def layer_mask(self, layer):
+        """[num_experts] bool: the layer's resident experts, built from by_layer (which tests edit directly)."""
+        mask = np.zeros(self.num_experts, dtype=bool)
+        mask[list(self.by_layer.get(layer, ()))] = True
+        return mask
 
     def add(self, key, prefetched=False):
         self.slot_of[key] = len(self.slot_of)

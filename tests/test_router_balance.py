@@ -197,6 +197,86 @@ def test_router_decides_as_its_literal_statement():
     assert substituted > 500  # substitution was exercised, not only the unchanged case
 
 
+def test_compiled_plan_places_and_orders_stand_ins_as_stated():
+    """`route_and_place` (what SMoE's plan runs) on random batches: what each token computes is the literal router's,
+    a token's replaced experts (in top-k order) get its stand-ins best first (score, then lower id), every other routed
+    expert is a HIT where resident and a LOAD where not, and the computed union splits into resident and missing."""
+    import random
+
+    import numpy as np
+
+    from smoe.plan import _HIT, _LOAD, _SUB
+    from smoe.smoe_kernels import route_and_place
+
+    rng = random.Random(1)
+    gen = torch.Generator().manual_seed(1)
+    stood_in = loads = 0
+    for _ in range(2000):
+        T, E = rng.choice([1, 2, 3]), rng.choice([16, 64])
+        k = rng.randint(1, 8)
+        logits = torch.randn(T, E, generator=gen) * rng.choice([1.0, 3.0])
+        if rng.random() < 0.3:
+            logits = torch.round(logits * 2) / 2  # ties
+        scores = torch.softmax(logits, -1)
+        topk = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+        resident = set(rng.sample(range(E), rng.randint(0, E)))
+        alpha = rng.choice([0.0, 0.25, 0.9])
+        mask = np.zeros(E, dtype=bool)
+        mask[list(resident)] = True
+        sel = topk.numpy().astype(np.int64)
+        actions, standins, hits, missing, substituted = route_and_place(scores.numpy(), sel, mask, alpha, True)
+        want = reference_router(scores, k, alpha, resident, topk) if alpha > 0 else [sorted(r) for r in sel.tolist()]
+        rows = scores.tolist()
+        for t in range(T):
+            chosen = sel[t].tolist()
+            extra = sorted(set(want[t]) - set(chosen), key=lambda e: (-rows[t][e], e))  # stand-ins, best first
+            replaced = [j for j, e in enumerate(chosen) if e not in want[t]]
+            assert standins[t].tolist() == [extra[replaced.index(j)] if j in replaced else -1 for j in range(k)]
+            assert actions[t].tolist() == [_SUB if j in replaced else _HIT if e in resident else _LOAD
+                                           for j, e in enumerate(chosen)]
+            stood_in += len(replaced)
+        union = set().union(*want)
+        assert hits.tolist() == sorted(union & resident) and missing.tolist() == sorted(union - resident)
+        assert substituted == any(len(set(w) - set(c)) for w, c in zip(want, sel.tolist()))
+        loads += len(missing)
+        # without substitution every token computes what it routed to
+        actions0, standins0, hits0, missing0, sub0 = route_and_place(scores.numpy(), sel, mask, alpha, False)
+        assert not sub0 and (standins0 == -1).all() and sorted(hits0.tolist() + missing0.tolist()) == sorted(
+            set(sel.ravel().tolist()))
+    assert stood_in > 500 and loads > 500  # both branches exercised
+
+
+def test_compiled_prefetch_wish_list_follows_the_threshold_in_the_scores_precision():
+    """`predicted_top`: the experts scoring at least max(S_k, (1+alpha)*S_{k+1}) for some token (the product in
+    float32), not resident, by best score over the batch, ties to the lower id; against plain Python on random and
+    tied scores."""
+    import random
+
+    import numpy as np
+
+    from smoe.smoe_kernels import predicted_top
+
+    rng = random.Random(2)
+    found = 0
+    for _ in range(2000):
+        T, E, k = rng.choice([1, 2, 3]), rng.choice([16, 64]), rng.randint(1, 8)
+        scores = np.random.default_rng(rng.randrange(1 << 30)).random((T, E), dtype=np.float32)
+        if rng.random() < 0.4:
+            scores = np.round(scores * 8) / 8  # ties
+        scores = scores.astype(np.float32)
+        resident = np.array([rng.random() < 0.4 for _ in range(E)])
+        factor = np.float32(1 + rng.choice([0.0, 0.25, 0.5]))
+        top = set()
+        for row in scores.tolist():
+            ranked = sorted(row, reverse=True)
+            bound = max(ranked[k - 1], float(factor * np.float32(ranked[k])))
+            top.update(e for e, v in enumerate(row) if v >= bound and not resident[e])
+        want = sorted(top, key=lambda e: (-max(r[e] for r in scores.tolist()), e))
+        assert predicted_top(scores, k, factor, resident).tolist() == want
+        found += len(want)
+    assert found > 1000
+
+
 def test_balancing_prices_a_load_at_the_link_the_run_emulates():
     """SMoE's balancing and HybriMoE's scheduling price a load over the run's emulated link unless `pcie_gbps` is
     set: four missing experts split 2/2 at the default 25 GB/s (a load 4e-8 s, a CPU expert 5e-8), 1 load and 3 on

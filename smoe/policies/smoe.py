@@ -60,7 +60,9 @@ from smoe.caching import CachingPolicy
 from smoe.errors import PolicyParamError
 from smoe.plan import _CPU, _HIT, _LOAD, _SKIP, _SUB, ExpertKey, LayerView, Plan, PrefetchPlan
 from smoe.policy import register_policy
-from smoe.router import best_first, by_score, route_rows
+from smoe.router import best_first
+from smoe import smoe_kernels
+from smoe.smoe_kernels import predicted_top, route_and_place
 
 REPLACE_MODES = ("none", "substitute", "skip", "lower")
 COST_MODES = ("fixed", "measured")
@@ -113,6 +115,7 @@ class SMoE(CachingPolicy):
         self._unprefetched = np.zeros((0, 0), dtype=bool)  # [L,E] all false: the rank key when nothing is prefetched
         self.planned: dict[int, int] = {}  # layer -> forward passes planned (the prefetch gate's clock)
         self.needed_link: dict[int, int] = {}  # layer -> the last of them that needed the link (`_clock`)
+        smoe_kernels.warm()  # compiled now, not inside the first layer's timed planning
 
     def _bind(self, model) -> None:
         if not self.layers:
@@ -165,59 +168,35 @@ class SMoE(CachingPolicy):
     def plan(self, view: LayerView) -> Plan:
         self._bind(view.model)
         layer = view.layer
-        routed_rows = view.routed  # [T][K]
-        resident = view.cache.resident(layer)
-        routed = set().union(*routed_rows)
-        if self.replace != "lower" and routed <= resident:
-            # every routed expert is resident: nothing to replace, nothing to load
-            if self.prefetch_gate is not None:
-                self._clock(view, routed, resident)
-            self._touch_layer(layer, sorted(routed))  # what cache_plan does with hits only: no room to make
-            return Plan.hits()
-        T, K = view.topk.shape
-        computed = routed_rows
-        if self.replace in ("substitute", "skip") and self.alpha > 0:
-            computed = route_rows(view.score_rows, routed_rows, self.alpha, resident)
-        # Where each computed expert runs: resident -> HIT; missing -> LOAD, or the CPU when balancing.
-        needed = set().union(*computed)
+        resident = view.cache.resident_mask(layer)  # [E] bool
+        sel = view.topk_np  # [T,K]
+        # The expert-cache router and where each computed expert comes from, compiled (`smoe.smoe_kernels`):
+        # actions HIT / LOAD / SUB [T,K], stand-ins [T,K], the computed experts resident (hits) and missing, ascending.
+        substitute = self.replace in ("substitute", "skip")
+        actions, standins, hits, missing, substituted = route_and_place(view.scores_np, sel, resident,
+                                                                        self.alpha, substitute)
+        hit_ids = hits.tolist()
         if self.prefetch_gate is not None:
-            self._clock(view, needed, resident)
-        placement = dict.fromkeys(needed.intersection(resident), _HIT)
-        missing = needed.difference(resident)
-        if missing:
-            missing = best_first(view.score_rows, missing)  # by best score over the batch, ties to the lower id
-            load_ids, cpu_ids = missing, []
+            self._clock(view, hit_ids + missing.tolist(), bool(len(missing)))
+        if not len(missing) and not substituted and self.replace != "lower":
+            # every routed expert is resident: nothing to replace, nothing to load
+            self._touch_layer(layer, hit_ids)  # what cache_plan does with hits only: no room to make
+            return Plan.hits()
+        placement = dict.fromkeys(hit_ids, _HIT)
+        if len(missing):
+            missing_ids = best_first(view.score_rows, missing.tolist())  # by best score over the batch, ties to lower id
+            load_ids, cpu_ids = missing_ids, []
             if self.balance:
-                load_ids, cpu_ids = split_load_cpu(missing, *self._costs(view))
+                load_ids, cpu_ids = split_load_cpu(missing_ids, *self._costs(view))
             placement.update(dict.fromkeys(load_ids, _LOAD))
-            placement.update(dict.fromkeys(cpu_ids, _CPU))
-
-        actions: list[list[int]] = []  # [T][K]
-        standins = None  # [T][K] once a token substitutes
-        for t, (chosen, comp) in enumerate(zip(routed_rows, computed)):
-            comp = set(comp)
-            if comp.issuperset(chosen):  # the token computes what it routed to
-                actions.append([placement[e] for e in chosen])
-                continue
-            if standins is None:
-                standins = [[-1] * K for _ in range(T)]
-            extra = iter(by_score(view.score_rows[t], comp.difference(chosen)))  # stand-ins, best first
-            acts = []
-            for j, e in enumerate(chosen):
-                if e in comp:
-                    acts.append(placement[e])
-                    continue
-                s = None if self.replace == "skip" else next(extra, None)
-                if s is None:
-                    acts.append(_SKIP)
-                else:
-                    acts.append(_SUB)
-                    standins[t][j] = s
-            actions.append(acts)
+            if cpu_ids:
+                placement.update(dict.fromkeys(cpu_ids, _CPU))
+                actions[(actions == _LOAD) & np.isin(sel, cpu_ids)] = _CPU  # [T,K]
+        if substituted and self.replace == "skip":
+            actions[actions == _SUB] = _SKIP
         scale = self._lowered(view) if self.replace == "lower" and self.alpha > 0 else None
         evict, discard = self.cache_plan(view, placement)
-        return Plan(actions=np.array(actions, dtype=np.int8),
-                    standins=None if standins is None else np.array(standins, dtype=np.int64),
+        return Plan(actions=actions, standins=standins if substituted and self.replace != "skip" else None,
                     evict=evict, discard=discard, scale=scale)
 
     # ---- top-score prefetch ------------------------------------------------------------------------------
@@ -233,13 +212,13 @@ class SMoE(CachingPolicy):
     def early_attention(self) -> bool:
         return self.prefetch_mode == "early-attention"
 
-    def _clock(self, view: LayerView, computed: set[int], resident: frozenset[int]) -> None:
+    def _clock(self, view: LayerView, computed: list[int], missing: bool) -> None:
         """The prefetch gate's history: count this pass of the layer, and note it if the layer needs the link: an
-        expert it computes (after substitution) missing, or resident only through a prefetch that nothing has used
+        expert it computes (after substitution) `missing`, or resident only through a prefetch that nothing has used
         yet (what the prefetch saved it)."""
         layer = view.layer
         n = self.planned[layer] = self.planned.get(layer, 0) + 1
-        if not computed <= resident or view.cache.any_prefetched(layer, computed):
+        if missing or view.cache.any_prefetched(layer, computed):
             self.needed_link[layer] = n
 
     def gate_open(self, layer: int) -> bool:
@@ -259,19 +238,11 @@ class SMoE(CachingPolicy):
             scores = ctx.early().numpy()  # [T,E] predicted
         else:
             scores = ctx.predict(attention=self.prefetch_mode == "attention").numpy()
-        rows = scores.tolist()
-        real = scores.dtype.type  # the threshold is computed in the scores' precision, as an array op would
-        factor, k = real(1 + self.alpha), view.model.top_k
-        top: set[int] = set()  # predicted top-score experts that are not resident
-        # plain Python over a decode batch's few rows: numpy's per-call cost would dominate
-        for row in rows:
-            ranked = sorted(row, reverse=True)
-            bound = max(ranked[k - 1], float(factor * real(ranked[k])))  # max(S_k, (1+alpha) * S_{k+1})
-            top.update([e for e, v in enumerate(row) if v >= bound])
-        top.difference_update(view.cache.resident(nxt))
-        if not top:
+        # predicted top-score experts that are not resident, best first (`smoe.smoe_kernels.predicted_top`)
+        factor = scores.dtype.type(1 + self.alpha)  # the threshold's product in the scores' precision
+        want = predicted_top(scores, view.model.top_k, factor, view.cache.resident_mask(nxt)).tolist()
+        if not want:
             return None
-        want = best_first(rows, top)  # by best predicted score in the batch, ties to the lower id
         prefetched = view.cache.prefetched()
         room = int(self.prefetch_share * view.cache.capacity) - len(prefetched)
         want = want[: max(room, 0)]

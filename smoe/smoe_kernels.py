@@ -1,0 +1,189 @@
+"""SMoE's per-layer decisions as compiled loops (numba): the expert-cache router with the placement of what it
+computes, and the prefetch's predicted top-score experts.
+
+Where it sits: `smoe.policies.smoe` calls these from `plan` and `prefetch` once per MoE layer of every forward pass.
+They are the same rules as `smoe.router.route_rows` and the prefetch threshold written as plain loops over small
+arrays, compiled once per process (and cached on disk), because in a decode layer interpreted Python pays for every
+operation on a core whose caches the model's work has cooled (README, planning share): a few hundred
+microseconds a layer against the 5% of TPOT the issue allows. Results are identical to the interpreted rules,
+decision for decision (`tests/test_smoe_kernels.py` checks them against `route_rows` and a plain-Python reference).
+
+Float semantics follow the interpreted rules exactly: scores are float32; the router's bounds are computed in
+float64 (as Python floats), the prefetch threshold's product in the scores' own precision.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .plan import _HIT as HIT
+from .plan import _LOAD as LOAD
+from .plan import _SUB as SUB
+
+
+@numba.njit(cache=True)
+def _best(scores_t, eligible):
+    """The eligible expert with the highest score, ties to the lower id; -1 if none. scores_t [E], eligible [E] bool."""
+    b = -1
+    for e in range(scores_t.shape[0]):
+        if eligible[e] and (b < 0 or scores_t[e] > scores_t[b]):
+            b = e
+    return b
+
+
+@numba.njit(cache=True)
+def route_and_place(scores, sel, resident, alpha, substitute):
+    """One layer of SMoE's plan: the expert-cache router (paper Alg. 1, `smoe.router` states its rules) and where
+    each computed expert comes from.
+
+    scores [T,E] float32, sel [T,K] int64 (the family router's choice), resident [E] bool, alpha >= 0; `substitute`
+    false: every token computes what it routed to.
+    -> actions [T,K] int8: HIT (the routed expert is computed and resident), LOAD (computed and missing; the caller
+       may run some on the CPU), SUB (replaced by a stand-in);
+       standins [T,K] int64: the stand-in where SUB, else -1, given to a token's replaced experts in top-k order,
+       best stand-in first;
+       hits [h] int64, missing [m] int64: the experts the batch computes (route_rows' union), resident or not,
+       ascending; substituted: whether any token has a stand-in.
+    """
+    T, E = scores.shape
+    K = sel.shape[1]
+    actions = np.zeros((T, K), np.int8)
+    standins = np.full((T, K), -1, np.int64)
+    computed = np.zeros(E, np.bool_)  # [E] the union of what the tokens compute
+    substituted = False
+    if substitute and alpha > 0:
+        chosen = np.zeros((T, E), np.bool_)
+        for t in range(T):
+            for j in range(K):
+                chosen[t, sel[t, j]] = True
+        bound = np.empty(T)  # [T] L_t = S_{k+1}: the best score outside the selection (float64, as a Python float)
+        for t in range(T):
+            best = -np.inf
+            for e in range(E):
+                if not chosen[t, e] and scores[t, e] > best:
+                    best = np.float64(scores[t, e])
+            bound[t] = best
+        high, low = 1.0 + alpha, 1.0 - alpha
+        available = resident.copy()  # resident, or top-score for some token of the batch (C)
+        for t in range(T):
+            top = high * bound[t]
+            for j in range(K):
+                if scores[t, sel[t, j]] >= top:
+                    available[sel[t, j]] = True
+        for t in range(T):
+            need = 0  # low-score experts that are neither resident nor in C
+            for j in range(K):
+                if not available[sel[t, j]]:
+                    need += 1
+            if need == 0:
+                for j in range(K):
+                    computed[sel[t, j]] = True
+                continue
+            floor = low * bound[t]
+            eligible = np.zeros(E, np.bool_)  # candidates: available, outside the selection, above (1-alpha)*L
+            for e in range(E):
+                eligible[e] = available[e] and not chosen[t, e] and scores[t, e] > floor
+            cands = np.empty(need, np.int64)  # best first
+            nc = 0
+            while nc < need:
+                b = _best(scores[t], eligible)
+                if b < 0:
+                    break
+                eligible[b] = False
+                cands[nc] = b
+                nc += 1
+            needed = np.zeros(E, np.bool_)  # the low-score experts to replace
+            for j in range(K):
+                if not available[sel[t, j]]:
+                    needed[sel[t, j]] = True
+            for _ in range(need - nc):  # where candidates run short, the best needed experts keep their places
+                b = _best(scores[t], needed)
+                needed[b] = False
+            s = 0
+            for j in range(K):
+                e = sel[t, j]
+                if needed[e]:  # replaced
+                    actions[t, j] = SUB
+                    standins[t, j] = cands[s]
+                    computed[cands[s]] = True
+                    s += 1
+                    substituted = True
+                else:
+                    computed[e] = True
+    else:
+        for t in range(T):
+            for j in range(K):
+                computed[sel[t, j]] = True
+    h = m = 0
+    for e in range(E):
+        if computed[e]:
+            if resident[e]:
+                h += 1
+            else:
+                m += 1
+    hits = np.empty(h, np.int64)
+    missing = np.empty(m, np.int64)
+    h = m = 0
+    for e in range(E):
+        if computed[e]:
+            if resident[e]:
+                hits[h] = e
+                h += 1
+            else:
+                missing[m] = e
+                m += 1
+    for t in range(T):
+        for j in range(K):
+            if actions[t, j] != SUB and not resident[sel[t, j]]:
+                actions[t, j] = LOAD
+    return actions, standins, hits, missing, substituted
+
+
+@numba.njit(cache=True)
+def predicted_top(scores, k, factor, resident):
+    """The prefetch's wish list: experts that are top-score for some token of the predicted scores and not resident,
+    best first.
+
+    scores [T,E] (float32), k the family's top-k, factor 1 + alpha in the scores' precision, resident [E] bool (the
+    next layer's). A token's top-score experts score at least max(S_k, factor * S_{k+1}) (the product in the scores'
+    precision); the list is ordered by each expert's best predicted score over the batch, ties to the lower id.
+    -> want [n] int64."""
+    T, E = scores.shape
+    top = np.zeros(E, np.bool_)
+    for t in range(T):
+        ranked = np.sort(scores[t])  # ascending
+        bound = max(np.float64(ranked[E - k]), np.float64(factor * ranked[E - k - 1]))
+        for e in range(E):
+            if scores[t, e] >= bound and not resident[e]:
+                top[e] = True
+    n = 0
+    for e in range(E):
+        if top[e]:
+            n += 1
+    want = np.empty(n, np.int64)
+    best = np.empty(n, scores.dtype)  # [n] each wanted expert's best score over the batch
+    i = 0
+    for e in range(E):  # ascending ids, inserted by descending best score (stable: ties keep the lower id first)
+        if top[e]:
+            v = scores[0, e]
+            for t in range(1, T):
+                if scores[t, e] > v:
+                    v = scores[t, e]
+            p = i
+            while p > 0 and best[p - 1] < v:
+                best[p] = best[p - 1]
+                want[p] = want[p - 1]
+                p -= 1
+            best[p] = v
+            want[p] = e
+            i += 1
+    return want
+
+
+def warm() -> None:
+    """Compile the kernels (or load them from numba's disk cache) for the argument types a run passes, so the first
+    layer a policy plans does not time a compilation."""
+    scores = np.full((1, 4), 0.25, dtype=np.float32)  # [1,4]
+    resident = np.zeros(4, dtype=bool)
+    route_and_place(scores, np.zeros((1, 2), dtype=np.int64), resident, 0.25, True)
+    predicted_top(scores, 2, np.float32(1.25), resident)
