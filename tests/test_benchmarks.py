@@ -172,3 +172,27 @@ def test_cpu_experts_benchmark_times_the_runtime_expert_against_a_plain_read(tmp
     assert all(float(r["of_read"]) == 1.0 for r in rows if r["op"] == "read")
     bad = subprocess.run(cmd[:-2] + ["--threads", "0", "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "--threads [0]" in bad.stderr
+
+
+def test_planning_share_reads_committed_runs_and_the_ab_decided_the_same(tmp_path):
+    """benchmarks/planning_share.py on the committed planning A/B (results/gpu/planning_ab_h200_s36): a row per run,
+    the share and per-layer time from the run record's own counters, and, as the README says, every run of one batch
+    size made the same decisions whichever code ran it."""
+    import gzip
+    import json
+
+    out = tmp_path / "share.csv"
+    folders = sorted((ROOT / "results/gpu/planning_ab_h200_s36").glob("*_*"))
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/planning_share.py"), *map(str, folders), "--out", str(out)],
+                   check=True, cwd=ROOT)
+    rows = list(csv.DictReader(open(out)))
+    assert sorted({r["folder"] for r in rows}) == ["new_a", "new_b", "old_a", "old_b"] and len(rows) == 32
+    rec = json.loads(gzip.open(next(folders[0].glob("*.jsonl.gz")), "rt").readline())  # the folder's first run
+    dec, steps = rec["metrics"]["decode"], rec["metrics"]["decode_steps"]
+    first = rows[0]
+    assert float(first["share"]) == dec["policy_time_s"] / (steps * rec["metrics"]["tpot_s"])
+    assert abs(float(first["policy_us_per_layer"]) - 1e6 * dec["policy_time_s"] / (steps * 28)) < 1e-6
+    smoe = [r for r in rows if r["policy"] == "smoe"]
+    for batch in ("1", "3"):
+        assert len({r["decisions"] for r in smoe if r["batch"] == batch}) == 1
+    assert all(0 < float(r["share"]) < 1 for r in rows)

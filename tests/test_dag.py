@@ -168,10 +168,12 @@ def test_ci_grid_end_to_end(tmp_path):
     workloads = ("exam", "language", "knowledge", "understanding", "reasoning")
     grid = {(m, gb, b, w) for m, gb in (("dee", 12.0), ("xve", 16.0)) for b in (1, 3) for w in workloads}
     assert grid <= cells, sorted(grid - cells)
-    # ... and so has every other deepseek and XVERSE setting the README lists (thirtieth and thirty-first campaigns)
+    # ... and so has every other deepseek and XVERSE setting the README lists (thirtieth to thirty-second campaigns)
     others = {(m, gb, 1, w) for m, gb in (("dee", 16.0), ("xve", 12.0)) for w in workloads}
     others |= {("dee", 16.0, 3, "exam"), ("xve", 12.0, 3, "exam")}
-    others |= {("dee", 8.0, 1, w) for w in ("exam", "reasoning", "language")}
+    others |= {("dee", 8.0, 1, w) for w in workloads} | {("xve", 24.0, 1, w) for w in workloads}
+    others |= {("dee", 8.0, 3, "exam"), ("xve", 24.0, 3, "exam"), ("xve", 12.0, 3, "reasoning")}
+    others |= {("dee", 16.0, 3, w) for w in ("reasoning", "language")}  # thirty-second campaign
     assert others <= cells, sorted(others - cells)
     # a baseline run with parameters set counts as that baseline: on the H200's own link, HybriMoE priced at the
     # measured copy rate (55 GB/s) beside its default 25 is the best baseline, and the setting is priced at the link
