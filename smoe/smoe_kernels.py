@@ -31,7 +31,10 @@ def _best(scores_t, eligible):
     return b
 
 
-@numba.njit(cache=True)
+# Signatures are given, so both kernels compile (or load from numba's disk cache) when this module is imported, never
+# inside a timed layer; arrays of any layout match them (a router's top-k may be a strided view on the CPU).
+@numba.njit("Tuple((int8[:, ::1], int64[:, ::1], int64[::1], int64[::1], boolean))"
+            "(float32[:, :], int64[:, :], boolean[:], float64, boolean)", cache=True)
 def route_and_place(scores, sel, resident, alpha, substitute):
     """One layer of SMoE's plan: the expert-cache router (paper Alg. 1, `smoe.router` states its rules) and where
     each computed expert comes from.
@@ -139,7 +142,7 @@ def route_and_place(scores, sel, resident, alpha, substitute):
     return actions, standins, hits, missing, substituted
 
 
-@numba.njit(cache=True)
+@numba.njit("int64[::1](float32[:, :], int64, float32, boolean[:])", cache=True)
 def predicted_top(scores, k, factor, resident):
     """The prefetch's wish list: experts that are top-score for some token of the predicted scores and not resident,
     best first.
@@ -179,11 +182,3 @@ def predicted_top(scores, k, factor, resident):
             i += 1
     return want
 
-
-def warm() -> None:
-    """Compile the kernels (or load them from numba's disk cache) for the argument types a run passes, so the first
-    layer a policy plans does not time a compilation."""
-    scores = np.full((1, 4), 0.25, dtype=np.float32)  # [1,4]
-    resident = np.zeros(4, dtype=bool)
-    route_and_place(scores, np.zeros((1, 2), dtype=np.int64), resident, 0.25, True)
-    predicted_top(scores, 2, np.float32(1.25), resident)

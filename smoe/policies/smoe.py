@@ -61,7 +61,6 @@ from smoe.errors import PolicyParamError
 from smoe.plan import _CPU, _HIT, _LOAD, _SKIP, _SUB, ExpertKey, LayerView, Plan, PrefetchPlan
 from smoe.policy import register_policy
 from smoe.router import best_first
-from smoe import smoe_kernels
 from smoe.smoe_kernels import predicted_top, route_and_place
 
 REPLACE_MODES = ("none", "substitute", "skip", "lower")
@@ -115,7 +114,6 @@ class SMoE(CachingPolicy):
         self._unprefetched = np.zeros((0, 0), dtype=bool)  # [L,E] all false: the rank key when nothing is prefetched
         self.planned: dict[int, int] = {}  # layer -> forward passes planned (the prefetch gate's clock)
         self.needed_link: dict[int, int] = {}  # layer -> the last of them that needed the link (`_clock`)
-        smoe_kernels.warm()  # compiled now, not inside the first layer's timed planning
 
     def _bind(self, model) -> None:
         if not self.layers:
