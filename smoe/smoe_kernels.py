@@ -1,12 +1,13 @@
 """SMoE's per-layer decisions as compiled loops (numba): the expert-cache router with the placement of what it
 computes, and the prefetch's predicted top-score experts.
 
-Where it sits: `smoe.policies.smoe` calls these from `plan` and `prefetch` once per MoE layer of every forward pass.
-They are the same rules as `smoe.router.route_rows` and the prefetch threshold written as plain loops over small
-arrays, compiled once per process (and cached on disk), because in a decode layer interpreted Python pays for every
-operation on a core whose caches the model's work has cooled (README, planning share): a few hundred
-microseconds a layer against the 5% of TPOT the issue allows. Results are identical to the interpreted rules,
-decision for decision (`tests/test_smoe_kernels.py` checks them against `route_rows` and a plain-Python reference).
+Where it sits: `smoe.policies.smoe` calls these from `plan` and `prefetch` once per MoE layer of every forward pass,
+and `smoe.router.expert_cache_router` wraps the first. They are the router's rules (stated in `smoe.router`) and the
+prefetch threshold written as plain loops over small arrays, compiled when this module is imported (and cached on
+disk), because in a decode layer interpreted Python pays for every operation on a core whose caches the model's work
+has cooled (README, planning share): a few hundred microseconds a layer against the 5% of TPOT the issue allows. They
+decide as the interpreted code they replaced did, run for run (`benchmarks/decisions_vs_commit.py --rev f290395`);
+`tests/test_router_balance.py` checks them against the rules written out literally in plain Python.
 
 Float semantics follow the interpreted rules exactly: scores are float32; the router's bounds are computed in
 float64 (as Python floats), the prefetch threshold's product in the scores' own precision.
