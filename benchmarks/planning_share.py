@@ -13,6 +13,7 @@ loads, CPU experts, substitutions, prefetches): equal strings, equal decisions.
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import json
 from pathlib import Path
@@ -24,8 +25,9 @@ from smoe.shapes import SHAPES, shape_config
 COUNTERS = ("hits", "loads", "cpu_experts", "substitutions", "prefetches")
 
 
+@functools.cache
 def moe_layers(model: str) -> int | None:
-    """MoE layers of a named paper shape (None for another model)."""
+    """MoE layers of a named paper shape (None for another model); built once per model, not per run record."""
     if model not in SHAPES:
         return None
     cfg = shape_config(model)

@@ -46,7 +46,7 @@ def route_and_place(scores, sel, resident, alpha, substitute):
        may run some on the CPU), SUB (replaced by a stand-in);
        standins [T,K] int64: the stand-in where SUB, else -1, given to a token's replaced experts in top-k order,
        best stand-in first;
-       hits [h] int64, missing [m] int64: the experts the batch computes (route_rows' union), resident or not,
+       hits [h] int64, missing [m] int64: the experts the batch computes (after substitution), resident or not,
        ascending; substituted: whether any token has a stand-in.
     """
     T, E = scores.shape
