@@ -24,6 +24,7 @@ from enum import IntEnum
 import numpy as np
 import torch
 
+from . import plan_kernels as pk
 from .errors import PolicyError
 
 ExpertKey = tuple[int, int]  # (decoder layer index, expert id)
@@ -123,11 +124,6 @@ class LayerView:
         return self.topk.tolist()
 
     @_once
-    def score_rows(self) -> list[list[float]]:
-        """[T][E] the scores as Python floats (converted once per layer)."""
-        return self.scores.tolist()
-
-    @_once
     def scores_np(self) -> np.ndarray:
         """[T,E] float32: the scores as a numpy array sharing their memory (read-only by convention)."""
         return self.scores.numpy()
@@ -209,6 +205,7 @@ class ExecPlan:
 _ACTIONS = tuple(Action)  # code -> Action, without the Enum call's cost
 # Action codes as plain ints: cheaper to compare, and [T][K] lists of them convert to an array faster than enum members
 _HIT, _LOAD, _CPU, _SUB, _SKIP = (int(a) for a in Action)
+assert (pk.HIT, pk.LOAD, pk.CPU, pk.SUB, pk.SKIP) == (_HIT, _LOAD, _CPU, _SUB, _SKIP)
 
 
 def _fail(policy: str, layer: int, msg: str) -> PolicyError:
@@ -218,13 +215,11 @@ def _fail(policy: str, layer: int, msg: str) -> PolicyError:
 def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
     """Validate `plan` against the cache and derive what the engine needs; raises PolicyError.
 
-    Runs for every MoE layer of every forward: plain Python lists and int codes throughout, and no numpy
-    call whose fixed cost would dominate a decode layer's few (token, expert) pairs."""
-    experts = view.routed  # [T][K]
+    Runs for every MoE layer of every forward: an all-HIT plan in a few set operations (`_check_hits`), any other in
+    one compiled walk over its (token, expert) pairs (`smoe.plan_kernels.walk_plan`)."""
     layer = view.layer
-    resident = view.cache.resident(layer)
     if plan.actions is None and plan.scale is None and plan.standins is None:
-        return _check_hits(plan, view, policy, experts, resident)
+        return _check_hits(plan, view, policy, view.routed, view.cache.resident(layer))
     T, K = view.topk.shape
     E = view.model.num_experts
     if plan.actions is None:
@@ -235,17 +230,25 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
         raise _fail(policy, layer, f"actions have shape {actions.shape}, expected {(T, K)} (tokens, top-k)")
     if actions.dtype.kind not in "iu":
         raise _fail(policy, layer, "actions must be integer Action codes")
-    acts = actions.tolist()
-    stands = None
-    if plan.standins is not None:
-        standins = np.asarray(plan.standins)
-        if standins.shape != (T, K):
-            raise _fail(policy, layer, f"standins have shape {standins.shape}, expected {(T, K)} (tokens, top-k)")
-        stands = standins.tolist()
-    where, tokens, computed, subs, skips, borrowed = _walk(acts, stands, experts, resident, T, K, E, policy, layer)
-    for t, s in borrowed:
-        if s not in where:
-            raise _fail(policy, layer, f"stand-in {s} for token {t} is not resident and no token loads or CPU-runs it")
+    if plan.standins is None:
+        stands = np.full((T, K), -1, dtype=np.int64)
+    else:
+        stands = np.asarray(plan.standins)
+        if stands.shape != (T, K):
+            raise _fail(policy, layer, f"standins have shape {stands.shape}, expected {(T, K)} (tokens, top-k)")
+        if stands.dtype.kind not in "iu":
+            raise _fail(policy, layer, "standins must be integer expert ids")
+    # where_a [E] codes; the computed experts [m] ascending, their token rows rows[starts[i]:starts[i+1]]; computed [T,E]
+    err, t, j, x, where_a, computed_e, starts, rows, computed, changed_t, subs, skips = pk.walk_plan(
+        actions.astype(np.int64, copy=False), stands.astype(np.int64, copy=False), view.topk_np,
+        view.cache.resident_mask(layer), E)
+    if err:
+        raise _fail(policy, layer, _walk_error(err, t, j, x, actions, view.topk_np))
+    ids = computed_e.tolist()
+    rows = rows.tolist()
+    bounds = starts.tolist()
+    tokens = {ex: rows[bounds[i]:bounds[i + 1]] for i, ex in enumerate(ids)}  # in HF's (rank, token) order
+    where = {ex: _ACTIONS[a] for ex, a in zip(ids, where_a[computed_e].tolist())}
     scale = None
     if plan.scale is not None:
         factors = np.asarray(plan.scale, dtype=np.float32)
@@ -253,30 +256,25 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
             raise _fail(policy, layer, f"scale must be non-negative factors of shape {(T, K)}")
         scale = np.ones((T, E), dtype=np.float32)
         np.put_along_axis(scale, view.topk_np, factors, axis=1)
-    if subs or skips or scale is not None:
-        changed = [
-            t for t in range(T)
-            if computed[t] != set(experts[t]) or (scale is not None and (scale[t] != 1).any())
-        ]
-    else:
-        changed = []  # every token computes exactly its routed experts
+        changed_t = changed_t | (scale != 1).any(axis=1)
+    changed: list[int] = []  # tokens whose computed set or scores differ from the router's
     changed_mask = None
-    if changed:
-        changed_mask = np.zeros((len(changed), E), dtype=bool)
-        for i, t in enumerate(changed):
-            changed_mask[i, list(computed[t])] = True
+    if subs or skips or scale is not None:
+        changed = np.flatnonzero(changed_t).tolist()
+        if changed:
+            changed_mask = computed[changed]  # [len(changed),E]
 
     evict: list[ExpertKey] = []
     discard: set[int] = set()
     if plan.evict or plan.discard:
-        used_on_device = {e for e, a in where.items() if a != _CPU and e in tokens}
+        used_on_device = {e for e, a in where.items() if a != _CPU}
         evict, discard = _checked_frees(plan, view, policy, used_on_device)
 
     loads = sorted([e for e, a in where.items() if a == _LOAD])
     if loads:
         _check_slots(loads, where, evict, discard, view, policy)
     return ExecPlan(
-        where={e: a for e, a in where.items() if e in tokens or a == Action.LOAD},
+        where=where,
         tokens=tokens,
         changed=changed,
         changed_mask=changed_mask,
@@ -311,52 +309,23 @@ def _check_hits(plan: Plan, view: LayerView, policy: str, experts: list[list[int
                     loads=[], evict=evict, discard=discard, substitutions=0, skips=0)
 
 
-def _walk(acts, stands, experts, resident, T: int, K: int, E: int, policy: str, layer: int):
-    """Every (token, routed expert) of a plan in HF's order (by top-k rank, then token), checked one by one:
-    -> (where, tokens, computed, substitutions, skips, borrowed stand-ins); raises PolicyError at the first
-    broken rule."""
-    HIT, CPU, SKIP = _HIT, _CPU, _SKIP
-
-    where: dict[int, Action] = {}
-    tokens: dict[int, list[int]] = {}
-    computed = [set() for _ in range(T)]
-    subs = skips = 0
-    borrowed = []  # (token, stand-in) of stand-ins that are not resident: another token must load or CPU-run them
-    for j in range(K):  # HF's order: by top-k rank, then token
-        for t in range(T):
-            a, e = acts[t][j], experts[t][j]
-            if a > CPU:  # SUBSTITUTE, SKIP, or no action at all
-                if a > SKIP:
-                    raise _fail(policy, layer, _NO_ACTION)
-                if a == SKIP:
-                    skips += 1
-                    continue
-                s = -1 if stands is None else stands[t][j]
-                if not 0 <= s < E:
-                    raise _fail(policy, layer, f"token {t} substitutes expert {e} with invalid stand-in {s}")
-                if s in resident:
-                    where.setdefault(s, Action.HIT)
-                else:
-                    borrowed.append((t, s))
-                subs += 1
-                e = s
-            else:
-                if a < 0:
-                    raise _fail(policy, layer, _NO_ACTION)
-                if (a == HIT) != (e in resident):
-                    if a == HIT:
-                        raise _fail(policy, layer, f"HIT for expert {e}, which is not resident")
-                    raise _fail(policy, layer, f"{Action(a).name} for expert {e}, which is already resident (use HIT)")
-                if where.setdefault(e, _ACTIONS[a]) != a:
-                    raise _fail(policy, layer, f"expert {e} is both {where[e].name} and {Action(a).name} in one layer")
-            if e in computed[t]:
-                raise _fail(policy, layer, f"token {t} would compute expert {e} twice")
-            computed[t].add(e)
-            tokens.setdefault(e, []).append(t)
-    return where, tokens, computed, subs, skips, borrowed
-
-
-_NO_ACTION = "every routed expert needs an action (HIT, LOAD, CPU, SUBSTITUTE or SKIP)"
+def _walk_error(code: int, t: int, j: int, x: int, acts: np.ndarray, topk: np.ndarray) -> str:
+    """The message of `walk_plan`'s error `code` at token t's rank-j pair (x: see `walk_plan`)."""
+    if code == pk.NO_ACTION:
+        return "every routed expert needs an action (HIT, LOAD, CPU, SUBSTITUTE or SKIP)"
+    if code == pk.UNSERVED_STANDIN:
+        return f"stand-in {x} for token {t} is not resident and no token loads or CPU-runs it"
+    e, a = int(topk[t, j]), int(acts[t, j])
+    if code == pk.BAD_STANDIN:
+        return f"token {t} substitutes expert {e} with invalid stand-in {x}"
+    if code == pk.HIT_MISSING:
+        return f"HIT for expert {e}, which is not resident"
+    if code == pk.RESIDENT_NOT_HIT:
+        return f"{Action(a).name} for expert {e}, which is already resident (use HIT)"
+    if code == pk.TWO_ACTIONS:
+        return f"expert {e} is both {Action(x).name} and {Action(a).name} in one layer"
+    assert code == pk.TWICE, code
+    return f"token {t} would compute expert {x} twice"
 
 
 def _checked_frees(plan: Plan, view: LayerView, policy: str, used_on_device: set[int]):

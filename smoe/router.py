@@ -53,19 +53,3 @@ def expert_cache_router(
     sel = np.ascontiguousarray(topk.numpy(), dtype=np.int64)  # [T,k]
     _, standins, _, _, _ = route_and_place(values, sel, mask, float(alpha), True)  # [T,k] stand-in or -1
     return [sorted(np.where(standins[t] >= 0, standins[t], sel[t]).tolist()) for t in range(T)]
-
-
-def by_score(row: list[float] | dict[int, float], experts: Iterable[int]) -> list[int]:
-    """`experts` by descending score `row[e]`, ties to the lower id: the order of key (-row[e], e), as two
-    C-level sorts (no Python call per comparison)."""
-    experts = sorted(experts)
-    experts.sort(key=row.__getitem__, reverse=True)  # stable under reverse=True: equal scores stay ascending
-    return experts
-
-
-def best_first(rows: list[list[float]], experts: Iterable[int]) -> list[int]:
-    """`experts` by descending best score over the rows (scores [T][E]), ties to the lower id."""
-    if len(rows) == 1:
-        return by_score(rows[0], experts)
-    best = {e: max(row[e] for row in rows) for e in experts}
-    return by_score(best, experts)

@@ -46,12 +46,13 @@ def route_and_place(scores, sel, resident, alpha, substitute):
        may run some on the CPU), SUB (replaced by a stand-in);
        standins [T,K] int64: the stand-in where SUB, else -1, given to a token's replaced experts in top-k order,
        best stand-in first;
-       hits [h] int64, missing [m] int64: the experts the batch computes (after substitution), resident or not,
-       ascending; substituted: whether any token has a stand-in.
+       hits [h] int64: the experts the batch computes (after substitution) that are resident, ascending;
+       missing [m] int64: those that are not, by descending best score over the batch, ties to the lower id (the order
+       in which SMoE's balancing takes them); substituted: whether any token has a stand-in.
     """
     T, E = scores.shape
     K = sel.shape[1]
-    actions = np.zeros((T, K), np.int8)
+    actions = np.full((T, K), HIT, np.int8)
     standins = np.full((T, K), -1, np.int64)
     computed = np.zeros(E, np.bool_)  # [E] the union of what the tokens compute
     substituted = False
@@ -127,14 +128,25 @@ def route_and_place(scores, sel, resident, alpha, substitute):
                 m += 1
     hits = np.empty(h, np.int64)
     missing = np.empty(m, np.int64)
+    best = np.empty(m, scores.dtype)  # [m] each missing expert's best score over the batch
     h = m = 0
-    for e in range(E):
+    for e in range(E):  # ascending ids; a missing one is inserted by descending best score (ties keep the lower id first)
         if computed[e]:
             if resident[e]:
                 hits[h] = e
                 h += 1
             else:
-                missing[m] = e
+                v = scores[0, e]
+                for t in range(1, T):
+                    if scores[t, e] > v:
+                        v = scores[t, e]
+                p = m
+                while p > 0 and best[p - 1] < v:
+                    best[p] = best[p - 1]
+                    missing[p] = missing[p - 1]
+                    p -= 1
+                best[p] = v
+                missing[p] = e
                 m += 1
     for t in range(T):
         for j in range(K):
@@ -183,3 +195,64 @@ def predicted_top(scores, k, factor, resident):
             i += 1
     return want
 
+
+
+@numba.njit("int64[::1](boolean[:, ::1], boolean[:, ::1], int64[::1], float32[:, :, ::1], int64[::1], int64[:, ::1], "
+            "int64)", cache=True)
+def smoe_victims(in_cache, allowed, prefetched, ring, passes, recency, wanted):
+    """SMoE's score-aware eviction (`SMoE.eviction_rank` states it in numpy): the cached experts where `allowed`,
+    best victim first, at most `wanted` of them.
+
+    in_cache, allowed [L,E] bool; prefetched [p] int64: flat indices (row * E + expert) of experts brought by a prefetch
+    and not used since; ring [L,W,E] float32: each layer's last W per-pass mean scores (W = 0: no window, LRU order);
+    passes [L] int64: passes each ring has seen; recency [L,E] int64.
+    The keys, most significant first: prefetched (false first), the windowed mean (the ring's slots summed in order in
+    float64, over min(passes, W); 0 for a layer never seen), recency; ties to the lower flat index.
+    -> flat [m] int64, m = min(wanted, candidates)."""
+    L, E = in_cache.shape
+    W = ring.shape[1]
+    pre = np.zeros(L * E, np.bool_)
+    for f in prefetched:
+        pre[f] = True
+    n = 0
+    for r in range(L):
+        for e in range(E):
+            if in_cache[r, e] and allowed[r, e]:
+                n += 1
+    cand = np.empty(n, np.int64)  # [n] flat indices, ascending
+    mean = np.zeros(n)  # [n] float64
+    i = 0
+    for r in range(L):
+        seen = min(passes[r], W)
+        for e in range(E):
+            if in_cache[r, e] and allowed[r, e]:
+                cand[i] = r * E + e
+                if seen > 0:
+                    s = 0.0
+                    for j in range(W):
+                        s += np.float64(ring[r, j, e])
+                    mean[i] = s / seen
+                i += 1
+    m = min(wanted, n)
+    out = np.empty(m, np.int64)
+    taken = np.zeros(n, np.bool_)
+    for k in range(m):
+        b = -1
+        for i in range(n):
+            if taken[i]:
+                continue
+            if b < 0:
+                b = i
+                continue
+            f, g = cand[i], cand[b]
+            if pre[f] != pre[g]:
+                better = not pre[f]
+            elif mean[i] != mean[b]:
+                better = mean[i] < mean[b]
+            else:
+                better = recency[f // E, f % E] < recency[g // E, g % E]
+            if better:
+                b = i
+        taken[b] = True
+        out[k] = cand[b]
+    return out

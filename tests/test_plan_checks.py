@@ -184,8 +184,7 @@ def test_an_all_hit_plan_is_checked_as_its_codes_would_be():
         codes = Plan(actions=np.zeros((len(topk), 2), dtype=np.int8), evict=[(1, 3)])
         fast = Plan.per_expert(view, dict.fromkeys(view.needed(), Action.HIT), evict=[(1, 3)])
         assert fast.actions is None and Plan.hits().actions is None
-        assert check_plan(fast, view, "p") == check_plan(codes, view, "p")
-        assert list(check_plan(fast, view, "p").tokens) == list(check_plan(codes, view, "p").tokens)  # HF's order
+        assert check_plan(fast, view, "p") == check_plan(codes, view, "p")  # each expert's token rows in HF's order
     view = make_view(pool, [[0, 3], [1, 0]])  # expert 3 of layer 0 is not resident
     for plan in (Plan.hits(), Plan(actions=np.zeros((2, 2), dtype=np.int8))):
         with pytest.raises(PolicyError, match="HIT for expert 3, which is not resident"):
@@ -398,3 +397,86 @@ def test_staging_ring_never_rewrites_a_half_before_its_copies_are_done():
     with pytest.raises(AssertionError):
         ring.place(513)
 
+
+
+def _walk_as_stated(acts, stands, experts, resident, E):
+    """The check's rules for a plan's (token, expert) pairs written out in plain Python, in HF's order (by top-k rank,
+    then token), stopping at the first broken one -> (message or None, where, tokens, changed, subs, skips)."""
+    T, K = len(acts), len(acts[0])
+    where, tokens, computed = {}, {}, [set() for _ in range(T)]
+    subs = skips = 0
+    borrowed = []
+    for j in range(K):
+        for t in range(T):
+            a, e = acts[t][j], experts[t][j]
+            if a in (Action.SUBSTITUTE, Action.SKIP):
+                if a == Action.SKIP:
+                    skips += 1
+                    continue
+                s = stands[t][j]
+                if not 0 <= s < E:
+                    return f"token {t} substitutes expert {e} with invalid stand-in {s}", None, None, None, 0, 0
+                if s in resident:
+                    where.setdefault(s, Action.HIT)
+                else:
+                    borrowed.append((t, s))
+                subs += 1
+                e = s
+            elif a not in (Action.HIT, Action.LOAD, Action.CPU):
+                return "every routed expert needs an action", None, None, None, 0, 0
+            else:
+                if (a == Action.HIT) != (e in resident):
+                    if a == Action.HIT:
+                        return f"HIT for expert {e}, which is not resident", None, None, None, 0, 0
+                    return f"{Action(a).name} for expert {e}, which is already resident", None, None, None, 0, 0
+                if where.setdefault(e, Action(a)) != a:
+                    return f"expert {e} is both {where[e].name} and {Action(a).name}", None, None, None, 0, 0
+            if e in computed[t]:
+                return f"token {t} would compute expert {e} twice", None, None, None, 0, 0
+            computed[t].add(e)
+            tokens.setdefault(e, []).append(t)
+    for t, s in borrowed:
+        if s not in where:
+            return f"stand-in {s} for token {t} is not resident and no", None, None, None, 0, 0
+    changed = [t for t in range(T) if computed[t] != set(experts[t])]
+    return None, where, tokens, changed, subs, skips
+
+
+def test_compiled_check_follows_the_rules_as_stated():
+    """`check_plan`'s compiled walk (`smoe.plan_kernels.walk_plan`) accepts and rejects random plans as the rules
+    written out in Python do, with the same first error, token rows, changed tokens and counts."""
+    rng = np.random.default_rng(0)
+    E = INFO.num_experts
+    seen = set()
+    for _ in range(3000):
+        T, K = int(rng.integers(1, 4)), 2
+        resident = set(rng.choice(E, size=int(rng.integers(0, E + 1)), replace=False).tolist())
+        pool = FakePool(2 * E, resident=[(0, e) for e in resident])
+        topk = [rng.choice(E, size=K, replace=False).tolist() for _ in range(T)]
+        view = make_view(pool, topk)
+        # mostly plausible actions (HIT where resident, LOAD/CPU where not), some of every kind, now and then a bad one
+        acts = [[int(Action.HIT) if e in resident else int(rng.choice([Action.LOAD, Action.CPU])) for e in row]
+                for row in topk]
+        stands = [[-1] * K for _ in range(T)]
+        for t in range(T):
+            for j in range(K):
+                if rng.random() < 0.35:
+                    acts[t][j] = int(rng.choice([Action.SUBSTITUTE, Action.SKIP, Action.HIT, Action.LOAD, Action.CPU, 7, -1],
+                                                p=[0.5, 0.2, 0.1, 0.05, 0.05, 0.05, 0.05]))
+                    stands[t][j] = int(rng.integers(-1, E + 1))
+        want, where, tokens, changed, subs, skips = _walk_as_stated(acts, stands, topk, resident, E)
+        plan = Plan(actions=np.array(acts), standins=np.array(stands))
+        if want is not None:
+            with pytest.raises(PolicyError, match=want.replace("(", r"\(")):
+                check_plan(plan, view, "p")
+            seen.add(want.split(" ")[0])
+            continue
+        ex = check_plan(plan, view, "p")
+        seen.add("ok")
+        assert (ex.where, ex.tokens, ex.changed, ex.substitutions, ex.skips) == (where, tokens, changed, subs, skips)
+        assert ex.loads == sorted(e for e, a in where.items() if a == Action.LOAD)
+        if changed:
+            for row, t in zip(ex.changed_mask, changed):
+                assert set(np.flatnonzero(row).tolist()) == set(e for e, ts in tokens.items() if t in ts)
+    # every outcome was met: a valid plan and each kind of broken rule
+    assert seen >= {"ok", "token", "every", "HIT", "LOAD", "CPU", "expert", "stand-in"}

@@ -349,3 +349,35 @@ def test_prefetch_accuracy_counts_by_hand():
     # layer 1: S_3 = 0.1; expert 2 (0.6) top-score, expert 3 (0.25) top-score, expert 0 not routed
     acc = prefetch_accuracy(recs, alpha=0.25, k=2)
     assert acc == {"prefetched": 3, "top_score_share": 2 / 3, "routed_share": 2 / 3}
+
+
+@pytest.mark.parametrize("window", [None, 1, 3, 8])
+def test_compiled_victims_follow_the_eviction_rank(window):
+    """`SMoE.victims` (compiled) gives the victims `CachingPolicy.victims` finds by `SMoE.eviction_rank` (numpy), in the
+    same order, on random caches with prefetched experts, layers never seen, tied means and tied recency."""
+    from smoe.caching import CachingPolicy
+
+    rng = np.random.default_rng(window or 0)
+    L, E = 5, 16
+    info = ModelInfo(moe_layers=tuple(range(1, 2 * L, 2)), num_experts=E, top_k=2, expert_bytes=1000, model_type="test")
+    for trial in range(40):
+        pol = make_policy("smoe", window=window)
+        pol._bind(info)
+        pol.in_cache[:] = rng.random((L, E)) < 0.6
+        levels = rng.choice([0.0, 0.125, 0.25, 1e-9, 0.3], size=pol.ring.shape).astype(np.float32)  # ties, tiny values
+        pol.ring[:] = np.where(rng.random(pol.ring.shape) < 0.5, levels, rng.random(pol.ring.shape)) if trial % 2 \
+            else levels
+        pol.passes[:] = rng.integers(0, 12, size=L)
+        pol.passes[0] = 0  # a layer never seen: mean 0
+        pol.recency[:] = rng.integers(0, 6, size=(L, E))  # many ties
+        pool = FakePool(capacity=L * E)
+        cached = [(info.moe_layers[r], e) for r, e in zip(*np.nonzero(pol.in_cache))]
+        for key in cached:
+            pool.add(key, prefetched=rng.random() < 0.15)
+        v = view(pool, info.moe_layers[2], [[0.0] * E], [[0, 1]])
+        allowed = rng.random((L, E)) < 0.8
+        for wanted in (1, 2, 3, 7, L * E):
+            fast = list(pol.victims(v, allowed, wanted))
+            slow = list(CachingPolicy.victims(pol, v, allowed, wanted))
+            assert fast == slow[:wanted]
+            assert len(fast) == min(wanted, int((pol.in_cache & allowed).sum()))

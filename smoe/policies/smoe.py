@@ -58,10 +58,9 @@ import numpy as np
 from smoe.balance import load_seconds, split_load_cpu
 from smoe.caching import CachingPolicy
 from smoe.errors import PolicyParamError
-from smoe.plan import _CPU, _HIT, _LOAD, _SKIP, _SUB, ExpertKey, LayerView, Plan, PrefetchPlan
+from smoe.plan import _CPU, _HIT, _LOAD, _SKIP, _SUB, LayerView, Plan, PrefetchPlan
 from smoe.policy import register_policy
-from smoe.router import best_first
-from smoe.smoe_kernels import predicted_top, route_and_place
+from smoe.smoe_kernels import predicted_top, route_and_place, smoe_victims
 
 REPLACE_MODES = ("none", "substitute", "skip", "lower")
 COST_MODES = ("fixed", "measured")
@@ -105,45 +104,40 @@ class SMoE(CachingPolicy):
             raise PolicyParamError(f"need pcie_gbps > 0 or None and cpu_gbps > 0; got {self.pcie_gbps}, {self.cpu_gbps}")
         if self.prefetch_gate is not None and self.prefetch_gate < 1:
             raise PolicyParamError(f"prefetch_gate={self.prefetch_gate!r}; accepted: an int >= 1 or None")
-        # Eq. 3's window: each layer's last `window` per-pass mean scores in a ring; the means are brought up to
-        # date only when a victim is chosen (a decode step with every expert resident never needs them)
+        # Eq. 3's window: each layer's last `window` per-pass mean scores in a ring, which the compiled victim search
+        # (`smoe.smoe_kernels.smoe_victims`) averages for the candidates only, when a victim is chosen
         self.ring = np.zeros((0, 0, 0), dtype=np.float32)  # [L,window,E]
-        self.passes: list[int] = []  # [L] forward passes seen per layer
-        self.stale: set[int] = set()  # rows whose means lag their ring
-        self.means = np.zeros((0, 0))  # [L,E] windowed mean score of each expert (0 before any pass)
-        self._unprefetched = np.zeros((0, 0), dtype=bool)  # [L,E] all false: the rank key when nothing is prefetched
+        self.passes = np.zeros(0, dtype=np.int64)  # [L] forward passes seen per layer
         self.planned: dict[int, int] = {}  # layer -> forward passes planned (the prefetch gate's clock)
         self.needed_link: dict[int, int] = {}  # layer -> the last of them that needed the link (`_clock`)
 
     def _bind(self, model) -> None:
         if not self.layers:
             super()._bind(model)
-            self.means = np.zeros(self.in_cache.shape)
             L, E = self.in_cache.shape
             self.ring = np.zeros((L, self.window or 0, E), dtype=np.float32)
-            self.passes = [0] * L
+            self.passes = np.zeros(L, dtype=np.int64)
 
     # ---- score-aware eviction ----------------------------------------------------------------------
     def eviction_rank(self, view: LayerView) -> tuple[np.ndarray, ...]:
-        pool = view.cache.prefetched()
-        if pool:
-            prefetched = np.zeros_like(self.in_cache)  # [L,E] brought by a prefetch and not used since
-            for key in pool:
-                prefetched[self.at(key)] = True
-        else:  # the usual case: one all-false array, kept (never written)
-            if self._unprefetched.shape != self.in_cache.shape:
-                self._unprefetched = np.zeros_like(self.in_cache)
-            prefetched = self._unprefetched
+        """The rule in numpy (what `victims` runs compiled): prefetched and unused last, then the windowed mean score
+        (Eq. 3; a layer never seen has mean 0), then recency."""
+        prefetched = np.zeros_like(self.in_cache)  # [L,E] brought by a prefetch and not used since
+        for key in view.cache.prefetched():
+            prefetched[self.at(key)] = True
         if self.window is None:
             return (prefetched, self.recency)
-        if self.stale:
-            rows = sorted(self.stale)
-            self.stale.clear()
-            w = self.window
-            seen = np.array([[min(self.passes[r], w)] for r in rows], dtype=np.float64)  # [n,1] passes in each ring
-            # [n,E] Eq. 3's windowed mean (slots not yet written hold zeros and add nothing)
-            self.means[rows] = self.ring[rows].sum(axis=1, dtype=np.float64) / seen
-        return (prefetched, self.means, self.recency)
+        seen = np.minimum(self.passes, self.window)[:, None]  # [L,1] passes in each ring
+        means = np.divide(self.ring.sum(axis=1, dtype=np.float64), seen, out=np.zeros(self.in_cache.shape),
+                          where=seen > 0)  # [L,E] (ring slots not yet written hold zeros and add nothing)
+        return (prefetched, means, self.recency)
+
+    def victims(self, view: LayerView, allowed: np.ndarray, wanted: int):
+        """`CachingPolicy.victims` by `eviction_rank`, compiled (`smoe.smoe_kernels.smoe_victims`): at most `wanted`."""
+        E = self.in_cache.shape[1]
+        prefetched = np.array([self.rows[k[0]] * E + k[1] for k in view.cache.prefetched()], dtype=np.int64)
+        flat = smoe_victims(self.in_cache, allowed, prefetched, self.ring, self.passes, self.recency, wanted)
+        return ((self.layers[f // E], f % E) for f in flat.tolist())
 
     def observe(self, view: LayerView, plan: Plan) -> None:
         if self.window is None:
@@ -151,7 +145,6 @@ class SMoE(CachingPolicy):
         r = self.rows[view.layer]  # plan has bound the rows
         self.ring[r, self.passes[r] % self.window] = view.mean_scores()  # [E]
         self.passes[r] += 1
-        self.stale.add(r)
 
     # ---- planning --------------------------------------------------------------------------------------
     def _costs(self, view: LayerView) -> tuple[float, float]:
@@ -182,14 +175,16 @@ class SMoE(CachingPolicy):
             return Plan.hits()
         placement = dict.fromkeys(hit_ids, _HIT)
         if len(missing):
-            missing_ids = best_first(view.score_rows, missing.tolist())  # by best score over the batch, ties to lower id
+            missing_ids = missing.tolist()  # by best score over the batch, ties to the lower id
             load_ids, cpu_ids = missing_ids, []
             if self.balance:
                 load_ids, cpu_ids = split_load_cpu(missing_ids, *self._costs(view))
             placement.update(dict.fromkeys(load_ids, _LOAD))
             if cpu_ids:
                 placement.update(dict.fromkeys(cpu_ids, _CPU))
-                actions[(actions == _LOAD) & np.isin(sel, cpu_ids)] = _CPU  # [T,K]
+                on_cpu = np.zeros(len(resident), dtype=bool)  # [E]
+                on_cpu[cpu_ids] = True
+                actions[(actions == _LOAD) & on_cpu[sel]] = _CPU  # [T,K]
         if substituted and self.replace == "skip":
             actions[actions == _SUB] = _SKIP
         scale = self._lowered(view) if self.replace == "lower" and self.alpha > 0 else None
