@@ -1,16 +1,19 @@
 """SMoE's per-layer decisions as compiled loops (numba): the expert-cache router with the placement of what it
-computes, and the prefetch's predicted top-score experts.
+computes, the prefetch's predicted top-score experts, and the victim search of score-aware eviction.
 
-Where it sits: `smoe.policies.smoe` calls these from `plan` and `prefetch` once per MoE layer of every forward pass,
-and `smoe.router.expert_cache_router` wraps the first. They are the router's rules (stated in `smoe.router`) and the
-prefetch threshold written as plain loops over small arrays, compiled when this module is imported (and cached on
-disk), because in a decode layer interpreted Python pays for every operation on a core whose caches the model's work
-has cooled (README, planning share): a few hundred microseconds a layer against the 5% of TPOT the issue allows. They
-decide as the interpreted code they replaced did, run for run (`benchmarks/decisions_vs_commit.py --rev f290395`);
-`tests/test_router_balance.py` checks them against the rules written out literally in plain Python.
+Where it sits: `smoe.policies.smoe` calls these from `plan`, `prefetch` and `victims` once per MoE layer of every
+forward pass (the last only when a slot must be freed), and `smoe.router.expert_cache_router` wraps the first. They are
+the router's rules (stated in `smoe.router`), the prefetch threshold and the eviction keys (`SMoE.eviction_rank`)
+written as plain loops over small arrays, compiled when this module is imported (and cached on disk), because in a
+decode layer interpreted Python pays for every operation on a core whose caches the model's work has cooled (README,
+planning share): a few hundred microseconds a layer against the 5% of TPOT the issue allows. They decide as the
+interpreted code they replaced did, run for run (`benchmarks/decisions_vs_commit.py --rev f290395`, and `--rev 750fcf0`
+for the victim search); `tests/test_router_balance.py` checks the first two against the rules written out literally in
+plain Python, `tests/test_smoe_policy.py` the victim search against `CachingPolicy.victims` over the numpy keys.
 
 Float semantics follow the interpreted rules exactly: scores are float32; the router's bounds are computed in
-float64 (as Python floats), the prefetch threshold's product in the scores' own precision.
+float64 (as Python floats), the prefetch threshold's product in the scores' own precision, the windowed means as
+float64 sums of the ring's slots in order.
 """
 from __future__ import annotations
 
