@@ -35,7 +35,24 @@ def _best(scores_t, eligible):
     return b
 
 
-# Signatures are given, so both kernels compile (or load from numba's disk cache) when this module is imported, never
+@numba.njit(cache=True)
+def _insert_best_first(scores, e, out, best, n):
+    """Insert expert e into out[:n] (kept by descending best score over the batch, best[:n] those scores; equal scores
+    keep their order, so ids inserted ascending stay ascending among ties). scores [T,E]."""
+    v = scores[0, e]
+    for t in range(1, scores.shape[0]):
+        if scores[t, e] > v:
+            v = scores[t, e]
+    p = n
+    while p > 0 and best[p - 1] < v:
+        best[p] = best[p - 1]
+        out[p] = out[p - 1]
+        p -= 1
+    best[p] = v
+    out[p] = e
+
+
+# Signatures are given, so the kernels compile (or load from numba's disk cache) when this module is imported, never
 # inside a timed layer; arrays of any layout match them (a router's top-k may be a strided view on the CPU).
 @numba.njit("Tuple((int8[:, ::1], int64[:, ::1], int64[::1], int64[::1], boolean))"
             "(float32[:, :], int64[:, :], boolean[:], float64, boolean)", cache=True)
@@ -139,17 +156,7 @@ def route_and_place(scores, sel, resident, alpha, substitute):
                 hits[h] = e
                 h += 1
             else:
-                v = scores[0, e]
-                for t in range(1, T):
-                    if scores[t, e] > v:
-                        v = scores[t, e]
-                p = m
-                while p > 0 and best[p - 1] < v:
-                    best[p] = best[p - 1]
-                    missing[p] = missing[p - 1]
-                    p -= 1
-                best[p] = v
-                missing[p] = e
+                _insert_best_first(scores, e, missing, best, m)
                 m += 1
     for t in range(T):
         for j in range(K):
@@ -184,17 +191,7 @@ def predicted_top(scores, k, factor, resident):
     i = 0
     for e in range(E):  # ascending ids, inserted by descending best score (stable: ties keep the lower id first)
         if top[e]:
-            v = scores[0, e]
-            for t in range(1, T):
-                if scores[t, e] > v:
-                    v = scores[t, e]
-            p = i
-            while p > 0 and best[p - 1] < v:
-                best[p] = best[p - 1]
-                want[p] = want[p - 1]
-                p -= 1
-            best[p] = v
-            want[p] = e
+            _insert_best_first(scores, e, want, best, i)
             i += 1
     return want
 
