@@ -92,8 +92,9 @@ class CachingPolicy(ExpertPolicy):
         """The cached experts where `allowed` [L,E] is true, in eviction order (best victim first): ascending keys
         of `eviction_rank`, ties to the lower (layer row, expert). The order is fixed once: within one layer's
         planning no candidate's rank changes (victims leave, new keys are not candidates). `wanted`: how many the
-        caller expects to take at most; a decode layer often needs a victim or two, which are picked by minimum
-        without sorting every candidate (more than that, or more than `wanted`, sorts the rest)."""
+        caller takes at most (an override may yield no more: SMoE's compiled search does not); a decode layer often
+        needs a victim or two, which are picked by minimum without sorting every candidate (more than that sorts the
+        rest)."""
         mask = self.in_cache & allowed  # [L,E]
         idx = np.flatnonzero(mask)  # [n] flat indices of the candidates not yet yielded, ascending
         keys = self.eviction_rank(view)  # most significant first
