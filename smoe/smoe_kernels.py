@@ -53,7 +53,8 @@ def _insert_best_first(scores, e, out, best, n):
 
 
 # Signatures are given, so the kernels compile (or load from numba's disk cache) when this module is imported, never
-# inside a timed layer; arrays of any layout match them (a router's top-k may be a strided view on the CPU).
+# inside a timed layer; the routing inputs match arrays of any layout (a router's top-k may be a strided view on the
+# CPU), the victim search only the policy's own C-contiguous state.
 @numba.njit("Tuple((int8[:, ::1], int64[:, ::1], int64[::1], int64[::1], boolean))"
             "(float32[:, :], int64[:, :], boolean[:], float64, boolean)", cache=True)
 def route_and_place(scores, sel, resident, alpha, substitute):
