@@ -206,6 +206,8 @@ _ACTIONS = tuple(Action)  # code -> Action, without the Enum call's cost
 # Action codes as plain ints: cheaper to compare, and [T][K] lists of them convert to an array faster than enum members
 _HIT, _LOAD, _CPU, _SUB, _SKIP = (int(a) for a in Action)
 assert (pk.HIT, pk.LOAD, pk.CPU, pk.SUB, pk.SKIP) == (_HIT, _LOAD, _CPU, _SUB, _SKIP)
+_NO_STANDINS = np.zeros((0, 0), dtype=np.int64)  # `walk_plan`'s "no stand-ins given"
+_NO_TOKENS = np.zeros(0, dtype=bool)  # `walk_plan`'s "no token forced to count as changed"
 
 
 def _fail(policy: str, layer: int, msg: str) -> PolicyError:
@@ -226,43 +228,41 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
         actions = np.zeros((T, K), dtype=np.int8)  # HIT everywhere
     else:
         actions = plan.actions if isinstance(plan.actions, np.ndarray) else np.asarray(plan.actions)
-    if actions.shape != (T, K):
-        raise _fail(policy, layer, f"actions have shape {actions.shape}, expected {(T, K)} (tokens, top-k)")
-    if actions.dtype.kind not in "iu":
-        raise _fail(policy, layer, "actions must be integer Action codes")
-    if plan.standins is None:
-        stands = np.full((T, K), -1, dtype=np.int64)
-    else:
+        if actions.shape != (T, K):
+            raise _fail(policy, layer, f"actions have shape {actions.shape}, expected {(T, K)} (tokens, top-k)")
+        if actions.dtype.kind not in "iu":
+            raise _fail(policy, layer, "actions must be integer Action codes")
+        if actions.dtype != np.int8:  # the walk takes int8 codes (as the policies make them) or int64
+            actions = actions.astype(np.int64, copy=False)
+    stands = _NO_STANDINS
+    if plan.standins is not None:
         stands = np.asarray(plan.standins)
         if stands.shape != (T, K):
             raise _fail(policy, layer, f"standins have shape {stands.shape}, expected {(T, K)} (tokens, top-k)")
         if stands.dtype.kind not in "iu":
             raise _fail(policy, layer, "standins must be integer expert ids")
-    # where_a [E] codes; the computed experts [m] ascending, their token rows rows[starts[i]:starts[i+1]]; computed [T,E]
-    err, t, j, x, where_a, computed_e, starts, rows, computed, changed_t, subs, skips = pk.walk_plan(
-        actions.astype(np.int64, copy=False), stands.astype(np.int64, copy=False), view.topk_np,
-        view.cache.resident_mask(layer), E)
-    if err:
-        raise _fail(policy, layer, _walk_error(err, t, j, x, actions, view.topk_np))
-    ids = computed_e.tolist()
-    rows = rows.tolist()
-    bounds = starts.tolist()
-    tokens = {ex: rows[bounds[i]:bounds[i + 1]] for i, ex in enumerate(ids)}  # in HF's (rank, token) order
-    where = {ex: _ACTIONS[a] for ex, a in zip(ids, where_a[computed_e].tolist())}
+        if stands.dtype != np.int64:
+            stands = stands.astype(np.int64)
     scale = None
+    forced = _NO_TOKENS  # tokens whose scores the plan scales
     if plan.scale is not None:
         factors = np.asarray(plan.scale, dtype=np.float32)
         if factors.shape != (T, K) or not (factors >= 0).all():
             raise _fail(policy, layer, f"scale must be non-negative factors of shape {(T, K)}")
         scale = np.ones((T, E), dtype=np.float32)
         np.put_along_axis(scale, view.topk_np, factors, axis=1)
-        changed_t = changed_t | (scale != 1).any(axis=1)
-    changed: list[int] = []  # tokens whose computed set or scores differ from the router's
-    changed_mask = None
-    if subs or skips or scale is not None:
-        changed = np.flatnonzero(changed_t).tolist()
-        if changed:
-            changed_mask = computed[changed]  # [len(changed),E]
+        forced = (scale != 1).any(axis=1)
+    out, changed_mask = pk.walk_plan(actions, stands, view.topk_np, view.cache.resident_mask(layer), forced, E)
+    v = out.tolist()
+    if v[pk.ERR]:
+        raise _fail(policy, layer, _walk_error(v[pk.ERR], v[pk.AT_T], v[pk.AT_J], v[pk.AT_X], actions, view.topk_np))
+    m, n, c = v[pk.N_EXPERTS], v[pk.N_ROWS], v[pk.N_CHANGED]
+    p = pk.HEAD
+    ids, codes, bounds = v[p:p + m], v[p + m:p + 2 * m], v[p + 2 * m:p + 3 * m + 1]
+    p += 3 * m + 1
+    rows, changed, loads = v[p:p + n], v[p + n:p + n + c], v[p + n + c:]
+    tokens = {ex: rows[bounds[i]:bounds[i + 1]] for i, ex in enumerate(ids)}  # in HF's (rank, token) order
+    where = dict(zip(ids, map(_ACTIONS.__getitem__, codes)))
 
     evict: list[ExpertKey] = []
     discard: set[int] = set()
@@ -270,20 +270,19 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
         used_on_device = {e for e, a in where.items() if a != _CPU}
         evict, discard = _checked_frees(plan, view, policy, used_on_device)
 
-    loads = sorted([e for e, a in where.items() if a == _LOAD])
     if loads:
         _check_slots(loads, where, evict, discard, view, policy)
     return ExecPlan(
         where=where,
         tokens=tokens,
         changed=changed,
-        changed_mask=changed_mask,
+        changed_mask=changed_mask if c else None,
         scale=scale,
         loads=loads,
         evict=evict,
         discard=discard,
-        substitutions=subs,
-        skips=skips,
+        substitutions=v[pk.SUBS],
+        skips=v[pk.SKIPS],
     )
 
 

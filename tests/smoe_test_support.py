@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -79,7 +80,7 @@ class FakePool:
             self.add((layer, e))
 
 
-def record_replay_traces(root, workload: str = "exam") -> "Path":
+def record_replay_traces(root, workload: str = "exam") -> Path:
     """A decode trace of a 28-layer tiny smolmoe (64 experts, top-8) with its predictions, saved where
     `benchmarks/paper_shape.py --traces` looks: root/traces/{workload}/b1.pt. Returns root/traces."""
     from pathlib import Path

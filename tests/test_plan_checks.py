@@ -448,7 +448,8 @@ KINDS = ("invalid stand-in", "needs an action", "and no", "not resident", "LOAD 
 
 def test_compiled_check_follows_the_rules_as_stated():
     """`check_plan`'s compiled walk (`smoe.plan_kernels.walk_plan`) accepts and rejects random plans as the rules
-    written out in Python do, with the same first error, token rows, changed tokens and counts."""
+    written out in Python do, with the same first error, token rows, changed tokens and counts, whatever the codes'
+    integer type, with or without stand-ins where none is read, and with scaled scores."""
     rng = np.random.default_rng(0)
     E = INFO.num_experts
     seen = set()
@@ -469,7 +470,15 @@ def test_compiled_check_follows_the_rules_as_stated():
                                                 p=[0.5, 0.2, 0.1, 0.05, 0.05, 0.05, 0.05]))
                     stands[t][j] = int(rng.integers(-1, E + 1))
         want, where, tokens, changed, subs, skips = _walk_as_stated(acts, stands, topk, resident, E)
-        plan = Plan(actions=np.array(acts), standins=np.array(stands))
+        # the walk takes int8 codes (the policies') or any other integers; stand-ins may be left out where none is read
+        dtype = [np.int8, np.int64, np.int32][int(rng.integers(0, 3))]
+        no_sub = all(a != Action.SUBSTITUTE for row in acts for a in row)
+        scale = None
+        if want is None and rng.random() < 0.2:  # scaled scores: a token with a factor other than 1 counts as changed
+            scale = np.where(rng.random((T, K)) < 0.3, 0.5, 1.0)
+            changed = sorted(set(changed) | set(np.flatnonzero((scale != 1).any(axis=1)).tolist()))
+        plan = Plan(actions=np.array(acts, dtype=dtype),
+                    standins=None if no_sub and rng.random() < 0.5 else np.array(stands), scale=scale)
         if want is not None:
             with pytest.raises(PolicyError, match=want.replace("(", r"\(")):
                 check_plan(plan, view, "p")
@@ -478,8 +487,10 @@ def test_compiled_check_follows_the_rules_as_stated():
         ex = check_plan(plan, view, "p")
         seen.add("ok")
         assert (ex.where, ex.tokens, ex.changed, ex.substitutions, ex.skips) == (where, tokens, changed, subs, skips)
+        assert (ex.scale is None) == (scale is None)
+        seen.add("scaled" if scale is not None and changed else "ok")
         assert ex.loads == sorted(e for e, a in where.items() if a == Action.LOAD)
         if changed:
             for row, t in zip(ex.changed_mask, changed):
                 assert set(np.flatnonzero(row).tolist()) == set(e for e, ts in tokens.items() if t in ts)
-    assert seen == {"ok", *KINDS}  # a valid plan and each kind of broken rule were met
+    assert seen == {"ok", "scaled", *KINDS}  # valid plans (some scaled) and each kind of broken rule were met

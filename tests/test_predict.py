@@ -304,7 +304,7 @@ def test_static_cache_serves_calls_that_fit_and_its_pieces_follow_a_new_one(tiny
     cache, and the pieces made over the old one are dropped (they write into buffers no longer in use). Every call
     decodes as the module path over its cache does, bit for bit."""
     calls = [PROMPTS, [[3, 4], [20, 21, 22, 23]], [[7, 8, 9]]]  # the third: batch 1, a new cache
-    runs, kept = {}, []
+    runs = {}
     for pieces in (False, True):
         rt = Runtime(tiny("qwen2_moe"), "smoe", device="cpu", cache_experts=10, batch=2, kv_cache="static",
                      skeleton_graphs=pieces, predictor_graphs=pieces)

@@ -108,6 +108,8 @@ class SMoE(CachingPolicy):
         # (`smoe.smoe_kernels.smoe_victims`) averages for the candidates only, when a victim is chosen
         self.ring = np.zeros((0, 0, 0), dtype=np.float32)  # [L,window,E]
         self.passes = np.zeros(0, dtype=np.int64)  # [L] forward passes seen per layer
+        # the prefetch threshold's factor in the predicted scores' precision (float32, as `predicted_top` takes them)
+        self._factor = np.float32(1 + self.alpha)
         self.planned: dict[int, int] = {}  # layer -> forward passes planned (the prefetch gate's clock)
         self.needed_link: dict[int, int] = {}  # layer -> the last of them that needed the link (`_clock`)
 
@@ -169,12 +171,13 @@ class SMoE(CachingPolicy):
         hit_ids = hits.tolist()
         if self.prefetch_gate is not None:
             self._clock(view, hit_ids + missing.tolist(), bool(len(missing)))
-        if not len(missing) and not substituted and self.replace != "lower":
-            # every routed expert is resident: nothing to replace, nothing to load
-            self._touch_layer(layer, hit_ids)  # what cache_plan does with hits only: no room to make
-            return Plan.hits()
-        placement = dict.fromkeys(hit_ids, _HIT)
-        if len(missing):
+        if not len(missing):
+            self._touch_layer(layer, hit_ids)  # what cache_plan does with hits only (ascending): no room to make
+            if not substituted and self.replace != "lower":
+                return Plan.hits()  # every routed expert is resident: nothing to replace, nothing to load
+            evict, discard = [], set()
+        else:
+            placement = dict.fromkeys(hit_ids, _HIT)
             missing_ids = missing.tolist()  # by best score over the batch, ties to the lower id
             load_ids, cpu_ids = missing_ids, []
             if self.balance:
@@ -185,10 +188,10 @@ class SMoE(CachingPolicy):
                 on_cpu = np.zeros(len(resident), dtype=bool)  # [E]
                 on_cpu[cpu_ids] = True
                 actions[(actions == _LOAD) & on_cpu[sel]] = _CPU  # [T,K]
+            evict, discard = self.cache_plan(view, placement)
         if substituted and self.replace == "skip":
             actions[actions == _SUB] = _SKIP
         scale = self._lowered(view) if self.replace == "lower" and self.alpha > 0 else None
-        evict, discard = self.cache_plan(view, placement)
         return Plan(actions=actions, standins=standins if substituted and self.replace != "skip" else None,
                     evict=evict, discard=discard, scale=scale)
 
@@ -232,8 +235,7 @@ class SMoE(CachingPolicy):
         else:
             scores = ctx.predict(attention=self.prefetch_mode == "attention").numpy()
         # predicted top-score experts that are not resident, best first (`smoe.smoe_kernels.predicted_top`)
-        factor = scores.dtype.type(1 + self.alpha)  # the threshold's product in the scores' precision
-        want = predicted_top(scores, view.model.top_k, factor, view.cache.resident_mask(nxt)).tolist()
+        want = predicted_top(scores, view.model.top_k, self._factor, view.cache.resident_mask(nxt)).tolist()
         if not want:
             return None
         prefetched = view.cache.prefetched()
