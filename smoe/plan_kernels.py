@@ -25,9 +25,10 @@ ERR, AT_T, AT_J, AT_X, SUBS, SKIPS, N_EXPERTS, N_ROWS, N_CHANGED, N_LOADS = rang
 HEAD = 10
 
 
-@numba.njit(["Tuple((int64[::1], boolean[:, ::1]))(int8[:, :], int64[:, :], int64[:, :], boolean[:], boolean[:], int64)",
-             "Tuple((int64[::1], boolean[:, ::1]))(int64[:, :], int64[:, :], int64[:, :], boolean[:], boolean[:], "
-             "int64)"], cache=True)
+_WALK_SIG = "Tuple((int64[::1], boolean[:, ::1]))({}[:, :], int64[:, :], int64[:, :], boolean[:], boolean[:], int64)"
+
+
+@numba.njit([_WALK_SIG.format("int8"), _WALK_SIG.format("int64")], cache=True)  # the actions' codes: int8 or int64
 def walk_plan(acts, stands, topk, resident, forced, E):
     """acts [T,K] Action codes, stands [T,K] stand-ins (read where SUBSTITUTE; -1 or an empty [0,0]: none given), topk
     [T,K] the router's experts, resident [>=E] bool, forced [T] bool: tokens whose scores the plan scales (counted as
@@ -81,7 +82,8 @@ def walk_plan(acts, stands, topk, resident, forced, E):
                     head[ERR], head[AT_T], head[AT_J], head[AT_X] = NO_ACTION, t, j, -1
                     return head, nothing
                 if (a == HIT) != resident[e]:
-                    head[ERR], head[AT_T], head[AT_J], head[AT_X] = HIT_MISSING if a == HIT else RESIDENT_NOT_HIT, t, j, -1
+                    err = HIT_MISSING if a == HIT else RESIDENT_NOT_HIT
+                    head[ERR], head[AT_T], head[AT_J], head[AT_X] = err, t, j, -1
                     return head, nothing
                 if where[e] < 0:
                     where[e] = a

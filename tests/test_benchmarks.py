@@ -175,18 +175,19 @@ def test_cpu_experts_benchmark_times_the_runtime_expert_against_a_plain_read(tmp
 
 
 def test_planning_share_reads_committed_runs_and_the_abs_decided_the_same(tmp_path):
-    """benchmarks/planning_share.py on the committed planning A/Bs (results/gpu/planning_ab_h200_s36 and _s37): a row
-    per run, the share and per-layer time from the run record's own counters, and, as the README says, every run of one
-    batch size made the same decisions whichever of the three code versions ran it."""
+    """benchmarks/planning_share.py on the committed planning A/Bs (results/gpu/planning_ab_h200_s36, _s37 and _s38): a
+    row per run, the share and per-layer time from the run record's own counters, and, as the README says, every run of
+    one batch size made the same decisions whichever of the four code versions ran it."""
     import gzip
     import json
 
     out = tmp_path / "share.csv"
-    folders = [f for ab in ("s36", "s37") for f in sorted((ROOT / f"results/gpu/planning_ab_h200_{ab}").glob("*_*"))]
+    folders = [f for ab in ("s36", "s37", "s38")
+               for f in sorted((ROOT / f"results/gpu/planning_ab_h200_{ab}").glob("*_*"))]
     subprocess.run([sys.executable, str(ROOT / "benchmarks/planning_share.py"), *map(str, folders), "--out", str(out)],
                    check=True, cwd=ROOT)
     rows = list(csv.DictReader(open(out)))
-    assert [r["folder"] for r in rows[::8]] == [f.name for f in folders] and len(rows) == 64
+    assert [r["folder"] for r in rows[::8]] == [f.name for f in folders] and len(rows) == 112
     rec = json.loads(gzip.open(next(folders[0].glob("*.jsonl.gz")), "rt").readline())  # the folder's first run
     dec, steps = rec["metrics"]["decode"], rec["metrics"]["decode_steps"]
     first = rows[0]

@@ -466,8 +466,8 @@ def test_compiled_check_follows_the_rules_as_stated():
         for t in range(T):
             for j in range(K):
                 if rng.random() < 0.35:
-                    acts[t][j] = int(rng.choice([Action.SUBSTITUTE, Action.SKIP, Action.HIT, Action.LOAD, Action.CPU, 7, -1],
-                                                p=[0.5, 0.2, 0.1, 0.05, 0.05, 0.05, 0.05]))
+                    kinds = [Action.SUBSTITUTE, Action.SKIP, Action.HIT, Action.LOAD, Action.CPU, 7, -1]
+                    acts[t][j] = int(rng.choice(kinds, p=[0.5, 0.2, 0.1, 0.05, 0.05, 0.05, 0.05]))
                     stands[t][j] = int(rng.integers(-1, E + 1))
         want, where, tokens, changed, subs, skips = _walk_as_stated(acts, stands, topk, resident, E)
         # the walk takes int8 codes (the policies') or any other integers; stand-ins may be left out where none is read
