@@ -197,7 +197,6 @@ def predicted_top(scores, k, factor, resident):
     return want
 
 
-
 @numba.njit("int64[::1](boolean[:, ::1], boolean[:, ::1], int64[::1], float32[:, :, ::1], int64[::1], int64[:, ::1], "
             "int64)", cache=True)
 def smoe_victims(in_cache, allowed, prefetched, ring, passes, recency, wanted):
