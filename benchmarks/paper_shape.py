@@ -52,8 +52,8 @@ from smoe.shapes import SHAPES, RandomSource  # noqa: E402
 
 COLUMNS = ["model", "gpu", "measured", "budget_gb", "policy", "batch", "workload", "ttft_s", "tpot_s", "tpot_p50_s",
            "tpot_p90_s", "hit_rate", "bytes_h2d", "cpu_experts", "cpu_time_s", "substitutions", "prefetches",
-           "prefetch_top_share", "prefetch_routed_share", "policy_time_s", "check_time_s", "predict_time_s", "slots",
-           "link_gbps", "bound_s", "tpot_over_bound", "repeat"]
+           "prefetch_top_share", "prefetch_routed_share", "policy_time_s", "check_time_s", "prefetch_time_s",
+           "predict_time_s", "slots", "link_gbps", "bound_s", "tpot_over_bound", "repeat"]
 
 
 def main() -> int:
@@ -222,7 +222,7 @@ def main() -> int:
                        "workload": workload,
                        **{k: m[k] for k in ("ttft_s", "tpot_s", "tpot_p50_s", "tpot_p90_s", "hit_rate", "bytes_h2d",
                                             "cpu_experts", "cpu_time_s", "substitutions", "prefetches",
-                                            "policy_time_s", "check_time_s", "predict_time_s")},
+                                            "policy_time_s", "check_time_s", "prefetch_time_s", "predict_time_s")},
                        "prefetch_top_share": acc["top_score_share"], "prefetch_routed_share": acc["routed_share"],
                        "slots": rec["memory"]["capacity"], "link_gbps": rec["env"]["link_gbps"], "bound_s": bound,
                        "tpot_over_bound": m["tpot_s"] / bound if bound else None, "repeat": repeat}

@@ -7,8 +7,10 @@ same.
 
 Each argument is a run folder (its `*.jsonl` or `*.jsonl.gz`); the `folder` column is its name. `policy_us_per_layer`
 is the decode phase's `policy_time_s` (plan, the runtime's check of it, the prefetch decision, observe) over decode
-steps times MoE layers; `share` is it over decode steps times TPOT. `decisions` joins the decode counters (hits,
-loads, CPU experts, substitutions, prefetches): equal strings, equal decisions.
+steps times MoE layers; `share` is it over decode steps times TPOT; `check_us_per_layer` and `prefetch_us_per_layer`
+are its parts spent in the runtime's check of the plans and in the prefetch decisions (`check_time_s`,
+`prefetch_time_s`; the latter blank in records made before the runtime counted it). `decisions` joins the decode
+counters (hits, loads, CPU experts, substitutions, prefetches): equal strings, equal decisions.
 """
 from __future__ import annotations
 
@@ -46,11 +48,15 @@ def runs(folder: Path) -> list[dict]:
                 row, m = rec["row"], rec["metrics"]
                 dec, steps = m["decode"], m["decode_steps"]
                 layers = moe_layers(row["model"])
+                per_layer = 1e6 / (steps * layers) if layers else None  # seconds of the run -> us per decode layer
                 rows.append({
                     "folder": folder.name, "model": row["model"], "policy": row["policy"], "batch": row["batch"],
                     "workload": row["workload"], "repeat": row.get("repeat", 0), "tpot_ms": 1e3 * m["tpot_s"],
-                    "policy_us_per_layer": 1e6 * dec["policy_time_s"] / (steps * layers) if layers else None,
+                    "policy_us_per_layer": dec["policy_time_s"] * per_layer if layers else None,
                     "share": dec["policy_time_s"] / (steps * m["tpot_s"]),
+                    "check_us_per_layer": dec["check_time_s"] * per_layer if layers else None,
+                    "prefetch_us_per_layer": dec["prefetch_time_s"] * per_layer
+                    if layers and "prefetch_time_s" in dec else None,
                     "decisions": " ".join(str(dec[c]) for c in COUNTERS),
                 })
     return rows

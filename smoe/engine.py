@@ -273,7 +273,9 @@ class Engine:
             t0 = time.perf_counter()
             with span("smoe.prefetch"):
                 nxt = self.policy.prefetch(view, ctx)
-            m.policy_time_s += time.perf_counter() - t0 - ctx.predict_s - ctx.then_s
+            decide_s = time.perf_counter() - t0 - ctx.predict_s - ctx.then_s
+            m.policy_time_s += decide_s
+            m.prefetch_time_s += decide_s
             m.predict_time_s += ctx.predict_s + early_s
             m.predictions += ctx.predictions
             if nxt is not None:

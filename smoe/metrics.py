@@ -18,6 +18,8 @@ Definitions:
                 observe, without the predictor pass a prefetch asks for
   check_time_s  of policy_time_s, the runtime's check of each plan (`plan.check_plan`): what every policy pays,
                 however simple its plan
+  prefetch_time_s of policy_time_s, the policy's prefetch decisions (without the predictor pass); the rest of
+                policy_time_s is the plans (check_time_s included) and observe
   predict_time_s the host time of predictor passes (launching them and waiting for their scores)
   predictions   predictions a policy's prefetch read (each one wait for the device; several layers' scores read
                 together count once)
@@ -56,6 +58,7 @@ class Counters:
     prefetch_in_topk: int = 0
     policy_time_s: float = 0.0
     check_time_s: float = 0.0
+    prefetch_time_s: float = 0.0
     predict_time_s: float = 0.0
     predictions: int = 0
 
@@ -93,6 +96,7 @@ class Metrics:
             "prefetch_in_topk": total["prefetch_in_topk"],
             "policy_time_s": total["policy_time_s"],
             "check_time_s": total["check_time_s"],
+            "prefetch_time_s": total["prefetch_time_s"],
             "predict_time_s": total["predict_time_s"],
             "predictions": total["predictions"],
             "peak_device_bytes": self.peak_device_bytes,

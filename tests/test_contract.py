@@ -97,6 +97,7 @@ def test_policy_contract(family, name, slots, tiny, lru_traces):
     assert all(isinstance(x, int) and 0 <= x < VOCAB for t in res.tokens for x in t)
 
     m = res.metrics
+    prefetching = type(rt.policy).prefetch is not ExpertPolicy.prefetch  # as the engine decides to ask
     assert METRIC_KEYS <= set(m), f"missing metrics {sorted(METRIC_KEYS - set(m))}"
     for phase in ("prefill", "decode"):
         assert PHASE_KEYS <= set(m[phase]), f"missing {phase} counters {sorted(PHASE_KEYS - set(m[phase]))}"
@@ -114,6 +115,12 @@ def test_policy_contract(family, name, slots, tiny, lru_traces):
         assert 0 <= c["hits"] <= c["uses"]
         assert 0 <= c["prefetch_used"] <= c["prefetches"] <= c["loads"]
         assert 0 < c["check_time_s"] < c["policy_time_s"]  # every layer's plan is checked, inside the decision time
+        # the prefetch decisions are a part of it besides the plans, and only a policy that prefetches makes them
+        assert 0 <= c["prefetch_time_s"] < c["policy_time_s"] - c["check_time_s"]
+        if not prefetching:
+            assert c["prefetch_time_s"] == 0, phase
+        if c["prefetches"]:  # a prefetch was decided, and timed
+            assert c["prefetch_time_s"] > 0, phase
     for key in ("loads", "bytes_h2d", "cpu_experts", "substitutions", "skips", "prefetches", "prefetch_used"):
         assert m[key] == m["prefill"][key] + m["decode"][key], key
     # every (token, routed expert) of every MoE layer is either computed (possibly by a stand-in) or skipped
