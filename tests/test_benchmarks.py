@@ -197,3 +197,27 @@ def test_planning_share_reads_committed_runs_and_the_abs_decided_the_same(tmp_pa
     for batch in ("1", "3"):
         assert len({r["decisions"] for r in smoe if r["batch"] == batch}) == 1
     assert all(0 < float(r["share"]) < 1 for r in rows)
+
+
+def test_planning_share_splits_check_and_prefetch_where_the_record_has_them(tmp_path):
+    """planning_share.py's parts of the decision time: the check and the prefetch decisions per decode layer from the
+    record's own counters (thirty-fifth campaign, which counted the prefetch apart), blank for a record made before."""
+    import gzip
+    import json
+
+    new = ROOT / "results/gpu/paper_shape_h200_s39_xverse24_b1_all"
+    old = ROOT / "results/gpu/planning_ab_h200_s38/new_a"
+    out = tmp_path / "share.csv"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/planning_share.py"), str(new), str(old), "--out", str(out)],
+                   check=True, cwd=ROOT, capture_output=True)
+    rows = list(csv.DictReader(open(out)))
+    recs = [json.loads(line) for line in gzip.open(next(new.glob("*.jsonl.gz")), "rt")]
+    assert len(rows) == len(recs) + 8  # the A/B folder holds 8 runs
+    for row, rec in zip(rows, recs):
+        dec, per_layer = rec["metrics"]["decode"], 1e6 / (rec["metrics"]["decode_steps"] * 28)
+        assert abs(float(row["check_us_per_layer"]) - dec["check_time_s"] * per_layer) < 1e-6
+        assert abs(float(row["prefetch_us_per_layer"]) - dec["prefetch_time_s"] * per_layer) < 1e-6
+        parts = float(row["check_us_per_layer"]) + float(row["prefetch_us_per_layer"])
+        assert parts < float(row["policy_us_per_layer"])  # the plans themselves take the rest
+        assert (float(row["prefetch_us_per_layer"]) > 0) == (row["policy"] in ("smoe", "hybrimoe", "moe-infinity"))
+    assert all(r["prefetch_us_per_layer"] == "" and float(r["check_us_per_layer"]) > 0 for r in rows[len(recs):])
