@@ -176,6 +176,16 @@ def test_ci_grid_end_to_end(tmp_path):
     others |= {("xve", 12.0, 3, w) for w in ("reasoning", "language")}
     others |= {("dee", 16.0, 3, w) for w in ("reasoning", "language")}  # thirty-second campaign
     assert others <= cells, sorted(others - cells)
+    # beside every offloading baseline but on-demand (thirty-fifth campaign: deepseek 8 GB at batch 1 on four workloads,
+    # XVERSE 24 GB on two at batch 1 and one at batch 3, where the call's time ran out before fifo and cpu-assist),
+    # HybriMoE is the best baseline in every row and SMoE under 0.65x of it, as the README says
+    s39 = best[best.folder.str.startswith("paper_shape_h200_s39_")]
+    assert len(s39) == 7 and s39.best_baseline.eq("hybrimoe").all() and s39["smoe / best"].lt(0.65).all()
+    ran = measured[measured.source.str.startswith("paper_shape_h200_s39_")]
+    per_cell = ran.groupby([ran.source.str.split("/").str[0], "batch", "workload"]).policy.agg(frozenset)
+    full = {"all-gpu", "smoe", "hybrimoe", "moe-infinity", "lru", "lfu", "fifo", "cpu-assist"}
+    assert sorted(s == full for s in per_cell) == [False] + [True] * 6
+    assert all(s >= full - {"fifo", "cpu-assist"} for s in per_cell)
     # a baseline run with parameters set counts as that baseline: on the H200's own link, HybriMoE priced at the
     # measured copy rate (55 GB/s) beside its default 25 is the best baseline, and the setting is priced at the link
     own = best[best.folder == "paper_shape_h200_s35_qwen48_own"]
