@@ -36,6 +36,12 @@ def moe_layers(model: str) -> int | None:
     return cfg.num_hidden_layers - len(cfg.mlp_only_layers or [])
 
 
+def us_per_layer(seconds: float | None, steps: int, layers: int | None) -> float | None:
+    """A run's seconds of some decision work -> microseconds per decode layer (None without the layer count or the
+    seconds)."""
+    return 1e6 * seconds / (steps * layers) if layers and seconds is not None else None
+
+
 def runs(folder: Path) -> list[dict]:
     files = sorted(folder.glob("*.jsonl")) + sorted(folder.glob("*.jsonl.gz"))
     if not files:
@@ -48,15 +54,14 @@ def runs(folder: Path) -> list[dict]:
                 row, m = rec["row"], rec["metrics"]
                 dec, steps = m["decode"], m["decode_steps"]
                 layers = moe_layers(row["model"])
-                per_layer = 1e6 / (steps * layers) if layers else None  # seconds of the run -> us per decode layer
                 rows.append({
                     "folder": folder.name, "model": row["model"], "policy": row["policy"], "batch": row["batch"],
                     "workload": row["workload"], "repeat": row.get("repeat", 0), "tpot_ms": 1e3 * m["tpot_s"],
-                    "policy_us_per_layer": dec["policy_time_s"] * per_layer if layers else None,
+                    "policy_us_per_layer": us_per_layer(dec["policy_time_s"], steps, layers),
                     "share": dec["policy_time_s"] / (steps * m["tpot_s"]),
-                    "check_us_per_layer": dec["check_time_s"] * per_layer if layers else None,
-                    "prefetch_us_per_layer": dec["prefetch_time_s"] * per_layer
-                    if layers and "prefetch_time_s" in dec else None,
+                    "check_us_per_layer": us_per_layer(dec["check_time_s"], steps, layers),
+                    # blank in records made before the runtime counted the prefetch apart
+                    "prefetch_us_per_layer": us_per_layer(dec.get("prefetch_time_s"), steps, layers),
                     "decisions": " ".join(str(dec[c]) for c in COUNTERS),
                 })
     return rows
