@@ -19,8 +19,6 @@ from tqdm.auto import tqdm
 
 from .runtime import Runtime
 
-RUNTIME_ARGS = {"pretrained", "policy", "budget_gb", "cache_experts", "device", "batch_size", "max_length"}
-
 
 @register_model("smoe")
 class SMoELM(TemplateLM):

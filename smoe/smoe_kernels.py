@@ -7,9 +7,10 @@ the router's rules (stated in `smoe.router`), the prefetch threshold and the evi
 written as plain loops over small arrays, compiled when this module is imported (and cached on disk), because in a
 decode layer interpreted Python pays for every operation on a core whose caches the model's work has cooled (README,
 planning share): a few hundred microseconds a layer against the 5% of TPOT the issue allows. They decide as the
-interpreted code they replaced did, run for run (`benchmarks/decisions_vs_commit.py --rev f290395`, and `--rev 750fcf0`
-for the victim search); `tests/test_router_balance.py` checks the first two against the rules written out literally in
-plain Python, `tests/test_smoe_policy.py` the victim search against `CachingPolicy.victims` over the numpy keys.
+interpreted code they replaced did, run for run (`benchmarks/decisions_vs_commit.py --rev f290395`, `--rev 750fcf0`
+for the victim search, `--rev defc54a` for the wish list without its sort); `tests/test_router_balance.py` checks the
+first two against the rules written out literally in plain Python, `tests/test_smoe_policy.py` the victim search
+against `CachingPolicy.victims` over the numpy keys.
 
 Float semantics follow the interpreted rules exactly: scores are float32; the router's bounds are computed in
 float64 (as Python floats), the prefetch threshold's product in the scores' own precision, the windowed means as
@@ -166,35 +167,45 @@ def route_and_place(scores, sel, resident, alpha, substitute):
     return actions, standins, hits, missing, substituted
 
 
-@numba.njit("int64[::1](float32[:, :], int64, float32, boolean[:])", cache=True)
-def predicted_top(scores, k, factor, resident):
+@numba.njit("int64(float32[:, :], int64, float32, boolean[:], int64[::1], float32[::1])", cache=True)
+def predicted_top(scores, k, factor, resident, want, work):
     """The prefetch's wish list: experts that are top-score for some token of the predicted scores and not resident,
     best first.
 
-    scores [T,E] (float32), k the family's top-k, factor 1 + alpha in the scores' precision, resident [E] bool (the
-    next layer's). A token's top-score experts score at least max(S_k, factor * S_{k+1}) (the product in the scores'
-    precision); the list is ordered by each expert's best predicted score over the batch, ties to the lower id.
-    -> want [n] int64."""
+    scores [T,E] (float32), k the family's top-k (k < E), factor 1 + alpha in the scores' precision, resident [E] bool
+    (the next layer's). A token's top-score experts score at least max(S_k, factor * S_{k+1}) (the product in the
+    scores' precision); the list is ordered by each expert's best predicted score over the batch, ties to the lower id.
+    want [E] int64 and work [2E + k + 1] float32 are the caller's buffers, kept across layers: nothing is allocated
+    and no array is returned, and S_k, S_{k+1} come from a running top k+1 rather than a sort, because the kernel runs
+    once per decode layer on a core the model's work has cooled, where an allocation, an array handed back to Python
+    and the sort's code each cost more than the work (README, planning share).
+    -> n: want[:n] is the list."""
     T, E = scores.shape
-    top = np.zeros(E, np.bool_)
+    wanted = work[:E]  # [E] 1 where some token's top-score expert is not resident
+    best = work[E:2 * E]  # [n] each listed expert's best score over the batch
+    top = work[2 * E:2 * E + k + 1]  # [k+1] a token's largest scores so far, descending
+    wanted[:] = 0
     for t in range(T):
-        ranked = np.sort(scores[t])  # ascending
-        bound = max(np.float64(ranked[E - k]), np.float64(factor * ranked[E - k - 1]))
+        m = 0
+        for e in range(E):
+            v = scores[t, e]
+            if m <= k or v > top[k]:
+                p = min(m, k)
+                while p > 0 and top[p - 1] < v:
+                    top[p] = top[p - 1]
+                    p -= 1
+                top[p] = v
+                m = min(m + 1, k + 1)
+        bound = max(np.float64(top[k - 1]), np.float64(factor * top[k]))
         for e in range(E):
             if scores[t, e] >= bound and not resident[e]:
-                top[e] = True
+                wanted[e] = 1
     n = 0
-    for e in range(E):
-        if top[e]:
-            n += 1
-    want = np.empty(n, np.int64)
-    best = np.empty(n, scores.dtype)  # [n] each wanted expert's best score over the batch
-    i = 0
     for e in range(E):  # ascending ids, inserted by descending best score (stable: ties keep the lower id first)
-        if top[e]:
-            _insert_best_first(scores, e, want, best, i)
-            i += 1
-    return want
+        if wanted[e]:
+            _insert_best_first(scores, e, want, best, n)
+            n += 1
+    return n
 
 
 @numba.njit("int64[::1](boolean[:, ::1], boolean[:, ::1], int64[::1], float32[:, :, ::1], int64[::1], int64[:, ::1], "

@@ -273,7 +273,9 @@ def test_compiled_prefetch_wish_list_follows_the_threshold_in_the_scores_precisi
             bound = max(ranked[k - 1], float(factor * np.float32(ranked[k])))
             top.update(e for e, v in enumerate(row) if v >= bound and not resident[e])
         want = sorted(top, key=lambda e: (-max(r[e] for r in scores.tolist()), e))
-        assert predicted_top(scores, k, factor, resident).tolist() == want
+        out, work = np.full(E, -1, dtype=np.int64), np.full(2 * E + k + 1, np.nan, dtype=np.float32)  # stale buffers
+        n = predicted_top(scores, k, factor, resident, out, work)
+        assert out[:n].tolist() == want
         found += len(want)
     assert found > 1000
 

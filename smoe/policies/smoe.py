@@ -119,6 +119,8 @@ class SMoE(CachingPolicy):
             L, E = self.in_cache.shape
             self.ring = np.zeros((L, self.window or 0, E), dtype=np.float32)
             self.passes = np.zeros(L, dtype=np.int64)
+            self._want = np.empty(E, dtype=np.int64)  # [E] the prefetch's wish list (`predicted_top`'s buffers)
+            self._work = np.empty(2 * E + model.top_k + 1, dtype=np.float32)
 
     # ---- score-aware eviction ----------------------------------------------------------------------
     def eviction_rank(self, view: LayerView) -> tuple[np.ndarray, ...]:
@@ -230,14 +232,16 @@ class SMoE(CachingPolicy):
         nxt = ctx.next_layer
         if nxt is None or not self.gate_open(nxt):
             return None
+        self._bind(view.model)
         if self.early_prediction:
             scores = ctx.early().numpy()  # [T,E] predicted
         else:
             scores = ctx.predict(attention=self.prefetch_mode == "attention").numpy()
         # predicted top-score experts that are not resident, best first (`smoe.smoe_kernels.predicted_top`)
-        want = predicted_top(scores, view.model.top_k, self._factor, view.cache.resident_mask(nxt)).tolist()
-        if not want:
+        n = predicted_top(scores, view.model.top_k, self._factor, view.cache.resident_mask(nxt), self._want, self._work)
+        if not n:
             return None
+        want = self._want[:n].tolist()
         prefetched = view.cache.prefetched()
         room = int(self.prefetch_share * view.cache.capacity) - len(prefetched)
         want = want[: max(room, 0)]
