@@ -1,20 +1,22 @@
 """SMoE's per-layer decisions as compiled loops (numba): the expert-cache router with the placement of what it
-computes, the prefetch's predicted top-score experts, and the victim search of score-aware eviction.
+computes, the prefetch's predicted top-score experts, the victim search of score-aware eviction, and the windowed
+scores' update.
 
-Where it sits: `smoe.policies.smoe` calls these from `plan`, `prefetch` and `victims` once per MoE layer of every
-forward pass (the last only when a slot must be freed), and `smoe.router.expert_cache_router` wraps the first. They are
-the router's rules (stated in `smoe.router`), the prefetch threshold and the eviction keys (`SMoE.eviction_rank`)
-written as plain loops over small arrays, compiled when this module is imported (and cached on disk), because in a
-decode layer interpreted Python pays for every operation on a core whose caches the model's work has cooled (README,
-planning share): a few hundred microseconds a layer against the 5% of TPOT the issue allows. They decide as the
-interpreted code they replaced did, run for run (`benchmarks/decisions_vs_commit.py --rev f290395`, `--rev 750fcf0`
-for the victim search, `--rev defc54a` for the wish list without its sort); `tests/test_router_balance.py` checks the
-first two against the rules written out literally in plain Python, `tests/test_smoe_policy.py` the victim search
-against `CachingPolicy.victims` over the numpy keys.
+Where it sits: `smoe.policies.smoe` calls these from `plan`, `prefetch`, `victims` and `observe` once per MoE layer
+of every forward pass (`victims` only when a slot must be freed), and `smoe.router.expert_cache_router` wraps the
+first. They are the router's rules (stated in `smoe.router`), the prefetch threshold, the eviction keys
+(`SMoE.eviction_rank`) and Eq. 3's window written as plain loops over small arrays, compiled when this module is
+imported (and cached on disk), because in a decode layer interpreted Python pays for every operation on a core whose
+caches the model's work has cooled (README, planning share): a few hundred microseconds a layer against the 5% of TPOT
+the issue allows. They decide as the interpreted code they replaced did, run for run
+(`benchmarks/decisions_vs_commit.py --rev f290395`, `--rev 750fcf0` for the victim search, `--rev defc54a` for the
+wish list without its sort and the compiled `observe`); `tests/test_router_balance.py` checks the first two against
+the rules written out literally in plain Python, `tests/test_smoe_policy.py` the victim search against
+`CachingPolicy.victims` over the numpy keys and the window's update against numpy's mean.
 
 Float semantics follow the interpreted rules exactly: scores are float32; the router's bounds are computed in
-float64 (as Python floats), the prefetch threshold's product in the scores' own precision, the windowed means as
-float64 sums of the ring's slots in order.
+float64 (as Python floats), the prefetch threshold's product in the scores' own precision, a pass's mean scores as
+float32 sums of its rows in order, the windowed means as float64 sums of the ring's slots in order.
 """
 from __future__ import annotations
 
@@ -267,3 +269,25 @@ def smoe_victims(in_cache, allowed, prefetched, ring, passes, recency, wanted):
         taken[b] = True
         out[k] = cand[b]
     return out
+
+
+@numba.njit("void(float32[:, :, ::1], int64[::1], int64, float32[:, :])", cache=True)
+def observe_ring(ring, passes, row, scores):
+    """Eq. 3's window, one forward pass of one layer: the pass's mean score per expert into the next slot of the
+    layer's ring, and one more pass counted.
+
+    ring [L,W,E] float32 and passes [L] int64: `SMoE`'s state (slot passes[row] % W is overwritten); scores [T,E]
+    float32: the router's scores of the pass. The mean is numpy's `np.add.reduce(scores, axis=0) / T`: the rows summed
+    in order in float32, then divided in float32 (at T = 1 the row itself)."""
+    T, E = scores.shape
+    slot = ring[row, passes[row] % ring.shape[1]]  # [E] a view
+    for e in range(E):
+        slot[e] = scores[0, e]
+    for t in range(1, T):
+        for e in range(E):
+            slot[e] += scores[t, e]
+    if T > 1:
+        n = np.float32(T)
+        for e in range(E):
+            slot[e] /= n
+    passes[row] += 1

@@ -87,6 +87,24 @@ def test_windowed_means_are_the_mean_of_the_last_window_passes():
                     np.testing.assert_allclose(means[i], want, rtol=1e-6)
 
 
+def test_observe_writes_the_passes_mean_as_numpy_computes_it():
+    """`observe` (compiled, `observe_ring`) puts each pass's mean scores into the next ring slot bit for bit as
+    `LayerView.mean_scores` (numpy) gives them, from a decode row to a long prefill, over stale slots as the ring
+    wraps, and counts the pass."""
+    rng = np.random.default_rng(1)
+    pol = make_policy("smoe-ce", window=3)
+    pool = FakePool(capacity=8)
+    for i, T in enumerate([1, 2, 3, 1, 7, 64, 129, 300, 3, 2]):
+        layer = i % 2
+        scores = rng.random((T, 4), dtype=np.float32)  # [T,E]
+        v = view(pool, layer, scores.tolist(), scores.argmax(axis=1)[:, None].tolist())
+        before = int(pol.passes[layer]) if len(pol.passes) else 0
+        pol.observe(v, pol.plan(v))
+        assert pol.passes[layer] == before + 1
+        np.testing.assert_array_equal(pol.ring[layer, before % 3], v.mean_scores())
+        assert T == 1 or not np.array_equal(v.mean_scores(), scores[0])  # a mean, not a row
+
+
 def test_shield_protects_experts_of_the_layer_being_computed():
     pol = make_policy("smoe-ce", window=2)
     pool = FakePool(capacity=2)

@@ -60,7 +60,7 @@ from smoe.caching import CachingPolicy
 from smoe.errors import PolicyParamError
 from smoe.plan import _CPU, _HIT, _LOAD, _SKIP, _SUB, LayerView, Plan, PrefetchPlan
 from smoe.policy import register_policy
-from smoe.smoe_kernels import predicted_top, route_and_place, smoe_victims
+from smoe.smoe_kernels import observe_ring, predicted_top, route_and_place, smoe_victims
 
 REPLACE_MODES = ("none", "substitute", "skip", "lower")
 COST_MODES = ("fixed", "measured")
@@ -146,9 +146,8 @@ class SMoE(CachingPolicy):
     def observe(self, view: LayerView, plan: Plan) -> None:
         if self.window is None:
             return
-        r = self.rows[view.layer]  # plan has bound the rows
-        self.ring[r, self.passes[r] % self.window] = view.mean_scores()  # [E]
-        self.passes[r] += 1
+        # the pass's mean scores into the layer's ring (`smoe.smoe_kernels.observe_ring`; plan has bound the rows)
+        observe_ring(self.ring, self.passes, self.rows[view.layer], view.scores_np)
 
     # ---- planning --------------------------------------------------------------------------------------
     def _costs(self, view: LayerView) -> tuple[float, float]:
