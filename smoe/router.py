@@ -28,6 +28,7 @@ import torch
 
 from .smoe_kernels import route_and_place
 
+_NO_CLOCK = np.zeros((0, 0), dtype=np.int64)  # route_and_place's recency: none (row -1), nothing touched
 
 def expert_cache_router(
     scores: torch.Tensor, k: int, alpha: float, resident: Iterable[int], topk: torch.Tensor | None = None
@@ -51,5 +52,5 @@ def expert_cache_router(
     mask = np.zeros(E, dtype=bool)  # [E]
     mask[list(resident)] = True
     sel = np.ascontiguousarray(topk.numpy(), dtype=np.int64)  # [T,k]
-    _, standins, _, _, _ = route_and_place(values, sel, mask, float(alpha), True)  # [T,k] stand-in or -1
+    _, standins, _, _, _ = route_and_place(values, sel, mask, float(alpha), True, _NO_CLOCK, -1, 0)  # [T,k] or -1
     return [sorted(np.where(standins[t] >= 0, standins[t], sel[t]).tolist()) for t in range(T)]

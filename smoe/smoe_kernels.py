@@ -10,8 +10,9 @@ imported (and cached on disk), because in a decode layer interpreted Python pays
 caches the model's work has cooled (README, planning share): a few hundred microseconds a layer against the 5% of TPOT
 the issue allows. They decide as the interpreted code they replaced did, run for run
 (`benchmarks/decisions_vs_commit.py --rev f290395`, `--rev 750fcf0` for the victim search, `--rev defc54a` for the
-wish list without its sort and the compiled `observe`); `tests/test_router_balance.py` checks the first two against
-the rules written out literally in plain Python, `tests/test_smoe_policy.py` the victim search against
+wish list without its sort and the compiled `observe`, `--rev 66db7a6` for the router's touch of an all-resident
+layer); `tests/test_router_balance.py` checks the first two against the rules written out literally in plain Python
+(and the router's touch against `CachingPolicy._touch_layer`), `tests/test_smoe_policy.py` the victim search against
 `CachingPolicy.victims` over the numpy keys and the window's update against numpy's mean.
 
 Float semantics follow the interpreted rules exactly: scores are float32; the router's bounds are computed in
@@ -59,13 +60,16 @@ def _insert_best_first(scores, e, out, best, n):
 # inside a timed layer; the routing inputs match arrays of any layout (a router's top-k may be a strided view on the
 # CPU), the victim search only the policy's own C-contiguous state.
 @numba.njit("Tuple((int8[:, ::1], int64[:, ::1], int64[::1], int64[::1], boolean))"
-            "(float32[:, :], int64[:, :], boolean[:], float64, boolean)", cache=True)
-def route_and_place(scores, sel, resident, alpha, substitute):
+            "(float32[:, :], int64[:, :], boolean[:], float64, boolean, int64[:, ::1], int64, int64)", cache=True)
+def route_and_place(scores, sel, resident, alpha, substitute, recency, row, tick):
     """One layer of SMoE's plan: the expert-cache router (paper Alg. 1, `smoe.router` states its rules) and where
     each computed expert comes from.
 
     scores [T,E] float32, sel [T,K] int64 (the family router's choice), resident [E] bool, alpha >= 0; `substitute`
-    false: every token computes what it routed to.
+    false: every token computes what it routed to. recency [L,E] int64, row, tick: the caching policy's clock (row < 0:
+    none). Where every expert the batch computes is resident, the layer's plan only touches them, which is done here:
+    hits[i] of row `row` gets tick + i, as `CachingPolicy._touch_layer` would (the caller advances its clock by
+    len(hits)); with anything missing, nothing is touched (the caller's `cache_plan` touches and inserts).
     -> actions [T,K] int8: HIT (the routed expert is computed and resident), LOAD (computed and missing; the caller
        may run some on the CPU), SUB (replaced by a stand-in);
        standins [T,K] int64: the stand-in where SUB, else -1, given to a token's replaced experts in top-k order,
@@ -166,6 +170,9 @@ def route_and_place(scores, sel, resident, alpha, substitute):
         for j in range(K):
             if actions[t, j] != SUB and not resident[sel[t, j]]:
                 actions[t, j] = LOAD
+    if m == 0 and row >= 0:
+        for i in range(h):
+            recency[row, hits[i]] = tick + i
     return actions, standins, hits, missing, substituted
 
 

@@ -200,7 +200,9 @@ def test_router_decides_as_its_literal_statement():
 def test_compiled_plan_places_and_orders_stand_ins_as_stated():
     """`route_and_place` (what SMoE's plan runs) on random batches: what each token computes is the literal router's,
     a token's replaced experts (in top-k order) get its stand-ins best first (score, then lower id), every other routed
-    expert is a HIT where resident and a LOAD where not, and the computed union splits into resident and missing."""
+    expert is a HIT where resident and a LOAD where not, and the computed union splits into resident and missing;
+    where nothing is missing, the hits are touched in the policy's clock as `CachingPolicy._touch_layer` would, else
+    nothing is."""
     import random
 
     import numpy as np
@@ -210,7 +212,7 @@ def test_compiled_plan_places_and_orders_stand_ins_as_stated():
 
     rng = random.Random(1)
     gen = torch.Generator().manual_seed(1)
-    stood_in = loads = 0
+    stood_in = loads = touched = 0
     for _ in range(2000):
         T, E = rng.choice([1, 2, 3]), rng.choice([16, 64])
         k = rng.randint(1, 8)
@@ -224,7 +226,10 @@ def test_compiled_plan_places_and_orders_stand_ins_as_stated():
         mask = np.zeros(E, dtype=bool)
         mask[list(resident)] = True
         sel = topk.numpy().astype(np.int64)
-        actions, standins, hits, missing, substituted = route_and_place(scores.numpy(), sel, mask, alpha, True)
+        clock = np.arange(3 * E, dtype=np.int64).reshape(3, E)  # [L,E] a policy's recency
+        row, tick = rng.randrange(3), rng.randint(3 * E, 10**6)
+        actions, standins, hits, missing, substituted = route_and_place(scores.numpy(), sel, mask, alpha, True,
+                                                                        clock, row, tick)
         want = reference_router(scores, k, alpha, resident, topk) if alpha > 0 else [sorted(r) for r in sel.tolist()]
         rows = scores.tolist()
         for t in range(T):
@@ -240,11 +245,18 @@ def test_compiled_plan_places_and_orders_stand_ins_as_stated():
         assert missing.tolist() == sorted(union - resident, key=lambda e: (-max(r[e] for r in rows), e))  # best first
         assert substituted == any(len(set(w) - set(c)) for w, c in zip(want, sel.tolist()))
         loads += len(missing)
+        expected = np.arange(3 * E, dtype=np.int64).reshape(3, E)
+        if not len(missing):
+            expected[row, hits] = tick + np.arange(len(hits))  # ascending ids, one tick each
+            touched += len(hits)
+        np.testing.assert_array_equal(clock, expected)
         # without substitution every token computes what it routed to
-        actions0, standins0, hits0, missing0, sub0 = route_and_place(scores.numpy(), sel, mask, alpha, False)
+        actions0, standins0, hits0, missing0, sub0 = route_and_place(scores.numpy(), sel, mask, alpha, False,
+                                                                     clock, -1, 0)
+        np.testing.assert_array_equal(clock, expected)  # row -1: no clock, nothing touched
         assert not sub0 and (standins0 == -1).all() and sorted(hits0.tolist() + missing0.tolist()) == sorted(
             set(sel.ravel().tolist()))
-    assert stood_in > 500 and loads > 500  # both branches exercised
+    assert stood_in > 500 and loads > 500 and touched > 500  # every branch exercised
 
 
 def test_compiled_prefetch_wish_list_follows_the_threshold_in_the_scores_precision():

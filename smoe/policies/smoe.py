@@ -165,20 +165,26 @@ class SMoE(CachingPolicy):
         resident = view.cache.resident_mask(layer)  # [E] bool
         sel = view.topk_np  # [T,K]
         # The expert-cache router and where each computed expert comes from, compiled (`smoe.smoe_kernels`):
-        # actions HIT / LOAD / SUB [T,K], stand-ins [T,K], the computed experts resident (hits) and missing, ascending.
+        # actions HIT / LOAD / SUB [T,K], stand-ins [T,K], the computed experts resident (hits, ascending) and missing
+        # (best first); with nothing missing it also touches the hits in the policy's clock.
         substitute = self.replace in ("substitute", "skip")
-        actions, standins, hits, missing, substituted = route_and_place(view.scores_np, sel, resident,
-                                                                        self.alpha, substitute)
-        hit_ids = hits.tolist()
+        actions, standins, hits, missing, substituted = route_and_place(view.scores_np, sel, resident, self.alpha,
+                                                                        substitute, self.recency, self.rows[layer],
+                                                                        self.tick)
         if self.prefetch_gate is not None:
-            self._clock(view, hit_ids + missing.tolist(), bool(len(missing)))
+            self._clock(view, hits.tolist() + missing.tolist(), bool(len(missing)))
         if not len(missing):
-            self._touch_layer(layer, hit_ids)  # what cache_plan does with hits only (ascending): no room to make
+            # every computed expert is resident: the kernel has touched them (what cache_plan does with hits only,
+            # ascending), and there is no room to make
+            self.tick += len(hits)
+            if self._counts_hits:
+                for e in hits.tolist():
+                    self.on_hit((layer, e))
             if not substituted and self.replace != "lower":
                 return Plan.hits()  # every routed expert is resident: nothing to replace, nothing to load
             evict, discard = [], set()
         else:
-            placement = dict.fromkeys(hit_ids, _HIT)
+            placement = dict.fromkeys(hits.tolist(), _HIT)
             missing_ids = missing.tolist()  # by best score over the batch, ties to the lower id
             load_ids, cpu_ids = missing_ids, []
             if self.balance:
