@@ -1,19 +1,20 @@
 """SMoE's per-layer decisions as compiled loops (numba): the expert-cache router with the placement of what it
-computes, the prefetch's predicted top-score experts, the victim search of score-aware eviction, and the windowed
-scores' update.
+computes, the prefetch's predicted top-score experts and their placement, the victim search of score-aware eviction,
+and the windowed scores' update.
 
-Where it sits: `smoe.policies.smoe` calls these from `plan`, `prefetch`, `victims` and `observe` once per MoE layer
-of every forward pass (`victims` only when a slot must be freed), and `smoe.router.expert_cache_router` wraps the
-first. They are the router's rules (stated in `smoe.router`), the prefetch threshold, the eviction keys
-(`SMoE.eviction_rank`) and Eq. 3's window written as plain loops over small arrays, compiled when this module is
-imported (and cached on disk), because in a decode layer interpreted Python pays for every operation on a core whose
-caches the model's work has cooled (README, planning share): a few hundred microseconds a layer against the 5% of TPOT
-the issue allows. They decide as the interpreted code they replaced did, run for run
-(`benchmarks/decisions_vs_commit.py --rev f290395`, `--rev 750fcf0` for the victim search, `--rev defc54a` for the
-wish list without its sort and the compiled `observe`, `--rev 66db7a6` for the router's touch of an all-resident
-layer); `tests/test_router_balance.py` checks the first two against the rules written out literally in plain Python
-(and the router's touch against `CachingPolicy._touch_layer`), `tests/test_smoe_policy.py` the victim search against
-`CachingPolicy.victims` over the numpy keys and the window's update against numpy's mean.
+Where it sits: `smoe.policies.smoe` calls these from `plan`, `prefetch`, `victims` and `observe` once per MoE layer of
+every forward pass (the placement only when the prefetch has a wish list, `victims` only when a plan must free a slot),
+and `smoe.router.expert_cache_router` wraps the first. They are the router's rules (stated in `smoe.router`), the
+prefetch threshold, the eviction keys (`SMoE.eviction_rank`) and Eq. 3's window written as plain loops over small
+arrays, compiled when this module is imported (and cached on disk), because in a decode layer interpreted Python pays
+for every operation on a core whose caches the model's work has cooled (README, planning share): a few hundred
+microseconds a layer against the 5% of TPOT the issue allows. They decide as the interpreted code they replaced did, run
+for run (`benchmarks/decisions_vs_commit.py --rev f290395`, `--rev 750fcf0` for the victim search, `--rev defc54a` for
+the wish list without its sort and the compiled `observe`, `--rev 66db7a6` for the router's touch of an all-resident
+layer, `--rev c29fb2e` for the prefetch's placement); `tests/test_router_balance.py` checks the first two against the
+rules written out literally in plain Python (and the router's touch against `CachingPolicy._touch_layer`),
+`tests/test_smoe_policy.py` the victim search against `CachingPolicy.victims` over the numpy keys, the prefetch's
+placement against `CachingPolicy.prefetch_plan` and the window's update against numpy's mean.
 
 Float semantics follow the interpreted rules exactly: scores are float32; the router's bounds are computed in
 float64 (as Python floats), the prefetch threshold's product in the scores' own precision, a pass's mean scores as
@@ -217,6 +218,60 @@ def predicted_top(scores, k, factor, resident, want, work):
     return n
 
 
+@numba.njit(cache=True)
+def _candidates(in_cache, allowed, ring, passes):
+    """The cached experts where `allowed` ([L,E] bool each), with their windowed means: the ring's slots summed in order
+    in float64 over min(passes, W), 0 for a layer never seen. -> (cand [n] int64 flat indices, ascending; mean [n])."""
+    L, E = in_cache.shape
+    W = ring.shape[1]
+    n = 0
+    for r in range(L):
+        for e in range(E):
+            if in_cache[r, e] and allowed[r, e]:
+                n += 1
+    cand = np.empty(n, np.int64)
+    mean = np.zeros(n)
+    i = 0
+    for r in range(L):
+        seen = min(passes[r], W)
+        for e in range(E):
+            if in_cache[r, e] and allowed[r, e]:
+                cand[i] = r * E + e
+                if seen > 0:
+                    s = 0.0
+                    for j in range(W):
+                        s += np.float64(ring[r, j, e])
+                    mean[i] = s / seen
+                i += 1
+    return cand, mean
+
+
+@numba.njit(cache=True)
+def _next_victim(cand, mean, pre, recency, taken):
+    """The best victim among cand [n] not yet `taken` (marked taken now), by the keys of `smoe_victims`; -1: none left.
+    -> an index into cand."""
+    E = recency.shape[1]
+    b = -1
+    for i in range(cand.shape[0]):
+        if taken[i]:
+            continue
+        if b < 0:
+            b = i
+            continue
+        f, g = cand[i], cand[b]
+        if pre[f] != pre[g]:
+            better = not pre[f]
+        elif mean[i] != mean[b]:
+            better = mean[i] < mean[b]
+        else:
+            better = recency[f // E, f % E] < recency[g // E, g % E]
+        if better:
+            b = i
+    if b >= 0:
+        taken[b] = True
+    return b
+
+
 @numba.njit("int64[::1](boolean[:, ::1], boolean[:, ::1], int64[::1], float32[:, :, ::1], int64[::1], int64[:, ::1], "
             "int64)", cache=True)
 def smoe_victims(in_cache, allowed, prefetched, ring, passes, recency, wanted):
@@ -230,52 +285,73 @@ def smoe_victims(in_cache, allowed, prefetched, ring, passes, recency, wanted):
     float64, over min(passes, W); 0 for a layer never seen), recency; ties to the lower flat index.
     -> flat [m] int64, m = min(wanted, candidates)."""
     L, E = in_cache.shape
-    W = ring.shape[1]
     pre = np.zeros(L * E, np.bool_)
     for f in prefetched:
         pre[f] = True
-    n = 0
-    for r in range(L):
-        for e in range(E):
-            if in_cache[r, e] and allowed[r, e]:
-                n += 1
-    cand = np.empty(n, np.int64)  # [n] flat indices, ascending
-    mean = np.zeros(n)  # [n] float64
-    i = 0
-    for r in range(L):
-        seen = min(passes[r], W)
-        for e in range(E):
-            if in_cache[r, e] and allowed[r, e]:
-                cand[i] = r * E + e
-                if seen > 0:
-                    s = 0.0
-                    for j in range(W):
-                        s += np.float64(ring[r, j, e])
-                    mean[i] = s / seen
-                i += 1
-    m = min(wanted, n)
+    cand, mean = _candidates(in_cache, allowed, ring, passes)
+    m = min(wanted, cand.shape[0])
     out = np.empty(m, np.int64)
-    taken = np.zeros(n, np.bool_)
+    taken = np.zeros(cand.shape[0], np.bool_)
     for k in range(m):
-        b = -1
-        for i in range(n):
-            if taken[i]:
-                continue
-            if b < 0:
-                b = i
-                continue
-            f, g = cand[i], cand[b]
-            if pre[f] != pre[g]:
-                better = not pre[f]
-            elif mean[i] != mean[b]:
-                better = mean[i] < mean[b]
-            else:
-                better = recency[f // E, f % E] < recency[g // E, g % E]
-            if better:
-                b = i
-        taken[b] = True
-        out[k] = cand[b]
+        out[k] = cand[_next_victim(cand, mean, pre, recency, taken)]
     return out
+
+
+@numba.njit("UniTuple(int64, 2)(int64[::1], int64, int64, int64, int64, boolean[:, ::1], int64[::1], "
+            "float32[:, :, ::1], int64[::1], int64[:, ::1], int64[:, ::1], int64, int64[::1], int64[::1])", cache=True)
+def place_prefetch(want, n, nxt, cur, free, in_cache, prefetched, ring, passes, recency, born, tick, loads, evicted):
+    """SMoE's prefetch placement: `CachingPolicy.prefetch_plan` of the wish list want[:n] (best first) with the
+    prefetched experts not yet used protected and `smoe_victims`' order, in one call (a prefetch runs in a fifth of the
+    decode layers, where the interpreted placement cost 70-80 us on the cooled core).
+
+    want [>=n] int64 experts of row `nxt`; cur: the row of the layer being computed (never a victim); free: free slots;
+    in_cache [L,E] bool, ring, passes, recency [L,E] and born [L,E] int64, tick: the policy's state, updated as its
+    `_insert` and `_drop` would (the i-th load gets recency = born = tick + i); prefetched [p] flat indices: brought
+    by a prefetch and not used since (never victims). Each wanted expert not cached takes a free slot, else the best
+    victim's: a cached expert outside row `cur`, `prefetched` and this prefetch's loads, by windowed mean, then
+    recency, then flat index, the candidates fixed at the first eviction (as `prefetch_plan` asks `victims` once); it
+    stops when none is left. loads, evicted [>=n] int64: the caller's buffers.
+    -> (l, v): loads[:l] the experts loaded, in order; evicted[:v] the flat victims, in order (load l - v + i takes the
+    slot of victim i)."""
+    L, E = in_cache.shape
+    pre = np.zeros(L * E, np.bool_)
+    for f in prefetched:
+        pre[f] = True
+    nl = nv = 0
+    cand = np.empty(0, np.int64)
+    mean = np.empty(0)
+    taken = np.empty(0, np.bool_)
+    searched = False
+    for i in range(n):
+        e = want[i]
+        if in_cache[nxt, e]:
+            continue
+        if free > 0:
+            free -= 1
+        else:
+            if not searched:
+                allowed = np.ones((L, E), np.bool_)
+                allowed[cur] = False
+                for f in prefetched:
+                    allowed[f // E, f % E] = False
+                for j in range(nl):
+                    allowed[nxt, loads[j]] = False
+                cand, mean = _candidates(in_cache, allowed, ring, passes)
+                taken = np.zeros(cand.shape[0], np.bool_)
+                searched = True
+            b = _next_victim(cand, mean, pre, recency, taken)
+            if b < 0:
+                break
+            f = cand[b]
+            in_cache[f // E, f % E] = False
+            evicted[nv] = f
+            nv += 1
+        in_cache[nxt, e] = True
+        recency[nxt, e] = tick + nl
+        born[nxt, e] = tick + nl
+        loads[nl] = e
+        nl += 1
+    return nl, nv
 
 
 @numba.njit("void(float32[:, :, ::1], int64[::1], int64, float32[:, :])", cache=True)

@@ -399,3 +399,58 @@ def test_compiled_victims_follow_the_eviction_rank(window):
             slow = list(CachingPolicy.victims(pol, v, allowed, wanted))
             assert fast == slow[:wanted]
             assert len(fast) == min(wanted, int((pol.in_cache & allowed).sum()))
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_compiled_prefetch_placement_follows_prefetch_plan(window):
+    """`SMoE._placed` (compiled, `place_prefetch`) loads, evicts and leaves the policy's state exactly as the
+    interpreted `CachingPolicy.prefetch_plan` with SMoE's victims: free slots first, then victims outside the layer
+    being computed, the prefetched experts not yet used and the prefetch's own loads; it stops when none is left,
+    and loads at most `prefetch_share` of the slots' worth of prefetched experts. Random caches with tied scores and
+    recency."""
+    import copy
+
+    from smoe.caching import CachingPolicy
+
+    rng = np.random.default_rng(7 + (window or 0))
+    L, E = 5, 16
+    info = ModelInfo(moe_layers=tuple(range(1, 2 * L, 2)), num_experts=E, top_k=2, expert_bytes=1000, model_type="test")
+    evictions = stops = into_free = 0
+    for trial in range(300):
+        pol = make_policy("smoe", window=window, prefetch_share=float(rng.choice([0.5, 1.0])))
+        pol._bind(info)
+        pol.in_cache[:] = rng.random((L, E)) < rng.choice([0.3, 0.6, 0.9])
+        levels = rng.choice([0.0, 0.125, 0.25, 1e-9, 0.3], size=pol.ring.shape).astype(np.float32)  # ties, tiny values
+        pol.ring[:] = np.where(rng.random(pol.ring.shape) < 0.5, levels, rng.random(pol.ring.shape))
+        pol.passes[:] = rng.integers(0, 12, size=L)
+        pol.recency[:] = rng.integers(0, 6, size=(L, E))  # many ties
+        pol.born[:] = rng.integers(0, 6, size=(L, E))
+        pol.tick = 100
+        cached = [(info.moe_layers[r], e) for r, e in zip(*np.nonzero(pol.in_cache))]
+        pol.cached = set(cached)
+        pool = FakePool(capacity=len(cached) + int(rng.integers(0, 3)))  # 0-2 free slots
+        share = rng.choice([0.15, 0.95])  # few or most of the cached experts prefetched and not yet used
+        for key in cached:
+            pool.add(key, prefetched=rng.random() < share)
+        cur, nxt = rng.choice(L, size=2, replace=False)
+        missing = [e for e in range(E) if not pol.in_cache[nxt, e]]
+        if not missing:
+            continue
+        ids = rng.permutation(missing)[:rng.integers(1, len(missing) + 1)].tolist()  # a wish list, best first
+        v = view(pool, info.moe_layers[cur], [[0.0] * E], [[0, 1]])
+        slow = copy.deepcopy(pol)
+        pol._want[:len(ids)] = ids
+        fast_plan = pol._placed(v, info.moe_layers[nxt], len(ids))
+        room = int(slow.prefetch_share * pool.capacity) - len(pool.prefetched)
+        want = [(info.moe_layers[nxt], e) for e in ids][:max(room, 0)]
+        slow_plan = CachingPolicy.prefetch_plan(slow, v, want, protected=set(pool.prefetched))
+        assert (fast_plan is None) == (slow_plan is None)
+        if fast_plan is not None:
+            assert (fast_plan.loads, fast_plan.evict) == (slow_plan.loads, slow_plan.evict)
+            evictions += len(fast_plan.evict)
+            into_free += len(fast_plan.loads) - len(fast_plan.evict)
+            stops += len(fast_plan.loads) < len(want)
+        for name in ("in_cache", "recency", "born"):
+            np.testing.assert_array_equal(getattr(pol, name), getattr(slow, name))
+        assert (pol.tick, pol.cached) == (slow.tick, slow.cached)
+    assert evictions > 100 and into_free > 50 and stops > 5  # every branch exercised

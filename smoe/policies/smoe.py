@@ -60,7 +60,7 @@ from smoe.caching import CachingPolicy
 from smoe.errors import PolicyParamError
 from smoe.plan import _CPU, _HIT, _LOAD, _SKIP, _SUB, LayerView, Plan, PrefetchPlan
 from smoe.policy import register_policy
-from smoe.smoe_kernels import observe_ring, predicted_top, route_and_place, smoe_victims
+from smoe.smoe_kernels import observe_ring, place_prefetch, predicted_top, route_and_place, smoe_victims
 
 REPLACE_MODES = ("none", "substitute", "skip", "lower")
 COST_MODES = ("fixed", "measured")
@@ -121,6 +121,8 @@ class SMoE(CachingPolicy):
             self.passes = np.zeros(L, dtype=np.int64)
             self._want = np.empty(E, dtype=np.int64)  # [E] the prefetch's wish list (`predicted_top`'s buffers)
             self._work = np.empty(2 * E + model.top_k + 1, dtype=np.float32)
+            self._loads = np.empty(E, dtype=np.int64)  # [E] its loads and victims (`place_prefetch`'s buffers)
+            self._evicted = np.empty(E, dtype=np.int64)
 
     # ---- score-aware eviction ----------------------------------------------------------------------
     def eviction_rank(self, view: LayerView) -> tuple[np.ndarray, ...]:
@@ -139,9 +141,14 @@ class SMoE(CachingPolicy):
     def victims(self, view: LayerView, allowed: np.ndarray, wanted: int):
         """`CachingPolicy.victims` by `eviction_rank`, compiled (`smoe.smoe_kernels.smoe_victims`): at most `wanted`."""
         E = self.in_cache.shape[1]
-        prefetched = np.array([self.rows[k[0]] * E + k[1] for k in view.cache.prefetched()], dtype=np.int64)
-        flat = smoe_victims(self.in_cache, allowed, prefetched, self.ring, self.passes, self.recency, wanted)
+        flat = smoe_victims(self.in_cache, allowed, self._flat(view.cache.prefetched()), self.ring, self.passes,
+                            self.recency, wanted)
         return ((self.layers[f // E], f % E) for f in flat.tolist())
+
+    def _flat(self, keys) -> np.ndarray:
+        """[n] int64: the keys' flat indices (row * E + expert) in the [L,E] state."""
+        E = self.in_cache.shape[1]
+        return np.array([self.rows[k[0]] * E + k[1] for k in keys], dtype=np.int64)
 
     def observe(self, view: LayerView, plan: Plan) -> None:
         if self.window is None:
@@ -244,14 +251,35 @@ class SMoE(CachingPolicy):
             scores = ctx.predict(attention=self.prefetch_mode == "attention").numpy()
         # predicted top-score experts that are not resident, best first (`smoe.smoe_kernels.predicted_top`)
         n = predicted_top(scores, view.model.top_k, self._factor, view.cache.resident_mask(nxt), self._want, self._work)
-        if not n:
-            return None
-        want = self._want[:n].tolist()
+        return self._placed(view, nxt, n) if n else None
+
+    def _placed(self, view: LayerView, nxt: int, n: int) -> PrefetchPlan | None:
+        """The prefetch of the wish list self._want[:n] (layer `nxt`'s experts, best first): `prefetch_plan` with the
+        prefetched experts not yet used protected (never traded for other prefetches) and at most `prefetch_share` of
+        the slots theirs, compiled (`smoe.smoe_kernels.place_prefetch`)."""
         prefetched = view.cache.prefetched()
-        room = int(self.prefetch_share * view.cache.capacity) - len(prefetched)
-        want = want[: max(room, 0)]
-        # prefetched experts not yet used are never traded for other prefetches
-        return self.prefetch_plan(view, [(nxt, e) for e in want], protected=set(prefetched))
+        n = min(n, int(self.prefetch_share * view.cache.capacity) - len(prefetched))
+        if n <= 0:
+            return None
+        free = view.cache.free_slots
+        nl, nv = place_prefetch(self._want, n, self.rows[nxt], self.rows[view.layer], free, self.in_cache,
+                                self._flat(prefetched), self.ring, self.passes, self.recency, self.born, self.tick,
+                                self._loads, self._evicted)
+        if not nl:
+            return None
+        self.tick += nl
+        E = self.in_cache.shape[1]
+        loads = [(nxt, e) for e in self._loads[:nl].tolist()]
+        evict = [(self.layers[f // E], f % E) for f in self._evicted[:nv].tolist()]
+        # the cached set and the subclass hooks, in the order `_drop` and `_insert` would have run them
+        into_free = nl - nv
+        for i, key in enumerate(loads):
+            if i >= into_free:
+                self.cached.remove(evict[i - into_free])
+                self.on_evict(evict[i - into_free])
+            self.cached.add(key)
+            self.on_insert(key)
+        return PrefetchPlan(loads=loads, evict=evict)
 
     def _lowered(self, view: LayerView) -> np.ndarray:
         """[T,K] factors: `lower` for low-score routed experts (score < (1+alpha) * S_{k+1}), else 1."""
