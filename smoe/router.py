@@ -30,6 +30,7 @@ from .smoe_kernels import route_and_place
 
 _NO_CLOCK = np.zeros((0, 0), dtype=np.int64)  # route_and_place's recency: none (row -1), nothing touched
 
+
 def expert_cache_router(
     scores: torch.Tensor, k: int, alpha: float, resident: Iterable[int], topk: torch.Tensor | None = None
 ) -> list[list[int]]:

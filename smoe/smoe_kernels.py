@@ -248,8 +248,8 @@ def _candidates(in_cache, allowed, ring, passes):
 
 @numba.njit(cache=True)
 def _next_victim(cand, mean, pre, recency, taken):
-    """The best victim among cand [n] not yet `taken` (marked taken now), by the keys of `smoe_victims`; -1: none left.
-    -> an index into cand."""
+    """The best victim among cand [n] not yet `taken` (marked taken now), by the keys of `smoe_victims` (pre [L*E]
+    bool: brought by a prefetch, not used since; empty: no candidate is); -1: none left. -> an index into cand."""
     E = recency.shape[1]
     b = -1
     for i in range(cand.shape[0]):
@@ -259,7 +259,7 @@ def _next_victim(cand, mean, pre, recency, taken):
             b = i
             continue
         f, g = cand[i], cand[b]
-        if pre[f] != pre[g]:
+        if pre.shape[0] and pre[f] != pre[g]:
             better = not pre[f]
         elif mean[i] != mean[b]:
             better = mean[i] < mean[b]
@@ -314,9 +314,7 @@ def place_prefetch(want, n, nxt, cur, free, in_cache, prefetched, ring, passes, 
     -> (l, v): loads[:l] the experts loaded, in order; evicted[:v] the flat victims, in order (load l - v + i takes the
     slot of victim i)."""
     L, E = in_cache.shape
-    pre = np.zeros(L * E, np.bool_)
-    for f in prefetched:
-        pre[f] = True
+    no_pre = np.zeros(0, np.bool_)  # the prefetched experts are never candidates here: their key ranks nothing
     nl = nv = 0
     cand = np.empty(0, np.int64)
     mean = np.empty(0)
@@ -339,7 +337,7 @@ def place_prefetch(want, n, nxt, cur, free, in_cache, prefetched, ring, passes, 
                 cand, mean = _candidates(in_cache, allowed, ring, passes)
                 taken = np.zeros(cand.shape[0], np.bool_)
                 searched = True
-            b = _next_victim(cand, mean, pre, recency, taken)
+            b = _next_victim(cand, mean, no_pre, recency, taken)
             if b < 0:
                 break
             f = cand[b]
