@@ -352,6 +352,74 @@ def place_prefetch(want, n, nxt, cur, free, in_cache, prefetched, ring, passes, 
     return nl, nv
 
 
+@numba.njit("int64(int64[::1], int64[::1], int64, int64, boolean[:, ::1], int64[::1], "
+            "float32[:, :, ::1], int64[::1], int64[:, ::1], int64[:, ::1], int64, int64[::1])", cache=True)
+def place_loads(hits, loads, row, free, in_cache, prefetched, ring, passes, recency, born, tick, dropped):
+    """SMoE's room for a layer's loads: `CachingPolicy.cache_plan` of hits and loads (each ascending) with
+    `smoe_victims`' order, in one call (a layer with a miss, a fifth of the decode layers at batch 3, ran the
+    interpreted one at 80-120 us on the cooled core).
+
+    row: the layer's row; free: slots not held by the policy's cached set; in_cache [L,E] bool, ring, passes, recency and
+    born [L,E] int64, tick: the policy's state, updated as `_touch_layer`, `_insert` and `_drop` would (hit i gets
+    recency tick + i, load j recency = born = tick + len(hits) + j); prefetched [p] flat indices (row * E + expert):
+    brought by a prefetch and not used since (ranked first to stay). Each load takes a free slot, else the best victim's:
+    a cached expert outside the layer's hits and loads, the candidates fixed at the first eviction (as `cache_plan` asks
+    `victims` once); when none is left, the best of the layer's own experts placed so far, whose slot is reused after it
+    is computed (`discard`). dropped [>=len(loads)] int64: the caller's buffer.
+    -> n: dropped[:n] the experts that gave up their slots, in order (load len(loads) - n + i takes the slot of drop i),
+    each a flat index f if evicted, -1 - f if one of the layer's own (discarded); -1: no expert left to give up a slot
+    (a layer of no hits whose first load finds the cache full of experts it may not evict)."""
+    L, E = in_cache.shape
+    h = hits.shape[0]
+    for i in range(h):
+        recency[row, hits[i]] = tick + i
+    tick += h
+    pre = np.zeros(L * E, np.bool_)
+    for f in prefetched:
+        pre[f] = True
+    n = 0
+    cand = np.empty(0, np.int64)
+    mean = np.empty(0)
+    taken = np.empty(0, np.bool_)
+    searched = False
+    for j in range(loads.shape[0]):
+        if free > 0:
+            free -= 1
+        else:
+            if not searched:
+                allowed = np.ones((L, E), np.bool_)
+                for i in range(h):
+                    allowed[row, hits[i]] = False
+                for i in range(loads.shape[0]):
+                    allowed[row, loads[i]] = False
+                cand, mean = _candidates(in_cache, allowed, ring, passes)
+                taken = np.zeros(cand.shape[0], np.bool_)
+                searched = True
+            b = _next_victim(cand, mean, pre, recency, taken)
+            if b >= 0:
+                f = cand[b]
+                dropped[n] = f
+            else:  # reuse one of the layer's own: its hits and the loads placed so far
+                own = np.zeros((L, E), np.bool_)
+                for i in range(h):
+                    own[row, hits[i]] = True
+                for i in range(j):
+                    own[row, loads[i]] = True
+                c2, m2 = _candidates(in_cache, own, ring, passes)
+                b = _next_victim(c2, m2, pre, recency, np.zeros(c2.shape[0], np.bool_))
+                if b < 0:
+                    return -1
+                f = c2[b]
+                dropped[n] = -1 - f
+            n += 1
+            in_cache[f // E, f % E] = False
+        e = loads[j]
+        in_cache[row, e] = True
+        recency[row, e] = tick + j
+        born[row, e] = tick + j
+    return n
+
+
 @numba.njit("void(float32[:, :, ::1], int64[::1], int64, float32[:, :])", cache=True)
 def observe_ring(ring, passes, row, scores):
     """Eq. 3's window, one forward pass of one layer: the pass's mean score per expert into the next slot of the

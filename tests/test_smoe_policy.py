@@ -454,3 +454,59 @@ def test_compiled_prefetch_placement_follows_prefetch_plan(window):
             np.testing.assert_array_equal(getattr(pol, name), getattr(slow, name))
         assert (pol.tick, pol.cached) == (slow.tick, slow.cached)
     assert evictions > 100 and into_free > 50 and stops > 5  # every branch exercised
+
+
+@pytest.mark.parametrize("window", [8, None])
+def test_compiled_room_follows_cache_plan(window):
+    """`SMoE._room` (compiled, `place_loads`) touches, inserts, evicts, discards and leaves the policy's state exactly
+    as the interpreted `CachingPolicy.cache_plan` with SMoE's victims: hits touched in ascending order, loads into
+    free slots, then over victims outside the layer (the prefetched experts not yet used last), then over the layer's
+    own experts placed so far when none is left. Random caches with tied scores and recency."""
+    import copy
+
+    from smoe.caching import CachingPolicy
+    from smoe.plan import _CPU, _HIT, _LOAD
+
+    rng = np.random.default_rng(11 + (window or 0))
+    L, E = 5, 16
+    info = ModelInfo(moe_layers=tuple(range(1, 2 * L, 2)), num_experts=E, top_k=2, expert_bytes=1000, model_type="test")
+    evictions = discards = into_free = 0
+    for trial in range(300):
+        pol = make_policy("smoe", window=window)
+        pol._bind(info)
+        cur = int(rng.integers(L))
+        pol.in_cache[:] = rng.random((L, E)) < rng.choice([0.3, 0.6, 0.9])
+        if trial % 5 == 0:  # few experts outside the layer: its own slots must be reused
+            pol.in_cache[np.arange(L) != cur] &= rng.random((L - 1, E)) < 0.05
+        levels = rng.choice([0.0, 0.125, 0.25, 1e-9, 0.3], size=pol.ring.shape).astype(np.float32)  # ties, tiny values
+        pol.ring[:] = np.where(rng.random(pol.ring.shape) < 0.5, levels, rng.random(pol.ring.shape))
+        pol.passes[:] = rng.integers(0, 12, size=L)
+        pol.recency[:] = rng.integers(0, 6, size=(L, E))  # many ties
+        pol.born[:] = rng.integers(0, 6, size=(L, E))
+        pol.tick = 100
+        cached = [(info.moe_layers[r], e) for r, e in zip(*np.nonzero(pol.in_cache))]
+        pol.cached = set(cached)
+        pool = FakePool(capacity=len(cached) + int(rng.integers(0, 3)))  # 0-2 free slots
+        share = rng.choice([0.15, 0.95])  # few or most of the cached experts prefetched and not yet used
+        for key in cached:
+            pool.add(key, prefetched=rng.random() < share)
+        resident = np.flatnonzero(pol.in_cache[cur])
+        missing = np.flatnonzero(~pol.in_cache[cur])
+        hits = np.sort(rng.permutation(resident)[:rng.integers(0, len(resident) + 1)])
+        loads = np.sort(rng.permutation(missing)[:rng.integers(0, len(missing) + 1)])
+        on_cpu = [e for e in missing.tolist() if e not in loads.tolist()][:2]
+        if not len(loads) or (not len(hits) and len(loads) > pool.capacity):
+            continue
+        v = view(pool, info.moe_layers[cur], [[0.0] * E], [[0, 1]])
+        slow = copy.deepcopy(pol)
+        fast = pol._room(v, hits.astype(np.int64), loads.astype(np.int64))
+        placement = {**dict.fromkeys(loads.tolist(), _LOAD), **dict.fromkeys(on_cpu, _CPU),
+                     **dict.fromkeys(hits.tolist(), _HIT)}  # in no particular order, as a plan's dict may be
+        assert fast == CachingPolicy.cache_plan(slow, v, placement)
+        evictions += len(fast[0])
+        discards += len(fast[1])
+        into_free += len(loads) - len(fast[0]) - len(fast[1])
+        for name in ("in_cache", "recency", "born"):
+            np.testing.assert_array_equal(getattr(pol, name), getattr(slow, name))
+        assert (pol.tick, pol.cached) == (slow.tick, slow.cached)
+    assert evictions > 100 and discards > 5 and into_free > 50  # every branch exercised

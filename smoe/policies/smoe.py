@@ -58,9 +58,11 @@ import numpy as np
 from smoe.balance import load_seconds, split_load_cpu
 from smoe.caching import CachingPolicy
 from smoe.errors import PolicyParamError
-from smoe.plan import _CPU, _HIT, _LOAD, _SKIP, _SUB, LayerView, Plan, PrefetchPlan
+from smoe.plan import _CPU, _LOAD, _SKIP, _SUB, LayerView, Plan, PrefetchPlan
 from smoe.policy import register_policy
-from smoe.smoe_kernels import observe_ring, place_prefetch, predicted_top, route_and_place, smoe_victims
+from smoe.smoe_kernels import observe_ring, place_loads, place_prefetch, predicted_top, route_and_place, smoe_victims
+
+_NO_FLAT = np.zeros(0, dtype=np.int64)  # no flat indices (`place_loads` without a victim search)
 
 REPLACE_MODES = ("none", "substitute", "skip", "lower")
 COST_MODES = ("fixed", "measured")
@@ -123,6 +125,7 @@ class SMoE(CachingPolicy):
             self._work = np.empty(2 * E + model.top_k + 1, dtype=np.float32)
             self._loads = np.empty(E, dtype=np.int64)  # [E] its loads and victims (`place_prefetch`'s buffers)
             self._evicted = np.empty(E, dtype=np.int64)
+            self._dropped = np.empty(E, dtype=np.int64)  # [E] a plan's slots given up (`place_loads`' buffer)
 
     # ---- score-aware eviction ----------------------------------------------------------------------
     def eviction_rank(self, view: LayerView) -> tuple[np.ndarray, ...]:
@@ -191,23 +194,56 @@ class SMoE(CachingPolicy):
                 return Plan.hits()  # every routed expert is resident: nothing to replace, nothing to load
             evict, discard = [], set()
         else:
-            placement = dict.fromkeys(hits.tolist(), _HIT)
             missing_ids = missing.tolist()  # by best score over the batch, ties to the lower id
             load_ids, cpu_ids = missing_ids, []
             if self.balance:
                 load_ids, cpu_ids = split_load_cpu(missing_ids, *self._costs(view))
-            placement.update(dict.fromkeys(load_ids, _LOAD))
             if cpu_ids:
-                placement.update(dict.fromkeys(cpu_ids, _CPU))
                 on_cpu = np.zeros(len(resident), dtype=bool)  # [E]
                 on_cpu[cpu_ids] = True
                 actions[(actions == _LOAD) & on_cpu[sel]] = _CPU  # [T,K]
-            evict, discard = self.cache_plan(view, placement)
+            evict, discard = self._room(view, hits, np.sort(np.array(load_ids, dtype=np.int64)))
         if substituted and self.replace == "skip":
             actions[actions == _SUB] = _SKIP
         scale = self._lowered(view) if self.replace == "lower" and self.alpha > 0 else None
         return Plan(actions=actions, standins=standins if substituted and self.replace != "skip" else None,
                     evict=evict, discard=discard, scale=scale)
+
+    def _room(self, view: LayerView, hits: np.ndarray, loads: np.ndarray) -> tuple[list, set[int]]:
+        """`cache_plan` of the layer's resident experts `hits` and its `loads` (each ascending), compiled
+        (`smoe.smoe_kernels.place_loads`): the clock touched and the loads inserted, and the (evict, discard) that make
+        room for them."""
+        layer = view.layer
+        free = view.cache.capacity - len(self.cached)
+        prefetched = self._flat(view.cache.prefetched()) if len(loads) > free else _NO_FLAT
+        n = place_loads(hits, loads, self.rows[layer], free, self.in_cache, prefetched, self.ring, self.passes,
+                        self.recency, self.born, self.tick, self._dropped)
+        assert n >= 0, f"layer {layer}: no slot for its loads (capacity {view.cache.capacity})"
+        self.tick += len(hits) + len(loads)
+        if self._counts_hits:
+            for e in hits.tolist():
+                self.on_hit((layer, e))
+        # the cached set and the subclass hooks, in the order `cache_plan` runs them
+        E = self.in_cache.shape[1]
+        evict: list = []
+        discard: set[int] = set()
+        into_free = len(loads) - n
+        for j, e in enumerate(loads.tolist()):
+            if j >= into_free:
+                f = int(self._dropped[j - into_free])
+                own = f < 0  # one of the layer's own experts, its slot reused once computed
+                if own:
+                    f = -1 - f
+                key = (self.layers[f // E], f % E)
+                if own:
+                    discard.add(key[1])
+                else:
+                    evict.append(key)
+                self.cached.remove(key)
+                self.on_evict(key)
+            self.cached.add((layer, e))
+            self.on_insert((layer, e))
+        return evict, discard
 
     # ---- top-score prefetch ------------------------------------------------------------------------------
     @property
