@@ -401,6 +401,33 @@ def test_compiled_victims_follow_the_eviction_rank(window):
             assert len(fast) == min(wanted, int((pol.in_cache & allowed).sum()))
 
 
+_L, _E = 5, 16  # the random caches' layers and experts
+_INFO = ModelInfo(moe_layers=tuple(range(1, 2 * _L, 2)), num_experts=_E, top_k=2, expert_bytes=1000, model_type="test")
+
+
+def _random_state(rng, pol, only: int | None = None) -> FakePool:
+    """Bind `pol` (an SMoE policy) to _INFO and give it a random state: cached experts (besides row `only`, where
+    given, almost none), windowed scores, passes, recency and birth with many ties, tick 100. -> a pool of the cached
+    experts with 0-2 free slots, few or most of them prefetched and not yet used."""
+    pol._bind(_INFO)
+    pol.in_cache[:] = rng.random((_L, _E)) < rng.choice([0.3, 0.6, 0.9])
+    if only is not None:
+        pol.in_cache[np.arange(_L) != only] &= rng.random((_L - 1, _E)) < 0.05
+    levels = rng.choice([0.0, 0.125, 0.25, 1e-9, 0.3], size=pol.ring.shape).astype(np.float32)  # ties, tiny values
+    pol.ring[:] = np.where(rng.random(pol.ring.shape) < 0.5, levels, rng.random(pol.ring.shape))
+    pol.passes[:] = rng.integers(0, 12, size=_L)
+    pol.recency[:] = rng.integers(0, 6, size=(_L, _E))  # many ties
+    pol.born[:] = rng.integers(0, 6, size=(_L, _E))
+    pol.tick = 100
+    cached = [(_INFO.moe_layers[r], e) for r, e in zip(*np.nonzero(pol.in_cache))]
+    pol.cached = set(cached)
+    pool = FakePool(capacity=len(cached) + int(rng.integers(0, 3)))  # 0-2 free slots
+    share = rng.choice([0.15, 0.95])  # few or most of the cached experts prefetched and not yet used
+    for key in cached:
+        pool.add(key, prefetched=rng.random() < share)
+    return pool
+
+
 @pytest.mark.parametrize("window", [None, 3])
 def test_compiled_prefetch_placement_follows_prefetch_plan(window):
     """`SMoE._placed` (compiled, `place_prefetch`) loads, evicts and leaves the policy's state exactly as the
@@ -413,25 +440,11 @@ def test_compiled_prefetch_placement_follows_prefetch_plan(window):
     from smoe.caching import CachingPolicy
 
     rng = np.random.default_rng(7 + (window or 0))
-    L, E = 5, 16
-    info = ModelInfo(moe_layers=tuple(range(1, 2 * L, 2)), num_experts=E, top_k=2, expert_bytes=1000, model_type="test")
+    L, E, info = _L, _E, _INFO
     evictions = stops = into_free = 0
     for trial in range(300):
         pol = make_policy("smoe", window=window, prefetch_share=float(rng.choice([0.5, 1.0])))
-        pol._bind(info)
-        pol.in_cache[:] = rng.random((L, E)) < rng.choice([0.3, 0.6, 0.9])
-        levels = rng.choice([0.0, 0.125, 0.25, 1e-9, 0.3], size=pol.ring.shape).astype(np.float32)  # ties, tiny values
-        pol.ring[:] = np.where(rng.random(pol.ring.shape) < 0.5, levels, rng.random(pol.ring.shape))
-        pol.passes[:] = rng.integers(0, 12, size=L)
-        pol.recency[:] = rng.integers(0, 6, size=(L, E))  # many ties
-        pol.born[:] = rng.integers(0, 6, size=(L, E))
-        pol.tick = 100
-        cached = [(info.moe_layers[r], e) for r, e in zip(*np.nonzero(pol.in_cache))]
-        pol.cached = set(cached)
-        pool = FakePool(capacity=len(cached) + int(rng.integers(0, 3)))  # 0-2 free slots
-        share = rng.choice([0.15, 0.95])  # few or most of the cached experts prefetched and not yet used
-        for key in cached:
-            pool.add(key, prefetched=rng.random() < share)
+        pool = _random_state(rng, pol)
         cur, nxt = rng.choice(L, size=2, replace=False)
         missing = [e for e in range(E) if not pol.in_cache[nxt, e]]
         if not missing:
@@ -468,28 +481,12 @@ def test_compiled_room_follows_cache_plan(window):
     from smoe.plan import _CPU, _HIT, _LOAD
 
     rng = np.random.default_rng(11 + (window or 0))
-    L, E = 5, 16
-    info = ModelInfo(moe_layers=tuple(range(1, 2 * L, 2)), num_experts=E, top_k=2, expert_bytes=1000, model_type="test")
+    L, E, info = _L, _E, _INFO
     evictions = discards = into_free = 0
     for trial in range(300):
         pol = make_policy("smoe", window=window)
-        pol._bind(info)
         cur = int(rng.integers(L))
-        pol.in_cache[:] = rng.random((L, E)) < rng.choice([0.3, 0.6, 0.9])
-        if trial % 5 == 0:  # few experts outside the layer: its own slots must be reused
-            pol.in_cache[np.arange(L) != cur] &= rng.random((L - 1, E)) < 0.05
-        levels = rng.choice([0.0, 0.125, 0.25, 1e-9, 0.3], size=pol.ring.shape).astype(np.float32)  # ties, tiny values
-        pol.ring[:] = np.where(rng.random(pol.ring.shape) < 0.5, levels, rng.random(pol.ring.shape))
-        pol.passes[:] = rng.integers(0, 12, size=L)
-        pol.recency[:] = rng.integers(0, 6, size=(L, E))  # many ties
-        pol.born[:] = rng.integers(0, 6, size=(L, E))
-        pol.tick = 100
-        cached = [(info.moe_layers[r], e) for r, e in zip(*np.nonzero(pol.in_cache))]
-        pol.cached = set(cached)
-        pool = FakePool(capacity=len(cached) + int(rng.integers(0, 3)))  # 0-2 free slots
-        share = rng.choice([0.15, 0.95])  # few or most of the cached experts prefetched and not yet used
-        for key in cached:
-            pool.add(key, prefetched=rng.random() < share)
+        pool = _random_state(rng, pol, only=cur if trial % 5 == 0 else None)  # then the layer's own slots are reused
         resident = np.flatnonzero(pol.in_cache[cur])
         missing = np.flatnonzero(~pol.in_cache[cur])
         hits = np.sort(rng.permutation(resident)[:rng.integers(0, len(resident) + 1)])
