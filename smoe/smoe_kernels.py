@@ -356,7 +356,7 @@ def place_prefetch(want, n, nxt, cur, free, in_cache, prefetched, ring, passes, 
             "float32[:, :, ::1], int64[::1], int64[:, ::1], int64[:, ::1], int64, int64[::1])", cache=True)
 def place_loads(hits, loads, row, free, in_cache, prefetched, ring, passes, recency, born, tick, dropped):
     """SMoE's room for a layer's loads: `CachingPolicy.cache_plan` of hits and loads (each ascending) with
-    `smoe_victims`' order, in one call (a layer with a miss, a fifth of the decode layers at batch 3, ran the
+    `smoe_victims`' order, in one call (a layer with a miss, a quarter of the decode layers at batch 3, ran the
     interpreted one at 80-120 us on the cooled core).
 
     row: the layer's row; free: slots not held by the policy's cached set; in_cache [L,E] bool, ring, passes, recency and
@@ -368,16 +368,14 @@ def place_loads(hits, loads, row, free, in_cache, prefetched, ring, passes, rece
     is computed (`discard`). dropped [>=len(loads)] int64: the caller's buffer.
     -> n: dropped[:n] the experts that gave up their slots, in order (load len(loads) - n + i takes the slot of drop i),
     each a flat index f if evicted, -1 - f if one of the layer's own (discarded); -1: no expert left to give up a slot
-    (a layer of no hits whose first load finds the cache full of experts it may not evict)."""
+    (a cache of no slots)."""
     L, E = in_cache.shape
     h = hits.shape[0]
     for i in range(h):
         recency[row, hits[i]] = tick + i
     tick += h
-    pre = np.zeros(L * E, np.bool_)
-    for f in prefetched:
-        pre[f] = True
     n = 0
+    pre = np.empty(0, np.bool_)
     cand = np.empty(0, np.int64)
     mean = np.empty(0)
     taken = np.empty(0, np.bool_)
@@ -387,6 +385,9 @@ def place_loads(hits, loads, row, free, in_cache, prefetched, ring, passes, rece
             free -= 1
         else:
             if not searched:
+                pre = np.zeros(L * E, np.bool_)
+                for f in prefetched:
+                    pre[f] = True
                 allowed = np.ones((L, E), np.bool_)
                 for i in range(h):
                     allowed[row, hits[i]] = False

@@ -231,14 +231,12 @@ class SMoE(CachingPolicy):
         for j, e in enumerate(loads.tolist()):
             if j >= into_free:
                 f = int(self._dropped[j - into_free])
-                own = f < 0  # one of the layer's own experts, its slot reused once computed
-                if own:
-                    f = -1 - f
-                key = (self.layers[f // E], f % E)
-                if own:
-                    discard.add(key[1])
-                else:
+                if f >= 0:
+                    key = (self.layers[f // E], f % E)
                     evict.append(key)
+                else:  # one of the layer's own experts, its slot reused once computed
+                    key = (layer, (-1 - f) % E)
+                    discard.add(key[1])
                 self.cached.remove(key)
                 self.on_evict(key)
             self.cached.add((layer, e))
