@@ -14,7 +14,9 @@ measured pinned copy rate) and TPOT as a multiple of it.
 With --link-gbps 0 G the offloading policies run at this machine's own link and again with the host->GPU link
 emulated at G GB/s (`smoe.hardware.EmulatedLink`: each copy is held on its stream until bytes / G has passed), the
 paper's PCIe on this GPU: such rows say `link_gbps` = G and their bound uses G; the all-GPU floor runs once, on the
-real link (it copies nothing while decoding). Files get a `_link{G}` suffix per emulated rate.
+real link (it copies nothing while decoding). Files get a `_link{G}` suffix per emulated rate. Every row's
+`copy_gbps` is the rate its copies got, measured on the copy stream (holds included): within a few percent of G
+where the emulation held its rate (the hold is tuned to it from these measurements as the run goes).
 
 With --repeats N every setting of a workload and batch runs N times, in rounds whose offloading settings alternate
 their order (A B, B A, ...), each round with its own floor first: an A/B measured so is not one pair against the
@@ -53,7 +55,7 @@ from smoe.shapes import SHAPES, RandomSource  # noqa: E402
 COLUMNS = ["model", "gpu", "measured", "budget_gb", "policy", "batch", "workload", "ttft_s", "tpot_s", "tpot_p50_s",
            "tpot_p90_s", "hit_rate", "bytes_h2d", "cpu_experts", "cpu_time_s", "substitutions", "prefetches",
            "prefetch_top_share", "prefetch_routed_share", "policy_time_s", "check_time_s", "prefetch_time_s",
-           "predict_time_s", "slots", "link_gbps", "bound_s", "tpot_over_bound", "repeat"]
+           "predict_time_s", "slots", "link_gbps", "copy_gbps", "bound_s", "tpot_over_bound", "repeat"]
 
 
 def main() -> int:
@@ -222,7 +224,8 @@ def main() -> int:
                        "workload": workload,
                        **{k: m[k] for k in ("ttft_s", "tpot_s", "tpot_p50_s", "tpot_p90_s", "hit_rate", "bytes_h2d",
                                             "cpu_experts", "cpu_time_s", "substitutions", "prefetches",
-                                            "policy_time_s", "check_time_s", "prefetch_time_s", "predict_time_s")},
+                                            "policy_time_s", "check_time_s", "prefetch_time_s", "predict_time_s",
+                                            "copy_gbps")},
                        "prefetch_top_share": acc["top_score_share"], "prefetch_routed_share": acc["routed_share"],
                        "slots": rec["memory"]["capacity"], "link_gbps": rec["env"]["link_gbps"], "bound_s": bound,
                        "tpot_over_bound": m["tpot_s"] / bound if bound else None, "repeat": repeat}

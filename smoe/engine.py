@@ -123,6 +123,16 @@ class Engine:
                 self.pool.load(key)
                 self.metrics.preload_loads += 1
 
+    def read_copies(self, wait: bool = False) -> None:
+        """Takes the measured times of finished copies into the load costs and the current phase's counters
+        (`SlotPool.copy_seconds`; `wait`: all copies issued so far, for the end of a run)."""
+        seconds = self.pool.copy_seconds(wait)
+        if seconds:
+            self.costs["load"].extend(seconds)
+            m = self.metrics[self.phase]
+            m.copy_s += sum(seconds)
+            m.copy_bytes += len(seconds) * self.pool.store.expert_bytes
+
     def close(self) -> None:
         self.cpu.shutdown(wait=True)
 
@@ -166,7 +176,7 @@ class Engine:
             model=self.info,
             costs=self.costs,
         )
-        self.costs["load"].extend(self.pool.copy_seconds())
+        self.read_copies()
         judged = [key for key in self.awaiting if key[0] == layer]  # prefetched for this layer: were they routed?
         # Prefetched since this layer last ran: their copies may still be in flight (the paper's pipeline
         # computes them after the prediction, "once PCIe completes"); a rule of the plan, not of timing.

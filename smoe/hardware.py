@@ -131,18 +131,57 @@ class EmulatedLink:
     is followed, on the same stream, by a spinning kernel that holds the stream until `bytes / rate` has
     passed. Copies and everything ordered after them on the stream (the slot's ready event, later copies) see
     the emulated link's timing, while compute streams run on; the spinner takes one SM's worth of one thread
-    block. Emulated rows are labelled so in every table (`link_gbps`)."""
+    block. Emulated rows are labelled so in every table (`link_gbps`).
+
+    The spin counts SM clock cycles, and the SM clock under a decode's load is not the clock it was calibrated
+    at (a run once delivered 28 GB/s through a 24 GB/s link), nor do real copies keep the rate measured at the
+    start. So the pool feeds back each copy's measured time (copy plus hold, from events on the copy stream,
+    read when they have finished: `observe`) and `HoldTuner` moves the hold until copies take `bytes / rate`."""
 
     def __init__(self, gbps: float, nbytes: int):
         native = h2d_rate(nbytes)
         if gbps * 1e9 >= native:
             raise ValueError(f"an emulated link of {gbps} GB/s is not slower than this machine's own "
                              f"{native / 1e9:.1f} GB/s; give a lower rate")
-        self.hold_cycles = round(hold_seconds(nbytes, gbps * 1e9, native) * sleep_cycles_per_second())
+        cycles_per_s = sleep_cycles_per_second()
+        self.tuner = HoldTuner(target_s=nbytes / (gbps * 1e9), cycles_per_s=cycles_per_s,
+                               hold_cycles=round(hold_seconds(nbytes, gbps * 1e9, native) * cycles_per_s))
+
+    @property
+    def hold_cycles(self) -> int:
+        return self.tuner.hold_cycles
 
     def after_copy(self) -> None:
         """Called on the copy stream right after one copy of the `nbytes` given."""
-        torch.cuda._sleep(self.hold_cycles)
+        torch.cuda._sleep(self.tuner.hold_cycles)
+
+    def observe(self, seconds: list[float]) -> None:
+        """Measured times of finished copies (each copy and its hold), oldest first."""
+        self.tuner.observe(seconds)
+
+
+class HoldTuner:
+    """Moves a spin's length (clock cycles) until each copy plus its spin takes `target_s` on average.
+
+    After every `every` measured copies, the hold changes by `gain` x (target - their mean time), turned into
+    cycles at the calibrated `cycles_per_s`. If the clock actually runs at r x the calibration, the error shrinks
+    by (1 - gain / r) per round: converging for any r above gain / 2, with no overshoot while r >= gain. A copy
+    slower than the target on its own leaves a hold of 0 (the link cannot be made faster)."""
+
+    def __init__(self, target_s: float, cycles_per_s: float, hold_cycles: int, every: int = 4, gain: float = 0.5):
+        assert target_s > 0 and cycles_per_s > 0 and hold_cycles >= 0 and every >= 1 and 0 < gain <= 1
+        self.target_s, self.cycles_per_s, self.every, self.gain = target_s, cycles_per_s, every, gain
+        self.hold_cycles = hold_cycles
+        self._pending: list[float] = []
+        self.rounds = 0  # adjustments made
+
+    def observe(self, seconds: list[float]) -> None:
+        self._pending.extend(seconds)
+        while len(self._pending) >= self.every:
+            batch, self._pending = self._pending[:self.every], self._pending[self.every:]
+            error_s = self.target_s - sum(batch) / len(batch)  # > 0: copies ran faster than the link's rate
+            self.hold_cycles = max(0, self.hold_cycles + round(self.gain * error_s * self.cycles_per_s))
+            self.rounds += 1
 
 
 def hold_seconds(nbytes: int, link_Bps: float, native_Bps: float) -> float:

@@ -61,6 +61,8 @@ class Counters:
     prefetch_time_s: float = 0.0
     predict_time_s: float = 0.0
     predictions: int = 0
+    copy_s: float = 0.0  # measured on the copy stream (GPU): copies read in this phase, each with its emulated hold
+    copy_bytes: int = 0  # ... and their bytes
 
 
 class Metrics:
@@ -99,6 +101,8 @@ class Metrics:
             "prefetch_time_s": total["prefetch_time_s"],
             "predict_time_s": total["predict_time_s"],
             "predictions": total["predictions"],
+            # the host->device rate the copies got, as measured (an emulated link's included): None on a CPU
+            "copy_gbps": total["copy_bytes"] / total["copy_s"] / 1e9 if total["copy_s"] else None,
             "peak_device_bytes": self.peak_device_bytes,
             "preload_loads": self.preload_loads,
             "decode_steps": int(steps.size),

@@ -85,12 +85,17 @@ class SlotPool:
             self._fresh.add(slot)
         return self.store.expert_bytes
 
-    def copy_seconds(self) -> list[float]:
-        """Durations of the copies that have finished since the last call (never waits)."""
+    def copy_seconds(self, wait: bool = False) -> list[float]:
+        """Durations of the copies (each with its emulated hold) that have finished since the last call, oldest
+        first; they also tune the emulated link. Never waits, unless `wait`: then all copies issued so far."""
+        if wait and self._timed:
+            self._timed[-1][1].synchronize()
         out = []
         while self._timed and self._timed[0][1].query():
             start, end = self._timed.pop(0)
             out.append(start.elapsed_time(end) / 1e3)
+        if self.link is not None and out:
+            self.link.observe(out)
         return out
 
     def weights(self, key: ExpertKey) -> torch.Tensor:

@@ -206,6 +206,7 @@ class Runtime:
             if layer in self.router_first:
                 router_order.install(block, layer, self.skeleton if self.skeleton and self.skeleton.block else None)
         self.engine.preload_keys(preload)
+        self.engine.read_copies(wait=True)  # their measured times already tune an emulated link's hold
         self.tokenizer = None
         if self.ckpt.tokenizer_present():
             self.tokenizer = AutoTokenizer.from_pretrained(self.ckpt.path, padding_side="left")
@@ -276,6 +277,7 @@ class Runtime:
                 self.model, ids.to(self.device), mask.to(self.device), max_new_tokens, on_forward, on_logits, stop,
                 cache=cache,
             )
+        eng.read_copies(wait=True)  # the last copies' measured times, so the next call starts with none unread
         eng.metrics.ttft_list.append(ttft)
         eng.metrics.step_s.extend(steps)
         if self.device.type == "cuda":
@@ -341,6 +343,9 @@ class Runtime:
             "cpu_count": os.cpu_count(),
             "cpu_threads": self.engine.cpu_threads,
             "link_gbps": self.link_gbps,  # None: the machine's own link; else emulated (`hardware.EmulatedLink`)
+            # the emulated link's spin now and how often it has been tuned to the measured copy times
+            "link_hold": ({"cycles": self.pool.link.hold_cycles, "rounds": self.pool.link.tuner.rounds}
+                          if self.pool.link is not None else None),
             "predictor_graphs": self.predictor_graphs,
             # host time spent capturing the predictor's graphs (on their first use, inside the timed steps)
             "predictor_capture_s": self.engine.predictor.pieces.capture_s if self.predictor_graphs else 0.0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 
 from smoe.cli import main
@@ -114,6 +115,87 @@ def test_link_hold_time():
     # 55 MB at a native 55 GB/s takes 1 ms; over a 12 GB/s link it must take 4.58 ms: hold 3.58 ms
     assert hold_seconds(55_000_000, 12e9, 55e9) == pytest.approx(55e6 / 12e9 - 1e-3)
     assert hold_seconds(55_000_000, 60e9, 55e9) == 0.0  # never negative
+
+
+@pytest.mark.parametrize("clock", [0.5, 1.0, 1.16, 3.0])
+def test_link_hold_tuned_to_the_measured_copy_times(clock):
+    """The spin runs at `clock` x the cycles per second it was calibrated at: the copies' measured times bring a
+    55 MB copy (50 GB/s real, 24 GB/s emulated) to its 2.29 ms, however far off the calibrated hold was."""
+    from smoe.hardware import HoldTuner, hold_seconds
+
+    target, cps = 55e6 / 24e9, 1.98e9
+    tuner = HoldTuner(target, cps, round(hold_seconds(55_000_000, 24e9, 50e9) * cps))
+    rng = np.random.default_rng(0)
+
+    def copies(n):  # measured times: the real copy (5% noise) and the spin at the actual clock
+        return list(55e6 / 50e9 * (1 + 0.05 * rng.standard_normal(n)) + tuner.hold_cycles / (clock * cps))
+
+    before = np.mean(copies(200))
+    assert (abs(before - target) > 0.05 * target) == (clock != 1.0)  # the calibration alone is off unless clock 1
+    for _ in range(40):
+        tuner.observe(copies(7))  # batches that are not multiples of `every`
+    assert np.mean(copies(200)) == pytest.approx(target, rel=0.02)
+    assert tuner.rounds == 40 * 7 // 4
+
+
+def test_link_hold_waits_for_a_full_round_and_never_goes_negative():
+    from smoe.hardware import HoldTuner
+
+    tuner = HoldTuner(target_s=1e-3, cycles_per_s=1e9, hold_cycles=500_000)
+    tuner.observe([0.9e-3] * 3)
+    assert (tuner.hold_cycles, tuner.rounds) == (500_000, 0)  # three of the four a round needs
+    tuner.observe([0.9e-3])
+    assert (tuner.hold_cycles, tuner.rounds) == (550_000, 1)  # 0.1 ms short: half of it added
+    tuner.observe([5e-3] * 4)  # copies slower than the link on their own
+    assert tuner.hold_cycles == 0
+
+
+class _StreamEvent:
+    """A copy-stream event as the pool reads it: recorded at `ms` on a stream that has got to `stream["ms"]`."""
+
+    def __init__(self, stream: dict, ms: float):
+        self.stream, self.ms = stream, ms
+
+    def query(self) -> bool:
+        return self.ms <= self.stream["ms"]
+
+    def synchronize(self) -> None:
+        self.stream["ms"] = max(self.stream["ms"], self.ms)
+
+    def elapsed_time(self, end) -> float:
+        return end.ms - self.ms
+
+
+def test_finished_copies_feed_the_link_costs_and_counters(tiny):
+    """What the engine reads of the copy stream's events (GPU runs; stand-in events here): finished copies only, in
+    order, unless told to wait for all; each copy's time goes to the link's tuner, the load costs and the counters."""
+    rt = Runtime(tiny(FAMILY), "lru", cache_experts=8)
+    seen = []
+    rt.pool.link = type("Link", (), {"observe": lambda self, s: seen.append(s)})()
+    stream = {"ms": 6.0}  # the third copy (5 -> 9 ms) is under way
+    marks = [0.0, 2.0, 5.0, 9.0, 10.0]
+    rt.pool._timed = [(_StreamEvent(stream, a), _StreamEvent(stream, b)) for a, b in zip(marks, marks[1:])]
+    eng, nbytes = rt.engine, rt.pool.store.expert_bytes
+    eng.phase = "decode"
+    eng.read_copies()
+    assert seen == [[0.002, 0.003]] and list(eng.costs["load"])[-2:] == [0.002, 0.003]
+    assert (eng.metrics["decode"].copy_s, eng.metrics["decode"].copy_bytes) == (pytest.approx(0.005), 2 * nbytes)
+    eng.read_copies()
+    assert len(seen) == 1  # nothing more has finished: the tuner is not called with nothing
+    eng.read_copies(wait=True)
+    assert seen[1] == [pytest.approx(0.004), pytest.approx(0.001)] and rt.pool._timed == []
+    assert eng.metrics.summary()["copy_gbps"] == pytest.approx(4 * nbytes / 0.010 / 1e9)
+    rt.close()
+
+
+def test_measured_copy_rate_in_the_summary():
+    from smoe.metrics import Metrics
+
+    m = Metrics()
+    assert m.summary()["copy_gbps"] is None  # no copy timed (a CPU run)
+    m["prefill"].copy_s, m["prefill"].copy_bytes = 0.5, 10_000_000_000
+    m["decode"].copy_s, m["decode"].copy_bytes = 1.5, 38_000_000_000
+    assert m.summary()["copy_gbps"] == pytest.approx(24.0)
 
 
 def test_unknown_policy(tiny):
