@@ -31,7 +31,7 @@ from torch import nn
 from .checkpoint import ExpertShape
 from .families import Family
 from .metrics import Metrics, span
-from .plan import Action, CacheView, LayerView, ModelInfo, check_plan
+from .plan import _CPU, _HIT, CacheView, ExecPlan, LayerView, ModelInfo, check_plan
 from .policy import ExpertPolicy
 from .pool import SlotPool
 from .predict import NextLayerPredictor, PrefetchContext, early_key, prediction_key
@@ -196,16 +196,17 @@ class Engine:
 
         for key in ex.evict:
             self.pool.evict(key)
-        order = sorted(ex.tokens)
-        tok = _TokenRows(ex.tokens, order, self._to_device)
+        order = ex.experts  # ascending
+        tok = _TokenRows(ex, self._to_device)
 
         w = _GateWeights(self._gate_weights(view, host_topk_w, ex), host_topk_w.dtype, self._to_device)
         # CPU experts first, so the worker runs while the device computes and copies.
-        cpu_experts = [e for e in order if ex.where[e] == Action.CPU]
+        cpu_experts = []
         cpu_future = None
-        if cpu_experts:
+        if _CPU in ex.codes:
             x_host = x.to("cpu")
-            jobs = [(e, x_host[ex.tokens[e]]) for e in cpu_experts]
+            jobs = [(e, x_host[ex.token_rows(i)]) for i, (e, a) in enumerate(zip(order, ex.codes)) if a == _CPU]
+            cpu_experts = [e for e, _ in jobs]
             cpu_future = self.cpu.submit(self._cpu_compute, layer, jobs)
 
         outs: dict[int, torch.Tensor] = {}
@@ -228,11 +229,14 @@ class Engine:
                 issue()
 
         issue()  # copies start before any compute is queued, so they overlap the resident experts
-        hits = [e for e in order if ex.where[e] == Action.HIT]
-        for e in hits:
-            if (layer, e) in self.pool.prefetched:
-                m.prefetch_used += 1
-            m.hits += len(ex.tokens[e])
+        hits = []
+        starts = ex.starts
+        for i, (e, a) in enumerate(zip(order, ex.codes)):
+            if a == _HIT:
+                hits.append(e)
+                m.hits += starts[i + 1] - starts[i]
+                if (layer, e) in self.pool.prefetched:
+                    m.prefetch_used += 1
         # Resident experts in two groups: those long resident first, then those prefetched for this layer,
         # whose copies may still be landing. The prediction of later layers reads only the first group's
         # output, so it never waits for a copy and the next prefetches queue behind the ones in flight.
@@ -308,7 +312,7 @@ class Engine:
         # hit_sum has no reader left (the prediction queued before has been read back): the rest is added in place
         final = self._combine(torch.zeros_like(x) if hit_sum is None else hit_sum, unsummed, outs, tok, w)
 
-        m.uses += sum(len(t) for t in ex.tokens.values())
+        m.uses += len(ex.rows)
         m.substitutions += ex.substitutions
         m.skips += ex.skips
         t0 = time.perf_counter()
@@ -442,12 +446,14 @@ class _TokenRows:
     the device in one asynchronous copy, made on first use (a decode layer whose experts all run grouped needs
     none)."""
 
-    def __init__(self, tokens: dict[int, list[int]], order: list[int], to_device):
-        self.tokens, self.order, self.to_device = tokens, order, to_device
+    def __init__(self, ex: ExecPlan, to_device):
+        self.ex, self.to_device = ex, to_device
         self.rows: dict[int, torch.Tensor] | None = None
 
     def __getitem__(self, e: int) -> torch.Tensor:
         if self.rows is None:
-            flat = self.to_device(np.asarray([t for x in self.order for t in self.tokens[x]], dtype=np.int64))
-            self.rows = dict(zip(self.order, torch.split(flat, [len(self.tokens[x]) for x in self.order])))
+            ex = self.ex
+            flat = self.to_device(np.asarray(ex.rows, dtype=np.int64))  # [n] every expert's rows, experts ascending
+            sizes = [b - a for a, b in zip(ex.starts, ex.starts[1:])]
+            self.rows = dict(zip(ex.experts, torch.split(flat, sizes)))
         return self.rows[e]

@@ -188,10 +188,14 @@ class PrefetchPlan:
 
 @dataclass
 class ExecPlan:
-    """A checked plan, in the form the engine executes."""
+    """A checked plan, in the form the engine executes. The computed experts come as flat lists (what the compiled
+    check hands back, read by the engine without building a dict per layer); `where` and `tokens` are their dict
+    views, for readers outside the decode loop."""
 
-    where: dict[int, Action]  # expert -> HIT (resident), LOAD or CPU
-    tokens: dict[int, list[int]]  # expert -> token rows that compute it, in HF's (rank, token) order
+    experts: list[int]  # the computed experts, ascending
+    codes: list[int]  # each one's Action code: HIT (resident), LOAD or CPU
+    starts: list[int]  # [len(experts)+1]: experts[i] is computed by the token rows rows[starts[i]:starts[i+1]] ...
+    rows: list[int]  # ... in HF's (rank, token) order
     changed: list[int]  # tokens whose computed set or scores differ from the router's: family weight rule
     changed_mask: np.ndarray | None  # [len(changed),E] bool: the experts each changed token computes (None: none changed)
     scale: np.ndarray | None  # [T,E] score factors, or None
@@ -200,6 +204,20 @@ class ExecPlan:
     discard: set[int]
     substitutions: int
     skips: int
+
+    def token_rows(self, i: int) -> list[int]:
+        """The token rows that compute experts[i]."""
+        return self.rows[self.starts[i]:self.starts[i + 1]]
+
+    @property
+    def where(self) -> dict[int, Action]:
+        """expert -> HIT, LOAD or CPU."""
+        return dict(zip(self.experts, map(_ACTIONS.__getitem__, self.codes)))
+
+    @property
+    def tokens(self) -> dict[int, list[int]]:
+        """expert -> its token rows, in HF's order."""
+        return {e: self.token_rows(i) for i, e in enumerate(self.experts)}
 
 
 _ACTIONS = tuple(Action)  # code -> Action, without the Enum call's cost
@@ -261,20 +279,22 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
     ids, codes, bounds = v[p:p + m], v[p + m:p + 2 * m], v[p + 2 * m:p + 3 * m + 1]
     p += 3 * m + 1
     rows, changed, loads = v[p:p + n], v[p + n:p + n + c], v[p + n + c:]
-    tokens = {ex: rows[bounds[i]:bounds[i + 1]] for i, ex in enumerate(ids)}  # in HF's (rank, token) order
-    where = dict(zip(ids, map(_ACTIONS.__getitem__, codes)))
 
     evict: list[ExpertKey] = []
     discard: set[int] = set()
     if plan.evict or plan.discard:
-        used_on_device = {e for e, a in where.items() if a != _CPU}
+        used_on_device = {e for e, a in zip(ids, codes) if a != _CPU}
         evict, discard = _checked_frees(plan, view, policy, used_on_device)
-
-    if loads:
-        _check_slots(loads, where, evict, discard, view, policy)
+        if loads:
+            hits = {e for e, a in zip(ids, codes) if a == _HIT}
+            _check_slots(loads, hits, evict, discard, view, policy)
+    elif loads:
+        _check_slots(loads, (), evict, discard, view, policy)
     return ExecPlan(
-        where=where,
-        tokens=tokens,
+        experts=ids,
+        codes=codes,
+        starts=bounds,
+        rows=rows,
         changed=changed,
         changed_mask=changed_mask if c else None,
         scale=scale,
@@ -291,20 +311,28 @@ def _check_hits(plan: Plan, view: LayerView, policy: str, experts: list[list[int
     rows go in HF's order (by top-k rank, then token); a router's top-k names distinct experts, so no token computes
     one twice."""
     if len(experts) == 1:  # a batch-1 decode step
-        tokens = {e: [0] for e in experts[0]}
+        ids = sorted(experts[0])
+        m = len(ids)
+        starts, rows = list(range(m + 1)), [0] * m
     else:
-        tokens = {}
+        tokens: dict[int, list[int]] = {}
         for j in range(len(experts[0])):
             for t, row in enumerate(experts):
                 tokens.setdefault(row[j], []).append(t)
-    if not resident.issuperset(tokens):
-        e = min(tokens.keys() - resident)
+        ids = sorted(tokens)
+        m = len(ids)
+        starts, rows = [0], []
+        for e in ids:
+            rows += tokens[e]
+            starts.append(len(rows))
+    if not resident.issuperset(ids):
+        e = min(set(ids) - resident)
         raise _fail(policy, view.layer, f"HIT for expert {e}, which is not resident")
     evict: list[ExpertKey] = []
     discard: set[int] = set()
     if plan.evict or plan.discard:
-        evict, discard = _checked_frees(plan, view, policy, set(tokens))
-    return ExecPlan(where=dict.fromkeys(tokens, Action.HIT), tokens=tokens, changed=[], changed_mask=None, scale=None,
+        evict, discard = _checked_frees(plan, view, policy, set(ids))
+    return ExecPlan(experts=ids, codes=[_HIT] * m, starts=starts, rows=rows, changed=[], changed_mask=None, scale=None,
                     loads=[], evict=evict, discard=discard, substitutions=0, skips=0)
 
 
@@ -348,11 +376,11 @@ def _checked_frees(plan: Plan, view: LayerView, policy: str, used_on_device: set
     return evict, discard
 
 
-def _check_slots(loads: list[int], where, evict, discard, view: LayerView, policy: str) -> None:
-    """Slot feasibility, in the engine's order: resident experts compute first, then loads in id order;
+def _check_slots(loads: list[int], hits, evict, discard, view: LayerView, policy: str) -> None:
+    """Slot feasibility, in the engine's order: resident experts (`hits`) compute first, then loads in id order;
     a discarded expert's slot is reusable once it has been computed."""
     avail = view.cache.free_slots + len(evict)
-    reusable = sum(1 for e in discard if where[e] == Action.HIT)
+    reusable = sum(1 for e in discard if e in hits)
     for e in loads:
         if avail > 0:
             avail -= 1

@@ -487,6 +487,7 @@ def test_compiled_check_follows_the_rules_as_stated():
         ex = check_plan(plan, view, "p")
         seen.add("ok")
         assert (ex.where, ex.tokens, ex.changed, ex.substitutions, ex.skips) == (where, tokens, changed, subs, skips)
+        assert ex.experts == sorted(where) and len(ex.rows) == ex.starts[-1]  # the flat lists the engine reads
         assert (ex.scale is None) == (scale is None)
         seen.add("scaled" if scale is not None and changed else "ok")
         assert ex.loads == sorted(e for e, a in where.items() if a == Action.LOAD)
