@@ -236,7 +236,7 @@ def main() -> int:
                 rnd = f" r{repeat}" if args.repeats > 1 else ""
                 print(f"{policy:>15} {rec['memory']['capacity']} slots {link or 'native'} b{batch} {workload:>13}{rnd}: TPOT {m['tpot_s'] * 1e3:8.2f} ms, hit "
                       f"{m['hit_rate'] if m['hit_rate'] is not None else float('nan'):.3f}, x{row['tpot_over_bound'] or 0:.2f} "
-                      f"of bound", flush=True)
+                      f"of bound" + (f", copies at {m['copy_gbps']:.1f} GB/s" if m["copy_gbps"] else ""), flush=True)
     return 0
 
 

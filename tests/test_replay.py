@@ -176,6 +176,7 @@ def test_paper_shape_benchmark_runs_end_to_end_on_toy_widths(tmp_path):
     paper_shape(out, "--budgets-gb", "0.267", "--policies", "lru", "smoe", "smoe:prefetch_mode=none", "--predictor",
                 "graphs", "eager")
     rows = list(csv.DictReader(open(out / "deepseek-moe-16b-shape-tiny.csv")))
+    assert {r["copy_gbps"] for r in rows} == {""}  # copies are timed on a GPU's copy stream only
     # the env names whose routing was replayed: the trace file's hash and the router that recorded it
     traced = json.loads((out / "deepseek-moe-16b-shape-tiny_env.json").read_text())["traces"]
     trace = tmp_path / "traces/exam/b1.pt"
