@@ -297,8 +297,8 @@ class SMoE(CachingPolicy):
             return None
         free = view.cache.free_slots
         nl, nv = place_prefetch(self._want, n, self.rows[nxt], self.rows[view.layer], free, self.in_cache,
-                                self._flat(prefetched), self.ring, self.passes, self.recency, self.born, self.tick,
-                                self._loads, self._evicted)
+                                self._flat(prefetched) if prefetched else _NO_FLAT, self.ring, self.passes,
+                                self.recency, self.born, self.tick, self._loads, self._evicted)
         if not nl:
             return None
         self.tick += nl
