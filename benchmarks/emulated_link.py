@@ -54,7 +54,7 @@ def main() -> int:
     ap.add_argument("--expert-mb", type=float, default=55.0, help="bytes of one copy, MB (Qwen2-57B's expert: 55)")
     ap.add_argument("--rates-gbps", type=float, nargs="+", default=[6.0, 12.0, 24.0])
     ap.add_argument("--copies", type=int, default=40)
-    ap.add_argument("--runs", type=int, default=4, help="runs of back-to-back copies per rate, the hold tuned "
+    ap.add_argument("--runs", type=int, default=8, help="runs of back-to-back copies per rate, the hold tuned "
                                                          "between them from the copies' measured times")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()

@@ -155,9 +155,10 @@ class EmulatedLink:
         """Called on the copy stream right after one copy of the `nbytes` given."""
         torch.cuda._sleep(self.tuner.hold_cycles)
 
-    def observe(self, seconds: list[float]) -> None:
-        """Measured times of finished copies (each copy and its hold), oldest first."""
-        self.tuner.observe(seconds)
+    def observe(self, seconds: list[float], in_flight: int = 0) -> None:
+        """Measured times of finished copies (each copy and its hold), oldest first; `in_flight`: copies issued
+        after them whose times are not read yet."""
+        self.tuner.observe(seconds, in_flight)
 
 
 class HoldTuner:
@@ -165,23 +166,32 @@ class HoldTuner:
 
     After every `every` measured copies, the hold changes by `gain` x (target - their mean time), turned into
     cycles at the calibrated `cycles_per_s`. If the clock actually runs at r x the calibration, the error shrinks
-    by (1 - gain / r) per round: converging for any r above gain / 2, with no overshoot while r >= gain. A copy
-    slower than the target on its own leaves a hold of 0 (the link cannot be made faster)."""
+    by (1 - gain / r) per round: converging for any r above gain / 2, with no overshoot while r >= gain. Copies
+    issued before a change (those still in flight then, `in_flight`) are not counted after it: measured against the
+    new hold they would correct the same error twice, which with a few copies in flight makes the hold oscillate
+    and grow. A copy slower than the target on its own leaves a hold of 0 (the link cannot be made faster)."""
 
     def __init__(self, target_s: float, cycles_per_s: float, hold_cycles: int, every: int = 4, gain: float = 0.5):
         assert target_s > 0 and cycles_per_s > 0 and hold_cycles >= 0 and every >= 1 and 0 < gain <= 1
         self.target_s, self.cycles_per_s, self.every, self.gain = target_s, cycles_per_s, every, gain
         self.hold_cycles = hold_cycles
         self._pending: list[float] = []
-        self.rounds = 0  # adjustments made
+        self._stale = 0  # copies still to come that were issued before the last change
+        self.rounds = 0  # changes made
 
-    def observe(self, seconds: list[float]) -> None:
-        self._pending.extend(seconds)
-        while len(self._pending) >= self.every:
-            batch, self._pending = self._pending[:self.every], self._pending[self.every:]
-            error_s = self.target_s - sum(batch) / len(batch)  # > 0: copies ran faster than the link's rate
-            self.hold_cycles = max(0, self.hold_cycles + round(self.gain * error_s * self.cycles_per_s))
-            self.rounds += 1
+    def observe(self, seconds: list[float], in_flight: int = 0) -> None:
+        """Measured times of finished copies, oldest first; `in_flight`: copies issued after them, not yet read."""
+        for i, s in enumerate(seconds):
+            if self._stale:
+                self._stale -= 1
+                continue
+            self._pending.append(s)
+            if len(self._pending) == self.every:
+                error_s = self.target_s - sum(self._pending) / self.every  # > 0: copies ran faster than the link
+                self.hold_cycles = max(0, self.hold_cycles + round(self.gain * error_s * self.cycles_per_s))
+                self.rounds += 1
+                self._pending = []
+                self._stale = len(seconds) - i - 1 + in_flight
 
 
 def hold_seconds(nbytes: int, link_Bps: float, native_Bps: float) -> float:

@@ -95,7 +95,7 @@ class SlotPool:
             start, end = self._timed.pop(0)
             out.append(start.elapsed_time(end) / 1e3)
         if self.link is not None and out:
-            self.link.observe(out)
+            self.link.observe(out, in_flight=len(self._timed))
         return out
 
     def weights(self, key: ExpertKey) -> torch.Tensor:

@@ -118,9 +118,12 @@ def test_link_hold_time():
 
 
 @pytest.mark.parametrize("clock", [0.5, 1.0, 1.16, 3.0])
-def test_link_hold_tuned_to_the_measured_copy_times(clock):
-    """The spin runs at `clock` x the cycles per second it was calibrated at: the copies' measured times bring a
-    55 MB copy (50 GB/s real, 24 GB/s emulated) to its 2.29 ms, however far off the calibrated hold was."""
+@pytest.mark.parametrize("lag", [0, 3])
+def test_link_hold_tuned_to_the_measured_copy_times(clock, lag):
+    """The spin runs at `clock` x the cycles per second it was calibrated at, and each copy's time is read `lag` batches
+    of copies after it was issued (the copies in flight): the measured times bring a 55 MB copy (50 GB/s real,
+    24 GB/s emulated) to its 2.29 ms however far off the calibrated hold was, without the oscillation that counting
+    copies issued before a change would start (at clock 0.5 and lag 3: a hold swinging past twice its target)."""
     from smoe.hardware import HoldTuner, hold_seconds
 
     target, cps = 55e6 / 24e9, 1.98e9
@@ -132,10 +135,13 @@ def test_link_hold_tuned_to_the_measured_copy_times(clock):
 
     before = np.mean(copies(200))
     assert (abs(before - target) > 0.05 * target) == (clock != 1.0)  # the calibration alone is off unless clock 1
-    for _ in range(40):
-        tuner.observe(copies(7))  # batches that are not multiples of `every`
+    in_flight: list[list[float]] = []
+    for _ in range(120):
+        in_flight.append(copies(7))  # batches that are not multiples of `every`
+        if len(in_flight) > lag:
+            tuner.observe(in_flight.pop(0), in_flight=sum(map(len, in_flight)))
     assert np.mean(copies(200)) == pytest.approx(target, rel=0.02)
-    assert tuner.rounds == 40 * 7 // 4
+    assert tuner.rounds >= 120 // (lag + 1)  # a round, then the copies issued before it pass uncounted
 
 
 def test_link_hold_waits_for_a_full_round_and_never_goes_negative():
@@ -144,9 +150,11 @@ def test_link_hold_waits_for_a_full_round_and_never_goes_negative():
     tuner = HoldTuner(target_s=1e-3, cycles_per_s=1e9, hold_cycles=500_000)
     tuner.observe([0.9e-3] * 3)
     assert (tuner.hold_cycles, tuner.rounds) == (500_000, 0)  # three of the four a round needs
-    tuner.observe([0.9e-3])
+    tuner.observe([0.9e-3, 0.5e-3, 0.5e-3], in_flight=2)
     assert (tuner.hold_cycles, tuner.rounds) == (550_000, 1)  # 0.1 ms short: half of it added
-    tuner.observe([5e-3] * 4)  # copies slower than the link on their own
+    tuner.observe([0.5e-3] * 2 + [5e-3] * 3)  # the 2 left of that read and the 2 in flight then were issued before it
+    assert (tuner.hold_cycles, tuner.rounds) == (550_000, 1)
+    tuner.observe([5e-3])  # copies slower than the link on their own
     assert tuner.hold_cycles == 0
 
 
@@ -171,19 +179,19 @@ def test_finished_copies_feed_the_link_costs_and_counters(tiny):
     order, unless told to wait for all; each copy's time goes to the link's tuner, the load costs and the counters."""
     rt = Runtime(tiny(FAMILY), "lru", cache_experts=8)
     seen = []
-    rt.pool.link = type("Link", (), {"observe": lambda self, s: seen.append(s)})()
+    rt.pool.link = type("Link", (), {"observe": lambda self, s, in_flight: seen.append((s, in_flight))})()
     stream = {"ms": 6.0}  # the third copy (5 -> 9 ms) is under way
     marks = [0.0, 2.0, 5.0, 9.0, 10.0]
     rt.pool._timed = [(_StreamEvent(stream, a), _StreamEvent(stream, b)) for a, b in zip(marks, marks[1:])]
     eng, nbytes = rt.engine, rt.pool.store.expert_bytes
     eng.phase = "decode"
     eng.read_copies()
-    assert seen == [[0.002, 0.003]] and list(eng.costs["load"])[-2:] == [0.002, 0.003]
+    assert seen == [([0.002, 0.003], 2)] and list(eng.costs["load"])[-2:] == [0.002, 0.003]  # 2 still in flight
     assert (eng.metrics["decode"].copy_s, eng.metrics["decode"].copy_bytes) == (pytest.approx(0.005), 2 * nbytes)
     eng.read_copies()
     assert len(seen) == 1  # nothing more has finished: the tuner is not called with nothing
     eng.read_copies(wait=True)
-    assert seen[1] == [pytest.approx(0.004), pytest.approx(0.001)] and rt.pool._timed == []
+    assert seen[1] == ([pytest.approx(0.004), pytest.approx(0.001)], 0) and rt.pool._timed == []
     assert eng.metrics.summary()["copy_gbps"] == pytest.approx(4 * nbytes / 0.010 / 1e9)
     rt.close()
 
