@@ -62,7 +62,7 @@ from smoe.plan import _CPU, _LOAD, _SKIP, _SUB, LayerView, Plan, PrefetchPlan
 from smoe.policy import register_policy
 from smoe.smoe_kernels import observe_ring, place_loads, place_prefetch, predicted_top, route_and_place, smoe_victims
 
-_NO_FLAT = np.zeros(0, dtype=np.int64)  # no flat indices (`place_loads` without a victim search)
+_NO_FLAT = np.zeros(0, dtype=np.int64)  # no flat indices (no keys; `place_loads` without a victim search)
 
 REPLACE_MODES = ("none", "substitute", "skip", "lower")
 COST_MODES = ("fixed", "measured")
@@ -149,7 +149,10 @@ class SMoE(CachingPolicy):
         return ((self.layers[f // E], f % E) for f in flat.tolist())
 
     def _flat(self, keys) -> np.ndarray:
-        """[n] int64: the keys' flat indices (row * E + expert) in the [L,E] state."""
+        """[n] int64: the keys' flat indices (row * E + expert) in the [L,E] state (none: a kept empty array, as
+        most calls at batch 1 have no prefetched expert waiting; read-only)."""
+        if not keys:
+            return _NO_FLAT
         E = self.in_cache.shape[1]
         return np.array([self.rows[k[0]] * E + k[1] for k in keys], dtype=np.int64)
 
@@ -297,8 +300,8 @@ class SMoE(CachingPolicy):
             return None
         free = view.cache.free_slots
         nl, nv = place_prefetch(self._want, n, self.rows[nxt], self.rows[view.layer], free, self.in_cache,
-                                self._flat(prefetched) if prefetched else _NO_FLAT, self.ring, self.passes,
-                                self.recency, self.born, self.tick, self._loads, self._evicted)
+                                self._flat(prefetched), self.ring, self.passes, self.recency, self.born,
+                                self.tick, self._loads, self._evicted)
         if not nl:
             return None
         self.tick += nl
