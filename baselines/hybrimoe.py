@@ -23,6 +23,7 @@ link); at depth 1 the default `decay` 0.5 and `prefetch_size` 4 come within 2.3%
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from smoe.balance import load_seconds
 from smoe.caching import CachingPolicy
@@ -100,7 +101,7 @@ class HybriMoE(CachingPolicy):
         impact: list[tuple[float, ExpertKey]] = []
         targets = layers[i + 1:i + 1 + self.depth]
         for d, (target, predicted) in enumerate(zip(targets, ctx.gate_scores(targets)), 1):
-            scores = predicted.max(dim=0).values  # [E] best predicted score over the batch
+            scores = torch.from_numpy(predicted).max(dim=0).values  # [E] best predicted score over the batch
             top, best = scores.topk(self.model.top_k).indices.tolist(), scores.tolist()
             impact += [(best[e] * c_cpu / d, (target, e)) for e in top if (target, e) not in self.cached]
         impact.sort(key=lambda x: (-x[0], x[1]))

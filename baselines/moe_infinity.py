@@ -87,7 +87,7 @@ class MoEInfinity(CachingPolicy):
     def plan(self, view: LayerView) -> Plan:
         self.layer_now = view.layer
         if view.phase == "decode":
-            for row in view.topk.tolist():
+            for row in view.routed:
                 self.current[self.index[view.layer], row] += 1
         return self.plan_placement(view, hit_or_load(view))
 

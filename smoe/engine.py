@@ -165,13 +165,14 @@ class Engine:
                                                              channel="early")
             early_s = time.perf_counter() - t0
         with span("smoe.scores_to_host"):  # waits for the compute stream up to the router (and what came before it)
-            host_scores, host_topk, host_topk_w = self.pool.staging.finish_to_host(staged)
+            # [T,E] float32 and [T,K] int64 as arrays, [T,K] gate weights in the model's dtype
+            host_scores, host_topk, host_topk_w = self.pool.staging.finish_to_host(staged, arrays=2)
         view = LayerView(
             layer=layer,
             phase=self.phase,
             step=self.step,
-            scores=host_scores,
-            topk=host_topk,
+            scores_np=host_scores,
+            topk_np=host_topk,
             cache=self.view,
             model=self.info,
             costs=self.costs,
@@ -366,7 +367,7 @@ class Engine:
         if len(ex.changed) == T:  # every token's set changed (a batch-1 step that substitutes): the rule gives all
             scores = view.scores if ex.scale is None else torch.from_numpy(view.scores_np * ex.scale)  # [T,E]
             return self.weight_rule(scores, torch.from_numpy(ex.changed_mask)).numpy()
-        w = np.zeros(view.scores.shape, dtype=np.float32)  # [T,E]
+        w = np.zeros(view.scores_np.shape, dtype=np.float32)  # [T,E]
         rows = self._rows.get(T)
         if rows is None:  # kept per batch size: one arange less in every layer
             rows = self._rows[T] = np.arange(T)[:, None]  # [T,1]

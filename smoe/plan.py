@@ -111,8 +111,8 @@ class LayerView:
     layer: int
     phase: str  # "prefill" | "decode"
     step: int  # forward pass: 0 is the prefill, then 1, 2, ... decode steps
-    scores: torch.Tensor  # [T,E] float32 on the CPU: the family router's scores (softmax or sigmoid)
-    topk: torch.Tensor  # [T,K] int64 on the CPU: the family router's choice
+    scores_np: np.ndarray  # [T,E] float32: the family router's scores (softmax or sigmoid); read-only by convention
+    topk_np: np.ndarray  # [T,K] int64: the family router's choice; read-only by convention
     cache: CacheView
     model: ModelInfo
     costs: dict | None = None  # "load"/"cpu" -> recent measured seconds per expert (newest last), GPU runs only
@@ -121,17 +121,18 @@ class LayerView:
     def routed(self) -> list[list[int]]:
         """[T][K] the router's choice as Python ints: converted once per layer, shared by the policy and the
         runtime's check of its plan."""
-        return self.topk.tolist()
+        return self.topk_np.tolist()
 
     @_once
-    def scores_np(self) -> np.ndarray:
-        """[T,E] float32: the scores as a numpy array sharing their memory (read-only by convention)."""
-        return self.scores.numpy()
+    def scores(self) -> torch.Tensor:
+        """[T,E] float32 on the CPU: `scores_np` as a tensor sharing its memory (made on first read: the runtime reads
+        the router back into arrays, and a policy planning with numpy never pays for a tensor)."""
+        return torch.from_numpy(self.scores_np)
 
     @_once
-    def topk_np(self) -> np.ndarray:
-        """[T,K] int64: the router's choice as a numpy array sharing its memory (read-only by convention)."""
-        return self.topk.numpy()
+    def topk(self) -> torch.Tensor:
+        """[T,K] int64 on the CPU: `topk_np` as a tensor sharing its memory (made on first read)."""
+        return torch.from_numpy(self.topk_np)
 
     def needed(self) -> list[int]:
         """Distinct routed experts of this layer, ascending."""
@@ -240,7 +241,7 @@ def check_plan(plan: Plan, view: LayerView, policy: str) -> ExecPlan:
     layer = view.layer
     if plan.actions is None and plan.scale is None and plan.standins is None:
         return _check_hits(plan, view, policy, view.routed, view.cache.resident(layer))
-    T, K = view.topk.shape
+    T, K = view.topk_np.shape
     E = view.model.num_experts
     if plan.actions is None:
         actions = np.zeros((T, K), dtype=np.int8)  # HIT everywhere

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -182,10 +183,10 @@ class NextLayerPredictor:
         dec = self.layers[target]
         return self.family.scores(self.blocks[target].gate(dec.post_attention_layernorm(h).flatten(0, 1))[0])
 
-    def replayed(self, scores: torch.Tensor, layer: int, key: str) -> torch.Tensor:
-        """A prediction read back to the host [T,E] -> what the policy gets: under routing replay the one recorded
-        with the trace under `key` (`prediction_key`), which matches the replayed routing (the prediction was still
-        computed and waited for: its cost is paid); else the prediction itself."""
+    def replayed(self, scores: np.ndarray, layer: int, key: str) -> np.ndarray:
+        """A prediction read back to the host [T,E] float32 -> what the policy gets: under routing replay the one
+        recorded with the trace under `key` (`prediction_key`), which matches the replayed routing (the prediction was
+        still computed and waited for: its cost is paid); else the prediction itself."""
         if self.replay is None:
             return scores
         return self.replay.predicted(layer, key)
@@ -279,28 +280,28 @@ class PrefetchContext:
             self._partial_out = self._partial()
         return self._partial_out
 
-    def _predicted(self, queue, keys: list[str]) -> list[torch.Tensor]:
-        """queue() -> the copy to the host of device predictions [T,E] each, started -> on the host, under replay the
-        ones recorded under `keys`; one wait, after the rest of the layer is queued. The host time, less that rest's,
-        is the runtime's predictor time (`predict_s`)."""
+    def _predicted(self, queue, keys: list[str]) -> list[np.ndarray]:
+        """queue() -> the copy to the host of device predictions [T,E] each, started -> on the host as float32 arrays
+        (read-only by convention), under replay the ones recorded under `keys`; one wait, after the rest of the layer
+        is queued. The host time, less that rest's, is the runtime's predictor time (`predict_s`)."""
         t0, then_s = time.perf_counter(), self.then_s
         self.predictions += 1
         with span("smoe.predict"):
             started = queue()
             self.finish_layer()
-            host = self._staging.finish_to_host(started)
+            host = self._staging.finish_to_host(started, arrays=len(keys))
             out = [self._predictor.replayed(h, self.layer, key) for h, key in zip(host, keys)]
         self.predict_s += time.perf_counter() - t0 - (self.then_s - then_s)
         return out
 
-    def early(self) -> torch.Tensor:
-        """The next MoE layer's scores [T,E] predicted without this layer's routed experts (`NextLayerPredictor.
-        early`), on the CPU; the engine queued the prediction before planning the layer."""
+    def early(self) -> np.ndarray:
+        """The next MoE layer's scores [T,E] float32 predicted without this layer's routed experts
+        (`NextLayerPredictor.early`), on the host; the engine queued the prediction before planning the layer."""
         assert self._early is not None, "the engine queues an early prediction only for a policy that asks for it"
         return self._predicted(lambda: self._early, [self._early_key])[0]
 
-    def predict(self, attention: bool = True) -> torch.Tensor:
-        """Predicted scores [T,E] of the next MoE layer, on the CPU."""
+    def predict(self, attention: bool = True) -> np.ndarray:
+        """Predicted scores [T,E] float32 of the next MoE layer, on the host."""
         assert self.next_layer is not None, "no MoE layer follows directly"
 
         def queue():
@@ -309,9 +310,9 @@ class PrefetchContext:
 
         return self._predicted(queue, [prediction_key(attention, 1)])[0]
 
-    def gate_scores(self, targets: list[int]) -> list[torch.Tensor]:
-        """For each later MoE layer in `targets`: its router on this layer's approximate output [T,E], on the CPU
-        (no layers in between run); one wait for all of them."""
+    def gate_scores(self, targets: list[int]) -> list[np.ndarray]:
+        """For each later MoE layer in `targets`: its router on this layer's approximate output [T,E] float32, on the
+        host (no layers in between run); one wait for all of them."""
         if not targets:
             return []
 

@@ -17,6 +17,7 @@ from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .errors import SmoeError
@@ -84,6 +85,8 @@ class RoutingReplay:
             dtypes = probe[0].dtype, probe[1].dtype
             for r in self.records[layer]:
                 r["routed"] = self._route(r["scores"].to(runtime.device, torch.float32), top_k, renorm, scale, *dtypes)
+                if "predicted_np" not in r:  # [T,E] each, as the runtime reads predictions back: float32 arrays
+                    r["predicted_np"] = {k: v.float().numpy() for k, v in (r.get("predicted") or {}).items()}
             blocks[layer].register_forward_pre_hook(self._next_record(layer))
             gate.register_forward_hook(self._replace(layer), prepend=True)
         runtime.engine.predictor.replay = self
@@ -126,15 +129,15 @@ class RoutingReplay:
 
         return hook
 
-    def predicted(self, layer: int, key: str) -> torch.Tensor:
-        """The recorded prediction [T,E], made at `layer`'s current forward, recorded under `key`
+    def predicted(self, layer: int, key: str) -> np.ndarray:
+        """The recorded prediction [T,E] float32 (read-only), made at `layer`'s current forward, recorded under `key`
         (`predict.prediction_key`, `predict.early_key`)."""
         rec = self.current[layer]
-        pred = (rec.get("predicted") or {}).get(key)
+        pred = rec["predicted_np"].get(key)
         if pred is None:
             raise SmoeError(f"{self.name} has no recorded prediction {key!r} at layer {self.layer_map[layer]} "
                             f"({rec['phase']} step {rec['step']}); record the trace again with this version")
-        return pred.float()
+        return pred
 
 
 REPLAY_KEYS = ("layer", "phase", "step", "scores", "predicted")

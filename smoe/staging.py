@@ -9,9 +9,9 @@ in the H200 profiles, several per layer). Here:
     no copy still reading it is overwritten (a half holds hundreds of layers' copies; the wait has long passed).
   - `start_to_host` / `finish_to_host` read several device tensors back with one wait: each is copied into a
     pinned buffer of its shape and dtype on the current stream and an event is recorded after the copies; the
-    finish waits for that event only (work queued after the copies runs on), and the caller gets clones, so
-    nothing it keeps is overwritten by a later read. Reads on different channels have their own buffers and
-    events, so they can be in flight together (a layer's router scores, and a prediction queued after them);
+    finish waits for that event only (work queued after the copies runs on), and the caller gets clones (or numpy
+    copies), so nothing it keeps is overwritten by a later read. Reads on different channels have their own buffers
+    and events, so they can be in flight together (a layer's router scores, and a prediction queued after them);
     one read per channel is in flight at a time: a start abandons the channel's read left unfinished.
 On a CPU device both are the identity (the tensors are already where they are needed).
 """
@@ -61,6 +61,7 @@ class PinnedStaging:
         self.buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True) if self.cuda else None
         self.back: dict[tuple, torch.Tensor] = {}  # (channel, position, shape, dtype) -> pinned host tensor of a read
         self.reads: dict[str, torch.cuda.Event] = {}  # channel -> recorded after its read's copies (reused)
+        self.arrays: dict[int, np.ndarray] = {}  # id of a read's pinned host tensor (kept in `back`) -> its numpy view
 
     def to_device(self, a: np.ndarray | torch.Tensor) -> torch.Tensor:
         """A host array or tensor -> the same values on the device (asynchronous on the current stream)."""
@@ -94,10 +95,18 @@ class PinnedStaging:
         event.record()
         return channel, out
 
-    def finish_to_host(self, started: tuple[str, list[torch.Tensor]]) -> list[torch.Tensor]:
-        """The host copies `start_to_host` queued, once they have landed (a wait on their channel's event only)."""
+    def finish_to_host(self, started: tuple[str, list[torch.Tensor]], arrays: int = 0) -> list:
+        """The host copies `start_to_host` queued, once they have landed (a wait on their channel's event only): the
+        first `arrays` as numpy arrays (their dtypes must be numpy's), the rest as tensors."""
         channel, tensors = started
         if not self.cuda:
-            return [t.cpu() for t in tensors]
+            return [t.numpy() if i < arrays else t.cpu() for i, t in enumerate(tensors)]
         self.reads[channel].synchronize()
-        return [h.clone() for h in tensors]
+        return [self._array(h).copy() if i < arrays else h.clone() for i, h in enumerate(tensors)]
+
+    def _array(self, host: torch.Tensor) -> np.ndarray:
+        """A pinned read buffer's numpy view, made once per buffer (a copy of it costs a fraction of a clone)."""
+        a = self.arrays.get(id(host))
+        if a is None:
+            a = self.arrays[id(host)] = host.numpy()
+        return a

@@ -144,9 +144,10 @@ INFO = ModelInfo(moe_layers=(0, 1), num_experts=4, top_k=2, expert_bytes=100, mo
 
 
 def make_view(pool, topk, layer=0):
-    topk = torch.tensor(topk)
-    scores = torch.full((topk.shape[0], INFO.num_experts), 0.1)
-    return LayerView(layer=layer, phase="decode", step=1, scores=scores, topk=topk, cache=CacheView(pool), model=INFO)
+    topk = np.array(topk, dtype=np.int64)
+    scores = np.full((topk.shape[0], INFO.num_experts), 0.1, dtype=np.float32)
+    return LayerView(layer=layer, phase="decode", step=1, scores_np=scores, topk_np=topk, cache=CacheView(pool),
+                     model=INFO)
 
 
 def test_check_plan_rules():
@@ -495,3 +496,32 @@ def test_compiled_check_follows_the_rules_as_stated():
             for row, t in zip(ex.changed_mask, changed):
                 assert set(np.flatnonzero(row).tolist()) == set(e for e, ts in tokens.items() if t in ts)
     assert seen == {"ok", "scaled", *KINDS}  # valid plans (some scaled) and each kind of broken rule were met
+
+
+def test_staging_reads_back_arrays_the_next_read_does_not_overwrite():
+    """`PinnedStaging.finish_to_host` on a GPU: after one wait on the channel's event, the first `arrays` reads come
+    back as numpy copies of their pinned buffers (a layer's scores and top-k, a policy's predictions), the rest as
+    tensor clones (the gate weights, in the model's dtype); none shares memory with the buffer the next read
+    overwrites. The pinned buffers are stood in for by plain host tensors (no GPU here)."""
+    from smoe.staging import PinnedStaging
+
+    waits = []
+
+    class Event:
+        def synchronize(self):
+            waits.append("scores")
+
+    staging = PinnedStaging(torch.device("cpu"))
+    staging.cuda, staging.reads = True, {"scores": Event()}  # the GPU branch, on stand-in buffers
+    scores, topk, weights = torch.rand(3, 8), torch.arange(6).view(3, 2), torch.rand(3, 2).bfloat16()
+    got = staging.finish_to_host(("scores", [scores, topk, weights]), arrays=2)
+    assert waits == ["scores"] and [type(g) for g in got] == [np.ndarray, np.ndarray, torch.Tensor]
+    assert (got[0].dtype, got[1].dtype, got[2].dtype) == (np.float32, np.int64, torch.bfloat16)
+    expected = [scores.clone(), topk.clone(), weights.clone()]
+    for buffer in (scores, topk, weights):  # the next read lands in the same buffers
+        buffer.zero_()
+    assert np.array_equal(got[0], expected[0].numpy()) and np.array_equal(got[1], expected[1].numpy())
+    assert torch.equal(got[2], expected[2])
+    again = staging.finish_to_host(("scores", [scores, topk, weights]), arrays=2)
+    assert not again[0].any() and got[0].any()  # a new copy per read, from the buffer's one numpy view
+    assert len(staging.arrays) == 2

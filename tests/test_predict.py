@@ -33,10 +33,10 @@ class PredictProbe(ExpertPolicy):
 
     def prefetch(self, view, ctx):
         if ctx.next_layer is not None:
-            self.predicted[(view.step, ctx.next_layer)] = (
-                ctx.predict(attention=True), ctx.predict(attention=False), ctx.gate_scores([ctx.next_layer])[0],
-                *([ctx.early()] if view.phase == "decode" else []),  # the engine queues it in decode steps only
-            )
+            got = (ctx.predict(attention=True), ctx.predict(attention=False), ctx.gate_scores([ctx.next_layer])[0],
+                   *([ctx.early()] if view.phase == "decode" else []))  # the engine queues it in decode steps only
+            # the host's float32 arrays (from_numpy takes nothing else), kept as tensors to compare
+            self.predicted[(view.step, ctx.next_layer)] = tuple(torch.from_numpy(p) for p in got)
         return None
 
 
@@ -125,7 +125,8 @@ class EarlyAttentionProbe(ExpertPolicy):
 
     def prefetch(self, view, ctx):
         if view.phase == "decode" and ctx.next_layer is not None:
-            self.pairs[(view.step, ctx.next_layer)] = (ctx.early(), ctx.predict(attention=True))
+            self.pairs[(view.step, ctx.next_layer)] = (torch.from_numpy(ctx.early()),
+                                                       torch.from_numpy(ctx.predict(attention=True)))
         return None
 
 

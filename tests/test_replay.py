@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -114,7 +115,7 @@ def test_predicting_policies_get_the_recorded_predictions(recorded):
     ctx = PrefetchContext(layer, x, lambda: torch.zeros_like(x), rt.engine.predictor, rt.pool.staging,
                           then=lambda: queued.append(len(queued)))
     assert ctx.gate_scores([]) == [] and queued == []  # nothing to read: nothing queued
-    assert torch.equal(ctx.predict(attention=True), replay.current[layer]["predicted"]["attn1"].float())
+    assert np.array_equal(ctx.predict(attention=True), replay.current[layer]["predicted"]["attn1"].float().numpy())
     assert queued == [0] and ctx.predict_s > 0
     ctx.predict(attention=True)
     ctx.finish_layer()
@@ -145,7 +146,7 @@ def test_the_early_predictor_gets_its_recorded_prediction(recorded, mode, key):
 
     rt, _ = replayed_run(recorded, "smoe-early", before=spy, prefetch_mode=mode)
     assert got and {k for _, k, _, _ in got} == {key}
-    assert all(torch.equal(out, rec[key].float()) for _, _, out, rec in got)
+    assert all(np.array_equal(out, rec[key].float().numpy()) for _, _, out, rec in got)
     assert any(not torch.equal(rec[key], rec["attn1"]) for _, _, _, rec in got)
     assert rt.engine.metrics.summary()["prefetches"] > 0
     rt.close()
@@ -233,8 +234,10 @@ def test_paper_shape_benchmark_runs_end_to_end_on_toy_widths(tmp_path):
     assert sorted(p.name for p in prof.glob("*_profile_*.txt")) == [
         "deepseek-moe-16b-shape-tiny_profile_all-gpu_exam_b1.txt", "deepseek-moe-16b-shape-tiny_profile_smoe_exam_b1.txt"]
     text = (prof / "deepseek-moe-16b-shape-tiny_profile_smoe_exam_b1.txt").read_text()
-    for span in ("smoe.layer", "smoe.plan", "smoe.prefetch", "smoe.predict", "smoe.scores_to_host"):
+    for span in ("smoe.layer", "smoe.predict", "smoe.scores_to_host"):
         assert f"\n{span}: " in text, span  # the span's own section of ops
+    for span in ("smoe.plan", "smoe.prefetch"):  # SMoE decides on arrays: no torch op inside its plan and prefetch
+        assert f"\n{span}: " not in text, span
     # the step's time charged by innermost span (all of it idle on a CPU): the engine's spans and ops outside them
     idle = text[text.index("device idle in decode steps"):]
     charged = {line.split("ms/step")[1].strip(): float(line.split()[0]) for line in idle.splitlines()[1:]}

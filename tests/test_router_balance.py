@@ -1,4 +1,5 @@
 """The SMoE mechanisms as pure functions: the expert-cache router (Alg. 1) and the CPU/PCIe split (Alg. 2)."""
+import numpy as np
 import pytest
 import torch
 
@@ -308,8 +309,8 @@ def test_balancing_prices_a_load_at_the_link_the_run_emulates():
     assert load_seconds(slow, None) == 1000 / 5e9 and load_seconds(slow, 50.0) == 1000 / 50e9
 
     def split(name, info, **params):
-        scores = torch.tensor([[0.4, 0.3, 0.2, 0.1, 0, 0, 0, 0]])
-        v = LayerView(layer=0, phase="decode", step=1, scores=scores, topk=torch.tensor([[0, 1, 2, 3]]),
+        scores = np.array([[0.4, 0.3, 0.2, 0.1, 0, 0, 0, 0]], dtype=np.float32)
+        v = LayerView(layer=0, phase="decode", step=1, scores_np=scores, topk_np=np.array([[0, 1, 2, 3]]),
                       cache=CacheView(FakePool(capacity=8)), model=info)
         policy = make_policy(name, **params)
         policy.setup(info, 8)

@@ -14,8 +14,8 @@ INFO = ModelInfo(moe_layers=(0, 1), num_experts=4, top_k=1, expert_bytes=1000, m
 
 
 def view(pool, layer, scores, topk):
-    return LayerView(layer=layer, phase="decode", step=1, scores=torch.tensor(scores, dtype=torch.float32),
-                     topk=torch.tensor(topk), cache=CacheView(pool), model=INFO)
+    return LayerView(layer=layer, phase="decode", step=1, scores_np=np.array(scores, dtype=np.float32),
+                     topk_np=np.array(topk, dtype=np.int64), cache=CacheView(pool), model=INFO)
 
 
 def step(policy, pool, layer, scores, topk):
@@ -117,8 +117,9 @@ def test_shield_protects_experts_of_the_layer_being_computed():
     plan = pol.plan(v)
     assert plan.evict == []  # nothing to evict: (0,3) is a hit
     # two tokens: one uses resident 3, the other needs 2 -> victim is (1,0), never the shielded (0,3)
-    v = LayerView(layer=0, phase="decode", step=2, scores=torch.tensor([[0.0, 0.0, 0.1, 0.9], [0.0, 0.0, 0.9, 0.1]]),
-                  topk=torch.tensor([[3], [2]]), cache=CacheView(pool), model=INFO)
+    v = LayerView(layer=0, phase="decode", step=2, scores_np=np.array([[0.0, 0.0, 0.1, 0.9], [0.0, 0.0, 0.9, 0.1]],
+                                                                      dtype=np.float32),
+                  topk_np=np.array([[3], [2]]), cache=CacheView(pool), model=INFO)
     plan = pol.plan(v)
     assert plan.evict == [(1, 0)]
 
@@ -236,8 +237,10 @@ def test_score_lower_changes_weights_not_experts(ckpt):
 
 
 class FakeCtx:
+    """A prefetch context whose predictions are the given scores, as the runtime hands them: [T,E] float32 arrays."""
+
     def __init__(self, layer, nxt, scores):
-        self.layer, self.next_layer, self._scores = layer, nxt, torch.tensor(scores)
+        self.layer, self.next_layer, self._scores = layer, nxt, np.array(scores, dtype=np.float32)
 
     def predict(self, attention=True):
         return self._scores

@@ -283,9 +283,9 @@ class SMoE(CachingPolicy):
             return None
         self._bind(view.model)
         if self.early_prediction:
-            scores = ctx.early().numpy()  # [T,E] predicted
+            scores = ctx.early()  # [T,E] predicted
         else:
-            scores = ctx.predict(attention=self.prefetch_mode == "attention").numpy()
+            scores = ctx.predict(attention=self.prefetch_mode == "attention")
         # predicted top-score experts that are not resident, best first (`smoe.smoe_kernels.predicted_top`)
         n = predicted_top(scores, view.model.top_k, self._factor, view.cache.resident_mask(nxt), self._want, self._work)
         return self._placed(view, nxt, n) if n else None
