@@ -8,20 +8,33 @@ from __future__ import annotations
 import torch
 
 
+def passes(records: list[dict]) -> list[int]:
+    """The run each record belongs to: a trace holds every generate call of its run in order, and each call counts
+    its steps from 0 again (prefill 0, decode 1, 2, ...), so (step, layer) names a forward pass only within one
+    call. Within a call the records come in strictly increasing (step, layer) order; a record that does not
+    follow its predecessor so starts the next call. -> [len(records)] call index per record"""
+    out, call, prev = [], 0, None
+    for r in records:
+        key = (r["step"], r["layer"])
+        if prev is not None and key <= prev:
+            call += 1
+        out.append(call)
+        prev = key
+    return out
+
+
 def prefetch_accuracy(records: list[dict], alpha: float, k: int) -> dict:
     """The paper's prefetch accuracy (Fig. 17/21): of the experts prefetched for a layer, the share that were
     top-score there (in some token's top-k with score >= (1+alpha) * S_{k+1}), and the share that were
     routed there at all (in some token's top-k). Paper: about 82% and 95%."""
-    by_pass = {(r["step"], r["layer"]): r for r in records}
-    order = sorted(by_pass)
+    by_pass = {(c, r["step"], r["layer"]): r for c, r in zip(passes(records), records)}
     prefetched = top_score = routed = 0
-    for r in records:
+    for c, r in zip(passes(records), records):
         for layer, e in r.get("prefetch") or []:
-            # the expert's layer runs next in the same pass (a prefetch targets a later layer)
-            target = next((key for key in order if key[0] == r["step"] and key[1] == layer), None)
-            if target is None:
+            # the expert's layer runs later in the same forward pass of the same generate call
+            t = by_pass.get((c, r["step"], layer))
+            if t is None:
                 continue
-            t = by_pass[target]
             scores, topk = t["scores"].float(), t["topk"].long()
             kth1 = scores.topk(k + 1, dim=-1).values[:, k]  # [T]
             prefetched += 1
@@ -35,18 +48,20 @@ def prefetch_accuracy(records: list[dict], alpha: float, k: int) -> dict:
     }
 
 
-def _decode(records: list[dict]) -> dict[int, list[dict]]:
-    """Decode records per MoE layer, in step order."""
-    out: dict[int, list[dict]] = {}
-    for r in sorted((r for r in records if r.get("phase") == "decode"), key=lambda r: (r["layer"], r["step"])):
-        out.setdefault(r["layer"], []).append(r)
-    return out
+def _decode(records: list[dict]) -> list[list[dict]]:
+    """Decode records per generate call and MoE layer, each list in step order (steps are consecutive only
+    within one call: `passes`)."""
+    out: dict[tuple[int, int], list[dict]] = {}
+    for c, r in zip(passes(records), records):
+        if r.get("phase") == "decode":
+            out.setdefault((c, r["layer"]), []).append(r)
+    return list(out.values())
 
 
 def score_by_rank(records: list[dict]) -> torch.Tensor:
     """Paper Fig. 4 [v3 Fig. 5]: the mean router score at each rank position (scores sorted in descending
     order per token), over every decode token and MoE layer of the trace. -> [E]"""
-    rows = [r["scores"].float().sort(dim=-1, descending=True).values for rs in _decode(records).values() for r in rs]
+    rows = [r["scores"].float().sort(dim=-1, descending=True).values for rs in _decode(records) for r in rs]
     if not rows:
         raise ValueError("the trace has no decode records")
     return torch.cat(rows).mean(dim=0)
@@ -60,7 +75,7 @@ def reuse_by_rank(records: list[dict], horizon: int = 3) -> torch.Tensor:
     The paper also counts use as a substitute; from a trace without substitution (lru, as the DAG records)
     only top-k use is seen, so this is a lower bound of the paper's quantity."""
     hits = count = None
-    for rs in _decode(records).values():
+    for rs in _decode(records):
         for i in range(len(rs) - horizon):
             order = rs[i]["scores"].float().argsort(dim=-1, descending=True)  # [B,E] expert ids by rank
             used = torch.zeros_like(order, dtype=torch.bool)  # [B,E] by expert id

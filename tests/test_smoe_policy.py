@@ -350,9 +350,16 @@ def test_early_prefetch_runs_through_the_runtime_and_decides_by_its_own_predicti
 def test_prefetch_accuracy_from_a_trace(ckpt):
     from smoe.trace_stats import prefetch_accuracy
 
-    res, trace = run(ckpt, "smoe-ce-cr-pre", slots=8)
+    # three generate calls, each counting its steps from 0: a prefetch is judged in its own call
+    rt = Runtime(ckpt, "smoe-ce-cr-pre", cache_experts=8, batch=1, trace=True)
+    try:
+        res = rt.generate_all(PROMPTS + PROMPTS[:1], max_new_tokens=16)
+        trace = rt.engine.trace
+    finally:
+        rt.close()
+    assert [r["step"] for r in trace].count(0) > len({r["layer"] for r in trace})  # steps repeat across calls
     acc = prefetch_accuracy(trace, alpha=0.25, k=2)
-    assert acc["prefetched"] == res.metrics["prefetches"]
+    assert acc["prefetched"] == res.metrics["prefetches"] > 0
     assert 0 <= acc["top_score_share"] <= acc["routed_share"] <= 1
     # routed_share counts what the runtime counts as prefetch_in_topk
     assert acc["routed_share"] * acc["prefetched"] == pytest.approx(res.metrics["prefetch_in_topk"])
@@ -370,6 +377,17 @@ def test_prefetch_accuracy_counts_by_hand():
     # layer 1: S_3 = 0.1; expert 2 (0.6) top-score, expert 3 (0.25) top-score, expert 0 not routed
     acc = prefetch_accuracy(recs, alpha=0.25, k=2)
     assert acc == {"prefetched": 3, "top_score_share": 2 / 3, "routed_share": 2 / 3}
+    # a second generate call, its steps from 0 again: its prefetch is judged by its own layer 1, and the first
+    # call's by the first call's, though both have step 1
+    later = [
+        {"step": 0, "layer": 0, "scores": torch.tensor([[0.25] * 4]), "topk": torch.tensor([[0, 1]]), "prefetch": []},
+        {"step": 1, "layer": 0, "scores": torch.tensor([[0.5, 0.3, 0.1, 0.1]]), "topk": torch.tensor([[0, 1]]),
+         "prefetch": [(1, 0)]},
+        {"step": 1, "layer": 1, "scores": torch.tensor([[0.6, 0.3, 0.05, 0.05]]), "topk": torch.tensor([[0, 1]]),
+         "prefetch": []},
+    ]
+    acc = prefetch_accuracy(recs + later, alpha=0.25, k=2)
+    assert acc == {"prefetched": 4, "top_score_share": 3 / 4, "routed_share": 3 / 4}
 
 
 @pytest.mark.parametrize("window", [None, 1, 3, 8])

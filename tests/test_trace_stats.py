@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from smoe.trace_stats import plan_summary, reuse_by_rank, score_by_rank
+from smoe.trace_stats import passes, plan_summary, reuse_by_rank, score_by_rank
 
 
 def rec(step, scores, topk, layer=0, phase="decode"):
@@ -22,6 +22,17 @@ def test_reuse_by_rank_counts_top_k_use_in_the_next_steps_by_score_rank():
     assert reuse_by_rank(trace, horizon=3).tolist() == [0.5, 1.0, 0.0, 1.0]
     with pytest.raises(ValueError, match="no decode step with 5 successors"):
         reuse_by_rank(trace, horizon=5)
+    # a second generate call of the same run counts its steps from 0 again: its steps are not the first call's
+    # successors, and it adds no step with 3 successors of its own
+    again = [rec(0, [0.9, 0.0, 0.0, 0.1], [0], phase="prefill")] + [rec(s, [0.1, 0.2, 0.3, 0.4], [2]) for s in (1, 2, 3)]
+    assert reuse_by_rank(trace + again, horizon=3).tolist() == [0.5, 1.0, 0.0, 1.0]
+    assert reuse_by_rank(trace + again, horizon=2).tolist() == [0.5, 0.5, 0.25, 0.25]
+
+
+def test_passes_start_a_new_call_where_step_and_layer_stop_rising():
+    layers = [{"step": s, "layer": l} for s in (0, 1, 2) for l in (1, 3)]
+    only_prefill = [{"step": 0, "layer": l} for l in (1, 3)]
+    assert passes(layers + only_prefill + layers) == [0] * 6 + [1] * 2 + [2] * 6
 
 
 def test_score_by_rank_averages_sorted_scores_over_tokens_and_layers():

@@ -17,7 +17,12 @@
                               8eaecbd); `load_priced_gbps`: the link rate a cost-modelling policy (SMoE's
                               balancing, HybriMoE's scheduling) priced a load at, empty for the others: 25 in
                               every run before 2026-12-03's twenty-ninth campaign, since then the run's emulated
-                              link unless the policy set `pcie_gbps`),
+                              link unless the policy set `pcie_gbps`); `prefetch_top_share` and
+                              `prefetch_routed_share` as the run computed them where they agree with the
+                              engine's own count of prefetched experts routed at their layer; where not (runs
+                              that replayed several generate calls before 2026-12-05, whose accuracy judged a
+                              prefetch against another call's pass), the routed share is the engine's count and
+                              the top-score share is left empty,
                               then the cost model's rows for every profile (measured=False), modelled from
                               the native runs' executed plans: the paper's GPUs, and the machines measured by
                               the `machine_profile` rule (config `machine_profiles:`, and the machine this
@@ -69,6 +74,17 @@ def load_priced_gbps(rec: dict) -> float | None:
     return load_gbps(None if rate is None else float(rate), p.get("link_gbps"))
 
 
+def prefetch_shares(rec: dict) -> tuple[float | None, float | None]:
+    """A run's (top-score, routed) shares of its prefetched experts, as the perf_gpu.csv columns say: the run's own
+    where its routed share matches the engine's `prefetch_in_topk` (within half a percent), else (None, the engine's)."""
+    row, m = rec["row"], rec["metrics"]
+    top, routed = row.get("prefetch_top_share"), row.get("prefetch_routed_share")
+    if not m.get("prefetches") or routed is None or pd.isna(routed):
+        return top, routed
+    engine = m["prefetch_in_topk"] / m["prefetches"]
+    return (top, routed) if abs(routed - engine) <= 0.005 else (None, engine)
+
+
 profiles = profiles_with([json.loads(Path(p).read_text()) for p in sm.input.machines])  # measured rates win
 measured, modelled, validation = [], [], []
 for path in map(Path, sm.input.runs):  # {stem}.jsonl or {stem}.jsonl.gz, with {stem}_env.json beside it
@@ -77,6 +93,8 @@ for path in map(Path, sm.input.runs):  # {stem}.jsonl or {stem}.jsonl.gz, with {
         continue
     env = json.loads(env_file(path).read_text())
     rows = pd.DataFrame([r["row"] for r in records])
+    if "prefetch_routed_share" in rows:
+        rows[["prefetch_top_share", "prefetch_routed_share"]] = [prefetch_shares(r) for r in records]
     skeleton = [skeleton_mode(r["env"]) for r in records]
     grouped = [r["env"].get("grouped_experts", "gather") for r in records]  # GPU runs gathered until 2026-12-01
     order = ["router-first" if r["env"].get("router_first", 0) > 0 else "hf" for r in records]  # hf until 2026-12-01

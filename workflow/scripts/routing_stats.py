@@ -3,7 +3,7 @@ recorded decode traces of one model (lru runs at batch 1, every workload; lru do
 
   fig5_score_by_rank.csv   mean router score at each rank position (paper Fig. 4 [v3 Fig. 5]), and the model's top-k
   fig7_reuse_by_rank.csv   P(the expert at each rank is routed to within the next 3 decode steps) (Fig. 6 [v3 Fig. 7]),
-                           counted within each run (a trace's steps are consecutive only within its run), then averaged
+                           counted within each generate call (its steps are consecutive only there), averaged over runs
 """
 import pandas as pd
 import torch
