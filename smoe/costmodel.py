@@ -210,7 +210,7 @@ class MeasuredRun:
     def from_record(cls, rec: dict, native_gbps: float, defaults: dict | None = None) -> "MeasuredRun":
         """`defaults`: {policy: {param: value}}, the defaults of the code that made a record which does not
         list its resolved parameters (records made before they did), where they differ from today's."""
-        from .policy import make_policy
+        from .policy import current_params, make_policy
 
         p, m = rec["params"], rec["metrics"]
         dec = m["decode"]
@@ -219,7 +219,7 @@ class MeasuredRun:
         params = p.get("policy_resolved")
         if params is None:
             params = {**(defaults or {}).get(p["policy"], {}), **p.get("policy_params", {})}
-        policy = make_policy(p["policy"], **params)
+        policy = make_policy(p["policy"], **current_params(p["policy"], params))
         label = rec.get("row", {}).get("policy", p["policy"])  # a benchmark's spec, e.g. smoe:prefetch_mode=none
         passes = policy.predictor_passes
         if passes and "predictions" in dec and not policy.early_prediction:

@@ -118,6 +118,32 @@ def resolved_params(policy: ExpertPolicy) -> dict[str, object]:
     return {f.name: getattr(policy, f.name) for f in dataclasses.fields(policy) if f.init}
 
 
+# Parameters that policies once took and no longer do, with the value at which a run behaved as today's code: run
+# records list every resolved parameter, so a record made while one existed names it. (SMoE's `prefetch_depth`:
+# d071a8a only, measured in the thirty-eighth campaign and taken out; 1 is the paper's prefetch.)
+RETIRED_PARAMS: dict[str, dict[str, object]] = {"smoe": {"prefetch_depth": 1}}
+
+
+def current_params(name: str, params: dict) -> dict:
+    """A run record's resolved parameters for policy `name` -> those today's code takes: a retired parameter
+    (`RETIRED_PARAMS`) at its neutral value is dropped; at any other value the run is not one today's code can
+    stand for, and that is a `PolicyParamError`."""
+    cls, _ = _lookup(name)
+    retired = {}
+    for base, ps in RETIRED_PARAMS.items():  # the policy registered as `base`, and every name of its class
+        if issubclass(cls, _lookup(base)[0]):
+            retired.update(ps)
+    out = {}
+    for k, v in params.items():
+        if k in retired:
+            if v != retired[k]:
+                raise PolicyParamError(f"policy {name!r} ran with the retired parameter {k}={v!r}; today's code "
+                                       f"stands only for {k}={retired[k]!r}")
+            continue
+        out[k] = v
+    return out
+
+
 def policy_params(name: str) -> dict[str, object]:
     """The parameters a policy takes, with their defaults after its preset."""
     cls, preset = _lookup(name)

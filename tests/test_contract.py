@@ -11,7 +11,7 @@ import torch
 
 from smoe.errors import BudgetError, PolicyParamError, UnknownPolicy
 from smoe.plan import Action
-from smoe.policy import ExpertPolicy, make_policy, policy_names, policy_params
+from smoe.policy import RETIRED_PARAMS, ExpertPolicy, current_params, make_policy, policy_names, policy_params
 from smoe.runtime import Runtime
 from smoe.tiny import VOCAB
 from smoe_test_support import METRIC_KEYS, PHASE_KEYS, PROMPTS
@@ -76,6 +76,19 @@ def test_instantiates_by_name(name):
     assert set(params) == fields
     for k, v in params.items():  # the preset and defaults are what the instance holds
         assert getattr(pol, k) == v
+
+
+def test_a_record_with_a_retired_parameter_stands_for_todays_policy_only_at_its_neutral_value():
+    """Run records list every resolved parameter: one made while SMoE had `prefetch_depth` (d071a8a) names it."""
+    recorded = {**policy_params("smoe"), "prefetch_depth": 1}
+    assert current_params("smoe", recorded) == policy_params("smoe")
+    assert current_params("smoe-early", {"prefetch_depth": 1, "alpha": 0.3}) == {"alpha": 0.3}  # any name of the class
+    with pytest.raises(PolicyParamError, match="retired parameter prefetch_depth=2"):
+        current_params("smoe", {**recorded, "prefetch_depth": 2})
+    with pytest.raises(PolicyParamError, match="takes no parameter prefetch_depth"):
+        make_policy("lru", **current_params("lru", {"prefetch_depth": 1}))  # not SMoE's: not dropped
+    for base, params in RETIRED_PARAMS.items():  # retired means no longer taken
+        assert not set(params) & set(policy_params(base))
 
 
 @pytest.mark.parametrize("slots", ["big", "min"])
