@@ -9,7 +9,7 @@ import torch
 
 
 def passes(records: list[dict]) -> list[int]:
-    """The run each record belongs to: a trace holds every generate call of its run in order, and each call counts
+    """The generate call each record belongs to: a trace holds every generate call of its run in order, and each call counts
     its steps from 0 again (prefill 0, decode 1, 2, ...), so (step, layer) names a forward pass only within one
     call. Within a call the records come in strictly increasing (step, layer) order; a record that does not
     follow its predecessor so starts the next call. -> [len(records)] call index per record"""
@@ -27,9 +27,10 @@ def prefetch_accuracy(records: list[dict], alpha: float, k: int) -> dict:
     """The paper's prefetch accuracy (Fig. 17/21): of the experts prefetched for a layer, the share that were
     top-score there (in some token's top-k with score >= (1+alpha) * S_{k+1}), and the share that were
     routed there at all (in some token's top-k). Paper: about 82% and 95%."""
-    by_pass = {(c, r["step"], r["layer"]): r for c, r in zip(passes(records), records)}
+    calls = passes(records)
+    by_pass = {(c, r["step"], r["layer"]): r for c, r in zip(calls, records)}
     prefetched = top_score = routed = 0
-    for c, r in zip(passes(records), records):
+    for c, r in zip(calls, records):
         for layer, e in r.get("prefetch") or []:
             # the expert's layer runs later in the same forward pass of the same generate call
             t = by_pass.get((c, r["step"], layer))
