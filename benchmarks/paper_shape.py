@@ -106,6 +106,11 @@ def main() -> int:
     ap.add_argument("--cpu-threads", type=int, nargs="+", default=[None],
                     help="threads of the CPU-expert worker (default: the runtime's, half the cores); several: every "
                          "policy is run with each, rows labelled {policy}@cpu{N}")
+    ap.add_argument("--predictions", nargs="+", default=["recorded"], choices=["recorded", "oracle"],
+                    help="what prefetching policies' predictions return: the ones recorded with the trace, or (oracle) "
+                         "the scores each predicted layer will route by, the trace's own: how much a perfect "
+                         "prediction could gain, a measurement and never a contender (rows `@oracle-predictions`); "
+                         "several: each prefetching policy runs with each")
     ap.add_argument("--repeats", type=int, default=1, help="rounds of every setting of a workload and batch: the floor "
                     "first in each, then the offloading settings, in reverse order every other round (A B, B A, ...), so "
                     "a slow stretch of the host or a process's first runs weigh on both sides of an A/B; rows carry "
@@ -172,12 +177,13 @@ def main() -> int:
                 [{"cache_experts": n} for n in args.slots]
             modes = [(sk, gr, bo, kv) for sk in args.skeleton for gr in args.grouped for bo in args.block_order
                      for kv in args.kv_cache]
-            floors = [("all-gpu", None, None, "graphs", args.cpu_threads[0], *m) for m in modes]
-            offload = [(p, b, g, mode, threads, *m) for g in links for b in sizes for p in policies if p != "all-gpu"
-                       for mode in (args.predictor if predicts[p] else args.predictor[:1])
+            floors = [("all-gpu", None, None, "graphs", args.cpu_threads[0], "recorded", *m) for m in modes]
+            offload = [(p, b, g, mode, threads, pred, *m) for g in links for b in sizes for p in policies
+                       if p != "all-gpu" for mode in (args.predictor if predicts[p] else args.predictor[:1])
+                       for pred in (args.predictions if predicts[p] else args.predictions[:1])
                        for threads in args.cpu_threads for m in modes]
             rounds = [(r, s) for r in range(args.repeats) for s in floors + (offload[::-1] if r % 2 else offload)]
-            for repeat, (policy, budget, link, mode, threads, skeleton, grouped, order, kv) in rounds:
+            for repeat, (policy, budget, link, mode, threads, pred, skeleton, grouped, order, kv) in rounds:
                 try:
                     size = {"cache_experts": every_expert} if budget is None else budget
                     base, own = specs.get(policy, (policy, {}))
@@ -189,7 +195,8 @@ def main() -> int:
                                   block_graphs=None if skeleton == "layer" else False,
                                   cpu_threads=threads,
                                   grouped_experts=None if args.device == "cpu" else grouped,
-                                  router_first=order == "router-first", kv_cache=kv, **size)
+                                  router_first=order == "router-first", kv_cache=kv,
+                                  oracle_predictions=pred == "oracle" and predicts.get(policy, False), **size)
                     label = policy
                     if mode == "eager" and predicts[policy]:
                         label += "@eager-predictor"
@@ -201,6 +208,8 @@ def main() -> int:
                         label += "@hf-block-order"
                     if kv != default_kv:
                         label += f"@{kv}-kv"
+                    if pred == "oracle" and predicts.get(policy, False):
+                        label += "@oracle-predictions"
                     if len(args.cpu_threads) > 1 and policy != "all-gpu":
                         label += f"@cpu{threads or 'default'}"
                     policy = label

@@ -6,13 +6,17 @@ scores [T,E] of every token, and, when recorded by this version, the runtime pre
 the next layers' scores. `RoutingReplay.install(runtime)` makes the run's i-th MoE layer route with the
 trace's i-th MoE layer (the first N layers of a deeper trace are used) and the shape's own top-k and
 weighting rule; the predictor returns the recorded predictions, so prefetching policies see predictions
-as good as the recorded model's own, not a random router's. The run must feed the same number of tokens
+as good as the recorded model's own, not a random router's. With `oracle`, the predictor returns instead the
+scores the target layer will route by in this same forward (the trace's own), a perfect prediction at any distance:
+a measurement of how much prefetching could gain, never a contender (the prediction is still computed and waited
+for, so its cost is paid as in any run). The run must feed the same number of tokens
 per forward as the recorded one: `segments()` gives each recorded generate call's (batch, prompt length,
 new tokens), and a mismatch is an error, never a silent misalignment.
 """
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
@@ -24,8 +28,10 @@ from .errors import SmoeError
 
 
 class RoutingReplay:
-    def __init__(self, records: list[dict], run_layers: tuple[int, ...], name: str = "trace"):
+    def __init__(self, records: list[dict], run_layers: tuple[int, ...], name: str = "trace", oracle: bool = False):
         self.name = name
+        self.oracle = oracle
+        self.run_layers = tuple(run_layers)
         by_layer: dict[int, list[dict]] = defaultdict(list)
         for r in records:
             by_layer[r["layer"]].append(r)
@@ -42,9 +48,9 @@ class RoutingReplay:
         self._pending: dict[int, dict] = {}
 
     @classmethod
-    def load(cls, path: str | Path, run_layers: tuple[int, ...]) -> "RoutingReplay":
+    def load(cls, path: str | Path, run_layers: tuple[int, ...], oracle: bool = False) -> "RoutingReplay":
         data = torch.load(path, weights_only=False)
-        return cls(data["records"], run_layers, name=str(path))
+        return cls(data["records"], run_layers, name=str(path), oracle=oracle)
 
     def segments(self) -> list[tuple[int, int, int]]:
         """Each recorded generate call as (batch B, prompt length L, new tokens N): its prefill has B*L
@@ -131,13 +137,27 @@ class RoutingReplay:
 
     def predicted(self, layer: int, key: str) -> np.ndarray:
         """The recorded prediction [T,E] float32 (read-only), made at `layer`'s current forward, recorded under `key`
-        (`predict.prediction_key`, `predict.early_key`)."""
+        (`predict.prediction_key`, `predict.early_key`); with `oracle`, the scores [T,E] the MoE layer that `key`'s
+        distance ahead routes by in this forward."""
+        if self.oracle:
+            return self._oracle(layer, key)
         rec = self.current[layer]
         pred = rec["predicted_np"].get(key)
         if pred is None:
             raise SmoeError(f"{self.name} has no recorded prediction {key!r} at layer {self.layer_map[layer]} "
                             f"({rec['phase']} step {rec['step']}); record the trace again with this version")
         return pred
+
+
+    def _oracle(self, layer: int, key: str) -> np.ndarray:
+        distance = int(re.fullmatch(r"[a-z]+(\d+)", key).group(1))  # `prediction_key`, `early_key`: name + distance
+        i = self.run_layers.index(layer) + distance
+        if i >= len(self.run_layers):
+            raise SmoeError(f"oracle prediction {key!r} at layer {layer}: no MoE layer {distance} ahead")
+        target = self.records[self.run_layers[i]][self.cursor[layer] - 1]  # this forward's record of that layer
+        if "scores_np" not in target:
+            target["scores_np"] = target["scores"].float().numpy()
+        return target["scores_np"]
 
 
 REPLAY_KEYS = ("layer", "phase", "step", "scores", "predicted")
@@ -189,11 +209,12 @@ def run_replayed(source, policy: str, trace: str | Path, batch: int, *, device: 
                  link_gbps: float | None = None, max_segments: int | None = None,
                  predictor_graphs: bool | None = None, skeleton_graphs: bool | None = None,
                  block_graphs: bool | None = None, cpu_threads: int | None = None, grouped_experts: str | None = None,
-                 router_first: bool = True, kv_cache: str | None = None) -> dict:
+                 router_first: bool = True, kv_cache: str | None = None, oracle_predictions: bool = False) -> dict:
     """One run of `source` (e.g. a `shapes.RandomSource`) routed by `trace`: every generate call of the trace
     again, with random prompt ids of the recorded lengths. Returns a record shaped like `cli.run_one`'s (plus
     `prefetch_accuracy`); `record_trace` also saves this run's own trace (what belady reads); `max_segments` replays
-    only the trace's first generate calls."""
+    only the trace's first generate calls; `oracle_predictions` hands prefetching policies the trace's own scores of
+    the layers they predict (`RoutingReplay`'s oracle: a measurement, not a contender)."""
     from .costmodel import model_costs
     from .policy import resolved_params
     from .runtime import Runtime
@@ -206,7 +227,7 @@ def run_replayed(source, policy: str, trace: str | Path, batch: int, *, device: 
                  cpu_threads=cpu_threads,
                  grouped_experts=grouped_experts, router_first=router_first, kv_cache=kv_cache)
     try:
-        replay = RoutingReplay.load(trace, rt.info.moe_layers)
+        replay = RoutingReplay.load(trace, rt.info.moe_layers, oracle=oracle_predictions)
         replay.install(rt)
         g = torch.Generator().manual_seed(seed)
         prompts: list[list[int]] = []
@@ -223,7 +244,8 @@ def run_replayed(source, policy: str, trace: str | Path, batch: int, *, device: 
                        "policy_resolved": resolved_params(rt.policy),
                        "device": device, "batch": batch, "max_new_tokens": N, "budget_gb": budget_gb,
                        "cache_experts": cache_experts, "seed": seed, "prompts": prompts, "replay": str(trace),
-                       "link_gbps": link_gbps, "max_segments": max_segments},
+                       "link_gbps": link_gbps, "max_segments": max_segments,
+                       "oracle_predictions": oracle_predictions},
             "memory": rt.memory.asdict(),
             "metrics": res.metrics,
             "prefetch_accuracy": prefetch_accuracy(rt.engine.trace, getattr(rt.policy, "alpha", 0.0), rt.info.top_k),

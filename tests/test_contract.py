@@ -78,17 +78,19 @@ def test_instantiates_by_name(name):
         assert getattr(pol, k) == v
 
 
-def test_a_record_with_a_retired_parameter_stands_for_todays_policy_only_at_its_neutral_value():
-    """Run records list every resolved parameter: one made while SMoE had `prefetch_depth` (d071a8a) names it."""
-    recorded = {**policy_params("smoe"), "prefetch_depth": 1}
-    assert current_params("smoe", recorded) == policy_params("smoe")
-    assert current_params("smoe-early", {"prefetch_depth": 1, "alpha": 0.3}) == {"alpha": 0.3}  # any name of the class
-    with pytest.raises(PolicyParamError, match="retired parameter prefetch_depth=2"):
-        current_params("smoe", {**recorded, "prefetch_depth": 2})
-    with pytest.raises(PolicyParamError, match="takes no parameter prefetch_depth"):
-        make_policy("lru", **current_params("lru", {"prefetch_depth": 1}))  # not SMoE's: not dropped
+def test_a_record_with_a_retired_parameter_stands_for_todays_policy_only_at_its_neutral_value(monkeypatch):
+    """Run records list every resolved parameter: one made while a policy took a parameter it no longer takes names
+    it (here a made-up SMoE parameter `old_knob`, retired at 1)."""
     for base, params in RETIRED_PARAMS.items():  # retired means no longer taken
         assert not set(params) & set(policy_params(base))
+    monkeypatch.setattr("smoe.policy.RETIRED_PARAMS", {"smoe": {"old_knob": 1}})
+    recorded = {**policy_params("smoe"), "old_knob": 1}
+    assert current_params("smoe", recorded) == policy_params("smoe")
+    assert current_params("smoe-early", {"old_knob": 1, "alpha": 0.3}) == {"alpha": 0.3}  # any name of the class
+    with pytest.raises(PolicyParamError, match="retired parameter old_knob=2"):
+        current_params("smoe", {**recorded, "old_knob": 2})
+    with pytest.raises(PolicyParamError, match="takes no parameter old_knob"):
+        make_policy("lru", **current_params("lru", {"old_knob": 1}))  # not SMoE's: not dropped
 
 
 @pytest.mark.parametrize("slots", ["big", "min"])

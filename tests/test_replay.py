@@ -17,6 +17,7 @@ from smoe.replay import RoutingReplay
 from smoe.runtime import Runtime
 from smoe.shapes import SHAPES, RandomSource, shape_config
 from smoe.tiny import make_tiny
+from smoe.trace_stats import prefetch_accuracy
 from smoe_test_support import record_replay_traces
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,13 +80,13 @@ def test_timed_runs_do_not_pay_for_predictions(tiny):
     rt.close()
 
 
-def replayed_run(recorded, policy: str, layers: int = 3, before=None, **params):
-    """`policy` (with `params`) on a toy Qwen2-57B shape replaying `recorded`; `before(runtime)` runs once replay is
-    installed."""
+def replayed_run(recorded, policy: str, layers: int = 3, before=None, oracle: bool = False, **params):
+    """`policy` (with `params`) on a toy Qwen2-57B shape replaying `recorded` (with `oracle` predictions);
+    `before(runtime)` runs once replay is installed."""
     src = RandomSource.named("qwen2-57b-a14b-shape", num_hidden_layers=layers, num_experts=8, num_experts_per_tok=2,
                              **TOY)
     rt = Runtime(src, policy, cache_experts=6, batch=2, trace=True, policy_params=params)
-    replay = RoutingReplay(recorded, rt.info.moe_layers)
+    replay = RoutingReplay(recorded, rt.info.moe_layers, oracle=oracle)
     replay.install(rt)
     if before is not None:
         before(rt)
@@ -150,6 +151,41 @@ def test_the_early_predictor_gets_its_recorded_prediction(recorded, mode, key):
     assert any(not torch.equal(rec[key], rec["attn1"]) for _, _, _, rec in got)
     assert rt.engine.metrics.summary()["prefetches"] > 0
     rt.close()
+
+
+@pytest.mark.parametrize("depth,mode,keys", [(1, "no-attention", {"noattn1"}), (2, "attention", {"attn1", "noattn2"})])
+def test_oracle_predictions_are_the_predicted_layers_own_routing(recorded, depth, mode, keys):
+    """With `oracle`, every prediction a policy reads is the scores the layer `distance` ahead routes by in the same
+    forward, not the prediction recorded with the trace, so SMoE prefetches only experts that are top-score at their
+    layer."""
+    got = []  # (layer, key, what the policy got, forward index, the recorded prediction)
+
+    def spy(rt):
+        predictor = rt.engine.predictor
+        plain = predictor.replayed
+
+        def replayed(scores, layer, key):
+            out = plain(scores, layer, key)
+            rec = predictor.replay.current[layer]["predicted"][key].float().numpy()
+            got.append((layer, key, out, predictor.replay.cursor[layer] - 1, rec))
+            return out
+
+        predictor.replayed = replayed
+
+    rt, replay = replayed_run(recorded, "smoe", layers=4, before=spy, oracle=True, prefetch_depth=depth,
+                              prefetch_mode=mode)
+    assert {g[1] for g in got} == keys
+    layers = rt.info.moe_layers
+    for layer, key, out, i, _ in got:
+        target = layers[layers.index(layer) + int(key[-1])]
+        assert np.array_equal(out, replay.records[target][i]["scores"].float().numpy()), (layer, key, i)
+    # not what the trace recorded (the toy's attn1 predictions are exact: every expert is resident when recorded)
+    assert any(not np.allclose(out, rec, atol=1e-3) for _, _, out, _, rec in got)
+    acc = prefetch_accuracy(rt.engine.trace, rt.policy.alpha, rt.info.top_k)
+    assert rt.engine.metrics.summary()["prefetches"] > 0 and acc["top_score_share"] == 1.0
+    rt.close()
+    with pytest.raises(SmoeError, match="no MoE layer 2 ahead"):
+        replay._oracle(layers[-2], "noattn2")
 
 
 def test_a_run_that_feeds_other_shapes_than_the_trace_is_refused(recorded):
@@ -228,6 +264,14 @@ def test_paper_shape_benchmark_runs_end_to_end_on_toy_widths(tmp_path):
     assert [r["bound_s"] for r in rep[1:3]] == [rep[0]["tpot_s"]] * 2  # no link rate on a CPU: the bound is the floor
     assert [r["bound_s"] for r in rep[4:]] == [rep[3]["tpot_s"]] * 2
     assert (rep[1]["hit_rate"], rep[2]["prefetches"]) == (rep[5]["hit_rate"], rep[4]["prefetches"])
+    # --predictions both ways: the prefetching policy once with each, the oracle's rows labelled and recorded so;
+    # its prefetches all top-score at their layer
+    paper_shape(tmp_path / "oracle", "--budgets-gb", "0.267", "--policies", "lru", "smoe", "--predictions",
+                "recorded", "oracle")
+    oracle = [json.loads(line) for line in (tmp_path / "oracle/deepseek-moe-16b-shape-tiny.jsonl").read_text().splitlines()]
+    assert [(r["row"]["policy"], r["params"]["oracle_predictions"]) for r in oracle] == [
+        ("all-gpu", False), ("lru", False), ("smoe", False), ("smoe@oracle-predictions", True)]
+    assert oracle[3]["row"]["prefetches"] > 0 and oracle[3]["row"]["prefetch_top_share"] == 1.0
     # --profile: a profile per setting, with the engine's spans and the ops inside them; no rows (not measured)
     prof = tmp_path / "prof"
     paper_shape(prof, "--budgets-gb", "0.267", "--policies", "smoe", "--profile")
