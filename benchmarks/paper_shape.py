@@ -18,6 +18,10 @@ real link (it copies nothing while decoding). Files get a `_link{G}` suffix per 
 `copy_gbps` is the rate its copies got, measured on the copy stream (holds included): within a few percent of G
 where the emulation held its rate (the hold is tuned to it from these measurements as the run goes).
 
+With --predictions recorded oracle every prefetching policy runs again with oracle predictions (the scores each
+predicted layer will route by, from the trace; rows `@oracle-predictions`): what a perfect predictor could gain, a
+measurement and never a contender.
+
 With --repeats N every setting of a workload and batch runs N times, in rounds whose offloading settings alternate
 their order (A B, B A, ...), each round with its own floor first: an A/B measured so is not one pair against the
 host's spread (20-40% between runs of one process here).
@@ -77,7 +81,8 @@ def main() -> int:
     ap.add_argument("--segments", type=int, help="replay only each trace's first N generate calls (default: all)")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a policy parameter")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    ap.add_argument("--gpu", default="h200", help="the `gpu` column (what the rows were timed on)")
+    ap.add_argument("--gpu", help="the `gpu` column (what the rows were timed on); default: the CUDA device's model "
+                    "(`h100` for 'NVIDIA H100 80GB HBM3'), and on a CPU `h200`, the profile a CPU rehearsal stands for")
     ap.add_argument("--link-gbps", type=float, nargs="+", default=[0.0], help="host->GPU link rates to run every "
                     "offloading policy at, GB/s, emulated (the paper's PCIe); 0: this machine's own link")
     ap.add_argument("--predictor", nargs="+", default=["graphs"], choices=["graphs", "eager"],
@@ -133,6 +138,8 @@ def main() -> int:
         predicts = {p: make_policy(base, **{**params, **own}).predictor_passes > 0 for p, (base, own) in specs.items()}
     except SmoeError as e:
         ap.error(str(e))
+    if args.gpu is None:
+        args.gpu = gpu_model(torch.cuda.get_device_name()) if args.device == "cuda" else "h200"
     links = [g or None for g in args.link_gbps]  # None: the machine's own link
     default_kv = default_kv_cache(torch.device(args.device))
     args.kv_cache = args.kv_cache or [default_kv]
@@ -214,7 +221,7 @@ def main() -> int:
                         label += f"@cpu{threads or 'default'}"
                     policy = label
                     if args.profile:
-                        label = f"{policy}_{workload}_b{batch}".replace(":", "-").replace("=", "-").replace(",", "-")
+                        label = f"{policy}_{workload}_b{batch}".replace(":", "-").replace("=", "-").replace(",", "-").replace("@", "-")
                         profiled(run, out / f"{stem}_profile_{label}.txt", args.device)
                         continue
                     rec = run()
@@ -247,6 +254,12 @@ def main() -> int:
                       f"{m['hit_rate'] if m['hit_rate'] is not None else float('nan'):.3f}, x{row['tpot_over_bound'] or 0:.2f} "
                       f"of bound" + (f", copies at {m['copy_gbps']:.1f} GB/s" if m["copy_gbps"] else ""), flush=True)
     return 0
+
+
+def gpu_model(name: str) -> str:
+    """A CUDA device name -> its model in lower case: the first word holding a digit ('NVIDIA H100 80GB HBM3' -> 'h100',
+    'NVIDIA GeForce RTX 4090' -> '4090'), else the whole name."""
+    return next((w for w in name.lower().split() if any(c.isdigit() for c in w)), name.lower().replace(" ", "-"))
 
 
 def profiled(run, path: Path, device: str) -> None:

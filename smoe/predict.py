@@ -302,22 +302,13 @@ class PrefetchContext:
 
     def predict(self, attention: bool = True) -> np.ndarray:
         """Predicted scores [T,E] float32 of the next MoE layer, on the host."""
-        return self.predict_ahead([], attention)[0]
-
-    def predict_ahead(self, targets: list[int], attention: bool = True) -> list[np.ndarray]:
-        """The next MoE layer's predicted scores (`predict`) and, for each later MoE layer in `targets`, its router on
-        this layer's approximate output (`gate_scores`): [T,E] float32 each, on the host, in one wait."""
         assert self.next_layer is not None, "no MoE layer follows directly"
 
         def queue():
-            partial = self.partial()
-            scores = [self._predictor.predict(self.layer, self.hidden, partial, attention)]
-            scores += [self._predictor.gate_scores(self.layer, self.hidden, partial, t) for t in targets]
-            return self._staging.start_to_host(*scores, channel="predict")
+            scores = self._predictor.predict(self.layer, self.hidden, self.partial(), attention)
+            return self._staging.start_to_host(scores, channel="predict")
 
-        keys = [prediction_key(attention, 1)]
-        keys += [prediction_key(False, self._predictor.distance(self.layer, t)) for t in targets]
-        return self._predicted(queue, keys)
+        return self._predicted(queue, [prediction_key(attention, 1)])[0]
 
     def gate_scores(self, targets: list[int]) -> list[np.ndarray]:
         """For each later MoE layer in `targets`: its router on this layer's approximate output [T,E] float32, on the

@@ -221,3 +221,10 @@ def test_planning_share_splits_check_and_prefetch_where_the_record_has_them(tmp_
         assert parts < float(row["policy_us_per_layer"])  # the plans themselves take the rest
         assert (float(row["prefetch_us_per_layer"]) > 0) == (row["policy"] in ("smoe", "hybrimoe", "moe-infinity"))
     assert all(r["prefetch_us_per_layer"] == "" and float(r["check_us_per_layer"]) > 0 for r in rows[len(recs):])
+
+
+def test_paper_shape_names_the_gpu_its_rows_were_timed_on():
+    """A CUDA device's name -> the `gpu` column's default: H100 rows are not labelled h200."""
+    gpu_model = _load_benchmark("paper_shape").gpu_model
+    assert gpu_model("NVIDIA H100 80GB HBM3") == "h100" and gpu_model("NVIDIA H200") == "h200"
+    assert gpu_model("NVIDIA GeForce RTX 4090") == "4090" and gpu_model("Some Accelerator") == "some-accelerator"

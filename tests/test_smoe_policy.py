@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from smoe.errors import PolicyParamError
 from smoe.plan import Action, CacheView, LayerView, ModelInfo, check_plan
 from smoe.policy import make_policy
 from smoe.runtime import Runtime
@@ -307,92 +306,6 @@ def test_prefetch_gate_predicts_a_layer_only_after_it_needed_the_link():
     assert make_policy("smoe").prefetch_gate is None  # the paper's SMoE predicts every layer
 
 
-class DepthCtx:
-    """A prefetch context with a prediction per later MoE layer ({layer: [T,E] scores}), which records what a policy
-    asked for: `predict_ahead`'s targets and `predict` / `gate_scores` calls (each one wait in the runtime)."""
-
-    def __init__(self, layer, nxt, scores):
-        self.layer, self.next_layer = layer, nxt
-        self._scores = {k: np.array(v, dtype=np.float32) for k, v in scores.items()}
-        self.asked: list = []
-
-    def predict(self, attention=True):
-        self.asked.append(("predict", self.next_layer))
-        return self._scores[self.next_layer]
-
-    def predict_ahead(self, targets, attention=True):
-        self.asked.append(("predict_ahead", self.next_layer, *targets))
-        return [self._scores[t] for t in (self.next_layer, *targets)]
-
-    def gate_scores(self, targets):
-        self.asked.append(("gate_scores", *targets))
-        return [self._scores[t] for t in targets]
-
-
-INFO3 = ModelInfo(moe_layers=(0, 1, 2), num_experts=4, top_k=1, expert_bytes=1000, model_type="test")
-
-
-def depth_setup(depth, capacity=4, **params):
-    """Layers 0, 1, 2 of 4 experts, top-1: (0,0), (1,1) and (2,3) resident, (1,1) by a lower windowed mean than
-    (2,3); then layer 0 runs again and prefetches with the predictions: layer 1's expert 2 and layer 2's expert 1
-    top-score."""
-    pol = make_policy("smoe-ce-cr-pre", **{"window": 2, "prefetch_share": 1.0, "prefetch_depth": depth, **params})
-    pool = FakePool(capacity=capacity)
-
-    def v(layer, scores, topk):
-        return LayerView(layer=layer, phase="decode", step=1, scores_np=np.array(scores, dtype=np.float32),
-                         topk_np=np.array(topk, dtype=np.int64), cache=CacheView(pool), model=INFO3)
-
-    for layer, scores, top in [(0, [0.7, 0.1, 0.1, 0.1], 0), (1, [0.2, 0.3, 0.25, 0.25], 1), (2, [0.05, 0.05, 0.0, 0.9], 3)]:
-        lv = v(layer, [scores], [[top]])
-        plan = pol.plan(lv)
-        pool.apply(plan, layer, check_plan(plan, lv, pol.name))
-        pol.observe(lv, plan)
-    lv = v(0, [[0.7, 0.1, 0.1, 0.1]], [[0]])
-    pol.plan(lv)
-    ctx = DepthCtx(0, 1, {1: [[0.05, 0.05, 0.8, 0.1]], 2: [[0.1, 0.8, 0.05, 0.05]]})
-    return pol, pol.prefetch(lv, ctx), ctx
-
-
-def test_prefetch_depth_also_prefetches_the_layer_after_next_without_evicting_the_next_layers_experts():
-    pol, pf, ctx = depth_setup(1)
-    assert ctx.asked == [("predict", 1)] and pf.loads == [(1, 2)] and pf.evict == []  # the paper: layer 1 only
-    pol, pf, ctx = depth_setup(2)
-    assert ctx.asked == [("predict_ahead", 1, 2)]  # one wait for both layers
-    # (1, 2) takes the free slot; (2, 1) needs a victim: not layer 0's (computed now) nor layer 1's, though (1, 1)
-    # has the lowest windowed mean
-    assert pf.loads == [(1, 2), (2, 1)] and pf.evict == [(2, 3)]
-    assert {(1, 2), (2, 1)} <= pol.cached and (2, 3) not in pol.cached
-    pol, pf, ctx = depth_setup(3)  # no layer 3: layers up to the last only
-    assert ctx.asked == [("predict_ahead", 1, 2)]
-    # the cap on prefetched experts not yet used holds over the layers together: half of 4 slots
-    pol, pf, ctx = depth_setup(2, prefetch_share=0.5)
-    assert pf.loads == [(1, 2), (2, 1)]
-    pol, pf, ctx = depth_setup(2, prefetch_share=0.25)
-    assert pf.loads == [(1, 2)]
-
-
-def test_prefetch_depth_is_checked():
-    assert make_policy("smoe").prefetch_depth == 1 and make_policy("smoe").predictor_passes == 1
-    assert make_policy("smoe", prefetch_depth=3).predictor_passes == 3
-    for bad in ({"prefetch_depth": 0}, {"prefetch_depth": 2, "prefetch_mode": "early"},
-                {"prefetch_depth": 2, "prefetch_mode": "early-attention"}):
-        with pytest.raises(PolicyParamError, match="prefetch_depth"):
-            make_policy("smoe", **bad)
-
-
-def test_prefetch_depth_runs_through_the_runtime(ckpt):
-    """Layer 0 of the tiny model prefetches for layers 1 and 2; each prefetch is judged at its own layer."""
-    res, trace = run(ckpt, "smoe", slots=8, prefetch_depth=2)
-    m = res.metrics
-    assert sum(len(r["prefetch"]) for r in trace) == m["prefetches"] > 0
-    assert any(key[0] == r["layer"] + 2 for r in trace for key in r["prefetch"])
-    assert all(r["layer"] < key[0] <= r["layer"] + 2 for r in trace for key in r["prefetch"])
-    assert 0 < m["prefetch_used"] <= m["prefetches"]
-    one, _ = run(ckpt, "smoe", slots=8)
-    assert m["predictions"] == one.metrics["predictions"]  # the deeper layers ride on the same wait
-
-
 def test_prefetch_gate_reads_fewer_predictions_through_the_runtime(ckpt):
     every, _ = run(ckpt, "smoe", slots=14, alpha=0.0)  # slots where some layers hit for a step or more
     gated, _ = run(ckpt, "smoe", slots=14, alpha=0.0, prefetch_gate=1)
@@ -546,7 +459,6 @@ def test_compiled_prefetch_placement_follows_prefetch_plan(window):
     import copy
 
     from smoe.caching import CachingPolicy
-    from smoe.policies.smoe import _Room
 
     rng = np.random.default_rng(7 + (window or 0))
     L, E, info = _L, _E, _INFO
@@ -562,20 +474,16 @@ def test_compiled_prefetch_placement_follows_prefetch_plan(window):
         v = view(pool, info.moe_layers[cur], [[0.0] * E], [[0, 1]])
         slow = copy.deepcopy(pol)
         pol._want[:len(ids)] = ids
-        room = _Room(v.cache.free_slots, int(pol.prefetch_share * pool.capacity) - len(pool.prefetched),
-                     pol._flat(v.cache.prefetched()))
-        loads, evict = [], []
-        pol._placed(v, info.moe_layers[nxt], len(ids), room, loads, evict, more=False)
-        fast_plan = (loads, evict) if loads else None
+        fast_plan = pol._placed(v, info.moe_layers[nxt], len(ids))
         room = int(slow.prefetch_share * pool.capacity) - len(pool.prefetched)
         want = [(info.moe_layers[nxt], e) for e in ids][:max(room, 0)]
         slow_plan = CachingPolicy.prefetch_plan(slow, v, want, protected=set(pool.prefetched))
         assert (fast_plan is None) == (slow_plan is None)
         if fast_plan is not None:
-            assert fast_plan == (slow_plan.loads, slow_plan.evict)
-            evictions += len(evict)
-            into_free += len(loads) - len(evict)
-            stops += len(loads) < len(want)
+            assert (fast_plan.loads, fast_plan.evict) == (slow_plan.loads, slow_plan.evict)
+            evictions += len(fast_plan.evict)
+            into_free += len(fast_plan.loads) - len(fast_plan.evict)
+            stops += len(fast_plan.loads) < len(want)
         for name in ("in_cache", "recency", "born"):
             np.testing.assert_array_equal(getattr(pol, name), getattr(slow, name))
         assert (pol.tick, pol.cached) == (slow.tick, slow.cached)

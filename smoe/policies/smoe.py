@@ -37,14 +37,6 @@ top-score experts are those of the predicted top-k with score >= (1+alpha) * S_{
 are not yet used may take at most `prefetch_share` of the slots (the public code caps them at half), and a
 prefetch never evicts an expert of the layer being computed, nor another prefetched one.
 
-Prefetch depth (`prefetch_depth`, ours, not the paper's): at batch 1 a prefetch issued during layer i has about one
-layer's compute (about 1 ms on the Qwen2-57B shape) to land before layer i+1 needs it, while one expert's copy takes
-2.3 ms at 24 GB/s, so most of the copy shows in the step. With `prefetch_depth=d`, layer i also predicts the MoE
-layers 2..d ahead, each by its router on layer i's approximate output (no layer in between run, as
-`NextLayerPredictor.gate_scores`; read back in the same wait as layer i+1's prediction) and prefetches their
-top-score experts after layer i+1's, under the same rule and the same cap, never evicting layer i+1's experts for
-them. Layer i+1 then predicts those layers again, with more accuracy, and adds what is still missing. 1: the paper.
-
 Prefetch gate (`prefetch_gate`, ours, not the paper's): a prediction costs the host a wait for the device in every
 layer, which buys nothing where the next layer's experts are resident anyway. With `prefetch_gate=n`, layer i+1 is
 predicted only if it needed the link in one of its last n forward passes: an expert it computed (after
@@ -72,18 +64,6 @@ from smoe.smoe_kernels import observe_ring, place_loads, place_prefetch, predict
 
 _NO_FLAT = np.zeros(0, dtype=np.int64)  # no flat indices (no keys; `place_loads` without a victim search)
 
-
-class _Room:
-    """What one decode layer's prefetch may still use, layer after layer of `prefetch_depth`: free slots, loads under
-    the `prefetch_share` cap, and the flat indices that are never victims (prefetched experts not yet used, this
-    prefetch's loads, and, for the deeper layers, layer i+1's resident experts)."""
-
-    __slots__ = ("free", "cap", "protected", "deeper")
-
-    def __init__(self, free: int, cap: int, protected: np.ndarray):
-        self.free, self.cap, self.protected = free, cap, protected
-        self.deeper = False  # layer i+1's experts protected yet (before the first deeper layer's placement)
-
 REPLACE_MODES = ("none", "substitute", "skip", "lower")
 COST_MODES = ("fixed", "measured")
 PREFETCH_MODES = ("none", "attention", "no-attention", "early", "early-attention")
@@ -106,7 +86,6 @@ class SMoE(CachingPolicy):
     prefetch_mode: str = "none"  # none | attention | no-attention | early | early-attention
     prefetch_share: float = 0.5  # most of the slots that prefetched, not yet used experts may hold
     prefetch_gate: int | None = None  # predict a layer only if it needed the link in its last n passes; None: always
-    prefetch_depth: int = 1  # MoE layers ahead whose top-score experts a layer prefetches (ours; 1: the paper)
     costs: str = "fixed"  # fixed | measured
     pcie_gbps: float | None = None  # fixed cost model: host->device rate; None: the run's emulated link, else 25 GB/s
     # (the paper's S3 A6000 on PCIe 4.0; `smoe.balance.load_seconds`)
@@ -127,9 +106,6 @@ class SMoE(CachingPolicy):
             raise PolicyParamError(f"need pcie_gbps > 0 or None and cpu_gbps > 0; got {self.pcie_gbps}, {self.cpu_gbps}")
         if self.prefetch_gate is not None and self.prefetch_gate < 1:
             raise PolicyParamError(f"prefetch_gate={self.prefetch_gate!r}; accepted: an int >= 1 or None")
-        if self.prefetch_depth < 1 or (self.prefetch_depth > 1 and self.prefetch_mode not in ("attention", "no-attention")):
-            raise PolicyParamError(f"prefetch_depth={self.prefetch_depth!r} with prefetch_mode={self.prefetch_mode!r}; "
-                                   "accepted: 1, or an int > 1 with prefetch_mode attention or no-attention")
         # Eq. 3's window: each layer's last `window` per-pass mean scores in a ring, which the compiled victim search
         # (`smoe.smoe_kernels.smoe_victims`) averages for the candidates only, when a victim is chosen
         self.ring = np.zeros((0, 0, 0), dtype=np.float32)  # [L,window,E]
@@ -273,7 +249,7 @@ class SMoE(CachingPolicy):
     # ---- top-score prefetch ------------------------------------------------------------------------------
     @property
     def predictor_passes(self) -> int:
-        return 0 if self.prefetch_mode == "none" else self.prefetch_depth
+        return 0 if self.prefetch_mode == "none" else 1
 
     @property
     def early_prediction(self) -> bool:
@@ -303,11 +279,7 @@ class SMoE(CachingPolicy):
         if self.prefetch_mode == "none" or view.phase != "decode":
             return None
         nxt = ctx.next_layer
-        if nxt is None:
-            return None
-        if self.prefetch_depth > 1:
-            return self._prefetch_deeper(view, ctx, nxt)
-        if not self.gate_open(nxt):
+        if nxt is None or not self.gate_open(nxt):
             return None
         self._bind(view.model)
         if self.early_prediction:
@@ -316,86 +288,35 @@ class SMoE(CachingPolicy):
             scores = ctx.predict(attention=self.prefetch_mode == "attention")
         # predicted top-score experts that are not resident, best first (`smoe.smoe_kernels.predicted_top`)
         n = predicted_top(scores, view.model.top_k, self._factor, view.cache.resident_mask(nxt), self._want, self._work)
-        if not n:
-            return None
-        loads: list = []
-        evict: list = []
-        self._placed(view, nxt, n, self._prefetch_room(view), loads, evict, more=False)
-        return PrefetchPlan(loads=loads, evict=evict) if loads else None
+        return self._placed(view, nxt, n) if n else None
 
-    def _prefetch_deeper(self, view: LayerView, ctx, nxt: int) -> PrefetchPlan | None:
-        """`prefetch_depth` > 1: layer i+1 by the paper's predictor and the deeper layers by their routers, read back
-        in one wait, placed nearest first."""
-        self._bind(view.model)
-        i = self.rows[view.layer]
-        later = [t for t in self.layers[i + 2:i + 1 + self.prefetch_depth] if self.gate_open(t)]
-        if self.gate_open(nxt):
-            targets = [nxt] + later
-            preds = ctx.predict_ahead(later, attention=self.prefetch_mode == "attention")  # [T,E] each
-        elif later:
-            targets, preds = later, ctx.gate_scores(later)
-        else:
-            return None
-        room = None
-        loads: list = []
-        evict: list = []
-        last = len(targets) - 1
-        for k, (target, scores) in enumerate(zip(targets, preds)):
-            # after the first layer, residency by the policy's own state, which shows this prefetch's evictions
-            resident = view.cache.resident_mask(target) if k == 0 else self.in_cache[self.rows[target]]
-            n = predicted_top(scores, view.model.top_k, self._factor, resident, self._want, self._work)
-            if not n:
-                continue
-            room = room or self._prefetch_room(view)
-            if target != nxt and not room.deeper:  # a deeper layer's prefetch never takes a slot of layer i+1's
-                room.deeper = True
-                row = self.rows[nxt]
-                room.protected = np.concatenate([room.protected,
-                                                 row * self.in_cache.shape[1] + np.flatnonzero(self.in_cache[row])])
-            self._placed(view, target, n, room, loads, evict, more=k < last)
-            if room.cap <= 0:
-                break
-        return PrefetchPlan(loads=loads, evict=evict) if loads else None
-
-    def _prefetch_room(self, view: LayerView) -> "_Room":
-        """What this layer's prefetch may use: the free slots, loads up to the `prefetch_share` cap on prefetched
-        experts not yet used, and those experts protected."""
+    def _placed(self, view: LayerView, nxt: int, n: int) -> PrefetchPlan | None:
+        """The prefetch of the wish list self._want[:n] (layer `nxt`'s experts, best first): `prefetch_plan` with the
+        prefetched experts not yet used protected (never traded for other prefetches) and at most `prefetch_share` of
+        the slots theirs, compiled (`smoe.smoe_kernels.place_prefetch`)."""
         prefetched = view.cache.prefetched()
-        return _Room(view.cache.free_slots, int(self.prefetch_share * view.cache.capacity) - len(prefetched),
-                     self._flat(prefetched))
-
-    def _placed(self, view: LayerView, nxt: int, n: int, room: "_Room", loads: list, evict: list, more: bool) -> None:
-        """The prefetch of the wish list self._want[:n] (layer `nxt`'s experts, best first), appended to `loads` and
-        `evict`: `prefetch_plan` with the prefetched experts not yet used and `room.protected` never traded for it and
-        at most `room.cap` loads, compiled (`smoe.smoe_kernels.place_prefetch`); with `more` layers to place, `room` is
-        left to the next one's."""
-        n = min(n, room.cap)
+        n = min(n, int(self.prefetch_share * view.cache.capacity) - len(prefetched))
         if n <= 0:
-            return
-        nl, nv = place_prefetch(self._want, n, self.rows[nxt], self.rows[view.layer], room.free, self.in_cache,
-                                room.protected, self.ring, self.passes, self.recency, self.born,
+            return None
+        free = view.cache.free_slots
+        nl, nv = place_prefetch(self._want, n, self.rows[nxt], self.rows[view.layer], free, self.in_cache,
+                                self._flat(prefetched), self.ring, self.passes, self.recency, self.born,
                                 self.tick, self._loads, self._evicted)
         if not nl:
-            return
+            return None
         self.tick += nl
         E = self.in_cache.shape[1]
-        new = self._loads[:nl].tolist()
-        gone = [(self.layers[f // E], f % E) for f in self._evicted[:nv].tolist()]
+        loads = [(nxt, e) for e in self._loads[:nl].tolist()]
+        evict = [(self.layers[f // E], f % E) for f in self._evicted[:nv].tolist()]
         # the cached set and the subclass hooks, in the order `_drop` and `_insert` would have run them
         into_free = nl - nv
-        for i, e in enumerate(new):
-            key = (nxt, e)
+        for i, key in enumerate(loads):
             if i >= into_free:
-                self.cached.remove(gone[i - into_free])
-                self.on_evict(gone[i - into_free])
+                self.cached.remove(evict[i - into_free])
+                self.on_evict(evict[i - into_free])
             self.cached.add(key)
             self.on_insert(key)
-        loads += [(nxt, e) for e in new]
-        evict += gone
-        room.cap -= nl
-        if more:
-            room.free -= into_free
-            room.protected = np.concatenate([room.protected, self.rows[nxt] * E + self._loads[:nl]])
+        return PrefetchPlan(loads=loads, evict=evict)
 
     def _lowered(self, view: LayerView) -> np.ndarray:
         """[T,K] factors: `lower` for low-score routed experts (score < (1+alpha) * S_{k+1}), else 1."""
