@@ -221,7 +221,9 @@ def main() -> int:
                         label += f"@cpu{threads or 'default'}"
                     policy = label
                     if args.profile:
-                        label = f"{policy}_{workload}_b{batch}".replace(":", "-").replace("=", "-").replace(",", "-").replace("@", "-")
+                        label = f"{policy}_{workload}_b{batch}"
+                        for c in ":=,@":  # file names the device tool brings back
+                            label = label.replace(c, "-")
                         profiled(run, out / f"{stem}_profile_{label}.txt", args.device)
                         continue
                     rec = run()

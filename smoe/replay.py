@@ -148,7 +148,6 @@ class RoutingReplay:
                             f"({rec['phase']} step {rec['step']}); record the trace again with this version")
         return pred
 
-
     def _oracle(self, layer: int, key: str) -> np.ndarray:
         distance = int(re.fullmatch(r"[a-z]+(\d+)", key).group(1))  # `prediction_key`, `early_key`: name + distance
         i = self.run_layers.index(layer) + distance
