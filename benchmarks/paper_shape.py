@@ -193,6 +193,7 @@ def main() -> int:
             for repeat, (policy, budget, link, mode, threads, pred, skeleton, grouped, order, kv) in rounds:
                 try:
                     size = {"cache_experts": every_expert} if budget is None else budget
+                    oracle = pred == "oracle" and predicts.get(policy, False)  # the floor is not in `predicts`
                     base, own = specs.get(policy, (policy, {}))
                     run = partial(run_replayed, source, base, trace, batch, device=args.device,
                                   params={**params, **own}, host_store=store, link_gbps=link,
@@ -203,7 +204,7 @@ def main() -> int:
                                   cpu_threads=threads,
                                   grouped_experts=None if args.device == "cpu" else grouped,
                                   router_first=order == "router-first", kv_cache=kv,
-                                  oracle_predictions=pred == "oracle" and predicts.get(policy, False), **size)
+                                  oracle_predictions=oracle, **size)
                     label = policy
                     if mode == "eager" and predicts[policy]:
                         label += "@eager-predictor"
@@ -215,7 +216,7 @@ def main() -> int:
                         label += "@hf-block-order"
                     if kv != default_kv:
                         label += f"@{kv}-kv"
-                    if pred == "oracle" and predicts.get(policy, False):
+                    if oracle:
                         label += "@oracle-predictions"
                     if len(args.cpu_threads) > 1 and policy != "all-gpu":
                         label += f"@cpu{threads or 'default'}"

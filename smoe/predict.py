@@ -82,6 +82,11 @@ def prediction_key(attention: bool, distance: int) -> str:
     return f"{'attn' if attention else 'noattn'}{distance}"
 
 
+def key_distance(key: str) -> int:
+    """A prediction's key (`prediction_key`, `early_key`) -> how many MoE layers ahead it predicts."""
+    return int(key.lstrip("abcdefghijklmnopqrstuvwxyz"))
+
+
 def shared_output(block: nn.Module, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor | None:
     """The always-on shared experts' contribution of a MoE block, as its family computes it. x [T,H]; `out`
     [T,H]: the ungated shared expert's output on x where the block has computed it already."""

@@ -16,7 +16,6 @@ new tokens), and a mismatch is an error, never a silent misalignment.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from .errors import SmoeError
+from .predict import key_distance
 
 
 class RoutingReplay:
@@ -149,7 +149,7 @@ class RoutingReplay:
         return pred
 
     def _oracle(self, layer: int, key: str) -> np.ndarray:
-        distance = int(re.fullmatch(r"[a-z]+(\d+)", key).group(1))  # `prediction_key`, `early_key`: name + distance
+        distance = key_distance(key)
         i = self.run_layers.index(layer) + distance
         if i >= len(self.run_layers):
             raise SmoeError(f"oracle prediction {key!r} at layer {layer}: no MoE layer {distance} ahead")

@@ -9,8 +9,8 @@ import torch
 
 
 def passes(records: list[dict]) -> list[int]:
-    """The generate call each record belongs to: a trace holds every generate call of its run in order, and each call counts
-    its steps from 0 again (prefill 0, decode 1, 2, ...), so (step, layer) names a forward pass only within one
+    """The generate call each record belongs to: a trace holds every generate call of its run in order, and each call
+    counts its steps from 0 again (prefill 0, decode 1, 2, ...), so (step, layer) names a forward pass only within one
     call. Within a call the records come in strictly increasing (step, layer) order; a record that does not
     follow its predecessor so starts the next call. -> [len(records)] call index per record"""
     out, call, prev = [], 0, None

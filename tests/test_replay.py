@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from smoe.errors import CheckpointError, SmoeError
-from smoe.predict import PrefetchContext
+from smoe.predict import PrefetchContext, early_key, key_distance, prediction_key
 from smoe.replay import RoutingReplay
 from smoe.runtime import Runtime
 from smoe.shapes import SHAPES, RandomSource, shape_config
@@ -156,8 +156,8 @@ def test_the_early_predictor_gets_its_recorded_prediction(recorded, mode, key):
 @pytest.mark.parametrize("policy,params", [("smoe", {"prefetch_mode": "no-attention"}), ("hybrimoe", {"depth": 2})])
 def test_oracle_predictions_are_the_predicted_layers_own_routing(recorded, policy, params):
     """With `oracle`, every prediction a policy reads is the scores the layer `distance` ahead routes by in the same
-    forward, not the prediction recorded with the trace (HybriMoE at depth 2 reads two layers ahead), so SMoE prefetches only
-    experts that are top-score at their layer."""
+    forward, not the prediction recorded with the trace (HybriMoE at depth 2 reads two layers ahead), so SMoE
+    prefetches only experts that are top-score at their layer."""
     got = []  # (layer, key, what the policy got, forward index, the recorded prediction)
 
     def spy(rt):
@@ -176,7 +176,7 @@ def test_oracle_predictions_are_the_predicted_layers_own_routing(recorded, polic
     assert {g[1] for g in got} == ({"noattn1"} if policy == "smoe" else {"noattn1", "noattn2"})
     layers = rt.info.moe_layers
     for layer, key, out, i, _ in got:
-        target = layers[layers.index(layer) + int(key[-1])]
+        target = layers[layers.index(layer) + {"noattn1": 1, "noattn2": 2}[key]]
         assert np.array_equal(out, replay.records[target][i]["scores"].float().numpy()), (layer, key, i)
     # not what the trace recorded (the toy's attn1 predictions are exact: every expert is resident when recorded)
     assert any(not np.allclose(out, rec, atol=1e-3) for _, _, out, _, rec in got)
@@ -184,6 +184,8 @@ def test_oracle_predictions_are_the_predicted_layers_own_routing(recorded, polic
     if policy == "smoe":
         assert prefetch_accuracy(rt.engine.trace, rt.policy.alpha, rt.info.top_k)["top_score_share"] == 1.0
     rt.close()
+    assert [key_distance(prediction_key(a, d)) for a, d in [(True, 1), (False, 1), (False, 3)]] == [1, 1, 3]
+    assert key_distance(early_key(True)) == key_distance(early_key(False)) == 1
     with pytest.raises(SmoeError, match="no MoE layer 2 ahead"):
         replay._oracle(layers[-2], "noattn2")
 
@@ -268,7 +270,8 @@ def test_paper_shape_benchmark_runs_end_to_end_on_toy_widths(tmp_path):
     # its prefetches all top-score at their layer
     paper_shape(tmp_path / "oracle", "--budgets-gb", "0.267", "--policies", "lru", "smoe", "--predictions",
                 "recorded", "oracle")
-    oracle = [json.loads(line) for line in (tmp_path / "oracle/deepseek-moe-16b-shape-tiny.jsonl").read_text().splitlines()]
+    oracle = [json.loads(line)
+              for line in (tmp_path / "oracle/deepseek-moe-16b-shape-tiny.jsonl").read_text().splitlines()]
     assert [(r["row"]["policy"], r["params"]["oracle_predictions"]) for r in oracle] == [
         ("all-gpu", False), ("lru", False), ("smoe", False), ("smoe@oracle-predictions", True)]
     assert oracle[3]["row"]["prefetches"] > 0 and oracle[3]["row"]["prefetch_top_share"] == 1.0
