@@ -22,6 +22,12 @@ With --predictions recorded oracle every prefetching policy runs again with orac
 predicted layer will route by, from the trace; rows `@oracle-predictions`): what a perfect predictor could gain, a
 measurement and never a contender.
 
+With --routing readback known every setting runs again with its routing known on the host (rows `@known-routing`,
+the floor's too): the engine takes each layer's scores and the policy its predictions from the trace instead of
+reading them back, so the host never waits for the device inside a decode step and queues layers ahead of it. The
+device still routes and predicts; the decisions are the same. What taking the decisions off the host's critical path
+(planning on the device) could gain at most: a measurement and never a contender.
+
 With --repeats N every setting of a workload and batch runs N times, in rounds whose offloading settings alternate
 their order (A B, B A, ...), each round with its own floor first: an A/B measured so is not one pair against the
 host's spread (20-40% between runs of one process here).
@@ -116,6 +122,11 @@ def main() -> int:
                          "the scores each predicted layer will route by, the trace's own: how much a perfect "
                          "prediction could gain, a measurement and never a contender (rows `@oracle-predictions`); "
                          "several: each prefetching policy runs with each")
+    ap.add_argument("--routing", nargs="+", default=["readback"], choices=["readback", "known"],
+                    help="where the host gets each layer's routing and predictions: read back from the device (every "
+                         "run), or (known) from the trace, so it never waits for the device inside a decode step: what "
+                         "planning on the device could gain at most, a measurement and never a contender (rows "
+                         "`@known-routing`, against a floor of their own); both: side by side")
     ap.add_argument("--repeats", type=int, default=1, help="rounds of every setting of a workload and batch: the floor "
                     "first in each, then the offloading settings, in reverse order every other round (A B, B A, ...), so "
                     "a slow stretch of the host or a process's first runs weigh on both sides of an A/B; rows carry "
@@ -182,15 +193,15 @@ def main() -> int:
             trace = Path(args.traces) / workload / f"b{batch}.pt"
             sizes = [{"budget_gb": b} for b in args.budgets_gb] if args.budgets_gb else \
                 [{"cache_experts": n} for n in args.slots]
-            modes = [(sk, gr, bo, kv) for sk in args.skeleton for gr in args.grouped for bo in args.block_order
-                     for kv in args.kv_cache]
+            modes = [(sk, gr, bo, kv, route) for sk in args.skeleton for gr in args.grouped for bo in args.block_order
+                     for kv in args.kv_cache for route in args.routing]
             floors = [("all-gpu", None, None, "graphs", args.cpu_threads[0], "recorded", *m) for m in modes]
             offload = [(p, b, g, mode, threads, pred, *m) for g in links for b in sizes for p in policies
                        if p != "all-gpu" for mode in (args.predictor if predicts[p] else args.predictor[:1])
                        for pred in (args.predictions if predicts[p] else args.predictions[:1])
                        for threads in args.cpu_threads for m in modes]
             rounds = [(r, s) for r in range(args.repeats) for s in floors + (offload[::-1] if r % 2 else offload)]
-            for repeat, (policy, budget, link, mode, threads, pred, skeleton, grouped, order, kv) in rounds:
+            for repeat, (policy, budget, link, mode, threads, pred, skeleton, grouped, order, kv, routing) in rounds:
                 try:
                     size = {"cache_experts": every_expert} if budget is None else budget
                     oracle = pred == "oracle" and predicts.get(policy, False)  # the floor is not in `predicts`
@@ -204,7 +215,7 @@ def main() -> int:
                                   cpu_threads=threads,
                                   grouped_experts=None if args.device == "cpu" else grouped,
                                   router_first=order == "router-first", kv_cache=kv,
-                                  oracle_predictions=oracle, **size)
+                                  oracle_predictions=oracle, known_routing=routing == "known", **size)
                     label = policy
                     if mode == "eager" and predicts[policy]:
                         label += "@eager-predictor"
@@ -218,6 +229,8 @@ def main() -> int:
                         label += f"@{kv}-kv"
                     if oracle:
                         label += "@oracle-predictions"
+                    if routing == "known":
+                        label += "@known-routing"
                     if len(args.cpu_threads) > 1 and policy != "all-gpu":
                         label += f"@cpu{threads or 'default'}"
                     policy = label
@@ -233,10 +246,10 @@ def main() -> int:
                     continue
                 m, acc = rec["metrics"], rec["prefetch_accuracy"]
                 if policy.split("@")[0] == "all-gpu":
-                    floor[(batch, workload, skeleton, grouped, order, kv, repeat)] = m["tpot_s"]
+                    floor[(batch, workload, skeleton, grouped, order, kv, routing, repeat)] = m["tpot_s"]
                 steps = max(m["decode_steps"], 1)
                 link_Bps = rec["env"]["link_gbps"] * 1e9 if rec["env"]["link_gbps"] else env["copy_Bps"]
-                bound = max(floor.get((batch, workload, skeleton, grouped, order, kv, repeat), 0.0),
+                bound = max(floor.get((batch, workload, skeleton, grouped, order, kv, routing, repeat), 0.0),
                             m["decode"]["bytes_h2d"] / steps / link_Bps if link_Bps else 0.0)
                 row = {"model": name, "gpu": args.gpu, "measured": args.device == "cuda",
                        "budget_gb": (budget or {}).get("budget_gb"), "policy": policy, "batch": batch,

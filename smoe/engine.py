@@ -100,6 +100,9 @@ class Engine:
         self.view = CacheView(pool)
         self.costs = {"load": deque(maxlen=256), "cpu": deque(maxlen=256)}  # measured seconds per expert
         self.predictor = predictor
+        # (layer) -> the layer's scores [T,E] float32 and top-k [T,K] int64 arrays and router weights [T,K], known on
+        # the host before the device routes (routing replay's `known`, a measurement): nothing is read back
+        self.known_routing = None
         self.awaiting: set = set()  # prefetched experts whose layer has not run since
         self.wants_prefetch = type(policy).prefetch is not ExpertPolicy.prefetch
         self.early_predicts = policy.early_prediction and predictor is not None  # `NextLayerPredictor.early`
@@ -146,7 +149,9 @@ class Engine:
     @torch.no_grad()
     def stage_scores(self, logits: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor) -> tuple:
         """logits [T,E], the router's top-k and its weights [T,K] -> the copy to the host of the scores [T,E]
-        float32, the top-k and the weights, queued on the compute stream now."""
+        float32, the top-k and the weights, queued on the compute stream now (none where the routing is known)."""
+        if self.known_routing is not None:
+            return ()
         return self.pool.staging.start_to_host(self.family.scores(logits), topk_idx, topk_w)
 
     @torch.no_grad()
@@ -166,7 +171,10 @@ class Engine:
             early_s = time.perf_counter() - t0
         with span("smoe.scores_to_host"):  # waits for the compute stream up to the router (and what came before it)
             # [T,E] float32 and [T,K] int64 as arrays, [T,K] gate weights in the model's dtype
-            host_scores, host_topk, host_topk_w = self.pool.staging.finish_to_host(staged, arrays=2)
+            if self.known_routing is not None:
+                host_scores, host_topk, host_topk_w = self.known_routing(layer)
+            else:
+                host_scores, host_topk, host_topk_w = self.pool.staging.finish_to_host(staged, arrays=2)
         view = LayerView(
             layer=layer,
             phase=self.phase,

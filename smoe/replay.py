@@ -9,7 +9,11 @@ weighting rule; the predictor returns the recorded predictions, so prefetching p
 as good as the recorded model's own, not a random router's. With `oracle`, the predictor returns instead the
 scores the target layer will route by in this same forward (the trace's own), a perfect prediction at any distance:
 a measurement of how much prefetching could gain, never a contender (the prediction is still computed and waited
-for, so its cost is paid as in any run). The run must feed the same number of tokens
+for, so its cost is paid as in any run). With `known`, the engine takes each layer's scores, top-k and weights, and
+the policy its predictions, from the trace on the host instead of reading them back from the device: the host never
+waits for the device inside a decode step, so it queues layers ahead of the device, as decisions made on the device
+would let it (the device still routes and predicts; nothing is read back). Another measurement: what taking the
+decisions off the host's critical path could gain at most, never a contender. The run must feed the same number of tokens
 per forward as the recorded one: `segments()` gives each recorded generate call's (batch, prompt length,
 new tokens), and a mismatch is an error, never a silent misalignment.
 """
@@ -28,9 +32,11 @@ from .predict import key_distance
 
 
 class RoutingReplay:
-    def __init__(self, records: list[dict], run_layers: tuple[int, ...], name: str = "trace", oracle: bool = False):
+    def __init__(self, records: list[dict], run_layers: tuple[int, ...], name: str = "trace", oracle: bool = False,
+                 known: bool = False):
         self.name = name
         self.oracle = oracle
+        self.known = known
         self.run_layers = tuple(run_layers)
         by_layer: dict[int, list[dict]] = defaultdict(list)
         for r in records:
@@ -48,9 +54,10 @@ class RoutingReplay:
         self._pending: dict[int, dict] = {}
 
     @classmethod
-    def load(cls, path: str | Path, run_layers: tuple[int, ...], oracle: bool = False) -> "RoutingReplay":
+    def load(cls, path: str | Path, run_layers: tuple[int, ...], oracle: bool = False,
+             known: bool = False) -> "RoutingReplay":
         data = torch.load(path, weights_only=False)
-        return cls(data["records"], run_layers, name=str(path), oracle=oracle)
+        return cls(data["records"], run_layers, name=str(path), oracle=oracle, known=known)
 
     def segments(self) -> list[tuple[int, int, int]]:
         """Each recorded generate call as (batch B, prompt length L, new tokens N): its prefill has B*L
@@ -91,11 +98,17 @@ class RoutingReplay:
             dtypes = probe[0].dtype, probe[1].dtype
             for r in self.records[layer]:
                 r["routed"] = self._route(r["scores"].to(runtime.device, torch.float32), top_k, renorm, scale, *dtypes)
+                if self.known:  # what the engine would read back: the family's scores [T,E] float32 of the logits the
+                    # router hands over, made by the same kernel on the same device, its top-k [T,K] and weights [T,K]
+                    logits, weights, idx = r["routed"]
+                    r["known"] = (family.scores(logits).cpu().numpy(), idx.cpu().numpy(), weights.cpu())
                 if "predicted_np" not in r:  # [T,E] each, as the runtime reads predictions back: float32 arrays
                     r["predicted_np"] = {k: v.float().numpy() for k, v in (r.get("predicted") or {}).items()}
             blocks[layer].register_forward_pre_hook(self._next_record(layer))
             gate.register_forward_hook(self._replace(layer), prepend=True)
         runtime.engine.predictor.replay = self
+        if self.known:
+            runtime.engine.known_routing = self.routing
 
     @staticmethod
     def _route(scores: torch.Tensor, top_k: int, renorm: bool, scale: float, logits_dtype, weights_dtype):
@@ -134,6 +147,13 @@ class RoutingReplay:
             return (logits, weights, idx, *output[3:])
 
         return hook
+
+    def routing(self, layer: int) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+        """`known`: the current forward's routing of `layer` on the host, as the engine would read it back: scores
+        [T,E] float32 and top-k [T,K] int64 (arrays), the router's weights [T,K] (a tensor); copies, the caller's to
+        keep."""
+        scores, topk, weights = self.current[layer]["known"]
+        return scores.copy(), topk.copy(), weights.clone()
 
     def predicted(self, layer: int, key: str) -> np.ndarray:
         """The recorded prediction [T,E] float32 (read-only), made at `layer`'s current forward, recorded under `key`
@@ -208,12 +228,15 @@ def run_replayed(source, policy: str, trace: str | Path, batch: int, *, device: 
                  link_gbps: float | None = None, max_segments: int | None = None,
                  predictor_graphs: bool | None = None, skeleton_graphs: bool | None = None,
                  block_graphs: bool | None = None, cpu_threads: int | None = None, grouped_experts: str | None = None,
-                 router_first: bool = True, kv_cache: str | None = None, oracle_predictions: bool = False) -> dict:
+                 router_first: bool = True, kv_cache: str | None = None, oracle_predictions: bool = False,
+                 known_routing: bool = False) -> dict:
     """One run of `source` (e.g. a `shapes.RandomSource`) routed by `trace`: every generate call of the trace
     again, with random prompt ids of the recorded lengths. Returns a record shaped like `cli.run_one`'s (plus
     `prefetch_accuracy`); `record_trace` also saves this run's own trace (what belady reads); `max_segments` replays
     only the trace's first generate calls; `oracle_predictions` hands prefetching policies the trace's own scores of
-    the layers they predict (`RoutingReplay`'s oracle: a measurement, not a contender)."""
+    the layers they predict (`RoutingReplay`'s oracle: a measurement, not a contender); `known_routing` hands the
+    host every layer's routing and predictions from the trace, so it never waits for the device within a step
+    (`RoutingReplay`'s known: another measurement)."""
     from .costmodel import model_costs
     from .policy import resolved_params
     from .runtime import Runtime
@@ -226,7 +249,7 @@ def run_replayed(source, policy: str, trace: str | Path, batch: int, *, device: 
                  cpu_threads=cpu_threads,
                  grouped_experts=grouped_experts, router_first=router_first, kv_cache=kv_cache)
     try:
-        replay = RoutingReplay.load(trace, rt.info.moe_layers, oracle=oracle_predictions)
+        replay = RoutingReplay.load(trace, rt.info.moe_layers, oracle=oracle_predictions, known=known_routing)
         replay.install(rt)
         g = torch.Generator().manual_seed(seed)
         prompts: list[list[int]] = []
@@ -244,7 +267,7 @@ def run_replayed(source, policy: str, trace: str | Path, batch: int, *, device: 
                        "device": device, "batch": batch, "max_new_tokens": N, "budget_gb": budget_gb,
                        "cache_experts": cache_experts, "seed": seed, "prompts": prompts, "replay": str(trace),
                        "link_gbps": link_gbps, "max_segments": max_segments,
-                       "oracle_predictions": oracle_predictions},
+                       "oracle_predictions": oracle_predictions, "known_routing": known_routing},
             "memory": rt.memory.asdict(),
             "metrics": res.metrics,
             "prefetch_accuracy": prefetch_accuracy(rt.engine.trace, getattr(rt.policy, "alpha", 0.0), rt.info.top_k),

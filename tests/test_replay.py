@@ -80,13 +80,14 @@ def test_timed_runs_do_not_pay_for_predictions(tiny):
     rt.close()
 
 
-def replayed_run(recorded, policy: str, layers: int = 3, before=None, oracle: bool = False, **params):
-    """`policy` (with `params`) on a toy Qwen2-57B shape replaying `recorded` (with `oracle` predictions);
-    `before(runtime)` runs once replay is installed."""
+def replayed_run(recorded, policy: str, layers: int = 3, before=None, oracle: bool = False, known: bool = False,
+                 **params):
+    """`policy` (with `params`) on a toy Qwen2-57B shape replaying `recorded` (with `oracle` predictions, with the
+    routing `known` on the host); `before(runtime)` runs once replay is installed."""
     src = RandomSource.named("qwen2-57b-a14b-shape", num_hidden_layers=layers, num_experts=8, num_experts_per_tok=2,
                              **TOY)
     rt = Runtime(src, policy, cache_experts=6, batch=2, trace=True, policy_params=params)
-    replay = RoutingReplay(recorded, rt.info.moe_layers, oracle=oracle)
+    replay = RoutingReplay(recorded, rt.info.moe_layers, oracle=oracle, known=known)
     replay.install(rt)
     if before is not None:
         before(rt)
@@ -190,6 +191,43 @@ def test_oracle_predictions_are_the_predicted_layers_own_routing(recorded, polic
         replay._oracle(layers[-2], "noattn2")
 
 
+@pytest.mark.parametrize("policy", ["smoe", "hybrimoe"])
+def test_known_routing_reads_nothing_back_and_decides_as_a_read_back_one(recorded, policy):
+    """With `known`, the engine takes each layer's routing and the policy its predictions from the trace on the host:
+    nothing is read back from the device (no `finish_to_host`), and every decision is the one the same run makes
+    from what it reads back (SMoE predicts the next layer; HybriMoE two ahead)."""
+    reads = []
+
+    def spy(rt):
+        staging = rt.pool.staging
+        plain = staging.finish_to_host
+
+        def finish_to_host(started, arrays=0):
+            reads.append(started[0])  # the channel read
+            return plain(started, arrays)
+
+        staging.finish_to_host = finish_to_host
+
+    runs = {}
+    for known in (False, True):
+        reads.clear()
+        rt, _ = replayed_run(recorded, policy, layers=4, before=spy, known=known)
+        runs[known] = rt.engine.trace, rt.engine.metrics.summary(), list(reads)
+        rt.close()
+    (read_back, m_read, reads_read), (known, m_known, reads_known) = runs[False], runs[True]
+    assert {"scores", "predict"} <= set(reads_read) and reads_known == []
+    assert m_known["prefetches"] > 0 and m_known["loads"] > 0
+    counted = ("hits", "loads", "bytes_h2d", "cpu_experts", "substitutions", "prefetches", "prefetch_used",
+               "prefetch_in_topk", "predictions")
+    for phase in ("prefill", "decode"):
+        assert {k: m_known[phase][k] for k in counted} == {k: m_read[phase][k] for k in counted}, phase
+    assert len(known) == len(read_back)
+    for a, b in zip(known, read_back):
+        assert torch.equal(a["scores"], b["scores"]) and torch.equal(a["topk"], b["topk"])
+        assert torch.equal(a["actions"], b["actions"])
+        assert (a["loads"], a["cpu"], a["evict"], a["prefetch"]) == (b["loads"], b["cpu"], b["evict"], b["prefetch"])
+
+
 def test_a_run_that_feeds_other_shapes_than_the_trace_is_refused(recorded):
     src = RandomSource.named("qwen2-57b-a14b-shape", num_hidden_layers=3, num_experts=8, num_experts_per_tok=2, **TOY)
     rt = Runtime(src, "lru", cache_experts=6, batch=2)
@@ -275,6 +313,16 @@ def test_paper_shape_benchmark_runs_end_to_end_on_toy_widths(tmp_path):
     assert [(r["row"]["policy"], r["params"]["oracle_predictions"]) for r in oracle] == [
         ("all-gpu", False), ("lru", False), ("smoe", False), ("smoe@oracle-predictions", True)]
     assert oracle[3]["row"]["prefetches"] > 0 and oracle[3]["row"]["prefetch_top_share"] == 1.0
+    # --routing both ways: every setting once with each, the floor too, the known routing's rows labelled, recorded
+    # so and bounded by their own floor; the same decisions
+    paper_shape(tmp_path / "known", "--budgets-gb", "0.267", "--policies", "smoe", "--routing", "readback", "known")
+    known = [json.loads(line)
+             for line in (tmp_path / "known/deepseek-moe-16b-shape-tiny.jsonl").read_text().splitlines()]
+    assert [(r["row"]["policy"], r["params"]["known_routing"]) for r in known] == [
+        ("all-gpu", False), ("all-gpu@known-routing", True), ("smoe", False), ("smoe@known-routing", True)]
+    assert known[2]["metrics"]["decode"] == {**known[3]["metrics"]["decode"],
+                                             **{k: known[2]["metrics"]["decode"][k] for k in timed}}
+    assert [r["row"]["bound_s"] for r in known[2:]] == [known[0]["row"]["tpot_s"], known[1]["row"]["tpot_s"]]
     # --profile: a profile per setting, with the engine's spans and the ops inside them; no rows (not measured)
     prof = tmp_path / "prof"
     paper_shape(prof, "--budgets-gb", "0.267", "--policies", "smoe", "--profile")
