@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -102,7 +103,7 @@ class Engine:
         self.predictor = predictor
         # (layer) -> the layer's scores [T,E] float32 and top-k [T,K] int64 arrays and router weights [T,K], known on
         # the host before the device routes (routing replay's `known`, a measurement): nothing is read back
-        self.known_routing = None
+        self.known_routing: Callable[[int], tuple] | None = None
         self.awaiting: set = set()  # prefetched experts whose layer has not run since
         self.wants_prefetch = type(policy).prefetch is not ExpertPolicy.prefetch
         self.early_predicts = policy.early_prediction and predictor is not None  # `NextLayerPredictor.early`
