@@ -188,10 +188,11 @@ class NextLayerPredictor:
         dec = self.layers[target]
         return self.family.scores(self.blocks[target].gate(dec.post_attention_layernorm(h).flatten(0, 1))[0])
 
-    def replayed(self, scores: np.ndarray, layer: int, key: str) -> np.ndarray:
+    def replayed(self, scores: np.ndarray | None, layer: int, key: str) -> np.ndarray:
         """A prediction read back to the host [T,E] float32 -> what the policy gets: under routing replay the one
         recorded with the trace under `key` (`prediction_key`), which matches the replayed routing (the prediction was
-        still computed and waited for: its cost is paid); else the prediction itself."""
+        still computed, and waited for unless the replay's routing is `known`, where `scores` is None: its cost is
+        paid); else the prediction itself."""
         if self.replay is None:
             return scores
         return self.replay.predicted(layer, key)
@@ -288,7 +289,8 @@ class PrefetchContext:
     def _predicted(self, queue, keys: list[str]) -> list[np.ndarray]:
         """queue() -> the copy to the host of device predictions [T,E] each, started -> on the host as float32 arrays
         (read-only by convention), under replay the ones recorded under `keys`; one wait, after the rest of the layer
-        is queued (none under a replay whose routing is `known`: the prediction is queued and never read). The host time, less that rest's, is the runtime's predictor time (`predict_s`)."""
+        is queued (none under a replay whose routing is `known`: the prediction is queued and never read). The host
+        time, less that rest's, is the runtime's predictor time (`predict_s`)."""
         t0, then_s = time.perf_counter(), self.then_s
         self.predictions += 1
         with span("smoe.predict"):
@@ -296,10 +298,10 @@ class PrefetchContext:
             self.finish_layer()
             replay = self._predictor.replay
             if replay is not None and replay.known:  # the trace's predictions on the host: nothing read back
-                out = [replay.predicted(self.layer, key) for key in keys]
+                host = [None] * len(keys)
             else:
                 host = self._staging.finish_to_host(started, arrays=len(keys))
-                out = [self._predictor.replayed(h, self.layer, key) for h, key in zip(host, keys)]
+            out = [self._predictor.replayed(h, self.layer, key) for h, key in zip(host, keys)]
         self.predict_s += time.perf_counter() - t0 - (self.then_s - then_s)
         return out
 

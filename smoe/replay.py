@@ -13,8 +13,8 @@ for, so its cost is paid as in any run). With `known`, the engine takes each lay
 the policy its predictions, from the trace on the host instead of reading them back from the device: the host never
 waits for the device inside a decode step, so it queues layers ahead of the device, as decisions made on the device
 would let it (the device still routes and predicts; nothing is read back). Another measurement: what taking the
-decisions off the host's critical path could gain at most, never a contender. The run must feed the same number of tokens
-per forward as the recorded one: `segments()` gives each recorded generate call's (batch, prompt length,
+decisions off the host's critical path could gain at most, never a contender. The run must feed the same number of
+tokens per forward as the recorded one: `segments()` gives each recorded generate call's (batch, prompt length,
 new tokens), and a mismatch is an error, never a silent misalignment.
 """
 from __future__ import annotations
