@@ -24,29 +24,20 @@ def load_seconds(model: ModelInfo, pcie_gbps: float | None) -> float:
     return model.expert_bytes / (load_gbps(pcie_gbps, model.link_gbps) * 1e9)
 
 
-BALANCE_RULES = ("paper", "earliest")
-
-
-def split_load_cpu(expert_ids: list[int], c_load: float, c_cpu: float,
-                   rule: str = "paper") -> tuple[list[int], list[int]]:
+def split_load_cpu(expert_ids: list[int], c_load: float, c_cpu: float) -> tuple[list[int], list[int]]:
     """expert_ids: missing experts sorted by score, highest first -> (load_ids, cpu_ids).
 
-    Two pointers: while left <= right, the left (highest) expert is loaded or the right (lowest) one runs on the
-    CPU. `paper` (Alg. 2): loaded if the accumulated load time <= the accumulated CPU time, so the first expert is
-    always loaded, however cheap the CPU. `earliest` (ours): loaded if the link would be done with it no later than
-    the CPU would (accumulated time plus one more expert's), so where a CPU expert costs less than a load a lone
-    missing expert runs on the CPU; with equal costs the two rules split alike.
+    Two pointers: while left <= right, if the accumulated load time <= the accumulated CPU time the left
+    (highest) expert is loaded, else the right (lowest) one runs on the CPU.
     """
     if c_load < 0 or c_cpu < 0:
         raise ValueError(f"costs must be non-negative, got c_load={c_load}, c_cpu={c_cpu}")
-    assert rule in BALANCE_RULES, rule
     load_ids: list[int] = []
     cpu_ids: list[int] = []
     t_load = t_cpu = 0.0
-    step_load, step_cpu = (c_load, c_cpu) if rule == "earliest" else (0.0, 0.0)
     left, right = 0, len(expert_ids) - 1
     while left <= right:
-        if t_load + step_load <= t_cpu + step_cpu:
+        if t_load <= t_cpu:
             load_ids.append(expert_ids[left])
             t_load += c_load
             left += 1

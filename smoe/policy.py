@@ -119,10 +119,10 @@ def resolved_params(policy: ExpertPolicy) -> dict[str, object]:
 
 
 # Parameters that policies once took and no longer do, with the value at which a run behaved as today's code: run
-# records list every resolved parameter, so a record made while one existed names it. (SMoE's `prefetch_depth`:
-# d071a8a and accd01b, measured in the thirty-eighth and thirty-ninth campaigns and taken out; 1 is the paper's
-# prefetch.)
-RETIRED_PARAMS: dict[str, dict[str, object]] = {"smoe": {"prefetch_depth": 1}}
+# records list every resolved parameter, so a record made while one existed names it. SMoE's `prefetch_depth`
+# (d071a8a and accd01b; measured in the thirty-eighth, thirty-ninth and forty-first campaigns; 1 is the paper's
+# prefetch) and `balance_rule` (404ec14; measured in the forty-first; "paper" is Alg. 2) were taken out.
+RETIRED_PARAMS: dict[str, dict[str, object]] = {"smoe": {"prefetch_depth": 1, "balance_rule": "paper"}}
 
 
 def current_params(name: str, params: dict) -> dict:

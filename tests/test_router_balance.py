@@ -4,8 +4,6 @@ import pytest
 import torch
 
 from smoe.balance import split_load_cpu
-from smoe.errors import PolicyParamError
-from smoe.policy import make_policy
 from smoe.router import expert_cache_router
 
 
@@ -327,30 +325,3 @@ def test_balancing_prices_a_load_at_the_link_the_run_emulates():
         for name in ("smoe", "hybrimoe"):
             with pytest.raises(PolicyParamError, match="pcie_gbps > 0 or None"):
                 make_policy(name, **bad)
-
-
-def test_split_earliest_sends_a_lone_expert_where_it_is_done_first():
-    assert split_load_cpu([7], 5.0, 0.1, rule="earliest") == ([], [7])  # the paper's rule loads it (above)
-    assert split_load_cpu([7], 2.3, 2.75, rule="earliest") == ([7], [])
-    assert split_load_cpu([7], 1.0, 1.0, rule="earliest") == ([7], [])  # a tie goes to the link
-    # one load of 2.3 and one CPU expert of 1.8 run side by side: the higher-scored expert over the link
-    assert split_load_cpu([9, 4], 2.3, 1.8, rule="earliest") == ([9], [4])
-
-
-def test_split_earliest_matches_the_paper_at_equal_costs_and_is_optimal():
-    ids = list(range(9, 0, -1))
-    for n in range(len(ids) + 1):
-        assert split_load_cpu(ids[:n], 1.0, 1.0, rule="earliest") == split_load_cpu(ids[:n], 1.0, 1.0)
-    for c_load, c_cpu in [(1, 1), (2, 1), (1, 3), (0.4, 1.7), (2.3, 1.8)]:
-        for n in range(1, len(ids) + 1):
-            load, cpu = split_load_cpu(ids[:n], c_load, c_cpu, rule="earliest")
-            assert sorted(load + cpu, reverse=True) == ids[:n]
-            assert load == ids[:len(load)]  # highest scores over the link, lowest on the CPU
-            got = max(len(load) * c_load, len(cpu) * c_cpu)
-            best = min(max(k * c_load, (n - k) * c_cpu) for k in range(n + 1))
-            assert got == pytest.approx(best)
-
-
-def test_smoe_rejects_an_unknown_balance_rule():
-    with pytest.raises(PolicyParamError, match="balance_rule='fastest'; accepted: paper, earliest"):
-        make_policy("smoe", balance_rule="fastest")

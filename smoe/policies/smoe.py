@@ -50,17 +50,12 @@ run emulates, else 25 GB/s) and a CPU expert as expert_bytes / `cpu_gbps` (a mem
 decisions never depend on timing;
 `costs="measured"` uses the runtime's rolling mean of the last `p` measured copies and CPU experts instead
 (on a GPU run; the fixed values stand in until there are samples).
-
-Balancing rule (`balance_rule`): `paper` is Alg. 2, whose first missing expert always goes over the link, so a layer
-with one missing expert loads it however cheap the CPU is (at batch 1 on the Qwen2-57B shape most layers that miss
-miss one). `earliest` (ours) sends each expert where it would be done first, so where `cpu_gbps` prices a CPU expert
-below a load a lone missing expert runs on the CPU (and does not enter the cache). `smoe.balance.split_load_cpu`.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from smoe.balance import BALANCE_RULES, load_seconds, split_load_cpu
+from smoe.balance import load_seconds, split_load_cpu
 from smoe.caching import CachingPolicy
 from smoe.errors import PolicyParamError
 from smoe.plan import _CPU, _LOAD, _SKIP, _SUB, LayerView, Plan, PrefetchPlan
@@ -88,7 +83,6 @@ class SMoE(CachingPolicy):
     replace: str = "substitute"  # what happens to low-score experts: none | substitute | skip | lower
     lower: float = 0.5  # score factor of low-score experts for replace=lower
     balance: bool = False  # split missing experts between PCIe loads and the CPU (Alg. 2)
-    balance_rule: str = "paper"  # paper (Alg. 2: the first missing expert always loaded) | earliest (ours)
     prefetch_mode: str = "none"  # none | attention | no-attention | early | early-attention
     prefetch_share: float = 0.5  # most of the slots that prefetched, not yet used experts may hold
     prefetch_gate: int | None = None  # predict a layer only if it needed the link in its last n passes; None: always
@@ -104,8 +98,6 @@ class SMoE(CachingPolicy):
             raise PolicyParamError(f"replace={self.replace!r}; accepted: {', '.join(REPLACE_MODES)}")
         if self.prefetch_mode not in PREFETCH_MODES:
             raise PolicyParamError(f"prefetch_mode={self.prefetch_mode!r}; accepted: {', '.join(PREFETCH_MODES)}")
-        if self.balance_rule not in BALANCE_RULES:
-            raise PolicyParamError(f"balance_rule={self.balance_rule!r}; accepted: {', '.join(BALANCE_RULES)}")
         if self.costs not in COST_MODES:
             raise PolicyParamError(f"costs={self.costs!r}; accepted: {', '.join(COST_MODES)}")
         if self.alpha < 0 or (self.window is not None and self.window < 1) or self.p < 1:
@@ -208,7 +200,7 @@ class SMoE(CachingPolicy):
             missing_ids = missing.tolist()  # by best score over the batch, ties to the lower id
             load_ids, cpu_ids = missing_ids, []
             if self.balance:
-                load_ids, cpu_ids = split_load_cpu(missing_ids, *self._costs(view), self.balance_rule)
+                load_ids, cpu_ids = split_load_cpu(missing_ids, *self._costs(view))
             if cpu_ids:
                 on_cpu = np.zeros(len(resident), dtype=bool)  # [E]
                 on_cpu[cpu_ids] = True
