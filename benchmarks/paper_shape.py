@@ -65,7 +65,8 @@ from smoe.shapes import SHAPES, RandomSource  # noqa: E402
 COLUMNS = ["model", "gpu", "measured", "budget_gb", "policy", "batch", "workload", "ttft_s", "tpot_s", "tpot_p50_s",
            "tpot_p90_s", "hit_rate", "bytes_h2d", "cpu_experts", "cpu_time_s", "substitutions", "prefetches",
            "prefetch_top_share", "prefetch_routed_share", "policy_time_s", "check_time_s", "prefetch_time_s",
-           "predict_time_s", "slots", "link_gbps", "copy_gbps", "bound_s", "tpot_over_bound", "repeat"]
+           "predict_time_s", "copy_wait_s", "victim_wait_s", "slots", "link_gbps", "copy_gbps", "bound_s",
+           "tpot_over_bound", "repeat"]
 
 
 def main() -> int:
@@ -257,7 +258,7 @@ def main() -> int:
                        **{k: m[k] for k in ("ttft_s", "tpot_s", "tpot_p50_s", "tpot_p90_s", "hit_rate", "bytes_h2d",
                                             "cpu_experts", "cpu_time_s", "substitutions", "prefetches",
                                             "policy_time_s", "check_time_s", "prefetch_time_s", "predict_time_s",
-                                            "copy_gbps")},
+                                            "copy_wait_s", "victim_wait_s", "copy_gbps")},
                        "prefetch_top_share": acc["top_score_share"], "prefetch_routed_share": acc["routed_share"],
                        "slots": rec["memory"]["capacity"], "link_gbps": rec["env"]["link_gbps"], "bound_s": bound,
                        "tpot_over_bound": m["tpot_s"] / bound if bound else None, "repeat": repeat}
@@ -268,7 +269,9 @@ def main() -> int:
                 rnd = f" r{repeat}" if args.repeats > 1 else ""
                 print(f"{policy:>15} {rec['memory']['capacity']} slots {link or 'native'} b{batch} {workload:>13}{rnd}: TPOT {m['tpot_s'] * 1e3:8.2f} ms, hit "
                       f"{m['hit_rate'] if m['hit_rate'] is not None else float('nan'):.3f}, x{row['tpot_over_bound'] or 0:.2f} "
-                      f"of bound" + (f", copies at {m['copy_gbps']:.1f} GB/s" if m["copy_gbps"] else ""), flush=True)
+                      f"of bound" + (f", copies at {m['copy_gbps']:.1f} GB/s, compute waiting for them "
+                                     f"{m['decode']['copy_wait_s'] / steps * 1e3:.2f} ms a step" if m["copy_gbps"] else ""),
+                      flush=True)
     return 0
 
 

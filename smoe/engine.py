@@ -128,14 +128,17 @@ class Engine:
                 self.metrics.preload_loads += 1
 
     def read_copies(self, wait: bool = False) -> None:
-        """Takes the measured times of finished copies into the load costs and the current phase's counters
-        (`SlotPool.copy_seconds`; `wait`: all copies issued so far, for the end of a run)."""
-        seconds = self.pool.copy_seconds(wait)
+        """Takes the measured times of finished copies into the load costs and the current phase's counters, with
+        the streams' waits around them (`SlotPool.copy_timings`; `wait`: all copies issued so far, for the end of a
+        run)."""
+        seconds, victim_wait, compute_wait = self.pool.copy_timings(wait)
+        m = self.metrics[self.phase]
         if seconds:
             self.costs["load"].extend(seconds)
-            m = self.metrics[self.phase]
             m.copy_s += sum(seconds)
             m.copy_bytes += len(seconds) * self.pool.store.expert_bytes
+        m.victim_wait_s += victim_wait
+        m.copy_wait_s += compute_wait
 
     def close(self) -> None:
         self.cpu.shutdown(wait=True)

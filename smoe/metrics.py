@@ -23,6 +23,10 @@ Definitions:
   predict_time_s the host time of predictor passes (launching them and waiting for their scores)
   predictions   predictions a policy's prefetch read (each one wait for the device; several layers' scores read
                 together count once)
+  copy_s, copy_bytes   (GPU) the copies' measured time on the copy stream, each with its emulated hold, and bytes
+  copy_wait_s   (GPU) the compute stream's time blocked on copies: device time of the phase that the link set
+                (between events around each wait, so it counts only where the compute had caught up with a copy)
+  victim_wait_s (GPU) the copy stream's time blocked, before a copy, on the slot's previous expert's last reader
 
 `span(name)` marks a stretch of the engine's work as a named range in a `torch.profiler` trace, only while
 `SPANS` is set (`benchmarks/paper_shape.py --profile` sets it); timed runs pay nothing for it.
@@ -63,6 +67,8 @@ class Counters:
     predictions: int = 0
     copy_s: float = 0.0  # measured on the copy stream (GPU): copies read in this phase, each with its emulated hold
     copy_bytes: int = 0  # ... and their bytes
+    copy_wait_s: float = 0.0  # GPU: the compute stream's time waiting for copies (the link's share of the step)
+    victim_wait_s: float = 0.0  # GPU: the copy stream's time waiting for a slot's last reader before a copy
 
 
 class Metrics:
@@ -101,6 +107,8 @@ class Metrics:
             "prefetch_time_s": total["prefetch_time_s"],
             "predict_time_s": total["predict_time_s"],
             "predictions": total["predictions"],
+            "copy_wait_s": total["copy_wait_s"],
+            "victim_wait_s": total["victim_wait_s"],
             # the host->device rate the copies got, as measured (an emulated link's included): None on a CPU
             "copy_gbps": total["copy_bytes"] / total["copy_s"] / 1e9 if total["copy_s"] else None,
             "peak_device_bytes": self.peak_device_bytes,

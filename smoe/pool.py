@@ -37,7 +37,8 @@ class SlotPool:
             self.compute_stream = torch.cuda.current_stream(device)  # where the model runs (asked once: slow)
             self.ready = [torch.cuda.Event() for _ in range(capacity)]
             self.done = [torch.cuda.Event() for _ in range(capacity)]
-        self._timed: list[tuple] = []  # (start, end) events of copies not yet read
+        self._timed: list[tuple] = []  # (queued, start, end) events of copies not yet read
+        self._waited: list[tuple] = []  # (before, after) events of the compute stream's waits for copies not yet read
         self._fresh: set[int] = set()  # slots whose last copy the compute stream has not waited for yet
         self.staging = PinnedStaging(device)  # the small copies of a layer (slot indices, the engine's plan)
 
@@ -72,8 +73,9 @@ class SlotPool:
         if prefetch:
             self.prefetched.add(key)
         if self.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            queued, start, end = (torch.cuda.Event(enable_timing=True) for _ in range(3))
             with torch.cuda.stream(self.copy_stream):
+                queued.record(self.copy_stream)
                 self.copy_stream.wait_event(self.done[slot])  # the previous occupant's last reader
                 start.record(self.copy_stream)
                 self.data[slot].copy_(self.store.expert(*key), non_blocking=True)
@@ -81,22 +83,32 @@ class SlotPool:
                     self.link.after_copy()
                 end.record(self.copy_stream)
                 self.ready[slot].record(self.copy_stream)
-            self._timed.append((start, end))
+            self._timed.append((queued, start, end))
             self._fresh.add(slot)
         return self.store.expert_bytes
 
-    def copy_seconds(self, wait: bool = False) -> list[float]:
-        """Durations of the copies (each with its emulated hold) that have finished since the last call, oldest
-        first; they also tune the emulated link. Never waits, unless `wait`: then all copies issued so far."""
-        if wait and self._timed:
-            self._timed[-1][1].synchronize()
-        out = []
-        while self._timed and self._timed[0][1].query():
-            start, end = self._timed.pop(0)
-            out.append(start.elapsed_time(end) / 1e3)
-        if self.link is not None and out:
-            self.link.observe(out, in_flight=len(self._timed))
-        return out
+    def copy_timings(self, wait: bool = False) -> tuple[list[float], float, float]:
+        """What the streams' events tell of the copies since the last call, for those finished (never waits, unless
+        `wait`: then for all issued so far): each copy's duration with its emulated hold, oldest first (they also
+        tune the emulated link); the seconds the copy stream waited before them for their slots' last readers (a
+        victim still being read); and the seconds the compute stream waited for copies (`_await`): the device's
+        time in the step that the link, not the compute, set."""
+        if wait:
+            for pending in (self._timed, self._waited):
+                if pending:
+                    pending[-1][-1].synchronize()
+        copies, victim_wait = [], 0.0
+        while self._timed and self._timed[0][2].query():
+            queued, start, end = self._timed.pop(0)
+            copies.append(start.elapsed_time(end) / 1e3)
+            victim_wait += queued.elapsed_time(start) / 1e3
+        compute_wait = 0.0
+        while self._waited and self._waited[0][1].query():
+            before, after = self._waited.pop(0)
+            compute_wait += before.elapsed_time(after) / 1e3
+        if self.link is not None and copies:
+            self.link.observe(copies, in_flight=len(self._timed))
+        return copies, victim_wait, compute_wait
 
     def weights(self, key: ExpertKey) -> torch.Tensor:
         """The resident expert's weights [3*I*H], safe to read on the current (compute) stream."""
@@ -122,7 +134,14 @@ class SlotPool:
 
     def _await(self, slot: int) -> None:
         if slot in self._fresh:  # once waited for, later work on the compute stream is ordered after the copy
+            timed = not torch.cuda.is_current_stream_capturing()  # (a graph being captured takes no timing event)
+            if timed:
+                before, after = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                before.record(self.compute_stream)
             self.compute_stream.wait_event(self.ready[slot])
+            if timed:
+                after.record(self.compute_stream)
+                self._waited.append((before, after))
             self._fresh.discard(slot)
 
     def release(self, key: ExpertKey) -> None:

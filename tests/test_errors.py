@@ -175,24 +175,37 @@ class _StreamEvent:
 
 
 def test_finished_copies_feed_the_link_costs_and_counters(tiny):
-    """What the engine reads of the copy stream's events (GPU runs; stand-in events here): finished copies only, in
-    order, unless told to wait for all; each copy's time goes to the link's tuner, the load costs and the counters."""
+    """What the engine reads of the streams' events (GPU runs; stand-in events here): finished copies only, in
+    order, unless told to wait for all; each copy's time goes to the link's tuner, the load costs and the counters,
+    the copy stream's wait for a victim's reader before it to `victim_wait_s`, and the compute stream's waits for
+    copies to `copy_wait_s`."""
     rt = Runtime(tiny(FAMILY), "lru", cache_experts=8)
     seen = []
     rt.pool.link = type("Link", (), {"observe": lambda self, s, in_flight: seen.append((s, in_flight))})()
-    stream = {"ms": 6.0}  # the third copy (5 -> 9 ms) is under way
-    marks = [0.0, 2.0, 5.0, 9.0, 10.0]
-    rt.pool._timed = [(_StreamEvent(stream, a), _StreamEvent(stream, b)) for a, b in zip(marks, marks[1:])]
+    copies = {"ms": 6.0}  # the copy stream is at 6 ms: the third copy (5 -> 9 ms) is under way
+    compute = {"ms": 6.0}
+    ev = lambda stream, *ms: tuple(_StreamEvent(stream, t) for t in ms)  # noqa: E731
+    # (queued, start, end): the second copy waited 1 ms for its slot's last reader (queued at 2, started at 3)
+    rt.pool._timed = [ev(copies, 0.0, 0.0, 2.0), ev(copies, 2.0, 3.0, 5.0), ev(copies, 5.0, 5.0, 9.0),
+                      ev(copies, 9.0, 9.5, 10.0)]
+    # (before, after) around the compute stream's waits: 0.5 ms for the first copy, 2.5 ms (unfinished) for the third
+    rt.pool._waited = [ev(compute, 1.5, 2.0), ev(compute, 6.5, 9.0)]
     eng, nbytes = rt.engine, rt.pool.store.expert_bytes
     eng.phase = "decode"
     eng.read_copies()
-    assert seen == [([0.002, 0.003], 2)] and list(eng.costs["load"])[-2:] == [0.002, 0.003]  # 2 still in flight
-    assert (eng.metrics["decode"].copy_s, eng.metrics["decode"].copy_bytes) == (pytest.approx(0.005), 2 * nbytes)
+    assert seen == [([0.002, 0.002], 2)] and list(eng.costs["load"])[-2:] == [0.002, 0.002]  # 2 still in flight
+    d = eng.metrics["decode"]
+    assert (d.copy_s, d.copy_bytes) == (pytest.approx(0.004), 2 * nbytes)
+    assert (d.victim_wait_s, d.copy_wait_s) == (pytest.approx(0.001), pytest.approx(0.0005))
     eng.read_copies()
     assert len(seen) == 1  # nothing more has finished: the tuner is not called with nothing
     eng.read_copies(wait=True)
-    assert seen[1] == ([pytest.approx(0.004), pytest.approx(0.001)], 0) and rt.pool._timed == []
-    assert eng.metrics.summary()["copy_gbps"] == pytest.approx(4 * nbytes / 0.010 / 1e9)
+    assert seen[1] == ([pytest.approx(0.004), pytest.approx(0.0005)], 0) and rt.pool._timed == []
+    assert rt.pool._waited == [] and d.copy_wait_s == pytest.approx(0.003)
+    assert d.victim_wait_s == pytest.approx(0.0015)
+    summary = eng.metrics.summary()
+    assert summary["copy_gbps"] == pytest.approx(4 * nbytes / 0.0085 / 1e9)
+    assert (summary["copy_wait_s"], summary["victim_wait_s"]) == (pytest.approx(0.003), pytest.approx(0.0015))
     rt.close()
 
 
