@@ -115,7 +115,7 @@ class SlotPool:
         if not self.cuda:
             return self.store.expert(*key)
         slot = self.slot_of[key]
-        self._await(slot)
+        self._await([slot])
         return self.data[slot]
 
     def gather(self, keys: list[ExpertKey]) -> torch.Tensor:
@@ -128,21 +128,25 @@ class SlotPool:
         """The slots of resident experts [n] int64 on the device (rows of `data`), safe to read on the compute
         stream (GPU only)."""
         slots = [self.slot_of[k] for k in keys]
-        for slot in slots:
-            self._await(slot)
+        self._await(slots)
         return self.staging.to_device(np.asarray(slots, dtype=np.int64))  # [n]
 
-    def _await(self, slot: int) -> None:
-        if slot in self._fresh:  # once waited for, later work on the compute stream is ordered after the copy
-            timed = not torch.cuda.is_current_stream_capturing()  # (a graph being captured takes no timing event)
-            if timed:
-                before, after = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                before.record(self.compute_stream)
+    def _await(self, slots: list[int]) -> None:
+        """Order the compute stream after the copies into `slots` not waited for yet, timing the wait as one (events
+        before and after it, none while a graph is being captured)."""
+        fresh = [slot for slot in dict.fromkeys(slots) if slot in self._fresh]  # each once, in order
+        if not fresh:  # once waited for, later work on the compute stream is ordered after the copy
+            return
+        timed = not torch.cuda.is_current_stream_capturing()
+        if timed:
+            before, after = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            before.record(self.compute_stream)
+        for slot in fresh:
             self.compute_stream.wait_event(self.ready[slot])
-            if timed:
-                after.record(self.compute_stream)
-                self._waited.append((before, after))
-            self._fresh.discard(slot)
+        if timed:
+            after.record(self.compute_stream)
+            self._waited.append((before, after))
+        self._fresh.difference_update(fresh)
 
     def release(self, key: ExpertKey) -> None:
         """Mark the end of the compute stream's reads of this expert's slot."""

@@ -209,6 +209,39 @@ def test_finished_copies_feed_the_link_costs_and_counters(tiny):
     rt.close()
 
 
+@pytest.mark.parametrize("capturing", [False, True])
+def test_the_compute_streams_wait_for_a_layers_copies_is_timed_once(tiny, monkeypatch, capturing):
+    """`SlotPool._await` (GPU runs; stand-in stream and events here): the compute stream waits once for each copy
+    not yet waited for, and the wait for all of a layer's fresh slots is timed by one pair of events (none while a
+    graph is being captured)."""
+    import torch
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            self.on = None
+
+        def record(self, stream):
+            self.on = stream
+
+    rt = Runtime(tiny(FAMILY), "lru", cache_experts=8)
+    pool = rt.pool
+    waited = []
+    pool.compute_stream = type("Stream", (), {"wait_event": lambda self, ev: waited.append(ev)})()
+    pool.ready = [Event() for _ in range(pool.capacity)]
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing)
+    pool._fresh = {1, 2}
+    pool._await([2, 5, 1, 2])  # slot 5's copy was waited for before
+    assert waited == [pool.ready[2], pool.ready[1]] and pool._fresh == set()
+    if capturing:
+        assert pool._waited == []
+    else:
+        assert len(pool._waited) == 1 and all(ev.on is pool.compute_stream for ev in pool._waited[0])
+    pool._await([1, 2])  # nothing fresh: no wait, no events
+    assert len(waited) == 2 and len(pool._waited) == (0 if capturing else 1)
+    rt.close()
+
+
 def test_measured_copy_rate_in_the_summary():
     from smoe.metrics import Metrics
 
