@@ -25,7 +25,7 @@ Definitions:
                 together count once)
   copy_s, copy_bytes   (GPU) the copies' measured time on the copy stream, each with its emulated hold, and bytes
   copy_wait_s   (GPU) the compute stream's time blocked on copies: device time of the phase that the link set
-                (between events around each wait, so it counts only where the compute had caught up with a copy)
+                (events around each layer's wait for its fresh copies: counts only where the compute had caught up)
   victim_wait_s (GPU) the copy stream's time blocked, before a copy, on the slot's previous expert's last reader
 
 `span(name)` marks a stretch of the engine's work as a named range in a `torch.profiler` trace, only while
