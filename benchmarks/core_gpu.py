@@ -96,9 +96,9 @@ def hf_eager(model: str, batch: int, tokens: int, repeats: int) -> dict:
     runs = [greedy_decode(ref, enc["input_ids"], enc["attention_mask"], tokens) for _ in range(repeats)]
     del ref
     torch.cuda.empty_cache()
-    tpots = [statistics.mean(steps) for _, _, steps in runs]
+    tpots = [statistics.mean(run.step_s) for run in runs]
     return {"policy": "hf-eager", "batch": batch, "slots": None, "repeats": repeats,
-            "ttft_s": statistics.median(t for _, t, _ in runs), "tpot_s": statistics.median(tpots),
+            "ttft_s": statistics.median(run.ttft_s for run in runs), "tpot_s": statistics.median(tpots),
             "tpot_min_s": min(tpots), "tpot_max_s": max(tpots), "hit_rate": 1.0}
 
 

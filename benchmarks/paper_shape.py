@@ -63,7 +63,7 @@ from smoe.runtime import KV_CACHES, default_kv_cache  # noqa: E402
 from smoe.shapes import SHAPES, RandomSource  # noqa: E402
 
 COLUMNS = ["model", "gpu", "measured", "budget_gb", "policy", "batch", "workload", "ttft_s", "tpot_s", "tpot_p50_s",
-           "tpot_p90_s", "hit_rate", "bytes_h2d", "cpu_experts", "cpu_time_s", "substitutions", "prefetches",
+           "tpot_p90_s", "queue_s", "hit_rate", "bytes_h2d", "cpu_experts", "cpu_time_s", "substitutions", "prefetches",
            "prefetch_top_share", "prefetch_routed_share", "policy_time_s", "check_time_s", "prefetch_time_s",
            "predict_time_s", "copy_wait_s", "victim_wait_s", "slots", "link_gbps", "copy_gbps", "bound_s",
            "tpot_over_bound", "repeat"]
@@ -255,7 +255,7 @@ def main() -> int:
                 row = {"model": name, "gpu": args.gpu, "measured": args.device == "cuda",
                        "budget_gb": (budget or {}).get("budget_gb"), "policy": policy, "batch": batch,
                        "workload": workload,
-                       **{k: m[k] for k in ("ttft_s", "tpot_s", "tpot_p50_s", "tpot_p90_s", "hit_rate", "bytes_h2d",
+                       **{k: m[k] for k in ("ttft_s", "tpot_s", "tpot_p50_s", "tpot_p90_s", "queue_s", "hit_rate", "bytes_h2d",
                                             "cpu_experts", "cpu_time_s", "substitutions", "prefetches",
                                             "policy_time_s", "check_time_s", "prefetch_time_s", "predict_time_s",
                                             "copy_wait_s", "victim_wait_s", "copy_gbps")},
@@ -267,7 +267,8 @@ def main() -> int:
                     f.write(json.dumps({"row": row, **rec}) + "\n")
                 write_csv(out / f"{stem}.csv", rows, COLUMNS)
                 rnd = f" r{repeat}" if args.repeats > 1 else ""
-                print(f"{policy:>15} {rec['memory']['capacity']} slots {link or 'native'} b{batch} {workload:>13}{rnd}: TPOT {m['tpot_s'] * 1e3:8.2f} ms, hit "
+                print(f"{policy:>15} {rec['memory']['capacity']} slots {link or 'native'} b{batch} {workload:>13}{rnd}: TPOT {m['tpot_s'] * 1e3:8.2f} ms "
+                      f"(host {m['queue_s'] * 1e3:.2f}), hit "
                       f"{m['hit_rate'] if m['hit_rate'] is not None else float('nan'):.3f}, x{row['tpot_over_bound'] or 0:.2f} "
                       f"of bound" + (f", copies at {m['copy_gbps']:.1f} GB/s, compute waiting for them "
                                      f"{m['decode']['copy_wait_s'] / steps * 1e3:.2f} ms a step" if m["copy_gbps"] else ""),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from transformers import DynamicCache
@@ -22,6 +23,16 @@ def _cache_kwarg(model) -> str:
     return "cache" if "cache" in params and "past_key_values" not in params else "past_key_values"
 
 
+class Decoded(NamedTuple):
+    tokens: torch.Tensor  # [B,N] new tokens, on the CPU
+    ttft_s: float
+    step_s: list[float]  # each decode step's wall time
+    # each decode step's host time up to its wait for the step's token: the time the host took to queue the step's
+    # work, plus any waits for the device inside it (a routing read back). Near `step_s`: the host set the step;
+    # well under it: the device (compute or copies) did, after the host had queued everything.
+    queue_s: list[float]
+
+
 @torch.no_grad()
 def greedy_decode(
     model,
@@ -32,8 +43,8 @@ def greedy_decode(
     on_logits: Callable[[int, torch.Tensor], None] | None = None,
     stop: Callable[[torch.Tensor], bool] | None = None,
     cache=None,
-) -> tuple[torch.Tensor, float, list[float]]:
-    """Returns (new tokens [B,N] on the CPU, TTFT seconds, per-decode-step seconds). `stop(tokens [B,n])`, if
+) -> Decoded:
+    """The new tokens, TTFT and each decode step's wall and host-queueing seconds (`Decoded`). `stop(tokens [B,n])`, if
     given, ends decoding early once it returns True (accuracy runs: every sequence has hit a stop string);
     latency runs leave it out, so every policy decodes the same number of steps. `cache`: an empty KV cache to fill
     (a transformers `StaticCache` of at least S + max_new_tokens positions), else a `DynamicCache`."""
@@ -43,6 +54,7 @@ def greedy_decode(
     pos = (mask.long().cumsum(-1) - 1).clamp(min=0)  # [B,S]
     out_tokens: list[torch.Tensor] = []
     steps: list[float] = []
+    queued: list[float] = []
 
     t0 = time.perf_counter()
     on_forward("prefill", 0)
@@ -64,8 +76,10 @@ def greedy_decode(
             last_pos = last_pos + 1
             logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos, **kw).logits
             nxt = logits[:, -1].argmax(-1)
+            t1 = time.perf_counter()
             out_tokens.append(nxt.cpu())
         steps.append(time.perf_counter() - t0)
+        queued.append(t1 - t0)
         if on_logits is not None:
             on_logits(step, logits[:, -1])
-    return torch.stack(out_tokens, dim=1), ttft, steps
+    return Decoded(torch.stack(out_tokens, dim=1), ttft, steps, queued)

@@ -77,6 +77,7 @@ class Metrics:
         self.preload_loads = preload_loads
         self.ttft_list: list[float] = []  # one per batch of prompts
         self.step_s: list[float] = []  # one per decode step
+        self.queue_s: list[float] = []  # one per decode step: the host's part (`generate.Decoded.queue_s`)
         self.peak_device_bytes = 0
 
     def __getitem__(self, phase: str) -> Counters:
@@ -92,6 +93,7 @@ class Metrics:
             "tpot_s": float(steps.mean()) if steps.size else None,
             "tpot_p50_s": float(np.percentile(steps, 50)) if steps.size else None,
             "tpot_p90_s": float(np.percentile(steps, 90)) if steps.size else None,
+            "queue_s": float(np.mean(self.queue_s)) if self.queue_s else None,  # the host's part of the mean step
             "hit_rate": d.hits / d.uses if d.uses else None,
             "loads": total["loads"],
             "bytes_h2d": total["bytes_h2d"],

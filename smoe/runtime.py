@@ -273,13 +273,14 @@ class Runtime:
             cache = None
             if self.kv_cache == "static":
                 cache = self._static_cache(ids.shape[0], ids.shape[1] + max_new_tokens)
-            tokens, ttft, steps = greedy_decode(
+            decoded = greedy_decode(
                 self.model, ids.to(self.device), mask.to(self.device), max_new_tokens, on_forward, on_logits, stop,
                 cache=cache,
             )
         eng.read_copies(wait=True)  # the last copies' measured times, so the next call starts with none unread
-        eng.metrics.ttft_list.append(ttft)
-        eng.metrics.step_s.extend(steps)
+        eng.metrics.ttft_list.append(decoded.ttft_s)
+        eng.metrics.step_s.extend(decoded.step_s)
+        eng.metrics.queue_s.extend(decoded.queue_s)
         if self.device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(self.device)
         else:  # logical accounting: what the device would hold
@@ -287,7 +288,7 @@ class Runtime:
             kv = per_token * ids.shape[0] * (self._static[1] if cache is not None else ids.shape[1] + max_new_tokens)
             peak = self.memory.skeleton_bytes + self.memory.pool_bytes + kv
         eng.metrics.peak_device_bytes = max(eng.metrics.peak_device_bytes, peak)
-        return Result(tokens=tokens.tolist(), metrics=eng.metrics.summary())
+        return Result(tokens=decoded.tokens.tolist(), metrics=eng.metrics.summary())
 
     STATIC_KV_STEP = 256  # a static cache's positions are a multiple of this, so calls of similar length share it
 

@@ -62,10 +62,10 @@ def reference(tiny, hf_model):
             tok = AutoTokenizer.from_pretrained(tiny(family), padding_side="left")
             enc = tok(PROMPTS, return_tensors="pt", padding=True)
             logits: list[torch.Tensor] = []
-            tokens, _, _ = greedy_decode(
+            tokens = greedy_decode(
                 hf_model(family), enc["input_ids"], enc["attention_mask"], NEW_TOKENS,
                 on_logits=lambda step, lg: logits.append(lg.detach().float().clone()),
-            )
+            ).tokens
             refs[family] = Reference(enc["input_ids"], enc["attention_mask"], tokens.tolist(), logits)
         return refs[family]
 

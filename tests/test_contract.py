@@ -121,6 +121,7 @@ def test_policy_contract(family, name, slots, tiny, lru_traces):
     assert m["hit_rate"] == pytest.approx(m["decode"]["hits"] / m["decode"]["uses"])
     assert m["decode_steps"] == N - 1
     assert m["ttft_s"] > 0 and m["tpot_s"] > 0 and m["tpot_p50_s"] <= m["tpot_p90_s"]
+    assert 0 < m["queue_s"] <= m["tpot_s"]  # the host's part of each step is part of it
     assert m["peak_device_bytes"] > 0
     # copies and their bytes agree, in total and per phase
     assert m["loads"] * info.expert_bytes == m["bytes_h2d"]

@@ -40,7 +40,7 @@ def test_left_padding_does_not_change_a_sequence(family, hf_model, reference):
     ref = reference(family)
     n = int(ref.mask[1].sum())
     ids, mask = ref.ids[1:, -n:], ref.mask[1:, -n:]
-    tokens, _, _ = greedy_decode(hf_model(family), ids, mask, NEW_TOKENS)
+    tokens = greedy_decode(hf_model(family), ids, mask, NEW_TOKENS).tokens
     assert tokens.tolist()[0] == ref.tokens[1]
 
 
