@@ -100,7 +100,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     for batch in args.batches:
         ids = torch.randint(0, source.config.vocab_size, (batch, args.prompt_tokens), generator=g)
-        _, ttft, steps, _ = greedy_decode(model, ids.to(dev), torch.ones_like(ids).to(dev), args.tokens)
+        decoded = greedy_decode(model, ids.to(dev), torch.ones_like(ids).to(dev), args.tokens)
+        ttft, steps = decoded.ttft_s, decoded.step_s
         run = {"batch": batch, "ttft_s": ttft, "tpot_s": sum(steps) / len(steps), "step_s": steps}
         record["runs"].append(run)
         print(f"{name} accelerate {args.budget_gb} GiB b{batch}: TTFT {ttft:.2f} s, TPOT {run['tpot_s']:.3f} s",

@@ -18,11 +18,12 @@ PAD_ID = 256  # the byte tokenizer's <pad>
 METRIC_KEYS = {
     "ttft_s", "tpot_s", "tpot_p50_s", "tpot_p90_s", "queue_s", "hit_rate", "loads", "bytes_h2d", "cpu_experts", "cpu_time_s",
     "substitutions", "skips", "prefetches", "prefetch_used", "policy_time_s", "check_time_s", "prefetch_time_s",
-    "predict_time_s", "peak_device_bytes", "preload_loads", "decode_steps", "prefill", "decode",
+    "predict_time_s", "copy_wait_s", "victim_wait_s", "peak_device_bytes", "preload_loads", "decode_steps", "prefill",
+    "decode",
 }
 PHASE_KEYS = {"uses", "hits", "loads", "bytes_h2d", "cpu_experts", "cpu_time_s", "substitutions", "skips",
               "prefetches", "prefetch_used", "policy_time_s", "check_time_s", "prefetch_time_s",
-              "predict_time_s"}
+              "predict_time_s", "copy_wait_s", "victim_wait_s"}
 
 
 @dataclass

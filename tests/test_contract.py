@@ -122,6 +122,7 @@ def test_policy_contract(family, name, slots, tiny, lru_traces):
     assert m["decode_steps"] == N - 1
     assert m["ttft_s"] > 0 and m["tpot_s"] > 0 and m["tpot_p50_s"] <= m["tpot_p90_s"]
     assert 0 < m["queue_s"] <= m["tpot_s"]  # the host's part of each step is part of it
+    assert m["copy_wait_s"] == 0 and m["victim_wait_s"] == 0  # measured by CUDA events: none on a CPU
     assert m["peak_device_bytes"] > 0
     # copies and their bytes agree, in total and per phase
     assert m["loads"] * info.expert_bytes == m["bytes_h2d"]
