@@ -133,9 +133,9 @@ def main() -> int:
                     "a slow stretch of the host or a process's first runs weigh on both sides of an A/B; rows carry "
                     "`repeat` and their round's floor, and the tables take each setting's median")
     ap.add_argument("--profile", action="store_true", help="run each setting under torch.profiler and write its "
-                    "op and engine-span tables and the decode steps' device-idle time by host span "
-                    "({stem}_profile_{policy}_{workload}_b{batch}.txt) instead of rows: a profiled run's timing is "
-                    "not a measurement")
+                    "op and engine-span tables, the decode steps' device-idle time by host span and their host time "
+                    "by span ({stem}_profile_{policy}_{workload}_b{batch}.txt) instead of rows: a profiled run's "
+                    "timing is not a measurement")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -330,7 +330,8 @@ def profiled(run, path: Path, device: str) -> None:
 def device_idle(events) -> str:
     """Decode steps' device time: busy (any kernel or copy but the emulated link's spinner and host->device loads),
     and idle stretches charged to the host's innermost engine span (`smoe.timeline`), or to the top-level op the
-    host was in outside spans. On a CPU run nothing is device time: the charge is then the host's whole step."""
+    host was in outside spans; then the host's whole decode steps charged the same way. On a CPU run nothing is
+    device time: both charges are then the host's whole step."""
     from smoe import timeline
 
     cpu = torch.autograd.DeviceType.CPU
@@ -354,6 +355,12 @@ def device_idle(events) -> str:
              f"device busy {(wall - sum(b - a for a, b in idle)) / n / 1e3:.2f} ms, idle "
              f"{sum(b - a for a, b in idle) / n / 1e3:.2f} ms per step, charged to the host's innermost span:"]
     lines += [f"    {us / n / 1e3:9.3f} ms/step  {name}" for name, us in sorted(charged.items(), key=lambda kv: -kv[1])[:25]]
+    # the host's whole step, idle device or not: where a host-bound step goes
+    hosted = timeline.charge(windows, spans)
+    lines.append(f"host time in decode steps (under the profiler), {wall / n / 1e3:.2f} ms per step, charged to its "
+                 "innermost span:")
+    lines += [f"    {us / n / 1e3:9.3f} ms/step  {name}"
+              for name, us in sorted(hosted.items(), key=lambda kv: -kv[1])[:25]]
     return "\n".join(lines)
 
 

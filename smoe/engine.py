@@ -9,8 +9,10 @@ router, shared experts and dense layers run unchanged; for the routed experts th
   2. checks the plan, evicts, makes the layer's gate weights on the host (the router's own where a token's set is
      unchanged, the family rule elsewhere; sent to the device as the experts need them), and sends CPU experts to
      the CPU worker thread;
-  3. computes resident experts on the compute stream while the loads copy on the copy stream;
-     each loaded expert is computed as soon as its copy lands (event wait, no device synchronize);
+  3. computes resident experts on the compute stream while the loads copy on the copy stream; the loaded
+     experts are computed once their copies land (event waits, no device synchronize): at decode in one batched
+     product with the experts prefetched for the layer (a few launches, not ten per expert), else each as its copy
+     lands, and so in a layer whose loads wait for the slots its computed experts give up;
   4. lets the policy prefetch later layers (the prediction reads the experts resident before this layer's
      prefetched ones, which are computed after it: queued before the host waits for the prediction, so the device
      runs them while the host decides), collects the CPU results, and combines every expert's output
@@ -189,7 +191,8 @@ class Engine:
             model=self.info,
             costs=self.costs,
         )
-        self.read_copies()
+        with span("smoe.copies_read"):
+            self.read_copies()
         judged = [key for key in self.awaiting if key[0] == layer]  # prefetched for this layer: were they routed?
         # Prefetched since this layer last ran: their copies may still be in flight (the paper's pipeline
         # computes them after the prediction, "once PCIe completes"); a rule of the plan, not of timing.
@@ -207,35 +210,40 @@ class Engine:
         m.policy_time_s += t2 - t0
         m.check_time_s += t2 - t1
 
-        for key in ex.evict:
-            self.pool.evict(key)
+        with span("smoe.evict"):
+            for key in ex.evict:
+                self.pool.evict(key)
         order = ex.experts  # ascending
         tok = _TokenRows(ex, self._to_device)
 
-        w = _GateWeights(self._gate_weights(view, host_topk_w, ex), host_topk_w.dtype, self._to_device)
+        with span("smoe.gate_weights"):
+            w = _GateWeights(self._gate_weights(view, host_topk_w, ex), host_topk_w.dtype, self._to_device)
         # CPU experts first, so the worker runs while the device computes and copies.
         cpu_experts = []
         cpu_future = None
         if _CPU in ex.codes:
-            x_host = x.to("cpu")
-            jobs = [(e, x_host[ex.token_rows(i)]) for i, (e, a) in enumerate(zip(order, ex.codes)) if a == _CPU]
-            cpu_experts = [e for e, _ in jobs]
-            cpu_future = self.cpu.submit(self._cpu_compute, layer, jobs)
+            with span("smoe.cpu_submit"):  # waits for the compute stream up to this layer's input
+                x_host = x.to("cpu")
+                jobs = [(e, x_host[ex.token_rows(i)]) for i, (e, a) in enumerate(zip(order, ex.codes)) if a == _CPU]
+                cpu_experts = [e for e, _ in jobs]
+                cpu_future = self.cpu.submit(self._cpu_compute, layer, jobs)
 
         outs: dict[int, torch.Tensor] = {}
         pending = list(ex.loads)  # ascending ids, copied as soon as a slot is free
         issued: list[int] = []
 
         def issue() -> None:
-            while pending and self.pool.free_slots > 0:
-                e = pending.pop(0)
-                m.bytes_h2d += self.pool.load((layer, e))
-                m.loads += 1
-                issued.append(e)
+            with span("smoe.load"):
+                while pending and self.pool.free_slots > 0:
+                    e = pending.pop(0)
+                    m.bytes_h2d += self.pool.load((layer, e))
+                    m.loads += 1
+                    issued.append(e)
 
         def compute(e: int) -> None:
             key = (layer, e)
-            outs[e] = expert_forward(x[tok[e]], self.pool.weights(key), self.shape, self.act)
+            with span("smoe.expert"):
+                outs[e] = expert_forward(x[tok[e]], self.pool.weights(key), self.shape, self.act)
             self.pool.release(key)
             if e in ex.discard:
                 self.pool.evict(key)
@@ -262,7 +270,8 @@ class Engine:
         def add_hits(experts: list[int]) -> None:
             nonlocal hit_sum
             if group and len(experts) > 1:
-                part = self._grouped(layer, x, experts, w)  # [T,H]
+                with span("smoe.grouped"):
+                    part = self._grouped(layer, x, experts, w)  # [T,H]
                 hit_sum = part if hit_sum is None else hit_sum + part
                 summed.update(experts)
             else:
@@ -281,8 +290,12 @@ class Engine:
             return self._combine(torch.zeros_like(x) if hit_sum is None else hit_sum.clone(), single, outs, tok, w)
 
         def queue_rest() -> None:  # the layer's other device work: its experts prefetched for it, then its loads
+            if not ex.discard:  # every load has its slot: one group with the prefetched ones, after their copies
+                add_hits(late + issued)
+                issued.clear()
+                return
             add_hits(late)
-            while issued:
+            while issued:  # each computed as its copy lands; a discarded one frees a slot for the next load
                 compute(issued.pop(0))
 
         predicted = None
@@ -314,7 +327,8 @@ class Engine:
         assert not pending, "check_plan admitted loads without slots"
 
         if cpu_future is not None:
-            cpu_outs, secs = cpu_future.result()
+            with span("smoe.cpu_wait"):
+                cpu_outs, secs = cpu_future.result()
             m.cpu_time_s += secs
             m.cpu_experts += len(cpu_experts)
             self.costs["cpu"].append(secs / len(cpu_experts))
@@ -323,7 +337,8 @@ class Engine:
 
         unsummed = [e for e in order if e not in summed]
         # hit_sum has no reader left (the prediction queued before has been read back): the rest is added in place
-        final = self._combine(torch.zeros_like(x) if hit_sum is None else hit_sum, unsummed, outs, tok, w)
+        with span("smoe.combine"):
+            final = self._combine(torch.zeros_like(x) if hit_sum is None else hit_sum, unsummed, outs, tok, w)
 
         m.uses += len(ex.rows)
         m.substitutions += ex.substitutions

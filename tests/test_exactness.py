@@ -144,18 +144,36 @@ def test_runtime_is_reusable_with_per_call_metrics(policy, tiny, reference):
 @pytest.mark.parametrize(("policy", "slots"), [("all-gpu", FULL), ("lru", 12)])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_grouped_decode_matches_hf(family, policy, slots, tiny, reference):
-    """Decode's resident experts as one batched product (the GPU default) give HF's tokens and logits too."""
+    """Decode's resident experts as one batched product (the GPU default) give HF's tokens and logits too; so do
+    its loaded experts, batched with them once their copies land in the layers where no load waits for a slot."""
     ref = reference(family)
     rt = Runtime(tiny(family), policy, device="cpu", cache_experts=slots, batch=BATCH, grouped_experts="gather")
-    grouped_layers = []
-    plain = rt.engine._grouped
-    rt.engine._grouped = lambda *a: grouped_layers.append(a[0]) or plain(*a)
+    grouped_layers, loaded_in_group = [], []
+    loaded: set = set()  # keys copied in during the layer running
+    plain, load, run_layer = rt.engine._grouped, rt.pool.load, rt.engine.run_layer
+
+    def grouped(layer, x, experts, w):
+        grouped_layers.append(layer)
+        loaded_in_group.extend(e for e in experts if (layer, e) in loaded)
+        return plain(layer, x, experts, w)
+
+    def counted(key, prefetch=False):
+        loaded.add(key)
+        return load(key, prefetch)
+
+    def layer_run(*a):
+        loaded.clear()
+        return run_layer(*a)
+
+    rt.engine._grouped, rt.pool.load, rt.engine.run_layer = grouped, counted, layer_run
     try:
         logits, _, cb = collect_logits()
         res = rt.generate(PROMPTS, NEW_TOKENS, on_logits=cb)
     finally:
         rt.close()
     assert grouped_layers, "no decode layer took the grouped path"
+    if policy == "lru":
+        assert loaded_in_group, "no loaded expert was computed in a batched product"
     assert res.tokens == ref.tokens
     for step, (got, want) in enumerate(zip(logits, ref.logits)):
         torch.testing.assert_close(got, want, atol=ATOL, rtol=0, msg=lambda s: f"step {step}: {s}")

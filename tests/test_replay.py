@@ -334,11 +334,18 @@ def test_paper_shape_benchmark_runs_end_to_end_on_toy_widths(tmp_path):
     for span in ("smoe.plan", "smoe.prefetch"):  # SMoE decides on arrays: no torch op inside its plan and prefetch
         assert f"\n{span}: " not in text, span
     # the step's time charged by innermost span (all of it idle on a CPU): the engine's spans and ops outside them
-    idle = text[text.index("device idle in decode steps"):]
-    charged = {line.split("ms/step")[1].strip(): float(line.split()[0]) for line in idle.splitlines()[1:]}
-    assert {"smoe.plan", "smoe.predict", "smoe.layer"} <= set(charged) and all(v > 0 for v in charged.values())
+    idle, hosted = text[text.index("device idle in decode steps"):].split("host time in decode steps")
+
+    def table(section: str) -> dict[str, float]:
+        return {line.split("ms/step")[1].strip(): float(line.split()[0]) for line in section.splitlines()[1:]}
+
+    charged = table(idle)
+    assert {"smoe.plan", "smoe.predict", "smoe.layer", "smoe.load", "smoe.expert", "smoe.combine"} <= set(charged)
+    assert all(v > 0 for v in charged.values())
     per_step = float(idle.split(" ms per step")[0].rsplit(" ", 1)[1])
     assert sum(charged.values()) == pytest.approx(per_step, rel=0.05)  # top 25 only: nearly all of it
+    # the host's whole step by span: on a CPU every instant is idle, so the same charge
+    assert table(hosted) == pytest.approx(charged)
     assert not (prof / "deepseek-moe-16b-shape-tiny.csv").exists()
     assert int(rows[2]["prefetches"]) > 0 and int(rows[3]["prefetches"]) == 0  # the variant runs with its parameter
     assert float(rows[2]["predict_time_s"]) > 0 and float(rows[3]["predict_time_s"]) == 0
