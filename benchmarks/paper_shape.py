@@ -100,11 +100,12 @@ def main() -> int:
                          "all but the routed experts (layer, the runtime's default on a GPU), the attention alone "
                          "(rows labelled {policy}@attention-skeleton) and/or nothing (op by op, {policy}@eager-skeleton); "
                          "each against a floor of its own; several: side by side")
-    ap.add_argument("--grouped", nargs="+", default=["slots"], choices=["slots", "gather"],
+    ap.add_argument("--grouped", nargs="+", default=["graphs"], choices=["graphs", "slots", "gather"],
                     help="how every policy, the floor included, computes a decode layer's resident experts in one "
-                         "batched product: read in place from the slots by a Triton kernel (the runtime's default on "
-                         "a GPU) and/or gathered out of them first (rows labelled {policy}@gather-experts, against a "
-                         "floor of their own); both: side by side")
+                         "batched product: read in place from the slots by a Triton kernel, replayed as a CUDA graph "
+                         "per (experts, tokens) (the runtime's default on a GPU), the same launched op by op (rows "
+                         "labelled {policy}@slots-experts) and/or gathered out of the slots first "
+                         "({policy}@gather-experts); each against a floor of its own; several: side by side")
     ap.add_argument("--block-order", nargs="+", default=["router-first"], choices=["router-first", "hf"],
                     help="Qwen2-MoE blocks: router before the shared expert, so the device runs the shared expert "
                          "while the host plans (the runtime's default), and/or HF's order (rows labelled "
@@ -157,7 +158,7 @@ def main() -> int:
     args.kv_cache = args.kv_cache or [default_kv]
     if any(links) and args.device != "cuda":
         ap.error("--link-gbps emulates a PCIe link on a GPU; it needs --device cuda")
-    if args.grouped != ["slots"] and args.device != "cuda":
+    if args.grouped != ["graphs"] and args.device != "cuda":
         ap.error("--grouped chooses how a GPU computes a decode layer's experts; on a CPU they run one by one "
                  "(leave --grouped out)")
     overrides = {"num_hidden_layers": args.layers} if args.layers else {}
@@ -222,8 +223,8 @@ def main() -> int:
                         label += "@eager-predictor"
                     if skeleton != "layer":
                         label += f"@{skeleton}-skeleton"
-                    if grouped == "gather":
-                        label += "@gather-experts"
+                    if grouped != "graphs":
+                        label += f"@{grouped}-experts"
                     if order == "hf":
                         label += "@hf-block-order"
                     if kv != default_kv:

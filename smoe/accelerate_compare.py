@@ -5,7 +5,7 @@ Where it sits: reads what two benchmarks wrote on the GPU machine and touches no
 records accelerate's TTFT and TPOT per shape, GPU budget (GiB) and batch; `paper_shape.py`'s runs, tabled as
 `perf_gpu.csv`, give every policy's TPOT. A runtime budget matches an accelerate budget within `BUDGET_TOLERANCE`
 of it (Qwen2-57B's accelerate run had 44 GiB, the runtime 40 and 48). Only runs at the runtime's current defaults
-count (`DEFAULTS`: layer graphs, the slot kernel, the static KV cache, every A/B option at its default) and only on
+count (`DEFAULTS`: layer graphs, the slot kernel (op by op or as graphs), the static KV cache, every A/B option at its default) and only on
 the emulated link, the paper's PCIe, slower than the H200's own link that accelerate copied over. The floor (all-gpu) counts in the folders where a matched run
 was measured: it has no budget of its own.
 """
@@ -18,8 +18,9 @@ from .policy import OFFLOADING_BASELINES
 BUDGET_TOLERANCE = 0.10  # a runtime budget within 10% of accelerate's is "the same budget"
 POLICIES = ["all-gpu", "smoe", *OFFLOADING_BASELINES]
 # the runtime's current defaults on the GPU, as perf_gpu.csv's mode columns name them (A/B rows differ in one)
-DEFAULTS = {"skeleton": "layer", "grouped": "slots", "kv_cache": "static", "hits": "after-plan",
-            "prefetch_at": "layer"}
+# (the slot kernel counts op by op or replayed as a graph: the same products, the graphs' faster, 2026-12-06)
+DEFAULTS = {"skeleton": {"layer"}, "grouped": {"slots", "graphs"}, "kv_cache": {"static"}, "hits": {"after-plan"},
+            "prefetch_at": {"layer"}}
 LABELS = r"@[a-z-]+$"  # an A/B's label on a policy name (`smoe@hits-after-plan`); its modes are in the columns
 
 
@@ -39,8 +40,8 @@ def compare(records: list[dict], perf: pd.DataFrame) -> pd.DataFrame:
     acc = accelerate_runs(records)
     runs = perf[perf.measured.astype(bool)].copy()
     runs["policy"] = runs.policy.str.replace(LABELS, "", regex=True)
-    for column, value in DEFAULTS.items():
-        runs = runs[runs[column] == value]
+    for column, values in DEFAULTS.items():
+        runs = runs[runs[column].isin(values)]
     runs["folder"] = runs.source.str.split("/").str[0]
     offloaded = runs[runs.emulated.astype(bool) & runs.policy.isin(POLICIES)]
     floors = runs[runs.policy == "all-gpu"]

@@ -38,6 +38,7 @@ from .plan import _CPU, _HIT, CacheView, ExecPlan, LayerView, ModelInfo, check_p
 from .policy import ExpertPolicy
 from .pool import SlotPool
 from .predict import NextLayerPredictor, PrefetchContext, early_key, prediction_key
+from .grouped_graphs import GroupedGraphs
 from .grouped_kernel import slot_grouped_forward
 from .store import expert_forward, grouped_forward
 from .errors import PolicyError
@@ -113,9 +114,11 @@ class Engine:
         self.early_key = early_key(self.early_attention)  # what a trace records that prediction under
         # decode: a layer's resident experts as one batched product (a few kernels, not a few per expert; the
         # runtime's default on a GPU, where launches dominate a decode step), their weights read in place from the
-        # slots ("slots", `grouped_kernel`) or gathered out of them first ("gather"); "off": expert by expert, as
-        # HF orders.
+        # slots ("slots", `grouped_kernel`), the same captured as one CUDA graph per (experts, tokens) ("graphs",
+        # `grouped_graphs`), or gathered out of the slots first ("gather"); "off": expert by expert, as HF orders.
         self.grouped = grouped
+        self.products = GroupedGraphs(pool.data, self.shape, act, pool.staging, capture=True) \
+            if grouped == "graphs" else None
 
     # ---- whole-run hooks ----------------------------------------------------------------------------
     def preload_keys(self, keys: list) -> None:
@@ -371,6 +374,10 @@ class Engine:
         token that does not use one has weight 0 there): x [T,H], w [T,E] -> [T,H]. For decode, where T is the
         batch: the weights are read once either way, and the layer is a handful of kernels."""
         keys = [(layer, e) for e in experts]
+        if self.grouped == "graphs":
+            y = self.products(x, self.pool.await_slots(keys), w.w[:, experts].T, w.dtype)  # [T,H]
+            self.pool.release_all(keys)
+            return y
         if self.grouped == "slots":
             y = slot_grouped_forward(x, self.pool.data, self.pool.slot_index(keys), self.shape, self.act)  # [n,T,H]
         else:

@@ -127,9 +127,13 @@ class SlotPool:
     def slot_index(self, keys: list[ExpertKey]) -> torch.Tensor:
         """The slots of resident experts [n] int64 on the device (rows of `data`), safe to read on the compute
         stream (GPU only)."""
+        return self.staging.to_device(np.asarray(self.await_slots(keys), dtype=np.int64))  # [n]
+
+    def await_slots(self, keys: list[ExpertKey]) -> list[int]:
+        """The slots of resident experts, with the compute stream ordered after their copies (GPU only)."""
         slots = [self.slot_of[k] for k in keys]
         self._await(slots)
-        return self.staging.to_device(np.asarray(slots, dtype=np.int64))  # [n]
+        return slots
 
     def _await(self, slots: list[int]) -> None:
         """Order the compute stream after the copies into `slots` not waited for yet, timing the wait as one (events

@@ -60,8 +60,9 @@ def attention_core(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask
 class Piece:
     """A function of fixed-shape tensors, captured as a CUDA graph, or run as is when `capture` is off.
 
-    A replay reads its inputs at fixed addresses: each call copies its arguments there, except an argument that
-    already lies there. An example in `chained` (the data pointers of other pieces' outputs, which stay put
+    A replay reads its inputs at fixed addresses: each call copies its arguments there (asynchronously: an argument
+    on the host must be pinned and stay unchanged until the copy has run), except an argument that already lies
+    there. An example in `chained` (the data pointers of other pieces' outputs, which stay put
     between replays) is read in place rather than cloned, so a piece fed by another's output costs no copy."""
 
     def __init__(self, fn, examples: list[torch.Tensor], capture: bool, stream=None, pool=None,
@@ -88,7 +89,7 @@ class Piece:
             return self.fn(*args)
         for dst, src in zip(self.inputs, args):
             if src.data_ptr() != dst.data_ptr():  # an argument not already where the replay reads it
-                dst.copy_(src)
+                dst.copy_(src, non_blocking=True)  # from the device, or from pinned host memory kept until it ran
         self.graph.replay()
         return self.outputs
 

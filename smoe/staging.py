@@ -65,16 +65,22 @@ class PinnedStaging:
 
     def to_device(self, a: np.ndarray | torch.Tensor) -> torch.Tensor:
         """A host array or tensor -> the same values on the device (asynchronous on the current stream)."""
+        t = self.stage(a)
+        return t if not self.cuda else t.to(self.device, non_blocking=True)
+
+    def stage(self, a: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """A host array or tensor -> the same values in pinned memory that stays unchanged until the copies issued
+        on the current stream after this call have run (a GPU's copy source; `to_device`). On a CPU, `a` itself."""
         t = torch.from_numpy(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a.contiguous()
         if not self.cuda:
             return t
         n = t.numel() * t.element_size()
         if n == 0 or n > self.ring.half:  # empty, or larger than the buffer's half: a pinned copy of its own
-            return t.pin_memory().to(self.device, non_blocking=True)
+            return t.pin_memory()
         start = self.ring.place(n)
         staged = self.buf[start:start + n].view(t.dtype).view(t.shape)
         staged.copy_(t)
-        return staged.to(self.device, non_blocking=True)
+        return staged
 
     def start_to_host(self, *tensors: torch.Tensor, channel: str = "scores") -> tuple[str, list[torch.Tensor]]:
         """Queue the copies of device tensors to the host on the current stream; `finish_to_host(result)` waits

@@ -98,10 +98,11 @@ def test_unsupported_device(tiny):
 
 
 def test_grouped_experts_names_the_accepted_ways(tiny):
-    with pytest.raises(BudgetError, match="grouped_experts='batched' is not one of off, gather, slots"):
+    with pytest.raises(BudgetError, match="grouped_experts='batched' is not one of off, gather, slots, graphs"):
         Runtime(tiny(FAMILY), "lru", device="cpu", cache_experts=4, grouped_experts="batched")
-    with pytest.raises(BudgetError, match="grouped_experts='slots' needs Triton and a CUDA device .device cpu."):
-        Runtime(tiny(FAMILY), "lru", device="cpu", cache_experts=4, grouped_experts="slots")
+    for way in ("slots", "graphs"):
+        with pytest.raises(BudgetError, match=f"grouped_experts='{way}' needs Triton and a CUDA device .device cpu."):
+            Runtime(tiny(FAMILY), "lru", device="cpu", cache_experts=4, grouped_experts=way)
 
 
 def test_emulated_link_needs_a_gpu_and_a_positive_rate(tiny):

@@ -124,8 +124,8 @@ def test_default_kv_cache(tiny):
 
 
 def test_default_grouped_mode(monkeypatch):
-    """Decode's resident experts: one by one on a CPU; on a GPU read in place by the slot kernel where Triton is
-    installed, else gathered first (which the budget then reserves room for)."""
+    """Decode's resident experts: one by one on a CPU; on a GPU read in place by the slot kernel, replayed as CUDA
+    graphs, where Triton is installed, else gathered first (which the budget then reserves room for)."""
     from smoe import grouped_kernel
     from smoe.runtime import default_grouped
 
@@ -133,4 +133,4 @@ def test_default_grouped_mode(monkeypatch):
     monkeypatch.setattr(grouped_kernel, "triton", None)
     assert default_grouped(torch.device("cuda")) == "gather"
     monkeypatch.setattr(grouped_kernel, "triton", object())
-    assert default_grouped(torch.device("cuda")) == "slots"
+    assert default_grouped(torch.device("cuda")) == "graphs"

@@ -56,3 +56,45 @@ def test_slot_kernel_equals_the_gathered_product():
         # float32: the same sums in another order; float16: the hidden activations rounded to half as well
         tol = 1e-5 if c["dtype"] == "torch.float32" else 4e-3
         assert c["err"] <= tol * c["scale"], c
+
+
+GRAPHS = r"""
+import json
+import numpy as np
+import torch
+from smoe.checkpoint import ExpertShape
+from smoe.grouped_graphs import GroupedGraphs
+from smoe.staging import PinnedStaging
+from smoe.store import grouped_forward
+
+torch.manual_seed(0)
+act = torch.nn.functional.silu
+shape = ExpertShape(hidden=40, intermediate=24)
+data = torch.randn(7, shape.numel) * 0.2  # 7 slots
+products = GroupedGraphs(data, shape, act, PinnedStaging(torch.device("cpu")), capture=False)
+out = []
+for T, slots in [(1, [5, 0, 3]), (3, [6, 2, 4, 1]), (3, [2])]:
+    x = torch.randn(T, shape.hidden)
+    gate = np.random.default_rng(T).random((len(slots), T), dtype=np.float32)  # [n,T]
+    got = products(x, slots, gate, torch.float32)  # [T,H]
+    y = grouped_forward(x, data[torch.tensor(slots)], shape, act)  # [n,T,H]
+    want = (y * torch.from_numpy(gate)[..., None]).sum(0)
+    out.append({"T": T, "n": len(slots), "shape": list(got.shape), "err": (got - want).abs().max().item(),
+                "scale": want.abs().max().item()})
+print(json.dumps(out))
+"""
+
+
+def test_grouped_graphs_product_reads_the_packed_slots_and_gate_weights():
+    """The "graphs" mode's product (`grouped_graphs`, run eagerly: the CUDA graph captures this same function) sends
+    the slot indices and gate weights [n,T] in one packed plan; it must weight expert i's output by row i of the gate
+    weights and read the slots in the order given."""
+    env = os.environ | {"TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", GRAPHS], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cases = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [(c["T"], c["n"]) for c in cases] == [(1, 3), (3, 4), (3, 1)]
+    for c in cases:
+        assert c["shape"] == [c["T"], 40], c
+        assert c["err"] <= 1e-5 * c["scale"], c

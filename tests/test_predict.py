@@ -401,7 +401,8 @@ def test_captured_pieces_read_another_pieces_output_in_place(monkeypatch):
     monkeypatch.setattr(pg.torch.cuda, "CUDAGraph", Graph)
     copies = []
     own_copy = torch.Tensor.copy_
-    monkeypatch.setattr(torch.Tensor, "copy_", lambda dst, src, *a: copies.append(dst) or own_copy(dst, src, *a))
+    monkeypatch.setattr(torch.Tensor, "copy_",
+                        lambda dst, src, *a, **kw: copies.append(dst) or own_copy(dst, src, *a, **kw))
 
     pieces = pg.Pieces(capture=True)
     x = torch.arange(4.0)

@@ -6,9 +6,9 @@ measured rows only (perf_gpu.csv, and ablation_gpu.csv for Fig. 14):
   fig13_ttft_gpu      TTFT per policy, the same panels
   fig14_ablation_gpu  the ablation steps lru -> smoe (paper Fig. 14/17): TPOT bars and hit rate, one panel per
                       setting that ran every step
-Each policy at the runtime's defaults: the op-by-op, attention-graphs-only, gathered, HF-block-order and
-other-KV-cache variants of an A/B run (`@eager-...`, `@attention-skeleton`, `@gather-experts`, `@hf-block-order`,
-`@static-kv`, `@dynamic-kv`), and the rows of options measured and taken out again (`prefetch_at` other than
+Each policy at the runtime's defaults: the op-by-op, attention-graphs-only, gathered, uncaptured-product, HF-block-order
+and other-KV-cache variants of an A/B run (`@eager-...`, `@attention-skeleton`, `@gather-experts`, `@slots-experts`,
+`@hf-block-order`, `@static-kv`, `@dynamic-kv`), and the rows of options measured and taken out again (`prefetch_at` other than
 `layer`, `hits` other than `after-plan`), are left to the tables; the rows of those A/Bs labelled
 `@in-layer-prefetch` or `@hits-after-plan` ran the runtime's order and are drawn under their policy's name.
 A setting measured in more than one folder of `gpu_results` is drawn from the folder listed first.
@@ -63,7 +63,7 @@ if fig == "fig14_ablation_gpu":
     out = f
 else:
     df = pd.read_csv(sm.input.perf)
-    variant = df.policy.str.contains("@eager-|@attention-|@gather-|@hf-|@static-kv|@dynamic-kv", regex=True)
+    variant = df.policy.str.contains("@eager-|@attention-|@gather-|@slots-|@hf-|@static-kv|@dynamic-kv", regex=True)
     taken_out = df.prefetch_at.ne("layer") | df.hits.ne("after-plan")  # options measured and removed again
     df = df[df.measured.astype(bool) & ~variant & ~taken_out].copy()
     df["policy"] = df.policy.str.replace("@in-layer-prefetch|@hits-after-plan", "", regex=True)  # the runtime's order

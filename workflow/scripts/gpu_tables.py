@@ -3,9 +3,10 @@
                               a paper GPU's PCIe; `skeleton`: what of the decode layers ran as CUDA graphs,
                               `layer` (all but the routed experts), `attention` (every run before
                               the block pieces, ea08add) or `eager`;
-                              `grouped`: how decode computed a layer's resident experts, `slots` (read in place
-                              by the Triton kernel) or `gather` (gathered out of the slots first, every run
-                              before 2026-12-01); `block_order`: `router-first` (Qwen2-MoE blocks ran their
+                              `grouped`: how decode computed a layer's resident experts, `graphs` (read in
+                              place by the Triton kernel, replayed as a CUDA graph: the GPU default since
+                              2026-12-06), `slots` (the same launched op by op) or `gather` (gathered out of the
+                              slots first, every run before 2026-12-01); `block_order`: `router-first` (Qwen2-MoE blocks ran their
                               router before their shared expert) or `hf`; `kv_cache`: `dynamic` (grown each step,
                               every run before 2026-12-01's fourteenth campaign) or `static` (the GPU
                               default since); `prefetch_at`: where a prefetching policy's decode-layer prefetch
@@ -121,7 +122,8 @@ runs["folder"] = runs.source.str.split("/").str[0]
 # the modes are the `skeleton`, `grouped`, `block_order`, `kv_cache`, `hits` and `prefetch_at` columns; the floor,
 # which prefetches nothing, is shared by both `prefetch_at` settings
 runs["policy"] = runs.policy.str.replace(
-    "@eager-skeleton|@attention-skeleton|@gather-experts|@hf-block-order|@static-kv|@dynamic-kv|@in-layer-prefetch"
+    "@eager-skeleton|@attention-skeleton|@gather-experts|@slots-experts|@hf-block-order|@static-kv|@dynamic-kv"
+    "|@in-layer-prefetch"
     "|@hits-after-plan", "", regex=True)
 modes = ["skeleton", "grouped", "block_order", "kv_cache", "hits"]
 floor_key = ["folder", "model", "batch", "workload", *modes]  # the floor has no budget and prefetches nothing
