@@ -11,8 +11,9 @@ router, shared experts and dense layers run unchanged; for the routed experts th
      the CPU worker thread;
   3. computes resident experts on the compute stream while the loads copy on the copy stream; the loaded
      experts are computed once their copies land (event waits, no device synchronize): at decode in one batched
-     product with the experts prefetched for the layer (a few launches, not ten per expert), else each as its copy
-     lands, and so in a layer whose loads wait for the slots its computed experts give up;
+     product with the experts prefetched for the layer (a few launches, not ten per expert; on a GPU one CUDA graph
+     replay, `grouped_graphs`, even for a lone expert), else each as its copy lands, and so in a layer whose loads
+     wait for the slots its computed experts give up;
   4. lets the policy prefetch later layers (the prediction reads the experts resident before this layer's
      prefetched ones, which are computed after it: queued before the host waits for the prediction, so the device
      runs them while the host decides), collects the CPU results, and combines every expert's output
@@ -267,12 +268,14 @@ class Engine:
         early = [e for e in hits if e not in in_flight]
         late = [e for e in hits if e in in_flight]
         group = self.grouped != "off" and self.phase == "decode"
+        # the fewest experts worth a product: a captured one is one replay, cheaper than a lone expert's launches
+        least = 1 if self.products is not None else 2
         summed: set[int] = set()  # experts whose weighted output hit_sum holds
         hit_sum = None  # [T,H]
 
         def add_hits(experts: list[int]) -> None:
             nonlocal hit_sum
-            if group and len(experts) > 1:
+            if group and len(experts) >= least:
                 with span("smoe.grouped"):
                     part = self._grouped(layer, x, experts, w)  # [T,H]
                 hit_sum = part if hit_sum is None else hit_sum + part

@@ -179,6 +179,41 @@ def test_grouped_decode_matches_hf(family, policy, slots, tiny, reference):
         torch.testing.assert_close(got, want, atol=ATOL, rtol=0, msg=lambda s: f"step {step}: {s}")
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_graphs_mode_feeds_every_resident_group_to_the_captured_product(family, tiny, reference):
+    """The GPU default `grouped_experts="graphs"`, its engine side on the CPU: each group of resident experts, a lone
+    one too, goes to the captured product (`GroupedGraphs`) with its slots in order and its gate weights as [n,T] rows.
+    The product is stood in for by the same sum computed from the host store (the captured function itself runs in
+    Triton's interpreter in test_grouped_kernel.py); the tokens and logits must be HF's."""
+    import numpy as np
+
+    from smoe.store import grouped_forward
+
+    ref = reference(family)
+    rt = Runtime(tiny(family), "lru", device="cpu", cache_experts=12, batch=BATCH, grouped_experts="gather")
+    sizes: list[int] = []
+
+    def product(x, slots, gate, gate_dtype):  # x [T,H], gate [n,T] float32 -> [T,H]
+        assert isinstance(gate, np.ndarray) and gate.dtype == np.float32 and gate.shape == (len(slots), len(x))
+        key_of = {slot: key for key, slot in rt.pool.slot_of.items()}
+        weights = torch.stack([rt.pool.store.expert(*key_of[s]) for s in slots])  # [n, 3*I*H]
+        y = grouped_forward(x, weights, rt.engine.shape, rt.engine.act)  # [n,T,H]
+        sizes.append(len(slots))
+        return (y * torch.from_numpy(gate).to(gate_dtype)[..., None].to(y.dtype)).sum(0)
+
+    rt.engine.grouped, rt.engine.products = "graphs", product
+    rt.pool.await_slots = lambda keys: [rt.pool.slot_of[k] for k in keys]
+    try:
+        logits, _, cb = collect_logits()
+        res = rt.generate(PROMPTS, NEW_TOKENS, on_logits=cb)
+    finally:
+        rt.close()
+    assert 1 in sizes and any(n > 1 for n in sizes), sizes
+    assert res.tokens == ref.tokens
+    for step, (got, want) in enumerate(zip(logits, ref.logits)):
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=0, msg=lambda s: f"step {step}: {s}")
+
+
 def test_router_first_block_order(tiny, reference):
     """Qwen2-MoE blocks run their router before their shared expert (`smoe.router_first`): when the shared expert
     runs, the layer's scores are already on their way to the host; with `router_first=False` the block keeps HF's
