@@ -59,8 +59,8 @@ def default_grouped(device: torch.device) -> str:
     from the slots by `grouped_kernel` where Triton is installed and replayed as a CUDA graph per (experts, tokens)
     (`grouped_graphs`; else gathered out of the slots first, which moves each expert's bytes twice more); on a CPU
     one by one, in HF's order. On an H100 (Qwen2-57B shape, 14 layers, exam, batch 1, three rounds side by side) the
-    graphs took the all-GPU step's median from 12.1-16.7 ms to 8.7-9.0 and SMoE's from 25.1-27.7 to 14.5-19.4, with
-    bit-equal logits (results/gpu/grouped_graphs_h100_s51)."""
+    graphs took the all-GPU step from 10.2-12.0 ms to 9.1 and SMoE's from 15.8-16.1 to 13.8, with the same tokens
+    (results/gpu/grouped_graphs_h100_s51)."""
     if device.type != "cuda":
         return "off"
     return "graphs" if grouped_kernel.available(device) else "gather"
