@@ -362,7 +362,7 @@ class Runtime:
             "kv_cache": self.kv_cache,  # KV_CACHES
             "skeleton_capture_s": self.skeleton.capture_s if self.skeleton else 0.0,
             # host time spent capturing the batched products' graphs ("graphs"), on their first use in the timed steps
-            "grouped_capture_s": self.engine.products.capture_s if self.engine.products else 0.0,
+            "grouped_capture_s": self.engine.products.capture_s if self.engine.products is not None else 0.0,
         }
         return env
 

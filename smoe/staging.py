@@ -69,8 +69,9 @@ class PinnedStaging:
         return t if not self.cuda else t.to(self.device, non_blocking=True)
 
     def stage(self, a: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """A host array or tensor -> the same values in pinned memory that stays unchanged until the copies issued
-        on the current stream after this call have run (a GPU's copy source; `to_device`). On a CPU, `a` itself."""
+        """A host array or tensor -> the same values in pinned memory, a copy's source on a GPU (`to_device`): issue
+        the copy from it on the current stream before staging anything else, and the memory stays unchanged until
+        the copy has run. On a CPU, `a` itself."""
         t = torch.from_numpy(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a.contiguous()
         if not self.cuda:
             return t
