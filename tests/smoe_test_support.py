@@ -1,6 +1,7 @@
 """Constants and helpers shared by the test modules (fixtures live in conftest.py)."""
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,3 +100,29 @@ def record_replay_traces(root, workload: str = "exam") -> Path:
     save_trace(root / "traces" / workload / "b1.pt", str(ckpt), "lru", rt)
     rt.close()
     return root / "traces"
+
+
+def stand_in_cuda_graphs(monkeypatch) -> None:
+    """Replace the CUDA stream and graph API that `predict_graphs.Piece` uses with no-ops, for captured pieces on a
+    machine without a GPU: a capture runs the function once, and a replay changes nothing (a test that needs a replay
+    to compute gives a piece's graph a `replay` of its own)."""
+
+    class Graph:
+        def capture_begin(self, **kwargs):
+            pass
+
+        def capture_end(self):
+            pass
+
+        def replay(self):
+            pass
+
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", Stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: nullcontext())
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)

@@ -3,39 +3,21 @@ the slot kernel's product by the same product of the slots gathered (the kernel 
 graphs on the device: benchmarks/grouped_graphs.py)."""
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import numpy as np
 import torch
 
 import smoe.grouped_graphs as gg
-import smoe.predict_graphs as pg
 from smoe.checkpoint import ExpertShape
 from smoe.staging import PinnedStaging
 from smoe.store import grouped_forward
+from smoe_test_support import stand_in_cuda_graphs
 
 
 def test_captured_products_copy_each_plan_in_and_hand_out_their_own_output(monkeypatch):
     """A stand-in replay recomputes the captured function from its static inputs into its static output, as a graph
     does. One piece serves every call of the same (experts, tokens); each call's plan and x reach its static inputs,
     and a caller's result is not overwritten by the next replay."""
-
-    class Graph:
-        def capture_begin(self, **kwargs):
-            pass
-
-        def capture_end(self):
-            pass
-
-    class Stream:
-        def wait_stream(self, other):
-            pass
-
-    monkeypatch.setattr(pg.torch.cuda, "Stream", Stream)
-    monkeypatch.setattr(pg.torch.cuda, "current_stream", Stream)
-    monkeypatch.setattr(pg.torch.cuda, "stream", lambda s: nullcontext())
-    monkeypatch.setattr(pg.torch.cuda, "graph_pool_handle", lambda: None)
-    monkeypatch.setattr(pg.torch.cuda, "CUDAGraph", Graph)
+    stand_in_cuda_graphs(monkeypatch)
     # the slot kernel's product from the slots gathered
     monkeypatch.setattr(gg, "slot_grouped_forward",
                         lambda x, data, slots, shape, act: grouped_forward(x, data[slots.long()], shape, act))

@@ -11,7 +11,7 @@ from smoe.errors import OptionError
 from smoe.plan import Action, Plan, PrefetchPlan
 from smoe.policy import ExpertPolicy, register_policy
 from smoe.runtime import Runtime
-from smoe_test_support import FAMILIES, NEW_TOKENS, PROMPTS, collect_logits
+from smoe_test_support import FAMILIES, NEW_TOKENS, PROMPTS, collect_logits, stand_in_cuda_graphs
 
 
 @register_policy("test-predict-probe")
@@ -376,29 +376,9 @@ def test_captured_pieces_read_another_pieces_output_in_place(monkeypatch):
     from outside is cloned into a static input and copied in on every call; an input that is another captured
     piece's output is read where it lies, with no copy, unless a call passes another tensor; a shared input is one
     buffer for all pieces, copied once per new tensor."""
-    from contextlib import nullcontext
-
     import smoe.predict_graphs as pg
 
-    class Graph:  # a replay here changes nothing: only what is copied where is under test
-        def capture_begin(self, **kwargs):
-            pass
-
-        def capture_end(self):
-            pass
-
-        def replay(self):
-            pass
-
-    class Stream:
-        def wait_stream(self, other):
-            pass
-
-    monkeypatch.setattr(pg.torch.cuda, "Stream", Stream)
-    monkeypatch.setattr(pg.torch.cuda, "current_stream", Stream)
-    monkeypatch.setattr(pg.torch.cuda, "stream", lambda s: nullcontext())
-    monkeypatch.setattr(pg.torch.cuda, "graph_pool_handle", lambda: None)
-    monkeypatch.setattr(pg.torch.cuda, "CUDAGraph", Graph)
+    stand_in_cuda_graphs(monkeypatch)  # a replay changes nothing: only what is copied where is under test
     copies = []
     own_copy = torch.Tensor.copy_
     monkeypatch.setattr(torch.Tensor, "copy_",
