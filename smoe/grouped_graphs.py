@@ -3,8 +3,8 @@
 Where it sits: in the engine's "graphs" mode (`Runtime(grouped_experts="graphs")`) a decode layer's resident
 experts run through here instead of `grouped_kernel.slot_grouped_forward` called op by op. That product was the
 all-GPU floor's costliest host span: 9.6 of 29.1 ms a profiled decode step of the Qwen2-57B shape's 14 layers
-(two Triton launches, a handful of torch ops, the slot indices' and gate weights' copies; results/gpu/
-queue_h100_s50). Here the product of n experts over T tokens,
+(two Triton launches, a handful of torch ops, the slot indices' and gate weights' copies;
+results/gpu/queue_h100_s50). Here the product of n experts over T tokens,
 
     sum_i gate[i] * expert_i(x)      x [T,H], gate [n,T] -> [T,H]
 

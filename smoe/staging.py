@@ -71,7 +71,7 @@ class PinnedStaging:
     def stage(self, a: np.ndarray | torch.Tensor) -> torch.Tensor:
         """A host array or tensor -> the same values in pinned memory, a copy's source on a GPU (`to_device`): issue
         the copy from it on the current stream before staging anything else, and the memory stays unchanged until
-        the copy has run. On a CPU, `a` itself."""
+        the copy has run. On a CPU, `a` as a tensor (numpy's memory shared)."""
         t = torch.from_numpy(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a.contiguous()
         if not self.cuda:
             return t
