@@ -137,6 +137,10 @@ def main() -> int:
                     "op and engine-span tables, the decode steps' device-idle time by host span and their host time "
                     "by span ({stem}_profile_{policy}_{workload}_b{batch}.txt) instead of rows: a profiled run's "
                     "timing is not a measurement")
+    ap.add_argument("--no-floor", dest="floor", action="store_false", help="leave out the all-GPU floor, for a GPU "
+                    "too small to hold every expert (the Qwen2-57B shape's 98.6 GB of them on an 80 GB H100): rows then "
+                    "have no `bound_s` and no `tpot_over_bound`, and the process warms up on the first offloading "
+                    "setting instead")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -145,6 +149,8 @@ def main() -> int:
     if args.profile and args.repeats > 1:
         ap.error("--profile runs each setting once; leave --repeats out")
     policies = args.policies or [p for p in policy_names() if p != "belady"]
+    if not args.floor and set(policies) <= {"all-gpu"}:
+        ap.error("--no-floor leaves nothing to run: name an offloading policy in --policies")
     params = dict(s.split("=", 1) for s in args.set)
     try:
         specs = {p: parse_policy_spec(p) for p in policies}
@@ -185,9 +191,10 @@ def main() -> int:
     print(json.dumps(env), flush=True)
 
     if args.device == "cuda":  # a process's first run is cold (kernels, allocator): warm up, measure nothing
-        run_replayed(source, "all-gpu", Path(args.traces) / args.workloads[0] / f"b{args.batches[0]}.pt",
-                     args.batches[0], device=args.device, host_store=store, max_segments=1,
-                     cache_experts=every_expert)
+        warm_policy, warm_size = ("all-gpu", {"cache_experts": every_expert}) if args.floor else (
+            next(specs[p][0] for p in policies if p != "all-gpu"), {"budget_gb": args.budgets_gb[0]} if args.budgets_gb else {"cache_experts": args.slots[0]})
+        run_replayed(source, warm_policy, Path(args.traces) / args.workloads[0] / f"b{args.batches[0]}.pt",
+                     args.batches[0], device=args.device, host_store=store, max_segments=1, **warm_size)
     rows: list[dict] = []
     floor: dict[tuple, float] = {}
     for batch in args.batches:
@@ -197,7 +204,8 @@ def main() -> int:
                 [{"cache_experts": n} for n in args.slots]
             modes = [(sk, gr, bo, kv, route) for sk in args.skeleton for gr in args.grouped for bo in args.block_order
                      for kv in args.kv_cache for route in args.routing]
-            floors = [("all-gpu", None, None, "graphs", args.cpu_threads[0], "recorded", *m) for m in modes]
+            floors = [("all-gpu", None, None, "graphs", args.cpu_threads[0], "recorded", *m) for m in modes
+                      if args.floor]
             offload = [(p, b, g, mode, threads, pred, *m) for g in links for b in sizes for p in policies
                        if p != "all-gpu" for mode in (args.predictor if predicts[p] else args.predictor[:1])
                        for pred in (args.predictions if predicts[p] else args.predictions[:1])
@@ -252,7 +260,7 @@ def main() -> int:
                 steps = max(m["decode_steps"], 1)
                 link_Bps = rec["env"]["link_gbps"] * 1e9 if rec["env"]["link_gbps"] else env["copy_Bps"]
                 bound = max(floor.get((batch, workload, skeleton, grouped, order, kv, routing, repeat), 0.0),
-                            m["decode"]["bytes_h2d"] / steps / link_Bps if link_Bps else 0.0)
+                            m["decode"]["bytes_h2d"] / steps / link_Bps if link_Bps else 0.0) if args.floor else None
                 row = {"model": name, "gpu": args.gpu, "measured": args.device == "cuda",
                        "budget_gb": (budget or {}).get("budget_gb"), "policy": policy, "batch": batch,
                        "workload": workload,
@@ -270,8 +278,8 @@ def main() -> int:
                 rnd = f" r{repeat}" if args.repeats > 1 else ""
                 print(f"{policy:>15} {rec['memory']['capacity']} slots {link or 'native'} b{batch} {workload:>13}{rnd}: TPOT {m['tpot_s'] * 1e3:8.2f} ms "
                       f"(host {m['queue_s'] * 1e3:.2f}), hit "
-                      f"{m['hit_rate'] if m['hit_rate'] is not None else float('nan'):.3f}, x{row['tpot_over_bound'] or 0:.2f} "
-                      f"of bound" + (f", copies at {m['copy_gbps']:.1f} GB/s, compute waiting for them "
+                      f"{m['hit_rate'] if m['hit_rate'] is not None else float('nan'):.3f}, "
+                      + (f"x{row['tpot_over_bound'] or 0:.2f} of bound" if args.floor else "no floor, no bound") + (f", copies at {m['copy_gbps']:.1f} GB/s, compute waiting for them "
                                      f"{m['decode']['copy_wait_s'] / steps * 1e3:.2f} ms a step" if m["copy_gbps"] else ""),
                       flush=True)
     return 0

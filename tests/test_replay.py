@@ -263,6 +263,11 @@ def test_paper_shape_benchmark_runs_end_to_end_on_toy_widths(tmp_path):
     assert [r["policy"] for r in rows] == ["all-gpu", "lru", "smoe", "smoe@eager-predictor", "smoe:prefetch_mode=none"]
     assert rows[2]["hit_rate"] == rows[3]["hit_rate"] and rows[2]["prefetches"] == rows[3]["prefetches"]
     rows.pop(3)
+    # --no-floor (a GPU too small for every expert): no floor row, and no bound where there is none to take
+    paper_shape(tmp_path / "nofloor", "--budgets-gb", "0.267", "--policies", "lru", "--no-floor")
+    bare = list(csv.DictReader(open(tmp_path / "nofloor/deepseek-moe-16b-shape-tiny.csv")))
+    assert [(r["policy"], r["bound_s"], r["tpot_over_bound"]) for r in bare] == [("lru", "", "")]
+    assert bare[0]["hit_rate"] == rows[1]["hit_rate"]  # the same decisions as beside a floor
     # --cpu-threads with several values: every policy but the floor once per thread count, labelled by it
     paper_shape(tmp_path / "threads", "--budgets-gb", "0.267", "--policies", "lru", "--cpu-threads", "1", "2",
                 "--skeleton", "layer", "eager")
