@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from smoe.costmodel import SKELETON_MODES  # noqa: E402
 from smoe.errors import SmoeError  # noqa: E402
 from smoe.files import write_csv  # noqa: E402
-from smoe.hardware import h2d_rate  # noqa: E402
+from smoe.hardware import gpu_model, h2d_rate  # noqa: E402
 from smoe.policy import make_policy, parse_policy_spec, policy_names  # noqa: E402
 from smoe.replay import filled_host_store, run_replayed, trace_provenance  # noqa: E402
 from smoe.runtime import KV_CACHES, default_kv_cache  # noqa: E402
@@ -191,8 +191,11 @@ def main() -> int:
     print(json.dumps(env), flush=True)
 
     if args.device == "cuda":  # a process's first run is cold (kernels, allocator): warm up, measure nothing
-        warm_policy, warm_size = ("all-gpu", {"cache_experts": every_expert}) if args.floor else (
-            next(specs[p][0] for p in policies if p != "all-gpu"), {"budget_gb": args.budgets_gb[0]} if args.budgets_gb else {"cache_experts": args.slots[0]})
+        if args.floor:
+            warm_policy, warm_size = "all-gpu", {"cache_experts": every_expert}
+        else:  # the first offloading policy at the first size
+            warm_policy = next(specs[p][0] for p in policies if p != "all-gpu")
+            warm_size = {"budget_gb": args.budgets_gb[0]} if args.budgets_gb else {"cache_experts": args.slots[0]}
         run_replayed(source, warm_policy, Path(args.traces) / args.workloads[0] / f"b{args.batches[0]}.pt",
                      args.batches[0], device=args.device, host_store=store, max_segments=1, **warm_size)
     rows: list[dict] = []
@@ -259,8 +262,10 @@ def main() -> int:
                     floor[(batch, workload, skeleton, grouped, order, kv, routing, repeat)] = m["tpot_s"]
                 steps = max(m["decode_steps"], 1)
                 link_Bps = rec["env"]["link_gbps"] * 1e9 if rec["env"]["link_gbps"] else env["copy_Bps"]
-                bound = max(floor.get((batch, workload, skeleton, grouped, order, kv, routing, repeat), 0.0),
-                            m["decode"]["bytes_h2d"] / steps / link_Bps if link_Bps else 0.0) if args.floor else None
+                bound = None  # without a floor, no bound
+                if args.floor:
+                    bound = max(floor.get((batch, workload, skeleton, grouped, order, kv, routing, repeat), 0.0),
+                                m["decode"]["bytes_h2d"] / steps / link_Bps if link_Bps else 0.0)
                 row = {"model": name, "gpu": args.gpu, "measured": args.device == "cuda",
                        "budget_gb": (budget or {}).get("budget_gb"), "policy": policy, "batch": batch,
                        "workload": workload,
@@ -279,16 +284,11 @@ def main() -> int:
                 print(f"{policy:>15} {rec['memory']['capacity']} slots {link or 'native'} b{batch} {workload:>13}{rnd}: TPOT {m['tpot_s'] * 1e3:8.2f} ms "
                       f"(host {m['queue_s'] * 1e3:.2f}), hit "
                       f"{m['hit_rate'] if m['hit_rate'] is not None else float('nan'):.3f}, "
-                      + (f"x{row['tpot_over_bound'] or 0:.2f} of bound" if args.floor else "no floor, no bound") + (f", copies at {m['copy_gbps']:.1f} GB/s, compute waiting for them "
-                                     f"{m['decode']['copy_wait_s'] / steps * 1e3:.2f} ms a step" if m["copy_gbps"] else ""),
+                      + (f"x{row['tpot_over_bound'] or 0:.2f} of bound" if args.floor else "no floor, no bound")
+                      + (f", copies at {m['copy_gbps']:.1f} GB/s, compute waiting for them "
+                         f"{m['decode']['copy_wait_s'] / steps * 1e3:.2f} ms a step" if m["copy_gbps"] else ""),
                       flush=True)
     return 0
-
-
-def gpu_model(name: str) -> str:
-    """A CUDA device name -> its model in lower case: the first word holding a digit ('NVIDIA H100 80GB HBM3' -> 'h100',
-    'NVIDIA GeForce RTX 4090' -> '4090'), else the whole name."""
-    return next((w for w in name.lower().split() if any(c.isdigit() for c in w)), name.lower().replace(" ", "-"))
 
 
 def profiled(run, path: Path, device: str) -> None:

@@ -293,8 +293,10 @@ def model_measured_runs(records: list[dict], native_gbps: float, measured_on: st
     every offloading run is then modelled at its own link rate, so the runs with an emulated link are held out
     of the fit. Returns (validation rows: modelled vs measured per run, with `held_out` and `fit_runs`; modelled
     rows: every run under each profile in `profiles`, with the fitted host costs of `measured_on`,
-    measured=False). `policy_defaults`: see `MeasuredRun.from_record`."""
+    measured=False); none for a benchmark without floors. `policy_defaults`: see `MeasuredRun.from_record`."""
     runs = [MeasuredRun.from_record(r, native_gbps, policy_defaults) for r in records]
+    if not any(r.floor for r in runs):  # no floor calibrates the host's per-layer cost (`paper_shape.py --no-floor`)
+        return [], []
     here = replace(profiles[measured_on], pcie_gbps=native_gbps)
     native = [r for r in runs if r.link_gbps == native_gbps]
     per_layer, fitted = fit_host_costs(native, here)

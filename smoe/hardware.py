@@ -14,6 +14,13 @@ import time
 import torch
 
 
+def gpu_model(name: str) -> str:
+    """A CUDA device name -> its model in lower case, as result tables name the GPU a row was timed on: the first
+    word holding a digit ('NVIDIA H100 80GB HBM3' -> 'h100', 'NVIDIA GeForce RTX 4090' -> '4090'), else the whole
+    name."""
+    return next((w for w in name.lower().split() if any(c.isdigit() for c in w)), name.lower().replace(" ", "-"))
+
+
 def _copies_per_second(dst: torch.Tensor, src: torch.Tensor, reps: int) -> float:
     """`dst.copy_(src)` per second, after a warm-up copy; waits for the GPU where either side is on one."""
     sync = torch.cuda.synchronize if "cuda" in (dst.device.type, src.device.type) else (lambda: None)

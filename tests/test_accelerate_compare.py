@@ -5,7 +5,7 @@ import pytest
 from smoe.accelerate_compare import compare
 
 DEFAULTS = dict(measured=True, skeleton="layer", grouped="slots", kv_cache="static", hits="after-plan",
-                prefetch_at="layer", emulated=True, batch=1, model="s", workload="exam")
+                prefetch_at="layer", emulated=True, batch=1, model="s", workload="exam", gpu="h200")
 
 
 def run(policy, tpot, folder="f1", budget=12.0, **kw):
@@ -16,7 +16,7 @@ def run(policy, tpot, folder="f1", budget=12.0, **kw):
 
 
 def record(budget=12.0, tpot=3.0):
-    return {"shape": "s", "budget_gb": budget, "modules_on_gpu": 5,
+    return {"shape": "s", "budget_gb": budget, "modules_on_gpu": 5, "device_name": "NVIDIA H200",
             "runs": [{"batch": 1, "ttft_s": 4.0, "tpot_s": tpot, "step_s": [tpot] * 7}]}
 
 
@@ -32,6 +32,7 @@ def test_each_policy_against_accelerate_at_the_same_budget():
         run("smoe", 0.01, hits="before-plan"),  # an option measured and taken out again
         run("smoe", 0.01, emulated=False),  # the H200's own link
         run("skip", 0.01),  # not an offloading policy
+        run("smoe", 0.01, gpu="h100"), run("all-gpu", 0.01, gpu="h100"),  # timed on another GPU than accelerate
     ])
     table = compare([record()], perf).set_index("policy")
     assert list(table.index) == ["all-gpu", "smoe", "lru"]

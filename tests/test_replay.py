@@ -372,6 +372,9 @@ def test_paper_shape_benchmark_runs_end_to_end_on_toy_widths(tmp_path):
                 for r in records]
     check, _ = model_measured_runs(emulated, native_gbps=55.0, measured_on="h200")
     assert all(v["held_out"] and v["fit_runs"] == 0 and v["host_per_load_s"] == 0 for v in check)
+    # ... and without a floor (`--no-floor`) nothing calibrates the per-layer cost: nothing to check or model,
+    # whichever GPU it ran on
+    assert model_measured_runs(emulated[1:], native_gbps=55.0, measured_on="h100") == ([], [])
     # a record keeps the parameters it ran with, so a later change of a default does not rewrite it; a record
     # made before records did takes the defaults of its day from the caller
     from smoe.costmodel import MeasuredRun
