@@ -124,9 +124,13 @@ def test_ci_grid_end_to_end(tmp_path):
     assert shape.loc["smoe", "substitutions"].sum() > 0
     for fig in ("fig11_tpot", "fig12_hit_rate", "fig13_ttft", "fig14_ablation", "fig5_score_by_rank", "fig7_reuse_by_rank"):
         assert (work / "figures" / f"{fig}.pdf").stat().st_size > 1000
-    gpu = pd.read_csv(work / "results/tables/perf_gpu.csv")  # committed H200 runs + cost-model rows
+    gpu = pd.read_csv(work / "results/tables/perf_gpu.csv")  # committed GPU runs + cost-model rows
     measured = gpu[gpu.measured.astype(bool)]
-    assert set(measured.gpu) == {"h200"} and measured.emulated.any() and (~measured.emulated).any()
+    assert set(measured.gpu) == {"h200", "h100"} and measured.emulated.any() and (~measured.emulated).any()
+    # the H100 rows: the forty-fifth campaign's, run without a floor (`paper_shape.py --no-floor`), so no bound
+    h100 = measured[measured.gpu == "h100"]
+    assert h100.source.str.startswith("paper_shape_h100_s52_").all() and len(h100) == 15
+    assert "all-gpu" not in set(h100.policy) and h100.bound_s.isna().all() and h100.tpot_over_bound.isna().all()
     # the paper's GPUs, the H200, and this machine as the DAG measured it (`cpu`)
     assert set(gpu[~gpu.measured.astype(bool)].gpu) == {"rtx3080ti-12g", "rtx4060ti-16g", "a6000-48g", "h200", "cpu"}
     # the H200 is modelled at the rates its machine_profile measurement gives, not the built-in ones
@@ -197,6 +201,7 @@ def test_ci_grid_end_to_end(tmp_path):
     assert sorted({(m[:3], b) for m, b in zip(smoe.model, smoe.budget_gb)}) == [
         ("dee", 8), ("dee", 12), ("dee", 16), ("qwe", 40), ("qwe", 48), ("xve", 12), ("xve", 16)]
     assert hf.policy.eq("all-gpu").any() and hf.policy.eq("hybrimoe").any()
+    assert set(hf.gpu) == {"h200"}  # accelerate ran on the H200: the H100's runs are not set against it
     for fig in ("fig11_tpot", "fig12_hit_rate", "fig13_ttft", "fig14_ablation"):  # the GPU runs' analogues
         assert (work / f"figures/{fig}_gpu.pdf").stat().st_size > 1000, fig
     acc = pd.read_csv(work / "results/tables/accuracy.csv")  # all-gpu, smoe at 0.25 and 0.5, skip at 0.25
