@@ -98,4 +98,3 @@ def test_grouped_graphs_product_reads_the_packed_slots_and_gate_weights():
     for c in cases:
         assert c["shape"] == [c["T"], 40], c
         assert c["err"] <= 1e-5 * c["scale"], c
-
