@@ -30,8 +30,7 @@ def accelerate_runs(records: list[dict]) -> pd.DataFrame:
     """accelerate_offload.py records -> one row per (model, budget, batch): accelerate's TTFT and TPOT, and the GPU it
     ran on (`gpu`, as perf_gpu.csv names it)."""
     rows = [{"model": r["shape"], "gpu": gpu_model(r["device_name"]), "accelerate_budget_gib": r["budget_gb"],
-             "batch": run["batch"],
-             "accelerate_ttft_s": run["ttft_s"], "accelerate_tpot_s": run["tpot_s"],
+             "batch": run["batch"], "accelerate_ttft_s": run["ttft_s"], "accelerate_tpot_s": run["tpot_s"],
              "accelerate_steps": len(run["step_s"]), "accelerate_modules_on_gpu": r["modules_on_gpu"]}
             for r in records for run in r["runs"]]
     return pd.DataFrame(rows)
@@ -65,8 +64,8 @@ def compare(records: list[dict], perf: pd.DataFrame) -> pd.DataFrame:
                             "speedup_median": a.accelerate_tpot_s / t.median(),
                             "speedup_min": a.accelerate_tpot_s / t.max()})
     columns = ["model", "gpu", "accelerate_budget_gib", "budget_gb", "batch", "policy", "runs", "workloads",
-               "tpot_median_s", "tpot_min_s", "tpot_max_s", "accelerate_tpot_s", "speedup_median", "speedup_min", "accelerate_ttft_s",
-               "accelerate_steps", "accelerate_modules_on_gpu"]
+               "tpot_median_s", "tpot_min_s", "tpot_max_s", "accelerate_tpot_s", "speedup_median", "speedup_min",
+               "accelerate_ttft_s", "accelerate_steps", "accelerate_modules_on_gpu"]
     table = pd.DataFrame(out, columns=columns)
     order = {p: i for i, p in enumerate(POLICIES)}
     return table.sort_values(["model", "budget_gb", "batch", "policy"],

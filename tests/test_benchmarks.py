@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from smoe.hardware import gpu_model
 from smoe.tiny import make_tiny
 from smoe_test_support import record_replay_traces
 
@@ -225,7 +226,5 @@ def test_planning_share_splits_check_and_prefetch_where_the_record_has_them(tmp_
 
 def test_paper_shape_names_the_gpu_its_rows_were_timed_on():
     """A CUDA device's name -> the `gpu` column's default: H100 rows are not labelled h200."""
-    from smoe.hardware import gpu_model
-
     assert gpu_model("NVIDIA H100 80GB HBM3") == "h100" and gpu_model("NVIDIA H200") == "h200"
     assert gpu_model("NVIDIA GeForce RTX 4090") == "4090" and gpu_model("Some Accelerator") == "some-accelerator"
