@@ -18,6 +18,7 @@ import argparse
 import functools
 import gzip
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -29,11 +30,15 @@ COUNTERS = ("hits", "loads", "cpu_experts", "substitutions", "prefetches")
 
 @functools.cache
 def moe_layers(model: str) -> int | None:
-    """MoE layers of a named paper shape (None for another model); built once per model, not per run record."""
-    if model not in SHAPES:
+    """MoE layers of a paper shape as `paper_shape.py` names its runs: the shape, then `-{N}l` where it ran the first N
+    decoder layers (`--layers`) and `-tiny` at toy widths (None for another model); built once per model, not per run
+    record."""
+    m = re.fullmatch(r"(.+?)(?:-(\d+)l)?(?:-tiny)?", model)
+    if m is None or m[1] not in SHAPES:
         return None
-    cfg = shape_config(model)
-    return cfg.num_hidden_layers - len(cfg.mlp_only_layers or [])
+    cfg = shape_config(m[1])
+    layers = int(m[2]) if m[2] else cfg.num_hidden_layers
+    return layers - sum(i < layers for i in cfg.mlp_only_layers or [])
 
 
 def us_per_layer(seconds: float | None, steps: int, layers: int | None) -> float | None:

@@ -224,6 +224,26 @@ def test_planning_share_splits_check_and_prefetch_where_the_record_has_them(tmp_
     assert all(r["prefetch_us_per_layer"] == "" and float(r["check_us_per_layer"]) > 0 for r in rows[len(recs):])
 
 
+def test_planning_share_counts_the_layers_a_run_had(tmp_path):
+    """A run of the shape's first 14 layers (`paper_shape.py --layers 14`, model `qwen2-57b-a14b-shape-14l`; the
+    forty-seventh campaign's, results/gpu/bound_h100_s54/call1) is timed per decode layer over its 14 MoE layers, not
+    left blank as a model the shapes do not name."""
+    import gzip
+    import json
+
+    run = ROOT / "results/gpu/bound_h100_s54/call1"
+    out = tmp_path / "share.csv"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/planning_share.py"), str(run), "--out", str(out)],
+                   check=True, cwd=ROOT, capture_output=True)
+    rows = list(csv.DictReader(open(out)))
+    recs = [json.loads(line) for line in gzip.open(next(run.glob("*.jsonl.gz")), "rt")]
+    assert len(rows) == len(recs) == 16 and {r["model"] for r in rows} == {"qwen2-57b-a14b-shape-14l"}
+    for row, rec in zip(rows, recs):
+        dec = rec["metrics"]["decode"]
+        per_layer = 1e6 * dec["policy_time_s"] / (rec["metrics"]["decode_steps"] * 14)
+        assert abs(float(row["policy_us_per_layer"]) - per_layer) < 1e-6
+
+
 def test_paper_shape_names_the_gpu_its_rows_were_timed_on():
     """A CUDA device's name -> the `gpu` column's default: H100 rows are not labelled h200."""
     assert gpu_model("NVIDIA H100 80GB HBM3") == "h100" and gpu_model("NVIDIA H200") == "h200"
