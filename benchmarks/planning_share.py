@@ -15,30 +15,20 @@ counters (hits, loads, CPU experts, substitutions, prefetches): equal strings, e
 from __future__ import annotations
 
 import argparse
-import functools
 import gzip
 import json
-import re
 from pathlib import Path
 
 import pandas as pd
 
-from smoe.shapes import SHAPES, shape_config
-
 COUNTERS = ("hits", "loads", "cpu_experts", "substitutions", "prefetches")
 
 
-@functools.cache
-def moe_layers(model: str) -> int | None:
-    """MoE layers of a paper shape as `paper_shape.py` names its runs: the shape, then `-{N}l` where it ran the first N
-    decoder layers (`--layers`) and `-tiny` at toy widths (None for another model); built once per model, not per run
-    record."""
-    m = re.fullmatch(r"(.+?)(?:-(\d+)l)?(?:-tiny)?", model)
-    if m is None or m[1] not in SHAPES:
-        return None
-    cfg = shape_config(m[1])
-    layers = int(m[2]) if m[2] else cfg.num_hidden_layers
-    return layers - sum(i < layers for i in cfg.mlp_only_layers or [])
+def moe_layers(rec: dict) -> int | None:
+    """MoE layers a run record decoded through, from its own plan summary (`plans`: one [step, layer, ...] per decode
+    forward of each layer), so a run of the first N layers (`paper_shape.py --layers N`) counts N; None without it."""
+    plans = rec.get("plans")
+    return len({p[1] for p in plans}) if plans else None
 
 
 def us_per_layer(seconds: float | None, steps: int, layers: int | None) -> float | None:
@@ -58,7 +48,7 @@ def runs(folder: Path) -> list[dict]:
                 rec = json.loads(line)
                 row, m = rec["row"], rec["metrics"]
                 dec, steps = m["decode"], m["decode_steps"]
-                layers = moe_layers(row["model"])
+                layers = moe_layers(rec)
                 rows.append({
                     "folder": folder.name, "model": row["model"], "policy": row["policy"], "batch": row["batch"],
                     "workload": row["workload"], "repeat": row.get("repeat", 0), "tpot_ms": 1e3 * m["tpot_s"],

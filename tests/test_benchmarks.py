@@ -226,8 +226,8 @@ def test_planning_share_splits_check_and_prefetch_where_the_record_has_them(tmp_
 
 def test_planning_share_counts_the_layers_a_run_had(tmp_path):
     """A run of the shape's first 14 layers (`paper_shape.py --layers 14`, model `qwen2-57b-a14b-shape-14l`; the
-    forty-seventh campaign's, results/gpu/bound_h100_s54/call1) is timed per decode layer over its 14 MoE layers, not
-    left blank as a model the shapes do not name."""
+    forty-seventh campaign's, results/gpu/bound_h100_s54/call1) is timed per decode layer over the 14 MoE layers its
+    record planned, not over the named shape's 28, nor left blank."""
     import gzip
     import json
 
