@@ -127,10 +127,15 @@ def test_ci_grid_end_to_end(tmp_path):
     gpu = pd.read_csv(work / "results/tables/perf_gpu.csv")  # committed GPU runs + cost-model rows
     measured = gpu[gpu.measured.astype(bool)]
     assert set(measured.gpu) == {"h200", "h100"} and measured.emulated.any() and (~measured.emulated).any()
-    # the H100 rows: the forty-fifth campaign's, run without a floor (`paper_shape.py --no-floor`), so no bound
+    # the H100 rows: the forty-fifth campaign's Qwen2-57B shape, run without a floor (`paper_shape.py --no-floor`), so
+    # no bound; the forty-eighth's deepseek and XVERSE shapes, each process with its floor, so every row has one
     h100 = measured[measured.gpu == "h100"]
-    assert h100.source.str.startswith("paper_shape_h100_s52_").all() and len(h100) == 15
-    assert "all-gpu" not in set(h100.policy) and h100.bound_s.isna().all() and h100.tpot_over_bound.isna().all()
+    nofloor = h100[h100.source.str.startswith("paper_shape_h100_s52_")]
+    assert len(nofloor) == 15 and "all-gpu" not in set(nofloor.policy)
+    assert nofloor.bound_s.isna().all() and nofloor.tpot_over_bound.isna().all()
+    floored = h100[h100.source.str.startswith("paper_shape_h100_s56_")]
+    assert len(floored) == 44 and floored.policy.eq("all-gpu").sum() == 6 and floored.bound_s.notna().all()
+    assert len(floored) + len(nofloor) == len(h100)
     # the paper's GPUs, the H200, and this machine as the DAG measured it (`cpu`)
     assert set(gpu[~gpu.measured.astype(bool)].gpu) == {"rtx3080ti-12g", "rtx4060ti-16g", "a6000-48g", "h200", "cpu"}
     # the H200 is modelled at the rates its machine_profile measurement gives, not the built-in ones
@@ -140,9 +145,12 @@ def test_ci_grid_end_to_end(tmp_path):
     assert here["name"] == "cpu" and here["pcie_gbps"] is None and here["cpu_mem_gbps"] > 0
     check = pd.read_csv(work / "results/tables/costmodel_validation.csv")
     assert len(check) and check.error.notna().all() and set(check.policy) >= {"lru", "smoe"}
+    # the H100 has no machine profile, so the cost model leaves its runs out, floors or not
+    assert not check.source.str.startswith("paper_shape_h100_").any()
     # the A/Bs of options measured and taken out again: a row per option; the hits A/B ran its floor both ways, so
     # each option has its own, while the prefetch A/B's floor, which prefetches nothing, is shared
     best = pd.read_csv(work / "results/tables/smoe_vs_best_gpu.csv")
+    assert set(best[best.folder.str.startswith("paper_shape_h100_")].gpu) == {"h100"}  # a setting is per GPU
     ab = best[best.folder == "paper_shape_h200_s24_hits_before_plan_b1"]
     assert sorted(ab.hits) == ["after-plan", "before-plan"] and ab.floor_s.nunique() == 2
     ab = best[best.folder == "paper_shape_h200_s23_prefetch_at_b1"]

@@ -11,7 +11,8 @@ and other-KV-cache variants of an A/B run (`@eager-...`, `@attention-skeleton`, 
 `@hf-block-order`, `@static-kv`, `@dynamic-kv`), and the rows of options measured and taken out again (`prefetch_at` other than
 `layer`, `hits` other than `after-plan`), are left to the tables; the rows of those A/Bs labelled
 `@in-layer-prefetch` or `@hits-after-plan` ran the runtime's order and are drawn under their policy's name.
-A setting measured in more than one folder of `gpu_results` is drawn from the folder listed first.
+A setting measured in more than one folder of `gpu_results` is drawn from the folder listed first; a setting is per GPU,
+so an H100's runs and an H200's have panels of their own.
 """
 from pathlib import Path
 
@@ -31,7 +32,9 @@ sns.set_theme(style="whitegrid", context="paper")
 
 
 def setting(df: pd.DataFrame) -> pd.Series:
-    return df.model + " @" + df.budget_gb.map(lambda b: "" if b != b else f"{b:g} GB") + ", b" + df.batch.astype(str)
+    """A panel's row: shape, budget, batch and the GPU it ran on (runs on two GPUs are never drawn side by side)."""
+    return (df.model + " @" + df.budget_gb.map(lambda b: "" if b != b else f"{b:g} GB") + ", b" + df.batch.astype(str)
+            + ", " + df.gpu.str.upper())
 
 
 def link(g) -> str:
@@ -58,7 +61,8 @@ if fig == "fig14_ablation_gpu":
         ax2.plot(sub.index, sub.hit_rate, "o-", color="tab:orange")
         ax2.set_ylabel("hit rate")
         ax2.set_ylim(0, 1)
-    f.suptitle("ablation steps on the paper's model shapes, measured on the H200 (bars: TPOT, line: hit rate)")
+    gpus = ", ".join(sorted(d.gpu.str.upper().unique()))
+    f.suptitle(f"ablation steps on the paper's model shapes, measured on {gpus} (bars: TPOT, line: hit rate)")
     f.tight_layout()
     out = f
 else:
@@ -69,7 +73,7 @@ else:
     df["policy"] = df.policy.str.replace("@in-layer-prefetch|@hits-after-plan", "", regex=True)  # the runtime's order
     df["folder"] = df.source.str.split("/").str[0]
     first = {f: i for i, f in enumerate(df.folder.drop_duplicates())}  # the table keeps the config's folder order
-    run = ["model", "budget_gb", "batch", "workload", "policy", "link_gbps"]
+    run = ["gpu", "model", "budget_gb", "batch", "workload", "policy", "link_gbps"]
     df = df.assign(rank=df.folder.map(first)).sort_values("rank", kind="stable").drop_duplicates(run, keep="first")
     df["link"] = df.link_gbps.map(link)
     df["setting"] = setting(df)
@@ -89,7 +93,7 @@ else:
             ax.axhline(floor[(s, workload)], color="k", lw=1, ls="--")
         ax.tick_params(axis="x", rotation=60, labelbottom=True)
     g.set_axis_labels("", label)
-    gpus = ", ".join(sorted(df.gpu.unique()))
+    gpus = ", ".join(sorted(df.gpu.str.upper().unique()))
     floor_note = " (dashed: all-GPU floor)" if fig == "fig11_tpot_gpu" else ""
     g.figure.suptitle(f"{title} on the paper's model shapes, measured on {gpus}{floor_note}", y=1.01)
     g.tight_layout()

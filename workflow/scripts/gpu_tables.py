@@ -25,13 +25,13 @@
                               prefetch against another call's pass), the routed share is the engine's count and
                               the top-score share is left empty,
                               then the cost model's rows for every profile (measured=False), modelled from
-                              the native runs' executed plans: the paper's GPUs, and the machines measured by
+                              the native runs' executed plans (of the runs on a GPU with a profile: not the H100's): the paper's GPUs, and the machines measured by
                               the `machine_profile` rule (config `machine_profiles:`, and the machine this
                               config runs on), each replacing the built-in profile of its name
   costmodel_validation.csv    per offloading run, the cost model's TPOT against the measured one on the machine
                               it ran on, at the run's own link rate; host costs are fitted on the native-link
                               runs, so the emulated-link runs (`held_out`) check it
-  smoe_vs_best_gpu.csv        per measured setting (folder, shape, batch, workload, skeleton, grouped, block
+  smoe_vs_best_gpu.csv        per measured setting (folder, GPU, shape, batch, workload, skeleton, grouped, block
                               order, KV cache, hits and prefetch modes, link): the
                               all-GPU floor, the best offloading baseline and every SMoE variant's TPOT as a
                               multiple of it (a setting run in several rounds: each policy's median); the
@@ -46,6 +46,7 @@
 A setting measured in two folders appears twice, told apart by `source`.
 """
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -107,8 +108,13 @@ for path in map(Path, sm.input.runs):  # {stem}.jsonl or {stem}.jsonl.gz, with {
                                 load_priced_gbps=[load_priced_gbps(r) for r in records],
                                 link_had_gbps=rows.link_gbps.fillna(env["copy_Bps"] / 1e9),
                                 source=f"{path.parent.name}/{path.name}"))
+    gpu = records[0]["row"]["gpu"]
+    if gpu not in profiles:  # the H100's runs: no profile of its rates, built in or measured, to fit host costs on
+        print(f"{path}: measured on {gpu}, which has no machine profile (there are: {', '.join(sorted(profiles))}); "
+              "the cost model leaves it out", file=sys.stderr)
+        continue
     # records older than `policy_resolved` ran with the defaults of their day: the env file states any that changed
-    check, model = model_measured_runs(records, env["copy_Bps"] / 1e9, records[0]["row"]["gpu"], profiles,
+    check, model = model_measured_runs(records, env["copy_Bps"] / 1e9, gpu, profiles,
                                        policy_defaults=env.get("policy_defaults"))
     validation += [v | {"source": f"{path.parent.name}/{path.name}"} for v in check]
     modelled += model
@@ -127,7 +133,7 @@ runs["policy"] = runs.policy.str.replace(
     "|@hits-after-plan", "", regex=True)
 modes = ["skeleton", "grouped", "block_order", "kv_cache", "hits"]
 floor_key = ["folder", "model", "batch", "workload", *modes]  # the floor has no budget and prefetches nothing
-setting = ["folder", "model", "budget_gb", "batch", "workload", *modes, "prefetch_at"]
+setting = ["folder", "gpu", "model", "budget_gb", "batch", "workload", *modes, "prefetch_at"]
 # a setting run in several rounds (`paper_shape.py --repeats`) counts with its median
 floors = runs[runs.policy == "all-gpu"].groupby(floor_key, dropna=False).tpot_s.median()
 summary, steps = [], []
