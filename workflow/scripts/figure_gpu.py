@@ -88,7 +88,12 @@ else:
     g = sns.catplot(data=d, x="policy", y=y, hue="link", col="workload", row="setting", kind="bar", height=3.6,
                     aspect=1.5, errorbar=None, sharey="row", sharex=False)
     g.set_titles("{row_name}\n{col_name}")
+    ran = set(zip(d.setting, d.workload))
     for (s, workload), ax in g.axes_dict.items():
+        if (s, workload) not in ran:  # the grid has a panel for every setting x workload; not every one was run
+            ax.set_xticks([])
+            ax.text(0.5, 0.5, "not measured", transform=ax.transAxes, ha="center", va="center", color="0.5")
+            continue
         if fig == "fig11_tpot_gpu" and (s, workload) in floor.index:
             ax.axhline(floor[(s, workload)], color="k", lw=1, ls="--")
         ax.tick_params(axis="x", rotation=60, labelbottom=True)
