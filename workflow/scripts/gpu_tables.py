@@ -25,9 +25,10 @@
                               prefetch against another call's pass), the routed share is the engine's count and
                               the top-score share is left empty,
                               then the cost model's rows for every profile (measured=False), modelled from
-                              the native runs' executed plans (of the runs on a GPU with a profile: not the H100's): the paper's GPUs, and the machines measured by
-                              the `machine_profile` rule (config `machine_profiles:`, and the machine this
-                              config runs on), each replacing the built-in profile of its name
+                              the native runs' executed plans of every GPU with a machine profile (not the
+                              H100's): the paper's GPUs, and the machines measured by the `machine_profile`
+                              rule (config `machine_profiles:`, and the machine this config runs on), each
+                              replacing the built-in profile of its name
   costmodel_validation.csv    per offloading run, the cost model's TPOT against the measured one on the machine
                               it ran on, at the run's own link rate; host costs are fitted on the native-link
                               runs, so the emulated-link runs (`held_out`) check it
