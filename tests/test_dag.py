@@ -128,25 +128,33 @@ def test_ci_grid_end_to_end(tmp_path):
     measured = gpu[gpu.measured.astype(bool)]
     assert set(measured.gpu) == {"h200", "h100"} and measured.emulated.any() and (~measured.emulated).any()
     # the H100 rows: the forty-fifth campaign's Qwen2-57B shape, run without a floor (`paper_shape.py --no-floor`), so
-    # no bound; the forty-eighth's deepseek and XVERSE shapes, each process with its floor, so every row has one
+    # no bound; the forty-eighth's and forty-ninth's deepseek and XVERSE shapes, each process with its floor, so every
+    # row has one
     h100 = measured[measured.gpu == "h100"]
     nofloor = h100[h100.source.str.startswith("paper_shape_h100_s52_")]
     assert len(nofloor) == 15 and "all-gpu" not in set(nofloor.policy)
     assert nofloor.bound_s.isna().all() and nofloor.tpot_over_bound.isna().all()
-    floored = h100[h100.source.str.startswith("paper_shape_h100_s56_")]
-    assert len(floored) == 44 and floored.policy.eq("all-gpu").sum() == 6 and floored.bound_s.notna().all()
+    floored = h100[h100.source.str.startswith(("paper_shape_h100_s56_", "paper_shape_h100_s57_"))]
+    assert len(floored) == 57 and floored.policy.eq("all-gpu").sum() == 8 and floored.bound_s.notna().all()
     assert len(floored) + len(nofloor) == len(h100)
-    # the paper's GPUs, the H200, and this machine as the DAG measured it (`cpu`)
-    assert set(gpu[~gpu.measured.astype(bool)].gpu) == {"rtx3080ti-12g", "rtx4060ti-16g", "a6000-48g", "h200", "cpu"}
+    # the paper's GPUs, the H200 and the H100 as measured there, and this machine as the DAG measured it (`cpu`)
+    modelled = gpu[~gpu.measured.astype(bool)]
+    assert set(modelled.gpu) == {"rtx3080ti-12g", "rtx4060ti-16g", "a6000-48g", "h200", "h100", "cpu"}
     # the H200 is modelled at the rates its machine_profile measurement gives, not the built-in ones
     h200 = json.loads((ROOT / "results/paper-h200/machine/h200.json").read_text())
-    assert gpu[~gpu.measured.astype(bool) & (gpu.gpu == "h200")].link_gbps.eq(h200["pcie_gbps"]).all()
+    assert modelled[modelled.gpu == "h200"].link_gbps.eq(h200["pcie_gbps"]).all()
+    h100_rates = json.loads((ROOT / "results/gpu/machine_h100_s57/h100.json").read_text())
+    assert modelled[modelled.gpu == "h100"].link_gbps.eq(h100_rates["pcie_gbps"]).all()
     here = json.loads((work / "results/machine/cpu.json").read_text())  # this machine, measured by the DAG
     assert here["name"] == "cpu" and here["pcie_gbps"] is None and here["cpu_mem_gbps"] > 0
     check = pd.read_csv(work / "results/tables/costmodel_validation.csv")
     assert len(check) and check.error.notna().all() and set(check.policy) >= {"lru", "smoe"}
-    # the H100 has no machine profile, so the cost model leaves its runs out, floors or not
-    assert not check.source.str.startswith("paper_shape_h100_").any()
+    # the H100's runs are checked against its own profile where their process ran a floor to fit host costs on; the
+    # forty-fifth's, with no floor, are left out
+    on_h100 = check[check.source.str.startswith("paper_shape_h100_")]
+    assert set(on_h100.profile) == {"h100"} and on_h100.held_out.all() and on_h100.error.notna().all()
+    assert set(on_h100.source.str[:len("paper_shape_h100_s5x")]) == {"paper_shape_h100_s56", "paper_shape_h100_s57"}
+    assert len(on_h100) == len(floored) - floored.policy.eq("all-gpu").sum()
     # the A/Bs of options measured and taken out again: a row per option; the hits A/B ran its floor both ways, so
     # each option has its own, while the prefetch A/B's floor, which prefetches nothing, is shared
     best = pd.read_csv(work / "results/tables/smoe_vs_best_gpu.csv")

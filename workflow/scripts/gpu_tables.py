@@ -25,10 +25,11 @@
                               prefetch against another call's pass), the routed share is the engine's count and
                               the top-score share is left empty,
                               then the cost model's rows for every profile (measured=False), modelled from
-                              the native runs' executed plans of every GPU with a machine profile (not the
-                              H100's): the paper's GPUs, and the machines measured by the `machine_profile`
-                              rule (config `machine_profiles:`, and the machine this config runs on), each
-                              replacing the built-in profile of its name
+                              the native runs' executed plans of every GPU with a machine profile: the
+                              paper's GPUs, and the machines measured by the `machine_profile` rule (config
+                              `machine_profiles:`: the H200 and the H100; and the machine this config runs
+                              on), each replacing the built-in profile of its name; a GPU with none is left
+                              out of the cost model, with a message
   costmodel_validation.csv    per offloading run, the cost model's TPOT against the measured one on the machine
                               it ran on, at the run's own link rate; host costs are fitted on the native-link
                               runs, so the emulated-link runs (`held_out`) check it
@@ -110,7 +111,7 @@ for path in map(Path, sm.input.runs):  # {stem}.jsonl or {stem}.jsonl.gz, with {
                                 link_had_gbps=rows.link_gbps.fillna(env["copy_Bps"] / 1e9),
                                 source=f"{path.parent.name}/{path.name}"))
     gpu = records[0]["row"]["gpu"]
-    if gpu not in profiles:  # the H100's runs: no profile of its rates, built in or measured, to fit host costs on
+    if gpu not in profiles:  # no profile of its rates, built in or measured, to fit host costs on
         print(f"{path}: measured on {gpu}, which has no machine profile (there are: {', '.join(sorted(profiles))}); "
               "the cost model leaves it out", file=sys.stderr)
         continue
