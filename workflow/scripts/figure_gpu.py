@@ -11,8 +11,8 @@ and other-KV-cache variants of an A/B run (`@eager-...`, `@attention-skeleton`, 
 `@hf-block-order`, `@static-kv`, `@dynamic-kv`), and the rows of options measured and taken out again (`prefetch_at` other than
 `layer`, `hits` other than `after-plan`), are left to the tables; the rows of those A/Bs labelled
 `@in-layer-prefetch` or `@hits-after-plan` ran the runtime's order and are drawn under their policy's name.
-A setting measured in more than one folder of `gpu_results` is drawn from the folder listed first; a setting is per GPU,
-so an H100's runs and an H200's have panels of their own.
+A run measured in more than one folder of `gpu_results` is drawn from the folder listed first; a setting is per GPU,
+so an H100's runs and an H200's have panels of their own. Each budget's panel has its shape's floor (`smoe.gpu_panels`).
 """
 from pathlib import Path
 
@@ -23,18 +23,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from smoe.gpu_panels import drawn, panel_floors, setting  # noqa: E402
+
 sm = snakemake  # noqa: F821
 fig = f"{sm.wildcards.fig}_gpu"  # e.g. fig12_hit_rate_gpu
 ORDER = ["on-demand", "lru", "lfu", "fifo", "cpu-assist", "hybrimoe", "moe-infinity", "smoe-ce", "smoe-ce-cr", "smoe-ce-cr-pre",
          "smoe", "smoe-early"]  # baselines, then SMoE's ablation steps and the early predictor; other variants after them
 STEPS = ["lru", "smoe-ce", "smoe-ce-cr", "smoe-ce-cr-pre", "smoe"]
 sns.set_theme(style="whitegrid", context="paper")
-
-
-def setting(df: pd.DataFrame) -> pd.Series:
-    """A panel's row: shape, budget, batch and the GPU it ran on (runs on two GPUs are never drawn side by side)."""
-    return (df.model + " @" + df.budget_gb.map(lambda b: "" if b != b else f"{b:g} GB") + ", b" + df.batch.astype(str)
-            + ", " + df.gpu.str.upper())
 
 
 def link(g) -> str:
@@ -66,18 +62,9 @@ if fig == "fig14_ablation_gpu":
     f.tight_layout()
     out = f
 else:
-    df = pd.read_csv(sm.input.perf)
-    variant = df.policy.str.contains("@eager-|@attention-|@gather-|@slots-|@hf-|@static-kv|@dynamic-kv", regex=True)
-    taken_out = df.prefetch_at.ne("layer") | df.hits.ne("after-plan")  # options measured and removed again
-    df = df[df.measured.astype(bool) & ~variant & ~taken_out].copy()
-    df["policy"] = df.policy.str.replace("@in-layer-prefetch|@hits-after-plan", "", regex=True)  # the runtime's order
-    df["folder"] = df.source.str.split("/").str[0]
-    first = {f: i for i, f in enumerate(df.folder.drop_duplicates())}  # the table keeps the config's folder order
-    run = ["gpu", "model", "budget_gb", "batch", "workload", "policy", "link_gbps"]
-    df = df.assign(rank=df.folder.map(first)).sort_values("rank", kind="stable").drop_duplicates(run, keep="first")
+    df = drawn(pd.read_csv(sm.input.perf))
     df["link"] = df.link_gbps.map(link)
-    df["setting"] = setting(df)
-    floor = df[df.policy == "all-gpu"].set_index(["setting", "workload"]).tpot_s
+    floor = panel_floors(df)  # [(setting, workload)] -> the floor's TPOT
     y, label, title = {"fig11_tpot_gpu": ("tpot_s", "TPOT (s)", "TPOT"),
                        "fig12_hit_rate_gpu": ("hit_rate", "decode hit rate", "decode hit rate"),
                        "fig13_ttft_gpu": ("ttft_s", "TTFT (s)", "TTFT")}[fig]

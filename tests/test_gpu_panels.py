@@ -1,0 +1,46 @@
+"""What the GPU figures draw (`smoe.gpu_panels`): one row per run from the folder listed first, and each panel's
+floor, which has no budget, found for every budget of its shape, batch, GPU and workload."""
+import math
+
+import pandas as pd
+
+from smoe.gpu_panels import drawn, panel_floors
+
+
+def row(folder, policy, tpot, gpu="h200", budget=12.0, batch=1, workload="exam", link=12.0, **modes):
+    return {"gpu": gpu, "model": "deepseek-moe-16b-shape", "budget_gb": budget if policy != "all-gpu" else math.nan,
+            "batch": batch, "workload": workload, "policy": policy,
+            "link_gbps": link if policy != "all-gpu" else math.nan, "tpot_s": tpot, "measured": True,
+            "prefetch_at": modes.get("prefetch_at", "layer"), "hits": modes.get("hits", "after-plan"),
+            "source": f"{folder}/deepseek-moe-16b-shape_link12.jsonl.gz"}
+
+
+def table(*rows) -> pd.DataFrame:
+    return pd.DataFrame(list(rows))
+
+
+def test_every_budget_panel_gets_its_shapes_floor_from_the_first_folder():
+    perf = table(row("new", "all-gpu", 0.020), row("new", "smoe", 0.040), row("new", "smoe", 0.030, budget=16.0),
+                 row("old", "all-gpu", 0.017), row("old", "smoe", 0.050), row("old", "lru", 0.300))
+    rows = drawn(perf)
+    # one bar per run, from the folder listed first; a run only the other folder has comes from it
+    bars = rows.set_index(["setting", "policy"]).tpot_s
+    assert bars[("deepseek-moe-16b-shape @12 GB, b1, H200", "smoe")] == 0.040
+    assert bars[("deepseek-moe-16b-shape @12 GB, b1, H200", "lru")] == 0.300
+    floors = panel_floors(rows)
+    assert floors.to_dict() == {("deepseek-moe-16b-shape @12 GB, b1, H200", "exam"): 0.020,
+                                ("deepseek-moe-16b-shape @16 GB, b1, H200", "exam"): 0.020}
+
+
+def test_a_floor_is_never_drawn_for_another_gpu_batch_or_workload():
+    perf = table(row("a", "all-gpu", 0.020, gpu="h200"), row("b", "smoe", 0.040, gpu="h100"),
+                 row("a", "smoe", 0.045, batch=3), row("a", "smoe", 0.041, workload="knowledge"))
+    assert panel_floors(drawn(perf)).empty
+
+
+def test_variants_and_options_taken_out_are_left_to_the_tables():
+    perf = table(row("a", "all-gpu", 0.020), row("a", "smoe", 0.040), row("a", "smoe@eager-skeleton", 0.060),
+                 row("a", "smoe", 0.050, prefetch_at="next-layer"), row("b", "smoe@hits-after-plan", 0.045))
+    rows = drawn(perf)
+    assert sorted(rows.policy) == ["all-gpu", "smoe"]  # the runtime-order A/B row is folder b's smoe: a is first
+    assert rows.set_index("policy").tpot_s["smoe"] == 0.040
