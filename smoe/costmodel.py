@@ -96,6 +96,8 @@ class HostCosts:
     per_prediction: float = 0.0  # one predictor pass (the next layer's attention and router) and its wait
     policy_per_layer: float = 0.0  # the policy's planning: the run's own measurement
     cpu_per_expert: float | None = None  # one expert on this host's CPU (None: the profile's memory rate)
+    cpu_host_per_expert: float = 0.0  # the host's own work around a CPU expert (its input out, its output back): the
+    # run's own measurement (`cpu_host_s`; records before 2026-12-07 lack it, and are charged none)
 
 
 def step_times(plans: list[list[int]], profile: MachineProfile, costs: ModelCosts,
@@ -110,7 +112,7 @@ def step_times(plans: list[list[int]], profile: MachineProfile, costs: ModelCost
     issues the copies, launches the experts; the device runs resident experts at once and each loaded one when
     its copy has landed. A predicting policy then launches the predictor and waits for its scores (each pass
     charged a skeleton's bytes on the device); CPU experts
-    run from the planning on and the host waits for them before the next layer. The step ends when the host has
+    run from the planning on, and the host waits for them and brings their outputs back before the next layer. The step ends when the host has
     read the next token (after the lm head)."""
     gb = 1e9
     t_skel = costs.layer_skeleton_bytes / (profile.gpu_mem_gbps * gb)
@@ -155,7 +157,7 @@ def step_times(plans: list[list[int]], profile: MachineProfile, costs: ModelCost
         c = max(c, h) + prefetches * t_copy  # later layers' experts, behind this layer's loads
         for landed_at in landed:
             g = max(g, landed_at) + t_gpu
-        h = max(h, cpu_done)
+        h = max(h, cpu_done) + cpu * host.cpu_host_per_expert
     if current is not None:
         steps[current] = end_step() - start
     return [steps[s] for s in sorted(steps)]
@@ -201,7 +203,7 @@ class MeasuredRun:
     costs: ModelCosts
     tpot_s: float
     link_gbps: float  # the host->device rate it ran at (measured or emulated)
-    host: HostCosts  # its own measured planning time per layer and CPU expert time
+    host: HostCosts  # its own measured planning time per layer, CPU expert time and host work per CPU expert
     predictions: float  # predictor passes per layer (a mean over the run's decode layers where recorded)
     own_prediction: float | None = None  # its measured host seconds per predictor pass (None: not recorded)
     early: bool = False  # its predictions are queued behind the router and read with no wait (`step_times`)
@@ -216,6 +218,7 @@ class MeasuredRun:
         dec = m["decode"]
         layers = max(len(rec["plans"]), 1)
         cpu = dec["cpu_time_s"] / dec["cpu_experts"] if dec["cpu_experts"] else None
+        cpu_host = dec.get("cpu_host_s", 0.0) / dec["cpu_experts"] if dec["cpu_experts"] else 0.0
         params = p.get("policy_resolved")
         if params is None:
             params = {**(defaults or {}).get(p["policy"], {}), **p.get("policy_params", {})}
@@ -236,7 +239,8 @@ class MeasuredRun:
                    floor=p["policy"] == "all-gpu", plans=rec["plans"],
                    costs=ModelCosts(**rec["costs"]), tpot_s=m["tpot_s"],
                    link_gbps=p.get("link_gbps") or native_gbps,
-                   host=HostCosts(policy_per_layer=dec["policy_time_s"] / layers, cpu_per_expert=cpu),
+                   host=HostCosts(policy_per_layer=dec["policy_time_s"] / layers, cpu_per_expert=cpu,
+                                  cpu_host_per_expert=cpu_host),
                    predictions=passes, own_prediction=own, early=policy.early_prediction)
 
     def prediction_cost(self, host: HostCosts) -> float:
@@ -245,10 +249,11 @@ class MeasuredRun:
 
     def modelled(self, profile: MachineProfile, host: HostCosts, own_cpu: bool = True) -> float:
         """Mean modelled step under `profile` with `host`'s costs plus this run's own planning time, its own
-        predictor time where recorded, and (if `own_cpu`: on the machine it ran on) its measured CPU expert time;
-        else the profile's CPU rate."""
+        predictor time where recorded, its host work around each CPU expert, and (if `own_cpu`: on the machine it
+        ran on) its measured CPU expert time; else the profile's CPU rate."""
         h = replace(host, policy_per_layer=self.host.policy_per_layer,
-                    cpu_per_expert=self.host.cpu_per_expert if own_cpu else None)
+                    cpu_per_expert=self.host.cpu_per_expert if own_cpu else None,
+                    cpu_host_per_expert=self.host.cpu_host_per_expert)
         h = replace(h, per_prediction=self.prediction_cost(host))
         steps = step_times(self.plans, profile, self.costs, h, self.predictions, self.early)
         return sum(steps) / max(len(steps), 1)

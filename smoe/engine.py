@@ -226,11 +226,13 @@ class Engine:
         cpu_experts = []
         cpu_future = None
         if _CPU in ex.codes:
+            t_cpu = time.perf_counter()
             with span("smoe.cpu_submit"):  # waits for the compute stream up to this layer's input
                 x_host = x.to("cpu")
                 jobs = [(e, x_host[ex.token_rows(i)]) for i, (e, a) in enumerate(zip(order, ex.codes)) if a == _CPU]
                 cpu_experts = [e for e, _ in jobs]
                 cpu_future = self.cpu.submit(self._cpu_compute, layer, jobs)
+            m.cpu_host_s += time.perf_counter() - t_cpu
 
         outs: dict[int, torch.Tensor] = {}
         pending = list(ex.loads)  # ascending ids, copied as soon as a slot is free
@@ -335,11 +337,13 @@ class Engine:
         if cpu_future is not None:
             with span("smoe.cpu_wait"):
                 cpu_outs, secs = cpu_future.result()
+            t_cpu = time.perf_counter()
             m.cpu_time_s += secs
             m.cpu_experts += len(cpu_experts)
             self.costs["cpu"].append(secs / len(cpu_experts))
             on_device = torch.split(self._to_device(torch.cat(cpu_outs)), [len(o) for o in cpu_outs])
             outs.update(zip(cpu_experts, on_device))
+            m.cpu_host_s += time.perf_counter() - t_cpu
 
         unsummed = [e for e in order if e not in summed]
         # hit_sum has no reader left (the prediction queued before has been read back): the rest is added in place

@@ -11,6 +11,9 @@ Definitions:
   hit_rate      decode hits / decode uses; the prefill is excluded, as the paper counts its cache ratio
   loads         expert copies host -> device (on-demand and prefetch); bytes_h2d their bytes
   cpu_experts   expert executions on the CPU (one per expert and layer, covering all its tokens)
+  cpu_time_s    the CPU experts' compute, as the worker thread timed it
+  cpu_host_s    the host's own work around them: the layer's input copied to the host and the jobs handed to the
+                worker, then the outputs copied to the device (not the wait for the worker)
   substitutions, skips   (token, expert) pairs a policy replaced or dropped
   prefetches / prefetch_used   experts loaded ahead of their layer / of those, later used before eviction
   prefetch_in_topk             prefetched experts that the router's top-k selected at their layer's next run
@@ -56,6 +59,7 @@ class Counters:
     bytes_h2d: int = 0
     cpu_experts: int = 0
     cpu_time_s: float = 0.0
+    cpu_host_s: float = 0.0
     substitutions: int = 0
     skips: int = 0
     prefetches: int = 0

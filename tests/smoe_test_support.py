@@ -22,7 +22,7 @@ METRIC_KEYS = {
     "predict_time_s", "copy_wait_s", "victim_wait_s", "peak_device_bytes", "preload_loads", "decode_steps", "prefill",
     "decode",
 }
-PHASE_KEYS = {"uses", "hits", "loads", "bytes_h2d", "cpu_experts", "cpu_time_s", "substitutions", "skips",
+PHASE_KEYS = {"uses", "hits", "loads", "bytes_h2d", "cpu_experts", "cpu_time_s", "cpu_host_s", "substitutions", "skips",
               "prefetches", "prefetch_used", "policy_time_s", "check_time_s", "prefetch_time_s",
               "predict_time_s", "copy_wait_s", "victim_wait_s"}
 

@@ -88,6 +88,14 @@ def test_run_with_policy_parameters_and_prompt_file(tiny, tmp_path):
     assert rec["params"]["prompts"] == ["first prompt", "second prompt", "first prompt"]  # cycled to the batch
     assert len(rec["tokens"]) == 3
     assert rec["metrics"]["cpu_experts"] > 0
+    # the host's work around the CPU experts is timed apart from their compute, and only where there are some
+    decode, prefill = rec["metrics"]["decode"], rec["metrics"]["prefill"]
+    assert decode["cpu_experts"] > 0 and decode["cpu_host_s"] > 0 and decode["cpu_time_s"] > 0
+    lru = tmp_path / "lru.json"
+    lru_argv = [a for a in argv if a not in ("--set", "calibration=none")]
+    lru_argv[lru_argv.index("cpu-assist")], lru_argv[-1] = "lru", str(lru)
+    assert main(lru_argv) == 0
+    assert json.loads(lru.read_text())["metrics"]["decode"]["cpu_host_s"] == 0.0
 
 
 def test_trace_calibrates_cpu_assist(tiny, tmp_path):

@@ -53,8 +53,10 @@ def test_host_costs_planning_predictions_and_cpu_experts_add_where_the_host_wait
     costs = ModelCosts(expert_bytes=10**9, layer_skeleton_bytes=10**9, head_bytes=0)
     assert step_times(plan, UNIT, costs, HostCosts(policy_per_layer=1.0), predictions=1) == [5.0]
     assert step_times(plan, UNIT, costs, HostCosts(policy_per_layer=1.0), predictions=1, early=True) == [4.0]
-    # a CPU expert at the host's measured 4 s instead of the profile's 1 s
+    # a CPU expert at the host's measured 4 s instead of the profile's 1 s; the host's own work around each of two,
+    # 0.5 s, after it has waited for them
     assert step_times([[1, 0, 1, 0, 0, 1, 0]], UNIT, COSTS, HostCosts(cpu_per_expert=4.0)) == [4.0]
+    assert step_times([[1, 0, 1, 0, 0, 2, 0]], UNIT, COSTS, HostCosts(cpu_per_expert=4.0, cpu_host_per_expert=0.5)) == [9.0]
     # a copy is hidden behind host work that follows it: 3 s of launches after issuing it, 1 s copy
     assert step_times([[1, 0, 1, 1, 1, 0, 0]], UNIT, COSTS, HostCosts(per_load=3.0)) == [4.0]
 
@@ -119,6 +121,13 @@ def test_records_give_the_predictor_time_per_pass_when_they_have_it():
     run = MeasuredRun.from_record(record, 55.0)
     assert run.predictions == 1 and run.own_prediction == pytest.approx(1.2 / 12)
     assert run.host.policy_per_layer == pytest.approx(0.6 / 12)
+    assert run.host.cpu_host_per_expert == 0.0  # no CPU experts
+    cpu = {**record, "metrics": {"tpot_s": 0.1, "decode": {**record["metrics"]["decode"], "cpu_time_s": 0.8,
+                                                           "cpu_experts": 4, "cpu_host_s": 0.2}}}
+    host = MeasuredRun.from_record(cpu, 55.0).host
+    assert (host.cpu_per_expert, host.cpu_host_per_expert) == (pytest.approx(0.2), pytest.approx(0.05))
+    del cpu["metrics"]["decode"]["cpu_host_s"]  # a record from before 2026-12-07: charged none
+    assert MeasuredRun.from_record(cpu, 55.0).host.cpu_host_per_expert == 0.0
     del record["metrics"]["decode"]["predict_time_s"]  # a first-campaign record
     assert MeasuredRun.from_record(record, 55.0).own_prediction is None
     assert not run.early and MeasuredRun.from_record({**record, "params": {**record["params"], "policy": "smoe-early"}},
