@@ -111,9 +111,9 @@ def step_times(plans: list[list[int]], profile: MachineProfile, costs: ModelCost
     host launches a layer's skeleton, then waits for its router scores (the device must have run it), plans,
     issues the copies, launches the experts; the device runs resident experts at once and each loaded one when
     its copy has landed. A predicting policy then launches the predictor and waits for its scores (each pass
-    charged a skeleton's bytes on the device); CPU experts
-    run from the planning on, and the host waits for them and brings their outputs back before the next layer. The step ends when the host has
-    read the next token (after the lm head)."""
+    charged a skeleton's bytes on the device); CPU experts run from the planning on, and the host waits for them and
+    brings their outputs back before the next layer. The step ends when the host has read the next token (after the
+    lm head)."""
     gb = 1e9
     t_skel = costs.layer_skeleton_bytes / (profile.gpu_mem_gbps * gb)
     t_gpu = costs.expert_bytes / (profile.gpu_mem_gbps * gb)  # one expert on the device

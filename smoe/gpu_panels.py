@@ -40,11 +40,8 @@ def drawn(perf: pd.DataFrame) -> pd.DataFrame:
 
 
 def panel_floors(rows: pd.DataFrame) -> pd.Series:
-    """`drawn` rows -> the all-GPU floor's TPOT (s) of every panel that has one, indexed by (setting, workload)."""
-    floors = rows[rows.policy == "all-gpu"].drop_duplicates(FLOOR, keep="first").set_index(FLOOR).tpot_s
-    panels = rows[rows.policy != "all-gpu"].drop_duplicates(["setting", "workload"])
-    keys = pd.MultiIndex.from_frame(panels[FLOOR])
-    found = keys.isin(floors.index)
-    return pd.Series(floors.reindex(keys[found]).to_numpy(),
-                     index=pd.MultiIndex.from_arrays([panels.setting[found], panels.workload[found]],
-                                                     names=["setting", "workload"]))
+    """`drawn` rows (one floor per FLOOR key) -> the all-GPU floor's TPOT (s) of every panel that has one, indexed by
+    (setting, workload)."""
+    floors = rows[rows.policy == "all-gpu"][[*FLOOR, "tpot_s"]]
+    panels = rows[rows.policy != "all-gpu"].drop_duplicates(["setting", "workload"])[["setting", *FLOOR]]
+    return panels.merge(floors, on=FLOOR).set_index(["setting", "workload"]).tpot_s
