@@ -110,7 +110,9 @@ def step_times(plans: list[list[int]], profile: MachineProfile, costs: ModelCost
     Three clocks: the host (launches, planning, waits), the device's compute stream and the copy engine. The
     host launches a layer's skeleton, then waits for its router scores (the device must have run it), plans,
     issues the copies, launches the experts; the device runs resident experts at once and each loaded one when
-    its copy has landed. A predicting policy then launches the predictor and waits for its scores (each pass
+    its copy has landed. Experts prefetched by the layer before (as many as it prefetched, at most the layer's
+    resident ones; a prefetch is taken to serve the next layer) are resident but may still be copying: the engine
+    runs them in its second group, once their copies have landed (`Engine._run_layer`'s late group). A predicting policy then launches the predictor and waits for its scores (each pass
     charged a skeleton's bytes on the device); CPU experts run from the planning on, and the host waits for them and
     brings their outputs back before the next layer. The step ends when the host has read the next token (after the
     lm head)."""
@@ -124,6 +126,7 @@ def step_times(plans: list[list[int]], profile: MachineProfile, costs: ModelCost
     steps: dict[int, float] = {}
     h = g = c = start = 0.0  # host, compute stream, copy engine
     current = None
+    prefetched, prefetch_landed = 0, 0.0  # the previous layer's prefetches and when the last of them lands
 
     def end_step() -> float:
         nonlocal h, g
@@ -148,13 +151,17 @@ def step_times(plans: list[list[int]], profile: MachineProfile, costs: ModelCost
             c = max(c, h) + t_copy
             landed.append(c)
         h += loads * host.per_load
-        g = max(g, h) + (device - loads) * t_gpu  # resident experts while the copies run
+        late = min(prefetched, device - loads)  # resident, prefetched by the layer before: maybe still copying
+        g = max(g, h) + (device - loads - late) * t_gpu  # long-resident experts while the copies run
         if predictions:
             h += predictions * host.per_prediction
             if not early:
                 g = max(g, h) + predictions * t_skel  # the predictor's attention and router
                 h = max(h, g)  # its scores read
+        if late:
+            g = max(g, prefetch_landed) + late * t_gpu
         c = max(c, h) + prefetches * t_copy  # later layers' experts, behind this layer's loads
+        prefetched, prefetch_landed = prefetches, c
         for landed_at in landed:
             g = max(g, landed_at) + t_gpu
         h = max(h, cpu_done) + cpu * host.cpu_host_per_expert

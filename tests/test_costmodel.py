@@ -30,6 +30,16 @@ def test_cpu_experts_run_beside_the_gpu_and_prefetches_delay_later_copies():
     assert step_times([[1, 0, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0, 0]], UNIT, COSTS) == [3.0]
 
 
+def test_experts_prefetched_by_the_layer_before_wait_for_their_copies():
+    # layer 0 (1 s) prefetches 2 experts, copying 0-2 s; layer 1 finds them resident but runs them once they land
+    plans = [[1, 0, 1, 1, 0, 0, 2], [1, 1, 1, 2, 0, 0, 0]]
+    assert step_times(plans, UNIT, COSTS) == [4.0]
+    # long resident, the same two run at once after layer 0: 1 + 2 s
+    assert step_times([[1, 0, 1, 1, 0, 0, 0], [1, 1, 1, 2, 0, 0, 0]], UNIT, COSTS) == [3.0]
+    # layer 1 also has a long-resident third expert: it runs while the prefetches land (1-2 s), then theirs 2-4 s
+    assert step_times([[1, 0, 1, 1, 0, 0, 2], [1, 1, 1, 3, 0, 0, 0]], UNIT, COSTS) == [4.0]
+
+
 def test_steps_are_split_and_the_head_and_host_cost_count():
     costs = ModelCosts(expert_bytes=10**9, layer_skeleton_bytes=10**9, head_bytes=10**9)
     plans = [[1, 0, 1, 1, 0, 0, 0], [1, 1, 1, 1, 0, 0, 0], [2, 0, 1, 1, 0, 0, 0], [2, 1, 1, 1, 0, 0, 0]]
