@@ -112,9 +112,10 @@ def step_times(plans: list[list[int]], profile: MachineProfile, costs: ModelCost
     issues the copies, launches the experts; the device runs resident experts at once and each loaded one when
     its copy has landed. Experts prefetched by the layer before (as many as it prefetched, at most the layer's
     resident ones; a prefetch is taken to serve the next layer) are resident but may still be copying: the engine
-    runs them in its second group, once their copies have landed (`Engine._run_layer`'s late group). A predicting policy then launches the predictor and waits for its scores (each pass
-    charged a skeleton's bytes on the device); CPU experts run from the planning on, and the host waits for them and
-    brings their outputs back before the next layer. The step ends when the host has read the next token (after the
+    runs them in its second group, once their copies have landed (`Engine._run_layer`'s late group). A predicting
+    policy then launches the predictor and waits for its scores (each pass charged a skeleton's bytes on the
+    device); CPU experts run from the planning on, and the host waits for them and brings their outputs back before
+    the next layer. The step ends when the host has read the next token (after the
     lm head)."""
     gb = 1e9
     t_skel = costs.layer_skeleton_bytes / (profile.gpu_mem_gbps * gb)

@@ -66,7 +66,8 @@ def test_host_costs_planning_predictions_and_cpu_experts_add_where_the_host_wait
     # a CPU expert at the host's measured 4 s instead of the profile's 1 s; the host's own work around each of two,
     # 0.5 s, after it has waited for them
     assert step_times([[1, 0, 1, 0, 0, 1, 0]], UNIT, COSTS, HostCosts(cpu_per_expert=4.0)) == [4.0]
-    assert step_times([[1, 0, 1, 0, 0, 2, 0]], UNIT, COSTS, HostCosts(cpu_per_expert=4.0, cpu_host_per_expert=0.5)) == [9.0]
+    host = HostCosts(cpu_per_expert=4.0, cpu_host_per_expert=0.5)
+    assert step_times([[1, 0, 1, 0, 0, 2, 0]], UNIT, COSTS, host) == [9.0]
     # a copy is hidden behind host work that follows it: 3 s of launches after issuing it, 1 s copy
     assert step_times([[1, 0, 1, 1, 1, 0, 0]], UNIT, COSTS, HostCosts(per_load=3.0)) == [4.0]
 

@@ -134,7 +134,7 @@ def test_ci_grid_end_to_end(tmp_path):
     nofloor = h100[h100.source.str.startswith("paper_shape_h100_s52_")]
     assert len(nofloor) == 15 and "all-gpu" not in set(nofloor.policy)
     assert nofloor.bound_s.isna().all() and nofloor.tpot_over_bound.isna().all()
-    floored = h100[h100.source.str.startswith(("paper_shape_h100_s56_", "paper_shape_h100_s57_", "paper_shape_h100_s58_"))]
+    floored = h100[h100.source.str.startswith(tuple(f"paper_shape_h100_s{n}_" for n in (56, 57, 58)))]
     assert len(floored) == 64 and floored.policy.eq("all-gpu").sum() == 9 and floored.bound_s.notna().all()
     assert len(floored) + len(nofloor) == len(h100)
     # the paper's GPUs, the H200 and the H100 as measured there, and this machine as the DAG measured it (`cpu`)
