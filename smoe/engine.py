@@ -150,11 +150,19 @@ class Engine:
         self.cpu.shutdown(wait=True)
 
     # ---- one MoE layer ------------------------------------------------------------------------------
-    def _cpu_compute(self, layer: int, jobs: list[tuple[int, torch.Tensor]]):
-        """Runs on the worker thread: jobs of (expert, x rows [n,H] on the CPU) -> outputs and seconds."""
+    def _cpu_compute(self, layer: int, x_host: torch.Tensor, jobs: list[tuple[int, np.ndarray]],
+                     w: np.ndarray) -> tuple[torch.Tensor, float]:
+        """Runs on the worker thread: x_host [T,H], jobs of (expert, its token rows [n]) in ascending expert order,
+        gate weights w [T,E] float32 -> (the sum over the jobs of gate weight x output [T,H] in x's dtype, seconds).
+        The sum is taken here, on the host, so the device gets one copy and one add for all of a layer's CPU
+        experts rather than a scatter per expert."""
         t0 = time.perf_counter()
-        outs = [expert_forward(x, self.pool.store.expert(layer, e), self.shape, self.act) for e, x in jobs]
-        return outs, time.perf_counter() - t0
+        acc = torch.zeros(x_host.shape, dtype=torch.float32)  # [T,H]
+        for e, rows in jobs:
+            idx = torch.from_numpy(rows)  # [n]
+            y = expert_forward(x_host[idx], self.pool.store.expert(layer, e), self.shape, self.act)  # [n,H]
+            acc.index_add_(0, idx, y.float() * torch.from_numpy(w[rows, e])[:, None])
+        return acc.to(x_host.dtype), time.perf_counter() - t0
 
     @torch.no_grad()
     def stage_scores(self, logits: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor) -> tuple:
@@ -228,10 +236,11 @@ class Engine:
         if _CPU in ex.codes:
             t_cpu = time.perf_counter()
             with span("smoe.cpu_submit"):  # waits for the compute stream up to this layer's input
-                x_host = x.to("cpu")
-                jobs = [(e, x_host[ex.token_rows(i)]) for i, (e, a) in enumerate(zip(order, ex.codes)) if a == _CPU]
+                x_host = x.to("cpu")  # [T,H]
+                jobs = [(e, np.asarray(ex.token_rows(i), dtype=np.int64))
+                        for i, (e, a) in enumerate(zip(order, ex.codes)) if a == _CPU]
                 cpu_experts = [e for e, _ in jobs]
-                cpu_future = self.cpu.submit(self._cpu_compute, layer, jobs)
+                cpu_future = self.cpu.submit(self._cpu_compute, layer, x_host, jobs, w.w)
             m.cpu_host_s += time.perf_counter() - t_cpu
 
         outs: dict[int, torch.Tensor] = {}
@@ -334,21 +343,20 @@ class Engine:
         self.pool.mark_used((layer, e) for e in late)  # after the prefetch, which counts them as not yet used
         assert not pending, "check_plan admitted loads without slots"
 
+        unsummed = [e for e in order if e not in summed and e not in cpu_experts]
+        # hit_sum has no reader left (the prediction queued before has been read back): the rest is added in place
+        with span("smoe.combine"):
+            final = self._combine(torch.zeros_like(x) if hit_sum is None else hit_sum, unsummed, outs, tok, w)
         if cpu_future is not None:
             with span("smoe.cpu_wait"):
-                cpu_outs, secs = cpu_future.result()
+                cpu_sum, secs = cpu_future.result()  # [T,H] on the host
             t_cpu = time.perf_counter()
             m.cpu_time_s += secs
             m.cpu_experts += len(cpu_experts)
             self.costs["cpu"].append(secs / len(cpu_experts))
-            on_device = torch.split(self._to_device(torch.cat(cpu_outs)), [len(o) for o in cpu_outs])
-            outs.update(zip(cpu_experts, on_device))
+            with span("smoe.combine"):
+                final.add_(self._to_device(cpu_sum))
             m.cpu_host_s += time.perf_counter() - t_cpu
-
-        unsummed = [e for e in order if e not in summed]
-        # hit_sum has no reader left (the prediction queued before has been read back): the rest is added in place
-        with span("smoe.combine"):
-            final = self._combine(torch.zeros_like(x) if hit_sum is None else hit_sum, unsummed, outs, tok, w)
 
         m.uses += len(ex.rows)
         m.substitutions += ex.substitutions

@@ -13,7 +13,8 @@ Definitions:
   cpu_experts   expert executions on the CPU (one per expert and layer, covering all its tokens)
   cpu_time_s    the CPU experts' compute, as the worker thread timed it
   cpu_host_s    the host's own work around them: the layer's input copied to the host and the jobs handed to the
-                worker, then the outputs copied to the device (not the wait for the worker)
+                worker, then their gate-weighted sum (the worker's) copied to the device and added (not the wait
+                for the worker)
   substitutions, skips   (token, expert) pairs a policy replaced or dropped
   prefetches / prefetch_used   experts loaded ahead of their layer / of those, later used before eviction
   prefetch_in_topk             prefetched experts that the router's top-k selected at their layer's next run

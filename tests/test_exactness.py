@@ -101,6 +101,55 @@ def test_baseline_matches_hf(family, policy, cache, tiny, reference):
     assert m["bytes_h2d"] == m["loads"] * info.expert_bytes
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cpu_experts_reach_the_device_as_one_weighted_sum(family, tiny, reference):
+    """A layer's CPU experts are summed, gate-weighted, on the worker: the device gets that one [T,H] sum (one copy,
+    one add), none of them goes through the per-expert scatter, and the tokens and logits stay HF's."""
+    from smoe.engine import Engine
+    from smoe.store import expert_forward
+
+    ref = reference(family)
+    rt = Runtime(tiny(family), "cpu-assist", device="cpu", cache_experts=FEW, batch=BATCH)
+    engine = rt.engine
+    calls = [0]  # run_layer calls so far: which layer of which forward a record belongs to
+    scattered: set[tuple[int, int]] = set()  # (call, expert) through the per-expert scatter
+    sums: list[tuple] = []
+    run_layer, compute, combine = engine.run_layer, engine._cpu_compute, Engine._combine
+
+    def counted_layer(*a):
+        calls[0] += 1
+        return run_layer(*a)
+
+    def recorded_compute(layer, x_host, jobs, w):
+        out = compute(layer, x_host, jobs, w)
+        sums.append((calls[0], layer, x_host.clone(), jobs, w.copy(), out[0]))
+        return out
+
+    def recorded_combine(final, experts, outs, tok, w):
+        scattered.update((calls[0], e) for e in experts)
+        return combine(final, experts, outs, tok, w)
+
+    engine.run_layer, engine._cpu_compute, engine._combine = counted_layer, recorded_compute, recorded_combine
+    try:
+        logits, _, cb = collect_logits()
+        res = rt.generate(PROMPTS, NEW_TOKENS, on_logits=cb)
+        assert res.metrics["cpu_experts"] == sum(len(r[3]) for r in sums) > 0
+        on_cpu = {(call, e) for call, _, _, jobs, _, _ in sums for e, _ in jobs}
+        assert not on_cpu & scattered, "a CPU expert went through the per-expert scatter"
+        assert scattered, "no device expert was combined: the check above saw nothing"
+        for _, layer, x, jobs, w, got in sums:  # the sum is each job's output on its rows times its gate weight
+            want = torch.zeros_like(x)
+            for e, rows in jobs:
+                y = expert_forward(x[rows], rt.pool.store.expert(layer, e), engine.shape, engine.act)
+                want[rows] += y * torch.from_numpy(w[rows, e])[:, None].to(y.dtype)
+            torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    finally:
+        rt.close()
+    assert res.tokens == ref.tokens
+    for step, (got, want) in enumerate(zip(logits, ref.logits)):
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=0, msg=lambda s: f"step {step}: {s}")
+
+
 def test_token_id_prompts_equal_text_prompts(tiny, reference):
     """Prompts given as token ids are left-padded with the tokenizer's pad id and decode like the text."""
     family = "qwen2_moe"
