@@ -150,7 +150,7 @@ class Engine:
         self.cpu.shutdown(wait=True)
 
     # ---- one MoE layer ------------------------------------------------------------------------------
-    def _cpu_compute(self, layer: int, x_host: torch.Tensor, jobs: list[tuple[int, np.ndarray]],
+    def _cpu_compute(self, layer: int, x_host: torch.Tensor, jobs: list[tuple[int, list[int]]],
                      w: np.ndarray) -> tuple[torch.Tensor, float]:
         """Runs on the worker thread: x_host [T,H], jobs of (expert, its token rows [n]) in ascending expert order,
         gate weights w [T,E] float32 -> (the sum over the jobs of gate weight x output [T,H] in x's dtype, seconds).
@@ -159,7 +159,7 @@ class Engine:
         t0 = time.perf_counter()
         acc = torch.zeros(x_host.shape, dtype=torch.float32)  # [T,H]
         for e, rows in jobs:
-            idx = torch.from_numpy(rows)  # [n]
+            idx = torch.tensor(rows)  # [n]
             y = expert_forward(x_host[idx], self.pool.store.expert(layer, e), self.shape, self.act)  # [n,H]
             # index_put_ rather than index_add_: with two intra-op threads and other work on the cores, a small host
             # index_add_ took up to 2 ms here (index_put_ 2-8 us)
@@ -239,8 +239,7 @@ class Engine:
             t_cpu = time.perf_counter()
             with span("smoe.cpu_submit"):  # waits for the compute stream up to this layer's input
                 x_host = x.to("cpu")  # [T,H]
-                jobs = [(e, np.asarray(ex.token_rows(i), dtype=np.int64))
-                        for i, (e, a) in enumerate(zip(order, ex.codes)) if a == _CPU]
+                jobs = [(e, ex.token_rows(i)) for i, (e, a) in enumerate(zip(order, ex.codes)) if a == _CPU]
                 cpu_experts = [e for e, _ in jobs]
                 cpu_future = self.cpu.submit(self._cpu_compute, layer, x_host, jobs, w.w)
             m.cpu_host_s += time.perf_counter() - t_cpu
@@ -345,7 +344,7 @@ class Engine:
         self.pool.mark_used((layer, e) for e in late)  # after the prefetch, which counts them as not yet used
         assert not pending, "check_plan admitted loads without slots"
 
-        unsummed = [e for e in order if e not in summed and e not in cpu_experts]
+        unsummed = [e for e, a in zip(order, ex.codes) if a != _CPU and e not in summed]
         # hit_sum has no reader left (the prediction queued before has been read back): the rest is added in place
         with span("smoe.combine"):
             final = self._combine(torch.zeros_like(x) if hit_sum is None else hit_sum, unsummed, outs, tok, w)
