@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 import torch
@@ -41,7 +42,7 @@ from .pool import SlotPool
 from .predict import NextLayerPredictor, PrefetchContext, early_key, prediction_key
 from .grouped_graphs import GroupedGraphs
 from .grouped_kernel import slot_grouped_forward
-from .store import expert_forward, grouped_forward
+from .store import expert_forward, grouped_forward, weighted_expert_sum
 from .errors import PolicyError
 
 
@@ -157,14 +158,8 @@ class Engine:
         The sum is taken here, on the host, so the device gets one copy and one add for all of a layer's CPU
         experts rather than a scatter per expert."""
         t0 = time.perf_counter()
-        acc = torch.zeros(x_host.shape, dtype=torch.float32)  # [T,H]
-        for e, rows in jobs:
-            idx = torch.tensor(rows)  # [n]
-            y = expert_forward(x_host[idx], self.pool.store.expert(layer, e), self.shape, self.act)  # [n,H]
-            # index_put_ rather than index_add_: with two intra-op threads and other work on the cores, a small host
-            # index_add_ took up to 2 ms here (index_put_ 2-8 us)
-            acc.index_put_((idx,), y.float() * torch.from_numpy(w[rows, e])[:, None], accumulate=True)
-        return acc.to(x_host.dtype), time.perf_counter() - t0
+        out = weighted_expert_sum(x_host, jobs, partial(self.pool.store.expert, layer), w, self.shape, self.act)
+        return out, time.perf_counter() - t0
 
     @torch.no_grad()
     def stage_scores(self, logits: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor) -> tuple:

@@ -11,8 +11,10 @@ Pinning registers the tensor's own pages with the driver (`cudaHostRegister`) ra
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from itertools import chain
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -76,6 +78,29 @@ def expert_forward(x: torch.Tensor, w: torch.Tensor, shape: ExpertShape, act) ->
     I, H = shape.intermediate, shape.hidden
     gate, up = torch.nn.functional.linear(x, w[: 2 * I * H].view(2 * I, H)).chunk(2, dim=-1)
     return torch.nn.functional.linear(act(gate) * up, w[2 * I * H :].view(H, I))
+
+
+def weighted_expert_sum(x: torch.Tensor, jobs: Sequence[tuple[int, Sequence[int]]],
+                        weights: Callable[[int], torch.Tensor], w: np.ndarray, shape: ExpertShape, act) -> torch.Tensor:
+    """A layer's CPU experts, summed: x [T,H], jobs of (expert, its token rows) in ascending expert order, weights(e)
+    -> expert e's [3*I*H], gate weights w [T,E] float32 -> the sum over the jobs of gate weight x the expert's output
+    on its rows [T,H], added in float32, in x's dtype.
+
+    The rows are gathered, weighted and added once for all the jobs, so an expert costs its forward and a slice.
+    Done per expert, they raised the worker's time per expert by up to 0.2 ms on an H100's host
+    (`results/gpu/combine_ab_h100_s59/`), and each torch call needs the interpreter lock, which the decoding thread
+    holds between its own calls (`benchmarks/cpu_worker.py` times both forms, alone and beside a busy thread)."""
+    sizes = [len(rows) for _, rows in jobs]
+    rows = np.fromiter(chain.from_iterable(r for _, r in jobs), dtype=np.int64, count=sum(sizes))  # [R]
+    experts = np.repeat(np.fromiter((e for e, _ in jobs), dtype=np.int64, count=len(jobs)), sizes)  # [R]
+    idx = torch.from_numpy(rows)  # [R]
+    xs = x[idx].split(sizes)  # [n,H] per job
+    ys = torch.cat([expert_forward(xe, weights(e), shape, act) for (e, _), xe in zip(jobs, xs)])  # [R,H]
+    acc = torch.zeros(x.shape, dtype=torch.float32)  # [T,H]
+    # [R,H] float32 by promotion; accumulate: a token row can be in several jobs. index_put_ rather than index_add_:
+    # with two intra-op threads and other work on the cores, a small host index_add_ took up to 2 ms (index_put_ 2-8 us)
+    acc.index_put_((idx,), ys * torch.from_numpy(w[rows, experts])[:, None], accumulate=True)
+    return acc.to(x.dtype)
 
 
 def grouped_forward(x: torch.Tensor, w: torch.Tensor, shape: ExpertShape, act) -> torch.Tensor:

@@ -175,6 +175,39 @@ def test_cpu_experts_benchmark_times_the_runtime_expert_against_a_plain_read(tmp
     assert bad.returncode == 2 and "--threads [0]" in bad.stderr
 
 
+def test_cpu_worker_benchmark_times_both_sums_against_the_forwards(tmp_path):
+    """benchmarks/cpu_worker.py: a row per (tokens, threads, op, busy), each op measured against the forwards of the
+    same setting; its per-expert sum (the comparison) is the same sum as the runtime's; a bad count is refused."""
+    import importlib.util
+
+    import numpy as np
+    import torch
+
+    from smoe.checkpoint import ExpertShape
+    from smoe.store import weighted_expert_sum
+
+    out = tmp_path / "worker.csv"
+    cmd = [sys.executable, str(ROOT / "benchmarks/cpu_worker.py"), "--shapes", "deepseek-moe-16b-shape", "--tokens",
+           "1", "3", "--threads", "1", "--experts", "2", "--reps", "2", "--pool-mb", "1", "--out", str(out)]
+    subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
+    rows = list(csv.DictReader(open(out)))
+    assert sorted((r["tokens"], r["op"], r["busy"]) for r in rows) == sorted(
+        (n, op, b) for n in ("1", "3") for op in ("forwards", "summed", "per-expert") for b in ("False", "True"))
+    assert all(float(r["ms"]) > 0 for r in rows)
+    assert all(float(r["over_forwards_ms"]) == 0 for r in rows if r["op"] == "forwards")
+    bad = subprocess.run(cmd[:-2] + ["--experts", "0", "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--experts 0" in bad.stderr
+    spec = importlib.util.spec_from_file_location("cpu_worker", ROOT / "benchmarks/cpu_worker.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    shape = ExpertShape(hidden=16, intermediate=8)
+    experts = torch.randn(4, shape.numel)  # [E, 3*I*H]
+    x, w = torch.randn(3, 16), np.random.default_rng(1).random((3, 4), dtype=np.float32)  # [T,H], [T,E]
+    jobs = [(0, [1]), (1, [0, 2]), (3, [0, 1, 2])]
+    args = (x, jobs, experts.__getitem__, w, shape, torch.nn.functional.silu)
+    torch.testing.assert_close(bench.per_expert_sum(*args), weighted_expert_sum(*args))
+
+
 def test_planning_share_reads_committed_runs_and_the_abs_decided_the_same(tmp_path):
     """benchmarks/planning_share.py on the committed planning A/Bs (results/gpu/planning_ab_h200_s36, _s37 and _s38): a
     row per run, the share and per-layer time from the run record's own counters, and, as the README says, every run of

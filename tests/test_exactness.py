@@ -150,6 +150,32 @@ def test_cpu_experts_reach_the_device_as_one_weighted_sum(family, tiny, referenc
         torch.testing.assert_close(got, want, atol=ATOL, rtol=0, msg=lambda s: f"step {step}: {s}")
 
 
+def test_weighted_expert_sum_adds_each_job_on_its_rows():
+    """The worker's sum over a layer's CPU experts equals each expert's output on its rows times its gate weight,
+    added row by row, where several experts share a row and where an expert has rows out of order."""
+    import numpy as np
+
+    from smoe.checkpoint import ExpertShape
+    from smoe.store import expert_forward, weighted_expert_sum
+
+    torch.manual_seed(0)
+    shape, act = ExpertShape(hidden=16, intermediate=8), torch.nn.functional.silu
+    experts = torch.randn(6, shape.numel) * 0.3  # [E, 3*I*H] float32, so the comparison is tight
+    x = torch.randn(4, shape.hidden)  # [T,H]
+    w = np.random.default_rng(0).random((4, 6), dtype=np.float32)  # [T,E]
+    jobs = [(0, [0, 2]), (2, [0, 1, 2, 3]), (3, [3, 1]), (5, [3])]  # rows 0-3 each in two or three jobs
+    want = torch.zeros_like(x)
+    for e, rows in jobs:
+        for r in rows:
+            want[r] += expert_forward(x[[r]], experts[e], shape, act)[0] * float(w[r, e])
+    got = weighted_expert_sum(x, jobs, experts.__getitem__, w, shape, act)
+    assert got.dtype == x.dtype and got.shape == x.shape
+    torch.testing.assert_close(got, want)
+    half = weighted_expert_sum(x.bfloat16(), jobs, lambda e: experts[e].bfloat16(), w, shape, act)
+    assert half.dtype == torch.bfloat16  # summed in float32, returned in x's dtype
+    torch.testing.assert_close(half.float(), want, atol=0.05, rtol=0.05)
+
+
 def test_token_id_prompts_equal_text_prompts(tiny, reference):
     """Prompts given as token ids are left-padded with the tokenizer's pad id and decode like the text."""
     family = "qwen2_moe"
