@@ -23,7 +23,7 @@ import transformers
 from transformers import AutoTokenizer, StaticCache
 from transformers.activations import ACT2FN
 
-from . import grouped_kernel
+from . import grouped_kernel, provenance
 from . import router_first as router_order
 from .budget import kv_bytes_per_token, plan_memory
 from .checkpoint import Checkpoint
@@ -343,6 +343,7 @@ class Runtime:
             "python": platform.python_version(),
             "torch": torch.__version__,
             "transformers": transformers.__version__,
+            "code": provenance.code(),  # the sources' fingerprint and the git commit, where there is one
             "device": str(self.device),
             "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),

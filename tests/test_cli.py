@@ -50,6 +50,9 @@ def test_run_writes_record_and_trace(tiny, tmp_path, capsys):
 
     assert env["transformers"] == transformers.__version__
     assert env["device"] == "cpu"
+    from smoe import provenance
+
+    assert env["code"]["sources"] == provenance.source_fingerprint(provenance.ROOT)  # which code ran
     assert rec["memory"]["capacity"] == 6
 
     tokens = rec["tokens"]
