@@ -7,8 +7,8 @@ intra-op threads) this times a layer's jobs of `--experts` experts, each on ever
   summed       `weighted_expert_sum`: one gather, the forwards, one weighting and one add for all the jobs
   per-expert   the same sum with a gather, a weighting and an add per expert, as the worker did at af48357
 each alone and again beside a thread that runs small torch operations in a Python loop (`-busy`), as the decoding
-thread does while the worker runs: every torch call made from Python waits for the interpreter lock, so each extra
-call per expert costs more there. On a machine with few cores that thread also takes a core from the intra-op
+thread does while the worker runs: every torch call made from Python needs the interpreter lock, which that thread
+holds between its own calls. On a machine with few cores that thread also takes a core from the intra-op
 threads. Experts rotate over `--pool-mb` of distinct weights, as `benchmarks/cpu_experts.py` does, so each is read
 from memory; the median over `--reps` layers is kept, in milliseconds per expert.
 

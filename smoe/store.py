@@ -92,7 +92,7 @@ def weighted_expert_sum(x: torch.Tensor, jobs: Sequence[tuple[int, Sequence[int]
     holds between its own calls (`benchmarks/cpu_worker.py` times both forms, alone and beside a busy thread)."""
     sizes = [len(rows) for _, rows in jobs]
     rows = np.fromiter(chain.from_iterable(r for _, r in jobs), dtype=np.int64, count=sum(sizes))  # [R]
-    experts = np.repeat(np.fromiter((e for e, _ in jobs), dtype=np.int64, count=len(jobs)), sizes)  # [R]
+    experts = np.repeat([e for e, _ in jobs], sizes)  # [R] each row's expert
     idx = torch.from_numpy(rows)  # [R]
     xs = x[idx].split(sizes)  # [n,H] per job
     ys = torch.cat([expert_forward(xe, weights(e), shape, act) for (e, _), xe in zip(jobs, xs)])  # [R,H]
