@@ -128,14 +128,14 @@ def test_ci_grid_end_to_end(tmp_path):
     measured = gpu[gpu.measured.astype(bool)]
     assert set(measured.gpu) == {"h200", "h100"} and measured.emulated.any() and (~measured.emulated).any()
     # the H100 rows: the forty-fifth campaign's Qwen2-57B shape, run without a floor (`paper_shape.py --no-floor`), so
-    # no bound; the forty-eighth's to fifty-first's deepseek and XVERSE shapes, each process with its floor, so every
+    # no bound; the forty-eighth's to fifty-second's deepseek and XVERSE shapes, each process with its floor, so every
     # row has one
     h100 = measured[measured.gpu == "h100"]
     nofloor = h100[h100.source.str.startswith("paper_shape_h100_s52_")]
     assert len(nofloor) == 15 and "all-gpu" not in set(nofloor.policy)
     assert nofloor.bound_s.isna().all() and nofloor.tpot_over_bound.isna().all()
-    floored = h100[h100.source.str.startswith(tuple(f"paper_shape_h100_s{n}_" for n in (56, 57, 58, 59)))]
-    assert len(floored) == 106 and floored.policy.eq("all-gpu").sum() == 22 and floored.bound_s.notna().all()
+    floored = h100[h100.source.str.startswith(tuple(f"paper_shape_h100_s{n}_" for n in (56, 57, 58, 59, 60)))]
+    assert len(floored) == 133 and floored.policy.eq("all-gpu").sum() == 28 and floored.bound_s.notna().all()
     assert len(floored) + len(nofloor) == len(h100)
     # the paper's GPUs, the H200 and the H100 as measured there, and this machine as the DAG measured it (`cpu`)
     modelled = gpu[~gpu.measured.astype(bool)]
@@ -157,7 +157,7 @@ def test_ci_grid_end_to_end(tmp_path):
     assert on_h100.held_out.eq(on_h100.link_gbps.notna()).all()
     assert set(on_h100[~on_h100.held_out].source.str[:len("paper_shape_h100_s5x")]) == {"paper_shape_h100_s58"}
     assert on_h100[on_h100.source.str.startswith("paper_shape_h100_s58")].fit_runs.eq(3).all()
-    assert set(on_h100.source.str[:len("paper_shape_h100_s5x")]) == {f"paper_shape_h100_s{n}" for n in (56, 57, 58, 59)}
+    assert set(on_h100.source.str[:len("paper_shape_h100_s5x")]) == {f"paper_shape_h100_s{n}" for n in (56, 57, 58, 59, 60)}
     assert len(on_h100) == len(floored) - floored.policy.eq("all-gpu").sum()
     # the A/Bs of options measured and taken out again: a row per option; the hits A/B ran its floor both ways, so
     # each option has its own, while the prefetch A/B's floor, which prefetches nothing, is shared
