@@ -26,7 +26,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from .errors import PromptError, SmoeError  # noqa: E402
+from .errors import PromptError, RecordError, SmoeError  # noqa: E402
 from .files import write_json  # noqa: E402
 
 log = logging.getLogger("smoe")
@@ -322,6 +322,23 @@ def cmd_slim_traces(args) -> int:
     return 0
 
 
+def cmd_run_table(args) -> int:
+    from .files import read_jsonl
+    from .run_table import NOTE, markdown
+
+    records, sources = [], []
+    for path in map(Path, args.records):
+        if not path.is_file() or not path.name.endswith((".jsonl", ".jsonl.gz")):
+            raise RecordError(f"{path}: not a run-record file; give the *.jsonl or *.jsonl.gz that "
+                            "benchmarks/paper_shape.py writes")
+        got = read_jsonl(path)
+        records += got
+        sources += [path.parent.name] * len(got)
+    print(markdown(records, sources if len(args.records) > 1 else None))
+    print(f"\n{NOTE}")
+    return 0
+
+
 def cmd_measure_machine(args) -> int:
     from .files import write_json
     from .hardware import measure_machine
@@ -478,6 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("traces", help="a folder of *.pt traces (searched recursively)")
     st.add_argument("--out", required=True, help="folder for the slim copies (same relative paths)")
     st.set_defaults(fn=cmd_slim_traces)
+
+    rt = sub.add_parser("run-table", help="run records (paper_shape.py's *.jsonl[.gz]) as a markdown table per decode step")
+    rt.add_argument("records", nargs="+", help="record files; with several, a first column names each one's folder")
+    rt.set_defaults(fn=cmd_run_table)
 
     d = sub.add_parser("demo", help="every policy on a tiny checkpoint at two budgets (CPU)")
     d.add_argument("--out", default="results/demo")

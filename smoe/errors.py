@@ -43,5 +43,9 @@ class DataError(SmoeError):
     """Fetched data (benchmark sets, texts) that a command needs is not in the resources folder."""
 
 
+class RecordError(SmoeError):
+    """A file given as run records (`run-table`) that is missing or is not one (names it and what is wanted)."""
+
+
 class OptionError(SmoeError):
     """Runtime options that cannot go together (names both and what would work)."""
