@@ -6,7 +6,7 @@ Where it sits: `workflow/scripts/figure_gpu.py` draws what `drawn` and `panel_fl
 device or a file. A setting is a shape, a budget, a batch and the GPU the rows were timed on, so runs on two GPUs
 never share a panel. A run measured in several folders of `gpu_results` is drawn from the folder listed first. The
 floor has no budget (it holds every expert): a panel takes the floor of its shape, batch, GPU and workload, from the
-folder listed first that ran one.
+folder listed first that ran one. A panel whose runs come from more than one folder says how many (`panel_folders`).
 """
 from __future__ import annotations
 
@@ -45,3 +45,15 @@ def panel_floors(rows: pd.DataFrame) -> pd.Series:
     floors = rows[rows.policy == "all-gpu"][[*FLOOR, "tpot_s"]]
     panels = rows[rows.policy != "all-gpu"].drop_duplicates(["setting", "workload"])[["setting", *FLOOR]]
     return panels.merge(floors, on=FLOOR).set_index(["setting", "workload"]).tpot_s
+
+
+def panel_folders(rows: pd.DataFrame) -> pd.Series:
+    """`drawn` rows -> how many folders of `gpu_results` a panel's bars and its floor come from, indexed by (setting,
+    workload). More than one: the panel's runs were not all timed side by side (a folder holds one campaign's
+    process or processes for its settings), so their ratios carry the machines' differences too; the figures say so
+    in the panel."""
+    bars = rows[rows.policy != "all-gpu"][["setting", *FLOOR, "folder"]]
+    floors = rows[rows.policy == "all-gpu"][[*FLOOR, "folder"]]
+    panels = bars.drop_duplicates(["setting", "workload"])[["setting", *FLOOR]].merge(floors, on=FLOOR)
+    both = pd.concat([bars[["setting", "workload", "folder"]], panels[["setting", "workload", "folder"]]])
+    return both.groupby(["setting", "workload"]).folder.nunique()

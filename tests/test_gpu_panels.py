@@ -4,7 +4,7 @@ import math
 
 import pandas as pd
 
-from smoe.gpu_panels import drawn, panel_floors
+from smoe.gpu_panels import drawn, panel_floors, panel_folders
 
 
 def row(folder, policy, tpot, gpu="h200", budget=12.0, batch=1, workload="exam", link=12.0, **modes):
@@ -44,3 +44,20 @@ def test_variants_and_options_taken_out_are_left_to_the_tables():
     rows = drawn(perf)
     assert sorted(rows.policy) == ["all-gpu", "smoe"]  # the runtime-order A/B row is folder b's smoe: a is first
     assert rows.set_index("policy").tpot_s["smoe"] == 0.040
+
+
+def test_a_panel_counts_the_folders_its_bars_and_floor_come_from():
+    """The fifty-second campaign's case: SMoE, HybriMoE and the floor from the folder listed first, LRU from a later
+    one (another process, another host), so the panel was not all timed side by side. The floor counts too: bars
+    from one folder beside the first folder's floor are 2; a panel whose runs all come from one folder is 1."""
+    perf = table(row("s59", "all-gpu", 0.013), row("s59", "smoe", 0.033), row("s59", "hybrimoe", 0.071),
+                 row("s59", "all-gpu", 0.012, workload="reasoning"),
+                 row("s60", "all-gpu", 0.028), row("s60", "smoe", 0.053), row("s60", "lru", 0.126),
+                 row("s60", "all-gpu", 0.022, workload="reasoning"), row("s60", "lru", 0.112, workload="reasoning"),
+                 row("s60", "all-gpu", 0.025, workload="knowledge"), row("s60", "lru", 0.120, workload="knowledge"),
+                 row("s59", "smoe", 0.045, batch=3))  # a panel with no floor: its bars' folders alone
+    counts = panel_folders(drawn(perf)).to_dict()
+    assert counts == {("deepseek-moe-16b-shape @12 GB, b1, H200", "exam"): 2,
+                      ("deepseek-moe-16b-shape @12 GB, b1, H200", "reasoning"): 2,
+                      ("deepseek-moe-16b-shape @12 GB, b1, H200", "knowledge"): 1,
+                      ("deepseek-moe-16b-shape @12 GB, b3, H200", "exam"): 1}

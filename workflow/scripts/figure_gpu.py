@@ -13,6 +13,8 @@ and other-KV-cache variants of an A/B run (`@eager-...`, `@attention-skeleton`, 
 `@in-layer-prefetch` or `@hits-after-plan` ran the runtime's order and are drawn under their policy's name.
 A run measured in more than one folder of `gpu_results` is drawn from the folder listed first; a setting is per GPU,
 so an H100's runs and an H200's have panels of their own. Each budget's panel has its shape's floor (`smoe.gpu_panels`).
+A panel whose runs (its floor included) come from more than one folder, so were not all timed side by side, says
+how many.
 """
 from pathlib import Path
 
@@ -23,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from smoe.gpu_panels import drawn, panel_floors, setting  # noqa: E402
+from smoe.gpu_panels import drawn, panel_floors, panel_folders, setting  # noqa: E402
 
 sm = snakemake  # noqa: F821
 fig = f"{sm.wildcards.fig}_gpu"  # e.g. fig12_hit_rate_gpu
@@ -65,6 +67,7 @@ else:
     df = drawn(pd.read_csv(sm.input.perf))
     df["link"] = df.link_gbps.map(link)
     floor = panel_floors(df)  # [(setting, workload)] -> the floor's TPOT
+    folders = panel_folders(df)  # [(setting, workload)] -> the folders its runs come from
     y, label, title = {"fig11_tpot_gpu": ("tpot_s", "TPOT (s)", "TPOT"),
                        "fig12_hit_rate_gpu": ("hit_rate", "decode hit rate", "decode hit rate"),
                        "fig13_ttft_gpu": ("ttft_s", "TTFT (s)", "TTFT")}[fig]
@@ -83,6 +86,9 @@ else:
             continue
         if fig == "fig11_tpot_gpu" and (s, workload) in floor.index:
             ax.axhline(floor[(s, workload)], color="k", lw=1, ls="--")
+        if folders.get((s, workload), 1) > 1:  # not all timed side by side: say so where the bars are
+            ax.text(0.02, 0.97, f"runs from {folders[(s, workload)]} folders", transform=ax.transAxes, ha="left",
+                    va="top", fontsize=7, color="0.35")
         ax.tick_params(axis="x", rotation=60, labelbottom=True)
     g.set_axis_labels("", label)
     gpus = ", ".join(sorted(df.gpu.str.upper().unique()))
