@@ -82,14 +82,15 @@ def expert_forward(x: torch.Tensor, w: torch.Tensor, shape: ExpertShape, act) ->
 
 def weighted_expert_sum(x: torch.Tensor, jobs: Sequence[tuple[int, Sequence[int]]],
                         weights: Callable[[int], torch.Tensor], w: np.ndarray, shape: ExpertShape, act) -> torch.Tensor:
-    """A layer's CPU experts, summed: x [T,H], jobs of (expert, its token rows) in ascending expert order, weights(e)
-    -> expert e's [3*I*H], gate weights w [T,E] float32 -> the sum over the jobs of gate weight x the expert's output
-    on its rows [T,H], added in float32, in x's dtype.
+    """A layer's CPU experts, summed: x [T,H], jobs of (expert, its token rows), weights(e) -> expert e's [3*I*H],
+    gate weights w [T,E] float32 -> the sum over the jobs of gate weight x the expert's output on its rows [T,H],
+    added in float32, in x's dtype.
 
     The rows are gathered, weighted and added once for all the jobs, so an expert costs its forward and a slice.
-    Done per expert, they raised the worker's time per expert by up to 0.2 ms on an H100's host
-    (`results/gpu/combine_ab_h100_s59/`), and each torch call needs the interpreter lock, which the decoding thread
-    holds between its own calls (`benchmarks/cpu_worker.py` times both forms, alone and beside a busy thread)."""
+    Against doing that per expert, this cut the worker's time per CPU expert by 10-14% and HybriMoE's and
+    CPU-assist's steps by 9-12% on an H100's host (`results/gpu/combine_ab_h100_s60/`); each torch call also needs
+    the interpreter lock, which the decoding thread holds between its own calls (`benchmarks/cpu_worker.py` times
+    both forms, alone and beside a busy thread)."""
     sizes = [len(rows) for _, rows in jobs]
     rows = np.fromiter(chain.from_iterable(r for _, r in jobs), dtype=np.int64, count=sum(sizes))  # [R]
     experts = np.repeat([e for e, _ in jobs], sizes)  # [R] each row's expert
