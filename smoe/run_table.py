@@ -5,11 +5,16 @@ Where it sits: `python -m smoe run-table FILE...` prints what `markdown` returns
 result folder's README can be made again from its records. Pure: reads nothing but the records it is given.
 
 Each column reads the record's own fields; a field that records of its day did not keep (`cpu_host_s` before
-2026-12-07, `copy_wait_s` before the copy events, `tpot_over_bound` for runs without a floor) shows as `-`.
+2026-12-07, `copy_wait_s` before the copy events, `tpot_over_bound` for runs without a floor) shows as `-`. One
+column reads the records beside it: `x best baseline`, a run's TPOT over the fastest offloading baseline's run of
+the same process and setting (source, model, budget, batch, workload, link), `-` where none ran (the floor, which has
+no budget, included), as `smoe_vs_best_gpu.csv` takes it.
 """
 from __future__ import annotations
 
 from typing import Callable
+
+from .policy import OFFLOADING_BASELINES
 
 MISSING = "-"
 
@@ -68,7 +73,27 @@ COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
     ("planning %", lambda r: _fmt(_planning_share(r), 1)),
     ("TTFT s", lambda r: f"{r['row']['ttft_s']:.2f}"),
 ]
-NOTE = ("Per decode step: ms unless named; x bound = TPOT / max(floor, bytes over the link / the link's rate); loads "
+BEST = "x best baseline"  # the column that reads the records beside a run (`_best_baselines`), after TPOT
+
+
+def _setting(rec: dict, source: str | None) -> tuple:
+    row = rec["row"]
+    return source, row["model"], row["budget_gb"], row["batch"], row["workload"], row.get("link_gbps")
+
+
+def _best_baselines(records: list[dict], sources: list) -> dict[tuple, float]:
+    """setting -> the fastest offloading baseline's TPOT among `records` (a spec with parameters counts as its
+    baseline: `hybrimoe:pcie_gbps=55` is HybriMoE)."""
+    best: dict[tuple, float] = {}
+    for rec, src in zip(records, sources):
+        if rec["row"]["policy"].split(":", 1)[0] in OFFLOADING_BASELINES:
+            key = _setting(rec, src)
+            best[key] = min(best.get(key, float("inf")), rec["row"]["tpot_s"])
+    return best
+
+
+NOTE = ("Per decode step: ms unless named; x best baseline = TPOT / the fastest offloading baseline's TPOT in the same "
+        "process and setting; x bound = TPOT / max(floor, bytes over the link / the link's rate); loads "
         "with the prefetched ones in brackets; copy wait = the compute stream's wait for copies; predictor = the "
         "host's wait for the predictor's passes; CPU host work = the decoding thread's work around CPU experts; "
         "planning = policy decisions' share of TPOT.")
@@ -79,8 +104,17 @@ def markdown(records: list[dict], sources: list[str] | None = None) -> str:
     column naming where each came from, for tables over several processes."""
     if sources is not None and len(sources) != len(records):
         raise ValueError(f"{len(sources)} sources for {len(records)} records: give one per record")
+    keys = sources if sources is not None else [None] * len(records)
+    best = _best_baselines(records, keys)
+    at = [h for h, _ in COLUMNS].index("TPOT ms") + 1
     headers = [h for h, _ in COLUMNS]
-    rows = [[cell(rec) for _, cell in COLUMNS] for rec in records]
+    headers.insert(at, BEST)
+    rows = []
+    for rec, key in zip(records, keys):
+        row = [cell(rec) for _, cell in COLUMNS]
+        base = best.get(_setting(rec, key))
+        row.insert(at, _fmt(None if base is None else rec["row"]["tpot_s"] / base, 2))
+        rows.append(row)
     if sources is not None:
         headers, rows = ["source", *headers], [[s, *row] for s, row in zip(sources, rows)]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]

@@ -5,12 +5,14 @@ import pytest
 
 from smoe.cli import main
 from smoe.files import read_jsonl
-from smoe.run_table import COLUMNS, markdown
+from smoe.run_table import BEST, COLUMNS, markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 AB_NEW1 = ROOT / "results/gpu/combine_ab_h100_s60/new1/deepseek-moe-16b-shape-10l_link12.jsonl.gz"
 FIRST_H200 = ROOT / "results/gpu/paper_shape_h200/deepseek-moe-16b-shape_link12.jsonl.gz"
+DS12_B3_L = ROOT / "results/gpu/paper_shape_h100_s61_deepseek12_b3_l/deepseek-moe-16b-shape_link12.jsonl.gz"
 HEADERS = [h for h, _ in COLUMNS]
+HEADERS.insert(HEADERS.index("TPOT ms") + 1, BEST)
 
 
 def cells(table: str) -> list[dict[str, str]]:
@@ -56,3 +58,31 @@ def test_cli_prints_the_table_and_names_a_file_that_is_no_record(capsys):
     assert {r["source"] for r in rows} == {"new1", "paper_shape_h200"} and list(rows[0])[1:] == HEADERS
     assert main(["run-table", str(ROOT / "README.md")]) == 2
     assert "README.md: not a run-record file" in capsys.readouterr().err
+
+
+def test_best_baseline_column_is_the_fastest_offloading_baseline_of_the_process():
+    """The fifty-third campaign's deepseek 12 GB language cell at batch 3: HybriMoE the fastest baseline (1.00), LRU
+    2.52x and CPU-assist 1.94x its step, SMoE 0.39x; the floor has no budget and no baseline beside it."""
+    rows = {r["policy"]: r[BEST] for r in cells(markdown(read_jsonl(DS12_B3_L)))}
+    assert rows == {"floor (`all-gpu`)": "-", "`lru`": "2.52", "`cpu-assist`": "1.94", "`smoe`": "0.39",
+                    "`hybrimoe`": "1.00"}
+    # records with no offloading baseline beside SMoE: the column has nothing to divide by
+    smoe_only = [r for r in read_jsonl(DS12_B3_L) if r["row"]["policy"] in ("all-gpu", "smoe")]
+    assert {r[BEST] for r in cells(markdown(smoe_only))} == {"-"}
+
+
+def test_best_baseline_column_agrees_with_the_dag_table():
+    """For every committed H100 folder, SMoE's `x best baseline` values are `smoe_vs_best_gpu.csv`'s `smoe / best`
+    for that folder, to the table's two digits (compared as lists: a folder can hold two budgets or links of one
+    workload, which the table's rows do not name)."""
+    import pandas as pd
+
+    best = pd.read_csv(ROOT / "results/tables/smoe_vs_best_gpu.csv")
+    best = best[best.folder.str.startswith("paper_shape_h100_") & best["smoe / best"].notna()]
+    assert len(best) >= 30
+    for folder, rows in best.groupby("folder"):
+        recs = [r for path in (ROOT / "results/gpu" / folder).glob("*.jsonl.gz") for r in read_jsonl(path)]
+        smoe = [c for c in cells(markdown(recs)) if c["policy"] == "`smoe`"]
+        got = sorted((c["workload"], int(c["batch"]), c[BEST]) for c in smoe)
+        want = sorted((r.workload, r.batch, f"{r['smoe / best']:.2f}") for _, r in rows.iterrows())
+        assert got == want, folder
