@@ -68,6 +68,15 @@ class ExpertPolicy:
 # the lossless offloading baselines SMoE's TPOT is compared with in the GPU tables (its best is "the best baseline");
 # a new offloading baseline joins here too
 OFFLOADING_BASELINES = ("on-demand", "lru", "lfu", "fifo", "cpu-assist", "hybrimoe", "moe-infinity")
+
+
+def base_policy(policy: str) -> str:
+    """The registered name of a policy spec as run records give it: `hybrimoe:pcie_gbps=55` -> `hybrimoe`. Not
+    `parse_policy_spec`, which refuses the run labels some records carry (`smoe@eager-predictor`): those are no
+    baseline, and stay as they are."""
+    return policy.split(":", 1)[0]
+
+
 _REGISTRY: dict[str, tuple[type[ExpertPolicy], dict]] = {}
 _DISCOVERED = False
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .policy import OFFLOADING_BASELINES
+from .policy import OFFLOADING_BASELINES, base_policy
 
 MISSING = "-"
 
@@ -86,7 +86,7 @@ def _best_baselines(records: list[dict], sources: list) -> dict[tuple, float]:
     baseline: `hybrimoe:pcie_gbps=55` is HybriMoE)."""
     best: dict[tuple, float] = {}
     for rec, src in zip(records, sources):
-        if rec["row"]["policy"].split(":", 1)[0] in OFFLOADING_BASELINES:
+        if base_policy(rec["row"]["policy"]) in OFFLOADING_BASELINES:
             key = _setting(rec, src)
             best[key] = min(best.get(key, float("inf")), rec["row"]["tpot_s"])
     return best
@@ -106,8 +106,8 @@ def markdown(records: list[dict], sources: list[str] | None = None) -> str:
         raise ValueError(f"{len(sources)} sources for {len(records)} records: give one per record")
     keys = sources if sources is not None else [None] * len(records)
     best = _best_baselines(records, keys)
-    at = [h for h, _ in COLUMNS].index("TPOT ms") + 1
     headers = [h for h, _ in COLUMNS]
+    at = headers.index("TPOT ms") + 1
     headers.insert(at, BEST)
     rows = []
     for rec, key in zip(records, keys):

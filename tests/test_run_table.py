@@ -72,14 +72,16 @@ def test_best_baseline_column_is_the_fastest_offloading_baseline_of_the_process(
 
 
 def test_best_baseline_column_agrees_with_the_dag_table():
-    """For every committed H100 folder, SMoE's `x best baseline` values are `smoe_vs_best_gpu.csv`'s `smoe / best`
+    """For every committed H100 folder and one H200 folder, SMoE's `x best baseline` values are `smoe_vs_best_gpu.csv`'s `smoe / best`
     for that folder, to the table's two digits (compared as lists: a folder can hold two budgets or links of one
     workload, which the table's rows do not name)."""
     import pandas as pd
 
     best = pd.read_csv(ROOT / "results/tables/smoe_vs_best_gpu.csv")
-    best = best[best.folder.str.startswith("paper_shape_h100_") & best["smoe / best"].notna()]
-    assert len(best) >= 30
+    # and the H200 folder whose best baseline is a spec with a parameter set (`hybrimoe:pcie_gbps=55`, the own link)
+    own = "paper_shape_h200_s35_qwen48_own"
+    best = best[(best.folder.str.startswith("paper_shape_h100_") | best.folder.eq(own)) & best["smoe / best"].notna()]
+    assert len(best) >= 30 and "hybrimoe:pcie_gbps=55" in set(best[best.folder == own].best_baseline)
     for folder, rows in best.groupby("folder"):
         recs = [r for path in (ROOT / "results/gpu" / folder).glob("*.jsonl.gz") for r in read_jsonl(path)]
         smoe = [c for c in cells(markdown(recs)) if c["policy"] == "`smoe`"]

@@ -56,15 +56,9 @@ import pandas as pd
 from smoe.balance import PCIE_GBPS, load_gbps
 from smoe.costmodel import model_measured_runs, profiles_with, skeleton_mode
 from smoe.files import env_file, read_jsonl
-from smoe.policy import OFFLOADING_BASELINES, policy_params
+from smoe.policy import OFFLOADING_BASELINES, base_policy, policy_params
 
 sm = snakemake  # noqa: F821
-
-
-def base_policy(policy: str) -> str:
-    """The registered name of a policy spec: `hybrimoe:pcie_gbps=55` -> `hybrimoe`. Not `parse_policy_spec`, which
-    refuses the run labels some records carry (`smoe@eager-predictor`): those are no baseline, and stay as they are."""
-    return policy.split(":", 1)[0]
 
 
 def load_priced_gbps(rec: dict) -> float | None:
