@@ -128,14 +128,14 @@ def test_ci_grid_end_to_end(tmp_path):
     measured = gpu[gpu.measured.astype(bool)]
     assert set(measured.gpu) == {"h200", "h100"} and measured.emulated.any() and (~measured.emulated).any()
     # the H100 rows: the forty-fifth campaign's Qwen2-57B shape, run without a floor (`paper_shape.py --no-floor`), so
-    # no bound; the forty-eighth's to fifty-third's deepseek and XVERSE shapes, each process with its floor, so every
+    # no bound; the forty-eighth's to fifty-fourth's deepseek and XVERSE shapes, each process with its floor, so every
     # row has one
     h100 = measured[measured.gpu == "h100"]
     nofloor = h100[h100.source.str.startswith("paper_shape_h100_s52_")]
     assert len(nofloor) == 15 and "all-gpu" not in set(nofloor.policy)
     assert nofloor.bound_s.isna().all() and nofloor.tpot_over_bound.isna().all()
-    floored = h100[h100.source.str.startswith(tuple(f"paper_shape_h100_s{n}_" for n in (56, 57, 58, 59, 60, 61)))]
-    assert len(floored) == 172 and floored.policy.eq("all-gpu").sum() == 39 and floored.bound_s.notna().all()
+    floored = h100[h100.source.str.startswith(tuple(f"paper_shape_h100_s{n}_" for n in (56, 57, 58, 59, 60, 61, 62)))]
+    assert len(floored) == 204 and floored.policy.eq("all-gpu").sum() == 47 and floored.bound_s.notna().all()
     assert len(floored) + len(nofloor) == len(h100)
     # the paper's GPUs, the H200 and the H100 as measured there, and this machine as the DAG measured it (`cpu`)
     modelled = gpu[~gpu.measured.astype(bool)]
@@ -157,7 +157,7 @@ def test_ci_grid_end_to_end(tmp_path):
     assert on_h100.held_out.eq(on_h100.link_gbps.notna()).all()
     assert set(on_h100[~on_h100.held_out].source.str[:len("paper_shape_h100_s5x")]) == {"paper_shape_h100_s58"}
     assert on_h100[on_h100.source.str.startswith("paper_shape_h100_s58")].fit_runs.eq(3).all()
-    assert set(on_h100.source.str[:len("paper_shape_h100_s5x")]) == {f"paper_shape_h100_s{n}" for n in (56, 57, 58, 59, 60, 61)}
+    assert set(on_h100.source.str[:len("paper_shape_h100_s5x")]) == {f"paper_shape_h100_s{n}" for n in (56, 57, 58, 59, 60, 61, 62)}
     assert len(on_h100) == len(floored) - floored.policy.eq("all-gpu").sum()
     # the A/Bs of options measured and taken out again: a row per option; the hits A/B ran its floor both ways, so
     # each option has its own, while the prefetch A/B's floor, which prefetches nothing, is shared
@@ -197,6 +197,14 @@ def test_ci_grid_end_to_end(tmp_path):
     on = best[best.folder.str.startswith("paper_shape_h100_") & best["smoe / best"].notna() & best.floor_s.notna()]
     on = on[[cell in grid for cell in zip(on.model.str[:3], on.budget_gb, on.batch, on.workload)]]
     assert set(zip(on.model.str[:3], on.budget_gb, on.batch, on.workload)) == grid and on["smoe / best"].lt(0.65).all()
+    # ... and in every one of those cells CPU-assist, the runner-up at exam, ran in one process beside SMoE and HybriMoE
+    # (forty-eighth to fifty-fourth campaigns), with HybriMoE the best baseline there, as the README says
+    runs = measured[measured.source.str.startswith("paper_shape_h100_")]
+    ran = runs.groupby([runs.source.str.split("/").str[0], "batch", "workload"]).policy.agg(frozenset)
+    trio = [k for k, policies in ran.items() if {"smoe", "hybrimoe", "cpu-assist"} <= policies]
+    with_cpu = on[pd.MultiIndex.from_frame(on[["folder", "batch", "workload"]]).isin(trio)]
+    assert set(zip(with_cpu.model.str[:3], with_cpu.budget_gb, with_cpu.batch, with_cpu.workload)) == grid
+    assert with_cpu.best_baseline.eq("hybrimoe").all() and with_cpu["smoe / best"].lt(0.65).all()
     # ... and so has every other deepseek and XVERSE setting the README lists (thirtieth to thirty-second campaigns)
     others = {(m, gb, 1, w) for m, gb in (("dee", 16.0), ("xve", 12.0)) for w in workloads}
     others |= {("dee", 16.0, 3, "exam"), ("xve", 12.0, 3, "exam")}
