@@ -197,8 +197,9 @@ def test_ci_grid_end_to_end(tmp_path):
     on = best[best.folder.str.startswith("paper_shape_h100_") & best["smoe / best"].notna() & best.floor_s.notna()]
     on = on[[cell in grid for cell in zip(on.model.str[:3], on.budget_gb, on.batch, on.workload)]]
     assert set(zip(on.model.str[:3], on.budget_gb, on.batch, on.workload)) == grid and on["smoe / best"].lt(0.65).all()
-    # ... and in every one of those cells CPU-assist, the runner-up at exam, ran in one process beside SMoE and HybriMoE
-    # (forty-eighth to fifty-fourth campaigns), with HybriMoE the best baseline there, as the README says
+    # ... and in every one of those cells CPU-assist (at XVERSE 16 GB the runner-up at exam) ran in one process beside
+    # SMoE and HybriMoE (forty-eighth to fifty-fourth campaigns), with HybriMoE the best baseline there, as the README
+    # says
     runs = measured[measured.source.str.startswith("paper_shape_h100_")]
     ran = runs.groupby([runs.source.str.split("/").str[0], "batch", "workload"]).policy.agg(frozenset)
     trio = [k for k, policies in ran.items() if {"smoe", "hybrimoe", "cpu-assist"} <= policies]
