@@ -1,6 +1,7 @@
 """`python -m smoe run-table`: committed run records as the campaign READMEs' per-decode-step tables."""
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from smoe.cli import main
@@ -75,8 +76,6 @@ def test_best_baseline_column_agrees_with_the_dag_table():
     """For every committed H100 folder and one H200 folder, SMoE's `x best baseline` values are `smoe_vs_best_gpu.csv`'s `smoe / best`
     for that folder, to the table's two digits (compared as lists: a folder can hold two budgets or links of one
     workload, which the table's rows do not name)."""
-    import pandas as pd
-
     best = pd.read_csv(ROOT / "results/tables/smoe_vs_best_gpu.csv")
     # and the H200 folder whose best baseline is a spec with a parameter set (`hybrimoe:pcie_gbps=55`, the own link)
     own = "paper_shape_h200_s35_qwen48_own"
