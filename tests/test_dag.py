@@ -210,8 +210,9 @@ def test_ci_grid_end_to_end(tmp_path):
     # the other four workloads), and its 40 and 64 GB exam cells (fifty-sixth): SMoE under 0.65x of HybriMoE, the best
     # baseline, in all fourteen, as the README says
     qwen = best[best.folder.str.startswith("paper_shape_h100_") & best.model.str.startswith("qwen")]
+    cells48 = {(48.0, b, w) for b in (1, 3) for w in workloads}
     sweep = {(gb, b, "exam") for gb in (40.0, 64.0) for b in (1, 3)}
-    assert set(zip(qwen.budget_gb, qwen.batch, qwen.workload)) == {(48.0, b, w) for b in (1, 3) for w in workloads} | sweep
+    assert set(zip(qwen.budget_gb, qwen.batch, qwen.workload)) == cells48 | sweep
     assert qwen.floor_s.isna().all() and qwen.best_baseline.eq("hybrimoe").all() and qwen["smoe / best"].lt(0.65).all()
     # ... and so has every other deepseek and XVERSE setting the README lists (thirtieth to thirty-second campaigns)
     others = {(m, gb, 1, w) for m, gb in (("dee", 16.0), ("xve", 12.0)) for w in workloads}
